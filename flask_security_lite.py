@@ -1,0 +1,2571 @@
+# Copyright (c) 2026 The flask-security-lite authors
+#
+# Permission is hereby granted, free of charge, to any person obtaining a copy of this
+# software and associated documentation files (the "Software"), to deal in the Software
+# without restriction, including without limitation the rights to use, copy, modify,
+# merge, publish, distribute, sublicense, and/or sell copies of the Software, and to
+# permit persons to whom the Software is furnished to do so, subject to the following
+# conditions:
+#
+# The above copyright notice and this permission notice shall be included in all copies
+# or substantial portions of the Software.
+#
+# THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED,
+# INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A
+# PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT
+# HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF
+# CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION WITH THE SOFTWARE
+# OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
+"""flask-security-lite: the features of Flask-Security 1.7.4 for Flask 3, in one file.
+
+Session login and logout, roles, password hashing, HTTP Basic and token authentication,
+registration, email confirmation, password reset, change password, passwordless login
+and login tracking, each in HTML and JSON, with safe defaults.
+
+Quick start::
+
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+    import flask_security_lite as security
+
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "change-me"
+    db = SQLAlchemy(app)
+    # define User(db.Model, security.UserMixin), Role(db.Model, security.RoleMixin)
+    datastore = security.SQLAlchemyUserDatastore(db, User, Role)
+    security.Security(app, datastore)
+
+    @app.route("/")
+    @security.login_required
+    def home():
+        return f"Hello {security.current_user.email}"
+
+Contents (``grep -n '^# [0-9]' flask_security_lite.py``):
+
+     1. Configuration defaults
+     2. Messages
+     3. Signals
+     4. Helpers: config, messages, redirects, JSON
+     5. Passwords and tokens
+     6. Model mixins
+     7. The datastore
+     8. ORM adapters
+     9. Forms
+    10. Authentication and decorators
+    11. Mail
+    12. Account flows
+    13. Views and blueprint
+    14. Command line
+    15. The Security extension
+"""
+
+import base64
+import hashlib
+import hmac
+import importlib
+import importlib.util
+import logging
+import os
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+from functools import cached_property, wraps
+from urllib.parse import unquote, urlsplit
+
+import click
+import email_validator as _email_validator
+import flask_login
+import flask_mail
+from blinker import Namespace
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask.cli import AppGroup
+from flask_login import current_user, login_required
+from flask_wtf import FlaskForm
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from passlib.context import CryptContext
+from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.local import LocalProxy
+from werkzeug.routing import BuildError
+from wtforms import (
+    BooleanField,
+    Field,
+    HiddenField,
+    PasswordField,
+    StringField,
+    SubmitField,
+    ValidationError,
+)
+from wtforms.validators import StopValidation
+
+__version__ = "0.1.0"
+
+__all__ = (
+    # core
+    "Security",
+    "UserMixin",
+    "RoleMixin",
+    "AnonymousUser",
+    "current_user",
+    # datastores
+    "UserDatastore",
+    "SQLAlchemyUserDatastore",
+    "MongoEngineUserDatastore",
+    "PeeweeUserDatastore",
+    "DatastoreConflictError",
+    # decorators
+    "login_required",
+    "roles_required",
+    "roles_accepted",
+    "http_auth_required",
+    "auth_token_required",
+    "auth_required",
+    "anonymous_user_required",
+    # utilities
+    "login_user",
+    "logout_user",
+    "get_hmac",
+    "verify_password",
+    "verify_and_update_password",
+    "encrypt_password",
+    "hash_password",
+    "md5",
+    "do_flash",
+    "get_message",
+    "config_value",
+    "get_url",
+    "url_for_security",
+    "get_within_delta",
+    "get_max_age",
+    "get_token_status",
+    "send_mail",
+    "get_post_login_redirect",
+    "get_post_register_redirect",
+    "get_post_logout_redirect",
+    # forms
+    "Form",
+    "EmailFormMixin",
+    "UserEmailFormMixin",
+    "UniqueEmailFormMixin",
+    "PasswordFormMixin",
+    "NewPasswordFormMixin",
+    "PasswordConfirmFormMixin",
+    "NextFormMixin",
+    "RegisterFormMixin",
+    "LoginForm",
+    "ConfirmRegisterForm",
+    "RegisterForm",
+    "ForgotPasswordForm",
+    "ResetPasswordForm",
+    "ChangePasswordForm",
+    "SendConfirmationForm",
+    "PasswordlessLoginForm",
+    # signals
+    "user_registered",
+    "user_confirmed",
+    "confirm_instructions_sent",
+    "login_instructions_sent",
+    "password_reset",
+    "password_changed",
+    "reset_password_instructions_sent",
+    # account flows
+    "register_user",
+    "generate_confirmation_link",
+    "generate_confirmation_token",
+    "send_confirmation_instructions",
+    "requires_confirmation",
+    "confirm_email_token_status",
+    "confirm_user",
+    "generate_reset_password_token",
+    "send_reset_password_instructions",
+    "send_password_reset_notice",
+    "reset_password_token_status",
+    "update_password",
+    "change_user_password",
+    "send_password_changed_notice",
+    "generate_login_token",
+    "send_login_instructions",
+    "login_token_status",
+    # views
+    "create_blueprint",
+)
+
+_log = logging.getLogger("flask_security_lite")
+
+
+# =============================================================================
+# 1. Configuration defaults
+# =============================================================================
+# Every key is read from ``app.config`` with the ``SECURITY_`` prefix; ``init_app``
+# sets each one with ``setdefault``, so the application's own values win.
+
+_default_config = {
+    #: Name of the blueprint holding the security views.
+    "BLUEPRINT_NAME": "security",
+    #: URL prefix of the blueprint (``None``: mounted at the root).
+    "URL_PREFIX": None,
+    #: Subdomain of the blueprint.
+    "SUBDOMAIN": None,
+    #: Whether the views flash their messages.
+    "FLASH_MESSAGES": True,
+    #: Scheme for new password hashes; 1.7.4's default was ``plaintext``.
+    "PASSWORD_HASH": "pbkdf2_sha512",
+    #: Optional pepper: passwords are HMAC-SHA512'd with it before hashing, as in 1.7.4.
+    "PASSWORD_SALT": None,
+    #: Schemes the passlib context recognises when verifying stored hashes.
+    "PASSWORD_SCHEMES": [
+        "pbkdf2_sha512",
+        "bcrypt",
+        "argon2",
+        "sha512_crypt",
+        "sha256_crypt",
+        "pbkdf2_sha256",
+        "des_crypt",
+        "plaintext",
+    ],
+    #: Schemes rehashed on the next successful login (``auto``: all but the default).
+    "DEPRECATED_PASSWORD_SCHEMES": ["auto"],
+    #: Per-scheme passlib settings; ``rounds`` is both the cost of new hashes and the
+    #: minimum below which a stored hash is rehashed at login.
+    "PASSWORD_HASH_OPTIONS": {"pbkdf2_sha512": {"rounds": 210_000}},
+    #: Shortest password accepted by the register, reset and change forms.
+    "PASSWORD_LENGTH_MIN": 8,
+    #: Sender of every security email.
+    "EMAIL_SENDER": "no-reply@localhost",
+    #: Query-string (and JSON body) key carrying an auth token.
+    "TOKEN_AUTHENTICATION_KEY": "auth_token",
+    #: HTTP header carrying an auth token.
+    "TOKEN_AUTHENTICATION_HEADER": "Authentication-Token",
+    #: Seconds an auth token stays valid; ``None``: until the password changes.
+    "TOKEN_MAX_AGE": None,
+    #: Realm announced by ``http_auth_required`` without an argument.
+    "DEFAULT_HTTP_AUTH_REALM": "Login Required",
+    #: Attributes of the user model a login identifier is matched against.
+    "USER_IDENTITY_ATTRIBUTES": ["email"],
+    #: One message for "no such user" and "wrong password", and no error from the
+    #: forgot-password and passwordless forms for unknown addresses.
+    "RETURN_GENERIC_RESPONSES": False,
+    #: URL of the login view.
+    "LOGIN_URL": "/login",
+    #: URL of the logout view.
+    "LOGOUT_URL": "/logout",
+    #: HTTP methods the logout view answers.
+    "LOGOUT_METHODS": ["GET", "POST"],
+    #: URL of the registration view.
+    "REGISTER_URL": "/register",
+    #: URL of the forgot-password view; the reset view is ``<RESET_URL>/<token>``.
+    "RESET_URL": "/reset",
+    #: URL of the change-password view.
+    "CHANGE_URL": "/change",
+    #: URL of the resend-confirmation view; confirming is ``<CONFIRM_URL>/<token>``.
+    "CONFIRM_URL": "/confirm",
+    #: Where to go after login (URL or endpoint).
+    "POST_LOGIN_VIEW": "/",
+    #: Where to go after logout (URL or endpoint).
+    "POST_LOGOUT_VIEW": "/",
+    #: Where to go when a confirmation link fails (``None``: the resend view).
+    "CONFIRM_ERROR_VIEW": None,
+    #: Where to go after registering (``None``: ``POST_LOGIN_VIEW``).
+    "POST_REGISTER_VIEW": None,
+    #: Where to go after confirming (``None``: ``POST_LOGIN_VIEW``).
+    "POST_CONFIRM_VIEW": None,
+    #: Where to go after a password reset (``None``: ``POST_LOGIN_VIEW``).
+    "POST_RESET_VIEW": None,
+    #: Where to go after a password change (``None``: ``POST_LOGIN_VIEW``).
+    "POST_CHANGE_VIEW": None,
+    #: Where to send a user who lacks a role (``None``: a 403 response).
+    "UNAUTHORIZED_VIEW": None,
+    #: Template of the forgot-password page.
+    "FORGOT_PASSWORD_TEMPLATE": "security/forgot_password.html",
+    #: Template of the login page.
+    "LOGIN_USER_TEMPLATE": "security/login_user.html",
+    #: Template of the registration page.
+    "REGISTER_USER_TEMPLATE": "security/register_user.html",
+    #: Template of the reset-password page.
+    "RESET_PASSWORD_TEMPLATE": "security/reset_password.html",
+    #: Template of the change-password page.
+    "CHANGE_PASSWORD_TEMPLATE": "security/change_password.html",
+    #: Template of the resend-confirmation page.
+    "SEND_CONFIRMATION_TEMPLATE": "security/send_confirmation.html",
+    #: Template of the passwordless login page.
+    "SEND_LOGIN_TEMPLATE": "security/send_login.html",
+    #: Users must confirm their email address.
+    "CONFIRMABLE": False,
+    #: Offer the registration view.
+    "REGISTERABLE": False,
+    #: Offer the forgot/reset password views.
+    "RECOVERABLE": False,
+    #: Record login times, addresses and counts on the user.
+    "TRACKABLE": False,
+    #: Log in by an emailed link instead of a password.
+    "PASSWORDLESS": False,
+    #: Offer the change-password view.
+    "CHANGEABLE": False,
+    #: Subject of the welcome email.
+    "EMAIL_SUBJECT_REGISTER": "Welcome",
+    #: Subject of the passwordless login email.
+    "EMAIL_SUBJECT_PASSWORDLESS": "Login instructions",
+    #: Subject of the password-reset notice.
+    "EMAIL_SUBJECT_PASSWORD_NOTICE": "Your password has been reset",
+    #: Subject of the password-reset instructions.
+    "EMAIL_SUBJECT_PASSWORD_RESET": "Password reset instructions",
+    #: Subject of the password-change notice.
+    "EMAIL_SUBJECT_PASSWORD_CHANGE_NOTICE": "Your password has been changed",
+    #: Subject of the confirmation instructions.
+    "EMAIL_SUBJECT_CONFIRM": "Please confirm your email",
+    #: Send the welcome email on registration.
+    "SEND_REGISTER_EMAIL": True,
+    #: Send a notice after a password change.
+    "SEND_PASSWORD_CHANGE_EMAIL": True,
+    #: Send a notice after a password reset.
+    "SEND_PASSWORD_RESET_NOTICE_EMAIL": True,
+    #: Lifetime of a confirmation link ("<amount> <unit>").
+    "CONFIRM_EMAIL_WITHIN": "5 days",
+    #: Lifetime of a password-reset link.
+    "RESET_PASSWORD_WITHIN": "5 days",
+    #: Lifetime of a passwordless login link.
+    "LOGIN_WITHIN": "1 days",
+    #: Let unconfirmed users log in when ``CONFIRMABLE`` is on.
+    "LOGIN_WITHOUT_CONFIRMATION": False,
+    #: itsdangerous salt of confirmation tokens.
+    "CONFIRM_SALT": "confirm-salt",
+    #: itsdangerous salt of reset tokens.
+    "RESET_SALT": "reset-salt",
+    #: itsdangerous salt of passwordless login tokens.
+    "LOGIN_SALT": "login-salt",
+    #: itsdangerous salt of auth tokens.
+    "REMEMBER_SALT": "remember-salt",
+    #: Remember-me value when a login does not say.
+    "DEFAULT_REMEMBER_ME": False,
+}
+
+#: Largest request body the security views read; larger ones get 413.
+_MAX_BODY_BYTES = 64 * 1024
+
+
+# =============================================================================
+# 2. Messages
+# =============================================================================
+# Each is ``(text, flash category)`` and can be replaced by ``SECURITY_MSG_<KEY>``.
+
+_default_messages = {
+    #: A user lacks a role the view requires.
+    "UNAUTHORIZED": ("You are not allowed to see this page.", "error"),
+    #: Registration done; confirmation instructions are on their way.
+    "CONFIRM_REGISTRATION": (
+        "Thanks for registering. We sent confirmation instructions to %(email)s.",
+        "success",
+    ),
+    #: A confirmation link worked.
+    "EMAIL_CONFIRMED": ("Thank you: your email address is confirmed.", "success"),
+    #: The address was confirmed before.
+    "ALREADY_CONFIRMED": ("This email address is already confirmed.", "info"),
+    #: The confirmation link is not valid.
+    "INVALID_CONFIRMATION_TOKEN": ("This confirmation link is not valid.", "error"),
+    #: Registration with an address already in use.
+    "EMAIL_ALREADY_ASSOCIATED": ("%(email)s already belongs to an account.", "error"),
+    #: Wrong current password.
+    "PASSWORD_MISMATCH": ("The password is wrong.", "error"),
+    #: The two new passwords differ.
+    "RETYPE_PASSWORD_MISMATCH": ("The two passwords are not the same.", "error"),
+    #: A ``next`` pointing off this site.
+    "INVALID_REDIRECT": ("Redirects to other sites are not allowed.", "error"),
+    #: Reset instructions were sent.
+    "PASSWORD_RESET_REQUEST": (
+        "We sent instructions to reset your password to %(email)s.",
+        "info",
+    ),
+    #: A reset link expired; a new one was sent.
+    "PASSWORD_RESET_EXPIRED": (
+        "Reset links are valid for %(within)s and this one expired. "
+        "We sent a new one to %(email)s.",
+        "error",
+    ),
+    #: The reset link is not valid (or was already used).
+    "INVALID_RESET_PASSWORD_TOKEN": ("This password reset link is not valid.", "error"),
+    #: Login refused until the address is confirmed.
+    "CONFIRMATION_REQUIRED": ("Please confirm your email address first.", "error"),
+    #: Confirmation instructions were sent again.
+    "CONFIRMATION_REQUEST": ("We sent confirmation instructions to %(email)s.", "info"),
+    #: A confirmation link expired; a new one was sent.
+    "CONFIRMATION_EXPIRED": (
+        "Confirmation links are valid for %(within)s and this one expired. "
+        "We sent a new one to %(email)s.",
+        "error",
+    ),
+    #: A passwordless login link expired; a new one was sent.
+    "LOGIN_EXPIRED": (
+        "Login links are valid for %(within)s and this one expired. "
+        "We sent a new one to %(email)s.",
+        "error",
+    ),
+    #: A passwordless login link was sent.
+    "LOGIN_EMAIL_SENT": ("We sent a login link to %(email)s.", "success"),
+    #: The passwordless login link is not valid.
+    "INVALID_LOGIN_TOKEN": ("This login link is not valid.", "error"),
+    #: The account is deactivated.
+    "DISABLED_ACCOUNT": ("This account is disabled.", "error"),
+    #: The email field is empty.
+    "EMAIL_NOT_PROVIDED": ("Please enter your email address.", "error"),
+    #: The email field is not an address.
+    "INVALID_EMAIL_ADDRESS": ("This is not a valid email address.", "error"),
+    #: The password field is empty.
+    "PASSWORD_NOT_PROVIDED": ("Please enter your password.", "error"),
+    #: The account has no password (it was made for passwordless login).
+    "PASSWORD_NOT_SET": ("This account has no password set.", "error"),
+    #: A new password is too short.
+    "PASSWORD_INVALID_LENGTH": (
+        "Passwords need at least %(length)s characters.",
+        "error",
+    ),
+    #: No account has this identifier.
+    "USER_DOES_NOT_EXIST": ("No account matches this email address.", "error"),
+    #: The password does not match the account.
+    "INVALID_PASSWORD": ("The password is wrong.", "error"),
+    #: Generic login failure, used when ``RETURN_GENERIC_RESPONSES`` is on.
+    "GENERIC_AUTHN_FAILED": ("The email address or password is wrong.", "error"),
+    #: A passwordless login worked.
+    "PASSWORDLESS_LOGIN_SUCCESSFUL": ("You are logged in.", "success"),
+    #: A password reset worked.
+    "PASSWORD_RESET": (
+        "Your password has been reset and you are logged in.",
+        "success",
+    ),
+    #: A new password equals the current one.
+    "PASSWORD_IS_THE_SAME": (
+        "Your new password must differ from the current one.",
+        "error",
+    ),
+    #: A password change worked.
+    "PASSWORD_CHANGE": ("Your password has been changed.", "success"),
+    #: A view needs a logged-in user.
+    "LOGIN": ("Please log in to see this page.", "info"),
+    #: A view needs a fresh login.
+    "REFRESH": ("Please log in again to see this page.", "info"),
+}
+
+
+# =============================================================================
+# 3. Signals
+# =============================================================================
+# Each is sent with the application as sender.
+
+_signals = Namespace()
+
+#: A user registered; kwargs ``user`` and ``confirm_token`` (None unless confirmable).
+user_registered = _signals.signal("user-registered")
+#: A user confirmed their email; kwarg ``user``.
+user_confirmed = _signals.signal("user-confirmed")
+#: Confirmation instructions were sent; kwargs ``user`` and ``token``.
+confirm_instructions_sent = _signals.signal("confirm-instructions-sent")
+#: A passwordless login link was sent; kwargs ``user`` and ``login_token``.
+login_instructions_sent = _signals.signal("login-instructions-sent")
+#: A password reset completed; kwarg ``user``.
+password_reset = _signals.signal("password-reset")
+#: A password change completed; kwarg ``user``.
+password_changed = _signals.signal("password-changed")
+#: Reset instructions were sent; kwargs ``user`` and ``token``.
+reset_password_instructions_sent = _signals.signal("password-reset-instructions-sent")
+
+
+def _send_signal(signal, **kwargs):
+    signal.send(current_app._get_current_object(), **kwargs)
+
+
+# =============================================================================
+# 4. Helpers: config, messages, redirects, JSON
+# =============================================================================
+
+#: The per-application state made by ``Security.init_app``.
+_security = LocalProxy(lambda: current_app.extensions["security"])
+#: The datastore of the current application.
+_datastore = LocalProxy(lambda: current_app.extensions["security"].datastore)
+
+
+def config_value(key, app=None, default=None):
+    """Return ``SECURITY_<key>`` from the config of ``app`` (default: current app)."""
+    app = app or current_app
+    return app.config.get("SECURITY_" + key.upper(), default)
+
+
+def get_message(key, **kwargs):
+    """Return ``(text, category)`` of message ``key``, formatted with ``kwargs``."""
+    text, category = config_value("MSG_" + key)
+    return text % kwargs, category
+
+
+def do_flash(message, category=None):
+    """Flash ``message`` when ``SECURITY_FLASH_MESSAGES`` is on."""
+    if config_value("FLASH_MESSAGES"):
+        flash(message, category)
+
+
+def _flash_message(key, **kwargs):
+    do_flash(*get_message(key, **kwargs))
+
+
+def get_url(endpoint_or_url, **values):
+    """Return the URL of an endpoint name, or the argument itself if it is a URL."""
+    try:
+        return url_for(endpoint_or_url, **values)
+    except BuildError:
+        return endpoint_or_url
+
+
+def url_for_security(endpoint, **values):
+    """Return the URL of a security view, e.g. ``url_for_security('login')``.
+
+    :param endpoint: the view's name (``login``, ``reset_password``, ...).
+    :param values: URL arguments, and ``_external``, ``_anchor``, ``_method``.
+    """
+    return url_for(f"{config_value('BLUEPRINT_NAME')}.{endpoint}", **values)
+
+
+def _slash_url_suffix(url, suffix):
+    return f"{url}{suffix}" if url.endswith("/") else f"{url}/{suffix}"
+
+
+def _is_safe_url(target):
+    """True if ``target`` leads to this host: a relative path or an URL to it.
+
+    Browsers drop tabs and newlines inside URLs and read ``\\`` as ``/``, and an
+    attacker may percent-encode, so each decoded form is judged as a browser sees it.
+    """
+    if not isinstance(target, str) or not target.strip():
+        return False
+    candidate = target
+    for _ in range(3):
+        cleaned = "".join(ch for ch in candidate if ch > " " and ch != "\x7f")
+        cleaned = cleaned.replace("\\", "/")
+        parts = urlsplit(cleaned)
+        if cleaned.startswith("//") and parts.netloc != request.host:
+            return False
+        if parts.scheme and (parts.scheme not in ("http", "https") or not parts.netloc):
+            return False
+        if parts.netloc and parts.netloc != request.host:
+            return False
+        decoded = unquote(candidate)
+        if decoded == candidate:
+            return True
+        candidate = decoded
+    return False
+
+
+def _redirect_after(next_url, *view_keys):
+    """Redirect to a safe ``next_url``, else to the first configured view of keys."""
+    if next_url:
+        if _is_safe_url(next_url):
+            return redirect(next_url)
+        _flash_message("INVALID_REDIRECT")
+    for key in view_keys:
+        view = config_value(key)
+        if view:
+            return redirect(get_url(view))
+    return redirect("/")
+
+
+def _next_argument():
+    return request.args.get("next") or request.form.get("next")
+
+
+def get_post_login_redirect(declared=None):
+    """Return the URL to visit after login: a safe ``next``, else the login view."""
+    return _redirect_after(declared or _next_argument(), "POST_LOGIN_VIEW").location
+
+
+def get_post_register_redirect(declared=None):
+    """Return the URL to visit after registering."""
+    keys = ("POST_REGISTER_VIEW", "POST_LOGIN_VIEW")
+    return _redirect_after(declared or _next_argument(), *keys).location
+
+
+def get_post_logout_redirect(declared=None):
+    """Return the URL to visit after logout."""
+    return _redirect_after(declared or _next_argument(), "POST_LOGOUT_VIEW").location
+
+
+def get_within_delta(key, app=None):
+    """Return ``SECURITY_<key>`` ("5 days", "10 minutes") as a ``timedelta``.
+
+    :param key: the config key without its ``SECURITY_`` prefix.
+    :param app: the application (default: the current one).
+    """
+    value = config_value(key, app=app)
+    try:
+        amount, unit = value.split()
+        return timedelta(**{unit: int(amount)})
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(
+            f"SECURITY_{key} must look like '5 days' or '10 minutes', not {value!r}"
+        ) from None
+
+
+def get_max_age(key, app=None):
+    """Return the lifetime in seconds of ``SECURITY_<key>_WITHIN``."""
+    return get_within_delta(key + "_WITHIN", app).total_seconds()
+
+
+def _wants_json():
+    """True for requests with a JSON body or asking for JSON before HTML."""
+    if request.is_json:
+        return True
+    best = request.accept_mimetypes.best_match(("text/html", "application/json"))
+    return best == "application/json"
+
+
+def _json_response(code, response):
+    return jsonify(meta={"code": code}, response=response), code
+
+
+def _json_error(code, message):
+    return _json_response(code, {"error": message})
+
+
+def _now():
+    """The current UTC time, naive, as 1.7.4 stored it."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _require(module, extra):
+    """Import an optional dependency, or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(
+            f"{module} is needed here: pip install flask-security-lite[{extra}]"
+        ) from error
+
+
+# =============================================================================
+# 5. Passwords and tokens
+# =============================================================================
+
+#: bcrypt reads at most this many bytes of a secret.
+_BCRYPT_MAX_BYTES = 72
+
+
+def _to_bytes(value):
+    return value.encode("utf-8") if isinstance(value, str) else value
+
+
+def md5(data):
+    """Return the hex MD5 digest of ``data`` (kept for 1.7.4 code; not for secrets)."""
+    return hashlib.md5(_to_bytes(data), usedforsecurity=False).hexdigest()
+
+
+def get_hmac(password):
+    """Return the base64 HMAC-SHA512 of ``password`` keyed by the password salt.
+
+    This is the pre-hash 1.7.4 applied, kept so its databases still verify.
+    """
+    salt = config_value("PASSWORD_SALT")
+    if salt is None:
+        raise RuntimeError("get_hmac needs SECURITY_PASSWORD_SALT to be set")
+    digest = hmac.new(_to_bytes(salt), _to_bytes(password), hashlib.sha512).digest()
+    return base64.b64encode(digest)
+
+
+def _secret_for(password, scheme):
+    """The bytes handed to ``scheme`` for ``password``: peppered, and bcrypt-safe.
+
+    With a salt, the 88-byte HMAC is cut to bcrypt's 72 bytes exactly as bcrypt did
+    for 1.7.4. Without one, a raw password longer than 72 bytes is pre-hashed with
+    SHA-256 for bcrypt instead of being cut silently.
+    """
+    if config_value("PASSWORD_SALT") is not None:
+        secret = get_hmac(password)
+        return secret[:_BCRYPT_MAX_BYTES] if scheme == "bcrypt" else secret
+    secret = _to_bytes(password)
+    if scheme == "bcrypt" and len(secret) > _BCRYPT_MAX_BYTES:
+        return base64.b64encode(hashlib.sha256(secret).digest())
+    return secret
+
+
+def hash_password(password):
+    """Hash ``password`` with ``SECURITY_PASSWORD_HASH`` (and the pepper, if set)."""
+    scheme = config_value("PASSWORD_HASH")
+    if scheme == "plaintext":
+        return password
+    return _security.pwd_context.hash(_secret_for(password, scheme))
+
+
+#: The 1.7.4 name of :func:`hash_password`.
+encrypt_password = hash_password
+
+
+def _identify(password_hash):
+    try:
+        return _security.pwd_context.identify(password_hash)
+    except (TypeError, ValueError):
+        return None
+
+
+def verify_password(password, password_hash):
+    """Return True if ``password`` matches the stored ``password_hash``."""
+    scheme = _identify(password_hash)
+    if scheme is None or not isinstance(password, str):
+        return False
+    if scheme == "plaintext":
+        return hmac.compare_digest(_to_bytes(password), _to_bytes(password_hash))
+    return _security.pwd_context.verify(_secret_for(password, scheme), password_hash)
+
+
+def verify_and_update_password(password, user):
+    """Return True if ``password`` is the user's, rehashing it if the scheme changed.
+
+    The rehash happens when the stored hash uses a deprecated scheme, fewer rounds
+    than configured, or is plaintext, and is committed at once.
+    """
+    if not user.password:
+        return False
+    if not verify_password(password, user.password):
+        return False
+    if _needs_rehash(user.password):
+        user.password = hash_password(password)
+        _datastore.put(user)
+        _datastore.commit()
+    return True
+
+
+def _needs_rehash(password_hash):
+    if config_value("PASSWORD_HASH") == "plaintext":
+        return _identify(password_hash) != "plaintext"
+    return _security.pwd_context.needs_update(password_hash)
+
+
+def _burn_a_verify():
+    """Spend the time of one password check, so unknown users are not told apart."""
+    verify_password("not the password", _security.dummy_hash)
+
+
+def _build_password_context(config):
+    scheme = config["SECURITY_PASSWORD_HASH"]
+    schemes = list(config["SECURITY_PASSWORD_SCHEMES"])
+    if scheme not in schemes:
+        raise ValueError(f"SECURITY_PASSWORD_HASH {scheme!r} is not a known scheme")
+    settings = {}
+    for name, options in config["SECURITY_PASSWORD_HASH_OPTIONS"].items():
+        for option, value in options.items():
+            if option == "rounds":
+                settings[f"{name}__default_rounds"] = value
+                settings[f"{name}__min_rounds"] = value
+            else:
+                settings[f"{name}__{option}"] = value
+    context = CryptContext(
+        schemes=schemes,
+        default=scheme,
+        deprecated=config["SECURITY_DEPRECATED_PASSWORD_SCHEMES"],
+        **settings,
+    )
+    if scheme in ("argon2", "bcrypt"):
+        try:
+            context.handler(scheme).get_backend()
+        except Exception as error:
+            raise RuntimeError(
+                f"{scheme} hashing needs: pip install flask-security-lite[{scheme}]"
+            ) from error
+    return context
+
+
+def _fingerprint(value):
+    """A short keyed digest of ``value``: binds tokens and sessions to user state."""
+    secret = current_app.secret_key
+    if not secret:
+        raise RuntimeError("flask-security-lite needs app.config['SECRET_KEY']")
+    digest = hmac.new(_to_bytes(secret), _to_bytes(value), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:12]).decode("ascii")
+
+
+#: What each token kind is bound to: when it changes, older tokens stop working.
+_TOKEN_BINDINGS = {
+    "remember": lambda user: "password:" + (user.password or ""),
+    "reset": lambda user: "password:" + (user.password or ""),
+    "login": lambda user: "password:" + (user.password or ""),
+    "confirm": lambda user: "email:" + (user.email or ""),
+}
+
+
+def _binding(purpose, user):
+    """The keyed digest of what a token of ``purpose`` is bound to."""
+    return _fingerprint(_TOKEN_BINDINGS[purpose](user))
+
+
+def _serializer(purpose):
+    """The itsdangerous serializer of a token kind, salted by ``<PURPOSE>_SALT``."""
+    salt = config_value(purpose.upper() + "_SALT")
+    return URLSafeTimedSerializer(current_app.secret_key, salt=salt)
+
+
+def _make_token(purpose, user):
+    return _serializer(purpose).dumps([str(user.id), _binding(purpose, user)])
+
+
+def get_token_status(token, serializer, max_age=None):
+    """Check a token; return ``(expired, invalid, user)``.
+
+    :param token: the token from a link or request.
+    :param serializer: ``confirm``, ``login``, ``reset`` or ``remember``.
+    :param max_age: ``CONFIRM_EMAIL``, ``LOGIN``, ``RESET_PASSWORD``, or ``None``
+        for no expiry. A token whose user state moved on (password reset, address
+        confirmed) is invalid.
+    """
+    seconds = get_max_age(max_age) if max_age else None
+    expired = False
+    try:
+        data = _serializer(serializer).loads(token, max_age=seconds)
+    except SignatureExpired as error:
+        expired = True
+        data = error.payload
+    except (BadSignature, TypeError, ValueError):
+        return False, True, None
+    if not (isinstance(data, list) and len(data) == 2 and isinstance(data[1], str)):
+        return False, True, None
+    user = _datastore.get_user_by_id(data[0])
+    if user is None:
+        return False, True, None
+    if not hmac.compare_digest(_binding(serializer, user), data[1]):
+        return False, True, user
+    return expired, False, user
+
+
+# =============================================================================
+# 6. Model mixins
+# =============================================================================
+
+
+class UserMixin(flask_login.UserMixin):
+    """Mixin for the user model: activity, roles and the auth token."""
+
+    @property
+    def is_active(self):
+        """True unless the account was deactivated."""
+        return bool(self.active)
+
+    def get_id(self):
+        """The session identity: the id bound to the password, so a new password
+        ends every other session and remember cookie."""
+        return f"{self.id}|{_binding('remember', self)}"
+
+    def get_auth_token(self):
+        """Return a signed token for the auth-token header or query argument."""
+        return _make_token("remember", self)
+
+    def has_role(self, role):
+        """True if the user has ``role``, given as a name or a Role object."""
+        name = getattr(role, "name", role)
+        return any(user_role.name == name for user_role in self.roles)
+
+
+class RoleMixin:
+    """Mixin for the role model: roles compare (and hash) by name."""
+
+    def __eq__(self, other):
+        return self.name == getattr(other, "name", other)
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __hash__(self):
+        return hash(self.name)
+
+
+class AnonymousUser(flask_login.AnonymousUserMixin):
+    """The user of a request nobody is logged in to."""
+
+    def has_role(self, *args):
+        """Anonymous users have no roles."""
+        return False
+
+
+# =============================================================================
+# 7. The datastore
+# =============================================================================
+
+
+class DatastoreConflictError(Exception):
+    """A write broke a uniqueness rule, e.g. two registrations of one email at once."""
+
+
+class UserDatastore:
+    """The user and role operations every adapter shares.
+
+    An adapter maps ``put``, ``delete``, ``commit``, ``find_user``, ``find_role``,
+    ``get_user_by_id`` and the role links onto its ORM. Changes are written by
+    ``put`` and made durable by ``commit``, which the caller runs.
+
+    :param user_model: the user model class.
+    :param role_model: the role model class.
+    """
+
+    def __init__(self, user_model, role_model):
+        self.user_model = user_model
+        self.role_model = role_model
+
+    # -- what an adapter provides ------------------------------------------------
+
+    def put(self, model):
+        """Stage ``model`` for saving and return it."""
+        raise NotImplementedError
+
+    def delete(self, model):
+        """Delete ``model``."""
+        raise NotImplementedError
+
+    def commit(self):
+        """Make staged writes durable; raise DatastoreConflictError on a duplicate."""
+        raise NotImplementedError
+
+    def find_user(self, **kwargs):
+        """Return the user matching every keyword (email case-insensitively)."""
+        raise NotImplementedError
+
+    def find_role(self, role):
+        """Return the role named ``role``, or None."""
+        raise NotImplementedError
+
+    def get_user_by_id(self, user_id):
+        """Return the user with primary key ``user_id`` (any type), or None."""
+        raise NotImplementedError
+
+    def _link_role(self, user, role):
+        user.roles.append(role)
+        self.put(user)
+
+    def _unlink_role(self, user, role):
+        user.roles.remove(role)
+        self.put(user)
+
+    # -- shared logic --------------------------------------------------------------
+
+    def get_user(self, id_or_email):
+        """Return the user with this id, or whose identity attribute has this value."""
+        return self.get_user_by_id(id_or_email) or self.find_user_by_identity(
+            id_or_email
+        )
+
+    def find_user_by_identity(self, identifier):
+        """Return the user one of ``SECURITY_USER_IDENTITY_ATTRIBUTES`` matches."""
+        if not isinstance(identifier, str) or not identifier.strip():
+            return None
+        for attribute in config_value("USER_IDENTITY_ATTRIBUTES"):
+            user = self.find_user(**{attribute: identifier.strip()})
+            if user is not None:
+                return user
+        return None
+
+    def _as_role(self, role):
+        return self.find_role(role) if isinstance(role, str) else role
+
+    def _as_user(self, user):
+        return self.find_user(email=user) if isinstance(user, str) else user
+
+    def _prepare_user_fields(self, fields):
+        """Fill defaults, hash a plaintext password and turn role names into roles."""
+        if hasattr(self.user_model, "active"):
+            fields.setdefault("active", True)
+        password = fields.get("password")
+        if password and _identify(password) in (None, "plaintext"):
+            fields["password"] = hash_password(password)
+        roles = [self._as_role(role) for role in fields.pop("roles", [])]
+        if None in roles:
+            raise ValueError("create_user was given a role that does not exist")
+        return fields, roles
+
+    def create_user(self, **kwargs):
+        """Create and return a user; a plaintext ``password`` is hashed, and
+        ``roles`` may hold role names or Role objects."""
+        fields, roles = self._prepare_user_fields(kwargs)
+        user = self.put(self.user_model(**fields))
+        for role in roles:
+            self.add_role_to_user(user, role)
+        return user
+
+    def delete_user(self, user):
+        """Delete ``user``."""
+        self.delete(user)
+
+    def create_role(self, **kwargs):
+        """Create and return a role."""
+        return self.put(self.role_model(**kwargs))
+
+    def find_or_create_role(self, name, **kwargs):
+        """Return the role ``name``, creating it with ``kwargs`` if missing."""
+        return self.find_role(name) or self.create_role(name=name, **kwargs)
+
+    def add_role_to_user(self, user, role):
+        """Give ``role`` (name or object) to ``user``; True if it was new."""
+        user, role = self._as_user(user), self._as_role(role)
+        if user is None or role is None or user.has_role(role):
+            return False
+        self._link_role(user, role)
+        return True
+
+    def remove_role_from_user(self, user, role):
+        """Take ``role`` (name or object) from ``user``; True if it was there."""
+        user, role = self._as_user(user), self._as_role(role)
+        if user is None or role is None or not user.has_role(role):
+            return False
+        self._unlink_role(user, role)
+        return True
+
+    def toggle_active(self, user):
+        """Flip ``user.active``. Always returns True."""
+        user.active = not user.active
+        self.put(user)
+        return True
+
+    def deactivate_user(self, user):
+        """Deactivate ``user``; True if it was active."""
+        if not user.active:
+            return False
+        return self.toggle_active(user)
+
+    def activate_user(self, user):
+        """Activate ``user``; True if it was inactive."""
+        if user.active:
+            return False
+        return self.toggle_active(user)
+
+
+# =============================================================================
+# 8. ORM adapters
+# =============================================================================
+
+
+class SQLAlchemyUserDatastore(UserDatastore):
+    """The datastore on Flask-SQLAlchemy.
+
+    :param db: the ``flask_sqlalchemy.SQLAlchemy`` object.
+    """
+
+    def __init__(self, db, user_model, role_model):
+        self._sa = _require("sqlalchemy", "sqlalchemy")
+        super().__init__(user_model, role_model)
+        self.db = db
+
+    def put(self, model):
+        self.db.session.add(model)
+        return model
+
+    def delete(self, model):
+        self.db.session.delete(model)
+
+    def commit(self):
+        try:
+            self.db.session.commit()
+        except self._sa.exc.IntegrityError as error:
+            self.db.session.rollback()
+            raise DatastoreConflictError(str(error.orig)) from error
+
+    def _condition(self, name, value):
+        column = getattr(self.user_model, name)
+        if name == "email" and isinstance(value, str):
+            return self._sa.func.lower(column) == value.lower()
+        return column == value
+
+    def find_user(self, **kwargs):
+        conditions = [self._condition(name, value) for name, value in kwargs.items()]
+        query = self._sa.select(self.user_model).where(*conditions).limit(1)
+        return self.db.session.scalars(query).first()
+
+    def find_role(self, role):
+        query = self._sa.select(self.role_model).filter_by(name=role).limit(1)
+        return self.db.session.scalars(query).first()
+
+    def get_user_by_id(self, user_id):
+        key_type = self._sa.inspect(self.user_model).primary_key[0].type
+        try:
+            key = key_type.python_type(user_id)
+        except (NotImplementedError, TypeError, ValueError, AttributeError):
+            return None
+        return self.db.session.get(self.user_model, key)
+
+
+class MongoEngineUserDatastore(UserDatastore):
+    """The datastore on MongoEngine.
+
+    :param db: the ``mongoengine`` module or a Flask-MongoEngine object.
+    """
+
+    def __init__(self, db, user_model, role_model):
+        self._mongoengine = _require("mongoengine", "mongoengine")
+        super().__init__(user_model, role_model)
+        self.db = db
+
+    def put(self, model):
+        try:
+            model.save()
+        except self._mongoengine.NotUniqueError as error:
+            raise DatastoreConflictError(str(error)) from error
+        return model
+
+    def delete(self, model):
+        model.delete()
+
+    def commit(self):
+        """MongoDB writes are durable on ``put``: nothing is left to commit."""
+
+    def _query(self, model, **kwargs):
+        try:
+            return model.objects(**kwargs).first()
+        except (self._mongoengine.ValidationError, ValueError, TypeError):
+            return None
+
+    def find_user(self, **kwargs):
+        query = {
+            ("email__iexact" if name == "email" else name): value
+            for name, value in kwargs.items()
+        }
+        return self._query(self.user_model, **query)
+
+    def find_role(self, role):
+        return self._query(self.role_model, name=role)
+
+    def get_user_by_id(self, user_id):
+        return self._query(self.user_model, pk=str(user_id))
+
+
+class PeeweeUserDatastore(UserDatastore):
+    """The datastore on peewee 3.
+
+    :param db: a ``peewee.Database`` or an object with a ``.database``.
+    :param role_link: the model linking users to roles (fields ``user``, ``role``).
+    """
+
+    def __init__(self, db, user_model, role_model, role_link):
+        self._peewee = _require("peewee", "peewee")
+        super().__init__(user_model, role_model)
+        self.db = getattr(db, "database", db)
+        self.role_link = role_link
+
+    def put(self, model):
+        try:
+            model.save()
+        except self._peewee.IntegrityError as error:
+            raise DatastoreConflictError(str(error)) from error
+        return model
+
+    def delete(self, model):
+        model.delete_instance(recursive=True)
+
+    def commit(self):
+        """peewee writes outside a transaction are committed on ``put``."""
+
+    def _condition(self, name, value):
+        column = getattr(self.user_model, name)
+        if name == "email" and isinstance(value, str):
+            return self._peewee.fn.LOWER(column) == value.lower()
+        return column == value
+
+    def find_user(self, **kwargs):
+        conditions = [self._condition(name, value) for name, value in kwargs.items()]
+        return self.user_model.select().where(*conditions).first()
+
+    def find_role(self, role):
+        return self.role_model.get_or_none(self.role_model.name == role)
+
+    def get_user_by_id(self, user_id):
+        key = self.user_model._meta.primary_key
+        try:
+            return self.user_model.get_or_none(key == key.adapt(user_id))
+        except (self._peewee.DataError, TypeError, ValueError):
+            return None
+
+    def create_user(self, **kwargs):
+        with self.db.atomic():
+            return super().create_user(**kwargs)
+
+    def _link_role(self, user, role):
+        self.role_link.create(user=user, role=role)
+
+    def _unlink_role(self, user, role):
+        link = self.role_link
+        link.delete().where((link.user == user) & (link.role == role)).execute()
+
+
+# =============================================================================
+# 9. Forms
+# =============================================================================
+# Validators read their messages when they run, so SECURITY_MSG_* set after import
+# still apply.
+
+
+class _Required:
+    """Stop validation with message ``key`` when the field is empty."""
+
+    field_flags = {"required": True}
+
+    def __init__(self, key):
+        self.key = key
+
+    def __call__(self, form, field):
+        if not isinstance(field.data, str) or not field.data.strip():
+            field.errors[:] = []
+            raise StopValidation(get_message(self.key)[0])
+
+
+def _email_syntax(form, field):
+    try:
+        _email_validator.validate_email(field.data, check_deliverability=False)
+    except _email_validator.EmailNotValidError:
+        raise ValidationError(get_message("INVALID_EMAIL_ADDRESS")[0]) from None
+
+
+def _password_length(form, field):
+    minimum = config_value("PASSWORD_LENGTH_MIN")
+    if len(field.data) < minimum:
+        raise ValidationError(get_message("PASSWORD_INVALID_LENGTH", length=minimum)[0])
+
+
+def _unique_user_email(form, field):
+    if _datastore.find_user(email=field.data.strip()) is not None:
+        message = get_message("EMAIL_ALREADY_ASSOCIATED", email=field.data)[0]
+        raise ValidationError(message)
+
+
+def _valid_user_email(form, field):
+    form.user = _datastore.find_user_by_identity(field.data)
+    if form.user is None and not config_value("RETURN_GENERIC_RESPONSES"):
+        raise ValidationError(get_message("USER_DOES_NOT_EXIST")[0])
+
+
+class _EqualTo:
+    """Fail with message ``key`` unless the field equals ``other``."""
+
+    def __init__(self, other, key):
+        self.other, self.key = other, key
+
+    def __call__(self, form, field):
+        if field.data != form[self.other].data:
+            raise ValidationError(get_message(self.key)[0])
+
+
+class Form(FlaskForm):
+    """Base of every security form (CSRF-protected through Flask-WTF)."""
+
+
+class EmailFormMixin:
+    """An email field that must hold an address."""
+
+    email = StringField(
+        "Email address", [_Required("EMAIL_NOT_PROVIDED"), _email_syntax]
+    )
+
+
+class UserEmailFormMixin:
+    """An email field naming an existing user, who is kept as ``form.user``."""
+
+    user = None
+    email = StringField(
+        "Email address",
+        [_Required("EMAIL_NOT_PROVIDED"), _email_syntax, _valid_user_email],
+    )
+
+
+class UniqueEmailFormMixin:
+    """An email field no account uses yet."""
+
+    email = StringField(
+        "Email address",
+        [_Required("EMAIL_NOT_PROVIDED"), _email_syntax, _unique_user_email],
+    )
+
+
+class PasswordFormMixin:
+    """The current password."""
+
+    password = PasswordField("Password", [_Required("PASSWORD_NOT_PROVIDED")])
+
+
+class NewPasswordFormMixin:
+    """A new password, long enough."""
+
+    password = PasswordField(
+        "Password", [_Required("PASSWORD_NOT_PROVIDED"), _password_length]
+    )
+
+
+class PasswordConfirmFormMixin:
+    """The new password typed again."""
+
+    password_confirm = PasswordField(
+        "Retype password", [_EqualTo("password", "RETYPE_PASSWORD_MISMATCH")]
+    )
+
+
+class NextFormMixin:
+    """A hidden ``next`` URL that must stay on this site."""
+
+    next = HiddenField()
+
+    def validate_next(self, field):
+        """Refuse a ``next`` that leaves this host."""
+        if field.data and not _is_safe_url(field.data):
+            field.data = ""
+            raise ValidationError(get_message("INVALID_REDIRECT")[0])
+
+
+class RegisterFormMixin:
+    """The register button, and the fields to pass to ``create_user``."""
+
+    submit = SubmitField("Register")
+
+    def to_dict(self):
+        """The form's fields that are also attributes of the user model."""
+        user_model = _datastore.user_model
+        return {
+            name: field.data
+            for name, field in self._fields.items()
+            if isinstance(field, Field) and hasattr(user_model, name)
+        }
+
+
+class SendConfirmationForm(Form, UserEmailFormMixin):
+    """Ask for the confirmation email again."""
+
+    submit = SubmitField("Resend confirmation instructions")
+
+    def validate(self, extra_validators=None):
+        if not super().validate(extra_validators):
+            return False
+        if self.user is not None and self.user.confirmed_at is not None:
+            self.email.errors.append(get_message("ALREADY_CONFIRMED")[0])
+            return False
+        return True
+
+
+class ForgotPasswordForm(Form, UserEmailFormMixin):
+    """Ask for password reset instructions."""
+
+    submit = SubmitField("Recover password")
+
+
+class PasswordlessLoginForm(Form, UserEmailFormMixin):
+    """Ask for a login link."""
+
+    submit = SubmitField("Send login link")
+
+    def validate(self, extra_validators=None):
+        if not super().validate(extra_validators):
+            return False
+        if self.user is not None and not self.user.is_active:
+            self.email.errors.append(get_message("DISABLED_ACCOUNT")[0])
+            return False
+        return True
+
+
+class LoginForm(Form, NextFormMixin):
+    """Log in with an identifier (email by default) and a password."""
+
+    user = None
+    email = StringField("Email address", [_Required("EMAIL_NOT_PROVIDED")])
+    password = PasswordField("Password", [_Required("PASSWORD_NOT_PROVIDED")])
+    remember = BooleanField("Remember me")
+    submit = SubmitField("Log in")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.next.data:
+            self.next.data = request.args.get("next", "")
+        self.remember.default = config_value("DEFAULT_REMEMBER_ME")
+
+    def validate(self, extra_validators=None):
+        if not super().validate(extra_validators):
+            return False
+        self.user = _datastore.find_user_by_identity(self.email.data)
+        if self.user is None or not self.user.password:
+            _burn_a_verify()
+            if self.user is None:
+                return self._fail(self.email, "USER_DOES_NOT_EXIST")
+            return self._fail(self.password, "PASSWORD_NOT_SET")
+        if not verify_and_update_password(self.password.data, self.user):
+            return self._fail(self.password, "INVALID_PASSWORD")
+        if requires_confirmation(self.user):
+            return self._fail(self.email, "CONFIRMATION_REQUIRED")
+        if not self.user.is_active:
+            return self._fail(self.email, "DISABLED_ACCOUNT")
+        return True
+
+    def _fail(self, field, key):
+        if config_value("RETURN_GENERIC_RESPONSES") and key in (
+            "USER_DOES_NOT_EXIST",
+            "INVALID_PASSWORD",
+        ):
+            field, key = self.password, "GENERIC_AUTHN_FAILED"
+        field.errors.append(get_message(key)[0])
+        return False
+
+
+class ConfirmRegisterForm(
+    Form, RegisterFormMixin, UniqueEmailFormMixin, NewPasswordFormMixin
+):
+    """Register with an email and a password (used when confirmation is on)."""
+
+
+class RegisterForm(ConfirmRegisterForm, PasswordConfirmFormMixin, NextFormMixin):
+    """Register with an email, a password and the password again."""
+
+
+class ResetPasswordForm(Form, NewPasswordFormMixin, PasswordConfirmFormMixin):
+    """Choose a new password from a reset link."""
+
+    submit = SubmitField("Reset password")
+
+
+class ChangePasswordForm(Form, PasswordFormMixin):
+    """Change the password of the logged-in user."""
+
+    new_password = PasswordField(
+        "New password", [_Required("PASSWORD_NOT_PROVIDED"), _password_length]
+    )
+    new_password_confirm = PasswordField(
+        "Retype new password", [_EqualTo("new_password", "RETYPE_PASSWORD_MISMATCH")]
+    )
+    submit = SubmitField("Change password")
+
+    def validate(self, extra_validators=None):
+        if not super().validate(extra_validators):
+            return False
+        if not verify_and_update_password(self.password.data, current_user):
+            self.password.errors.append(get_message("INVALID_PASSWORD")[0])
+            return False
+        if self.password.data == self.new_password.data:
+            self.new_password.errors.append(get_message("PASSWORD_IS_THE_SAME")[0])
+            return False
+        return True
+
+
+#: The form each ``init_app`` keyword replaces.
+_default_forms = {
+    "login_form": LoginForm,
+    "confirm_register_form": ConfirmRegisterForm,
+    "register_form": RegisterForm,
+    "forgot_password_form": ForgotPasswordForm,
+    "reset_password_form": ResetPasswordForm,
+    "change_password_form": ChangePasswordForm,
+    "send_confirmation_form": SendConfirmationForm,
+    "passwordless_login_form": PasswordlessLoginForm,
+}
+
+
+class _BadRequestBody(Exception):
+    """A JSON body that is not an object of plain values."""
+
+    def __init__(self, errors):
+        super().__init__(errors)
+        self.errors = errors
+
+
+def _json_formdata(payload):
+    """Turn a JSON object into form data; booleans become what a checkbox sends."""
+    if not isinstance(payload, dict):
+        raise _BadRequestBody({"json": ["The body must be a JSON object."]})
+    formdata, errors = MultiDict(), {}
+    for name, value in payload.items():
+        if isinstance(value, bool):
+            formdata[name] = "y" if value else ""
+        elif isinstance(value, (str, int, float)):
+            formdata[name] = str(value)
+        elif value is not None:
+            errors[name] = ["Expected a string, a number or a boolean."]
+    if errors:
+        raise _BadRequestBody(errors)
+    return formdata
+
+
+def _build_form(name):
+    """The form ``name`` of this app, filled from the JSON or form body."""
+    form_class = _security.forms[name]
+    options = {}
+    if g.get("_security_auth_method") == "token":
+        options["meta"] = {"csrf": False}
+    if request.is_json and request.method == "POST":
+        formdata = _json_formdata(request.get_json(silent=True))
+        header_token = request.headers.get("X-CSRFToken") or request.headers.get(
+            "X-CSRF-Token"
+        )
+        if header_token and "csrf_token" not in formdata:
+            formdata["csrf_token"] = header_token
+        return form_class(formdata=formdata, **options)
+    return form_class(**options)
+
+
+# =============================================================================
+# 10. Authentication and decorators
+# =============================================================================
+
+
+def _load_user_from_session(identity):
+    """Flask-Login's user loader: the id must still match the current password."""
+    user_id, _, binding = identity.rpartition("|")
+    if not user_id:
+        return None
+    user = _datastore.get_user_by_id(user_id)
+    if user is None or not user.is_active or requires_confirmation(user):
+        return None
+    if not hmac.compare_digest(binding, _binding("remember", user)):
+        return None
+    return user
+
+
+def _set_request_user(user, method):
+    """Make ``user`` the current user of this request only (no session)."""
+    g._login_user = user
+    g._security_auth_method = method
+    flask_login.user_loaded_from_request.send(
+        current_app._get_current_object(), user=user
+    )
+
+
+def _request_token():
+    token = request.headers.get(config_value("TOKEN_AUTHENTICATION_HEADER"))
+    key = config_value("TOKEN_AUTHENTICATION_KEY")
+    if not token:
+        token = request.args.get(key)
+    if not token and request.is_json:
+        body = request.get_json(silent=True)
+        token = body.get(key) if isinstance(body, dict) else None
+    return token if isinstance(token, str) else None
+
+
+def _check_token():
+    """Authenticate the request by its auth token: one HMAC and one lookup."""
+    token = _request_token()
+    if not token:
+        return False
+    max_age = config_value("TOKEN_MAX_AGE")
+    try:
+        data = _serializer("remember").loads(token, max_age=max_age)
+        user_id, binding = data
+    except (BadSignature, TypeError, ValueError):
+        return False
+    user = _datastore.get_user_by_id(user_id)
+    if user is None or not user.is_active or requires_confirmation(user):
+        return False
+    expected = _binding("remember", user)
+    if not isinstance(binding, str) or not hmac.compare_digest(binding, expected):
+        return False
+    _set_request_user(user, "token")
+    return True
+
+
+def _check_http_auth():
+    """Authenticate the request by HTTP Basic credentials."""
+    credentials = request.authorization
+    if credentials is None or credentials.type != "basic":
+        return False
+    user = _datastore.find_user_by_identity(credentials.username)
+    if user is None or not user.password:
+        _burn_a_verify()
+        return False
+    if not verify_and_update_password(credentials.password or "", user):
+        return False
+    if not user.is_active or requires_confirmation(user):
+        return False
+    _set_request_user(user, "basic")
+    return True
+
+
+def _check_session():
+    if current_user.is_authenticated:
+        g._security_auth_method = "session"
+        return True
+    return False
+
+
+_AUTH_CHECKS = {
+    "token": _check_token,
+    "basic": _check_http_auth,
+    "session": _check_session,
+}
+
+
+def _unauthenticated(realm=None):
+    """401: Basic challenge for Basic auth, JSON for API clients."""
+    message = get_message("LOGIN")[0]
+    if realm is None:
+        return _json_error(401, message)
+    if _wants_json():
+        response = jsonify(meta={"code": 401}, response={"error": message})
+    else:
+        response = Response(message, mimetype="text/plain")
+    response.status_code = 401
+    response.headers["WWW-Authenticate"] = f'Basic realm="{realm}"'
+    return response
+
+
+def _unauthorized_handler():
+    """Flask-Login's unauthorized callback: JSON 401, or the login page with next."""
+    if _wants_json():
+        return _json_error(401, get_message("LOGIN")[0])
+    _flash_message("LOGIN")
+    next_url = request.full_path if request.query_string else request.path
+    return redirect(url_for_security("login", next=request.script_root + next_url))
+
+
+def _forbidden():
+    """403, or a redirect to ``SECURITY_UNAUTHORIZED_VIEW`` when set."""
+    view = config_value("UNAUTHORIZED_VIEW")
+    if _wants_json():
+        return _json_error(403, get_message("UNAUTHORIZED")[0])
+    if view:
+        _flash_message("UNAUTHORIZED")
+        return redirect(get_url(view))
+    abort(403)
+
+
+def http_auth_required(realm):
+    """Protect a view with HTTP Basic auth; usable bare or as ``(realm)``.
+
+    :param realm: the realm announced in ``WWW-Authenticate`` (default:
+        ``SECURITY_DEFAULT_HTTP_AUTH_REALM``).
+    """
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            if _check_http_auth():
+                return current_app.ensure_sync(view)(*args, **kwargs)
+            return _unauthenticated(
+                realm_name or config_value("DEFAULT_HTTP_AUTH_REALM")
+            )
+
+        return wrapper
+
+    if callable(realm):
+        realm_name = None
+        return decorator(realm)
+    realm_name = realm
+    return decorator
+
+
+def auth_token_required(view):
+    """Protect a view with token authentication (header, query arg or JSON body)."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        if _check_token():
+            return current_app.ensure_sync(view)(*args, **kwargs)
+        return _unauthenticated()
+
+    return wrapper
+
+
+def auth_required(*methods):
+    """Protect a view with any of ``'token'``, ``'basic'``, ``'session'``, tried in
+    the order given."""
+    unknown = set(methods) - set(_AUTH_CHECKS)
+    if unknown or not methods:
+        raise ValueError(f"auth_required takes token, basic, session; not {unknown}")
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            if any(_AUTH_CHECKS[method]() for method in methods):
+                return current_app.ensure_sync(view)(*args, **kwargs)
+            if "basic" in methods:
+                return _unauthenticated(config_value("DEFAULT_HTTP_AUTH_REALM"))
+            if "session" in methods:
+                return _unauthorized_handler()
+            return _unauthenticated()
+
+        return wrapper
+
+    return decorator
+
+
+def _roles_decorator(roles, allowed):
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            if not current_user.is_authenticated:
+                return _unauthorized_handler()
+            if not allowed(current_user.has_role(role) for role in roles):
+                return _forbidden()
+            return current_app.ensure_sync(view)(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def roles_required(*roles):
+    """Allow only users who have every one of ``roles`` (names or Role objects)."""
+    return _roles_decorator(roles, all)
+
+
+def roles_accepted(*roles):
+    """Allow only users who have at least one of ``roles``."""
+    return _roles_decorator(roles, any)
+
+
+def anonymous_user_required(view):
+    """Send a logged-in user to ``SECURITY_POST_LOGIN_VIEW`` instead of the view."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        if current_user.is_authenticated:
+            return redirect(get_url(config_value("POST_LOGIN_VIEW")))
+        return current_app.ensure_sync(view)(*args, **kwargs)
+
+    return wrapper
+
+
+def _track_login(user):
+    """Update the five trackable fields from this request."""
+    now, address = _now(), request.remote_addr
+    user.last_login_at = user.current_login_at or now
+    user.current_login_at = now
+    user.last_login_ip = user.current_login_ip or address
+    user.current_login_ip = address
+    user.login_count = (user.login_count or 0) + 1
+
+
+def login_user(user, remember=None):
+    """Log ``user`` in: a fresh session (no fixation), tracking when enabled.
+
+    :param remember: set the remember-me cookie (default:
+        ``SECURITY_DEFAULT_REMEMBER_ME``).
+    :returns: False if the user is inactive.
+    """
+    if remember is None:
+        remember = config_value("DEFAULT_REMEMBER_ME")
+    if not user.is_active:
+        return False
+    session.clear()
+    flask_login.login_user(user, remember=remember)
+    g._security_auth_method = "session"
+    if config_value("TRACKABLE"):
+        _track_login(user)
+        _datastore.put(user)
+        _datastore.commit()
+    return True
+
+
+def logout_user():
+    """Log the current user out and forget the remember-me cookie."""
+    session.clear()
+    flask_login.logout_user()
+
+
+def _rebind_session(user):
+    """Keep this session after the user's password changed (others stop working)."""
+    remember = current_app.config.get("REMEMBER_COOKIE_NAME", "remember_token")
+    if g.get("_security_auth_method") == "session":
+        flask_login.login_user(user, remember=remember in request.cookies)
+
+
+# =============================================================================
+# 11. Mail
+# =============================================================================
+
+
+def send_mail(subject, recipient, template, **context):
+    """Send ``security/email/<template>.txt`` and ``.html`` to ``recipient``.
+
+    Delivered by ``@security.send_mail_task`` when one is registered, else by the
+    Flask-Mail extension of the app.
+
+    :param context: template values, merged over the mail context processors'.
+    """
+    security = _security.security
+    values = {"security": _security._get_current_object()}
+    for processor in security._mail_context_processors:
+        values.update(processor())
+    values.update(context)
+    message = flask_mail.Message(
+        subject, sender=config_value("EMAIL_SENDER"), recipients=[recipient]
+    )
+    message.body = render_template(f"security/email/{template}.txt", **values)
+    message.html = render_template(f"security/email/{template}.html", **values)
+    if security._send_mail_task is not None:
+        security._send_mail_task(message)
+        return
+    mail = current_app.extensions.get("mail")
+    if mail is None:
+        raise RuntimeError(
+            "flask-security-lite sends mail through Flask-Mail: call Mail(app), "
+            "or register a function with @security.send_mail_task"
+        )
+    mail.send(message)
+
+
+# =============================================================================
+# 12. Account flows
+# =============================================================================
+
+
+def register_user(**kwargs):
+    """Create a user from registration fields, send the welcome email and signal.
+
+    :returns: the new user.
+    :raises DatastoreConflictError: the identifier was taken meanwhile.
+    """
+    user = _datastore.create_user(**kwargs)
+    _datastore.commit()
+    confirmation_link = token = None
+    if config_value("CONFIRMABLE"):
+        confirmation_link, token = generate_confirmation_link(user)
+        _flash_message("CONFIRM_REGISTRATION", email=user.email)
+    _send_signal(user_registered, user=user, confirm_token=token)
+    if config_value("SEND_REGISTER_EMAIL"):
+        send_mail(
+            config_value("EMAIL_SUBJECT_REGISTER"),
+            user.email,
+            "welcome",
+            user=user,
+            confirmation_link=confirmation_link,
+        )
+    return user
+
+
+def generate_confirmation_token(user):
+    """Return a confirmation token, valid until the address is confirmed."""
+    return _make_token("confirm", user)
+
+
+def generate_confirmation_link(user):
+    """Return ``(link, token)`` for confirming ``user``'s address."""
+    token = generate_confirmation_token(user)
+    return url_for_security("confirm_email", token=token, _external=True), token
+
+
+def send_confirmation_instructions(user):
+    """Email ``user`` a confirmation link."""
+    link, token = generate_confirmation_link(user)
+    send_mail(
+        config_value("EMAIL_SUBJECT_CONFIRM"),
+        user.email,
+        "confirmation_instructions",
+        user=user,
+        confirmation_link=link,
+    )
+    _send_signal(confirm_instructions_sent, user=user, token=token)
+
+
+def requires_confirmation(user):
+    """True if ``user`` may not log in before confirming their address."""
+    return (
+        config_value("CONFIRMABLE")
+        and not config_value("LOGIN_WITHOUT_CONFIRMATION")
+        and getattr(user, "confirmed_at", None) is None
+    )
+
+
+def confirm_email_token_status(token):
+    """Return ``(expired, invalid, user)`` for a confirmation token."""
+    return get_token_status(token, "confirm", "CONFIRM_EMAIL")
+
+
+def confirm_user(user):
+    """Mark ``user`` confirmed; False if they already were."""
+    if user.confirmed_at is not None:
+        return False
+    user.confirmed_at = _now()
+    _datastore.put(user)
+    _send_signal(user_confirmed, user=user)
+    return True
+
+
+def generate_reset_password_token(user):
+    """Return a reset token, valid until the password changes."""
+    return _make_token("reset", user)
+
+
+def send_reset_password_instructions(user):
+    """Email ``user`` a password reset link."""
+    token = generate_reset_password_token(user)
+    link = url_for_security("reset_password", token=token, _external=True)
+    send_mail(
+        config_value("EMAIL_SUBJECT_PASSWORD_RESET"),
+        user.email,
+        "reset_instructions",
+        user=user,
+        reset_link=link,
+    )
+    _send_signal(reset_password_instructions_sent, user=user, token=token)
+
+
+def send_password_reset_notice(user):
+    """Tell ``user`` their password was reset, if that email is on."""
+    if config_value("SEND_PASSWORD_RESET_NOTICE_EMAIL"):
+        subject = config_value("EMAIL_SUBJECT_PASSWORD_NOTICE")
+        send_mail(subject, user.email, "reset_notice", user=user)
+
+
+def reset_password_token_status(token):
+    """Return ``(expired, invalid, user)`` for a reset token."""
+    return get_token_status(token, "reset", "RESET_PASSWORD")
+
+
+def update_password(user, password):
+    """Set a new password from a reset link, commit, notify and signal."""
+    user.password = hash_password(password)
+    _datastore.put(user)
+    _datastore.commit()
+    send_password_reset_notice(user)
+    _send_signal(password_reset, user=user)
+
+
+def send_password_changed_notice(user):
+    """Tell ``user`` their password changed, if that email is on."""
+    if config_value("SEND_PASSWORD_CHANGE_EMAIL"):
+        subject = config_value("EMAIL_SUBJECT_PASSWORD_CHANGE_NOTICE")
+        send_mail(subject, user.email, "change_notice", user=user)
+
+
+def change_user_password(user, password):
+    """Set a new password, keep this session, notify and signal.
+
+    Every other session, remember cookie and token of the user stops working.
+    """
+    user.password = hash_password(password)
+    _datastore.put(user)
+    _datastore.commit()
+    _rebind_session(user)
+    send_password_changed_notice(user)
+    _send_signal(password_changed, user=user)
+
+
+def generate_login_token(user):
+    """Return a passwordless login token."""
+    return _make_token("login", user)
+
+
+def send_login_instructions(user):
+    """Email ``user`` a passwordless login link."""
+    token = generate_login_token(user)
+    link = url_for_security("token_login", token=token, _external=True)
+    send_mail(
+        config_value("EMAIL_SUBJECT_PASSWORDLESS"),
+        user.email,
+        "login_instructions",
+        user=user,
+        login_link=link,
+    )
+    _send_signal(login_instructions_sent, user=user, login_token=token)
+
+
+def login_token_status(token):
+    """Return ``(expired, invalid, user)`` for a passwordless login token."""
+    return get_token_status(token, "login", "LOGIN")
+
+
+# =============================================================================
+# 13. Views and blueprint
+# =============================================================================
+
+
+def _render(template_key, view, **context):
+    """Render a view's template with the context processors of the docs."""
+    security = _security.security
+    values = {"security": _security._get_current_object()}
+    for processor in (
+        security._context_processors["all"] + security._context_processors[view]
+    ):
+        values.update(processor())
+    values.update(context)
+    return render_template(config_value(template_key), **values)
+
+
+def _render_json(form, include_user=True, include_auth_token=False):
+    """1.7.4's envelope: field errors with 400, else the user's id (and token)."""
+    if form.errors:
+        return _json_response(400, {"errors": form.errors})
+    response = {}
+    if include_user and form.user is not None:
+        response["user"] = {"id": str(form.user.id)}
+        if include_auth_token:
+            response["user"]["authentication_token"] = form.user.get_auth_token()
+    return _json_response(200, response)
+
+
+def _token_error(field_message):
+    return _json_response(400, {"errors": {"token": [field_message]}})
+
+
+def login():
+    """Log in with a password (HTML form or JSON)."""
+    if current_user.is_authenticated and request.method == "GET":
+        return redirect(get_post_login_redirect())
+    form = _build_form("login_form")
+    if form.validate_on_submit():
+        login_user(form.user, remember=form.remember.data)
+        if request.is_json:
+            return _render_json(form, include_auth_token=True)
+        return redirect(get_post_login_redirect(form.next.data))
+    if request.is_json:
+        return _render_json(form)
+    return _render("LOGIN_USER_TEMPLATE", "login", login_user_form=form)
+
+
+def logout():
+    """Log out (GET or POST) and go to a safe ``next`` or ``POST_LOGOUT_VIEW``."""
+    if current_user.is_authenticated:
+        logout_user()
+    if request.is_json:
+        return _json_response(200, {})
+    return redirect(get_post_logout_redirect())
+
+
+@anonymous_user_required
+def register():
+    """Create an account (HTML form or JSON)."""
+    confirming = config_value("CONFIRMABLE") or request.is_json
+    form = _build_form("confirm_register_form" if confirming else "register_form")
+    if form.validate_on_submit():
+        fields = form.to_dict()
+        try:
+            form.user = register_user(**fields)
+        except DatastoreConflictError:
+            message = get_message("EMAIL_ALREADY_ASSOCIATED", email=fields["email"])
+            form.email.errors.append(message[0])
+        else:
+            if not requires_confirmation(form.user):
+                login_user(form.user)
+            if request.is_json:
+                return _render_json(form, include_auth_token=True)
+            next_url = getattr(getattr(form, "next", None), "data", None)
+            return redirect(get_post_register_redirect(next_url))
+    if request.is_json:
+        return _render_json(form)
+    return _render("REGISTER_USER_TEMPLATE", "register", register_user_form=form)
+
+
+def send_confirmation():
+    """Send the confirmation email again."""
+    form = _build_form("send_confirmation_form")
+    if form.validate_on_submit() and form.user is not None:
+        send_confirmation_instructions(form.user)
+        if not request.is_json:
+            _flash_message("CONFIRMATION_REQUEST", email=form.user.email)
+    if request.is_json:
+        return _render_json(form, include_user=False)
+    return _render(
+        "SEND_CONFIRMATION_TEMPLATE",
+        "send_confirmation",
+        send_confirmation_form=form,
+    )
+
+
+def confirm_email(token):
+    """Confirm an address from an emailed link, and log its owner in."""
+    expired, invalid, user = confirm_email_token_status(token)
+    if user is not None and invalid and user.confirmed_at is not None:
+        message_key = "ALREADY_CONFIRMED"
+    elif invalid or user is None:
+        message_key = "INVALID_CONFIRMATION_TOKEN"
+    elif expired:
+        send_confirmation_instructions(user)
+        message_key = "CONFIRMATION_EXPIRED"
+    else:
+        message_key = "EMAIL_CONFIRMED"
+    if message_key != "EMAIL_CONFIRMED":
+        message = get_message(
+            message_key,
+            email=getattr(user, "email", ""),
+            within=config_value("CONFIRM_EMAIL_WITHIN"),
+        )
+        if _wants_json():
+            return _token_error(message[0])
+        do_flash(*message)
+        if message_key == "ALREADY_CONFIRMED":
+            return _redirect_after(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
+        error_view = config_value("CONFIRM_ERROR_VIEW")
+        return redirect(
+            get_url(error_view) if error_view else url_for_security("send_confirmation")
+        )
+    confirm_user(user)
+    _datastore.commit()
+    if current_user.is_authenticated and current_user.id != user.id:
+        logout_user()
+    login_user(user)
+    if _wants_json():
+        return _json_response(200, {"user": {"id": str(user.id)}})
+    _flash_message("EMAIL_CONFIRMED")
+    return _redirect_after(_next_argument(), "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
+
+
+@anonymous_user_required
+def forgot_password():
+    """Send password reset instructions."""
+    form = _build_form("forgot_password_form")
+    if form.validate_on_submit():
+        if form.user is not None:
+            send_reset_password_instructions(form.user)
+        if not request.is_json:
+            _flash_message("PASSWORD_RESET_REQUEST", email=form.email.data)
+    if request.is_json:
+        return _render_json(form, include_user=False)
+    return _render(
+        "FORGOT_PASSWORD_TEMPLATE", "forgot_password", forgot_password_form=form
+    )
+
+
+@anonymous_user_required
+def reset_password(token):
+    """Choose a new password from an emailed link; the link works once."""
+    expired, invalid, user = reset_password_token_status(token)
+    if invalid or expired:
+        if expired:
+            send_reset_password_instructions(user)
+            key = "PASSWORD_RESET_EXPIRED"
+        else:
+            key = "INVALID_RESET_PASSWORD_TOKEN"
+        within = config_value("RESET_PASSWORD_WITHIN")
+        message = get_message(key, email=getattr(user, "email", ""), within=within)
+        if request.is_json:
+            return _token_error(message[0])
+        do_flash(*message)
+        return redirect(url_for_security("forgot_password"))
+    form = _build_form("reset_password_form")
+    if form.validate_on_submit():
+        update_password(user, form.password.data)
+        login_user(user)
+        form.user = user
+        if request.is_json:
+            return _render_json(form, include_auth_token=True)
+        _flash_message("PASSWORD_RESET")
+        return _redirect_after(None, "POST_RESET_VIEW", "POST_LOGIN_VIEW")
+    if request.is_json:
+        return _render_json(form, include_user=False)
+    return _render(
+        "RESET_PASSWORD_TEMPLATE",
+        "reset_password",
+        reset_password_form=form,
+        reset_password_token=token,
+    )
+
+
+@auth_required("session", "token")
+def change_password():
+    """Change the password of the logged-in user."""
+    form = _build_form("change_password_form")
+    if form.validate_on_submit():
+        user = current_user._get_current_object()
+        change_user_password(user, form.new_password.data)
+        form.user = user
+        if request.is_json:
+            return _render_json(form, include_auth_token=True)
+        _flash_message("PASSWORD_CHANGE")
+        return _redirect_after(None, "POST_CHANGE_VIEW", "POST_LOGIN_VIEW")
+    if request.is_json:
+        return _render_json(form, include_user=False)
+    return _render(
+        "CHANGE_PASSWORD_TEMPLATE", "change_password", change_password_form=form
+    )
+
+
+def send_login():
+    """Send a passwordless login link."""
+    form = _build_form("passwordless_login_form")
+    if form.validate_on_submit():
+        if form.user is not None:
+            send_login_instructions(form.user)
+        if not request.is_json:
+            _flash_message("LOGIN_EMAIL_SENT", email=form.email.data)
+    if request.is_json:
+        return _render_json(form, include_user=False)
+    return _render("SEND_LOGIN_TEMPLATE", "send_login", send_login_form=form)
+
+
+@anonymous_user_required
+def token_login(token):
+    """Log in from a passwordless login link."""
+    expired, invalid, user = login_token_status(token)
+    if invalid or expired or not user.is_active:
+        if expired and not invalid:
+            send_login_instructions(user)
+            key = "LOGIN_EXPIRED"
+        else:
+            key = "INVALID_LOGIN_TOKEN"
+        within = config_value("LOGIN_WITHIN")
+        message = get_message(key, email=getattr(user, "email", ""), within=within)
+        if _wants_json():
+            return _token_error(message[0])
+        do_flash(*message)
+        return redirect(url_for_security("login"))
+    login_user(user)
+    if _wants_json():
+        return _json_response(200, {"user": {"id": str(user.id)}})
+    _flash_message("PASSWORDLESS_LOGIN_SUCCESSFUL")
+    return redirect(get_post_login_redirect())
+
+
+def _limit_body():
+    request.max_content_length = min(
+        request.max_content_length or _MAX_BODY_BYTES, _MAX_BODY_BYTES
+    )
+
+
+def _no_store(response):
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _bad_body(error):
+    return _json_response(400, {"errors": error.errors})
+
+
+def _too_large(error):
+    return _json_error(413, "The request body is too large.")
+
+
+def create_blueprint(app, import_name=__name__):
+    """Build the security blueprint for ``app``'s config: only enabled views exist."""
+
+    def setting(key):
+        return config_value(key, app=app)
+
+    bp = Blueprint(
+        setting("BLUEPRINT_NAME"),
+        import_name,
+        url_prefix=setting("URL_PREFIX"),
+        subdomain=setting("SUBDOMAIN"),
+        template_folder=_templates_folder(),
+    )
+    post = ["GET", "POST"]
+    login_url = setting("LOGIN_URL")
+    if setting("PASSWORDLESS"):
+        bp.add_url_rule(login_url, "login", send_login, methods=post)
+        token_url = _slash_url_suffix(login_url, "<token>")
+        bp.add_url_rule(token_url, "token_login", token_login)
+    else:
+        bp.add_url_rule(login_url, "login", login, methods=post)
+    bp.add_url_rule(
+        setting("LOGOUT_URL"), "logout", logout, methods=setting("LOGOUT_METHODS")
+    )
+    if setting("REGISTERABLE"):
+        bp.add_url_rule(setting("REGISTER_URL"), "register", register, methods=post)
+    if setting("RECOVERABLE"):
+        reset_url = setting("RESET_URL")
+        bp.add_url_rule(reset_url, "forgot_password", forgot_password, methods=post)
+        bp.add_url_rule(
+            _slash_url_suffix(reset_url, "<token>"),
+            "reset_password",
+            reset_password,
+            methods=post,
+        )
+    if setting("CHANGEABLE"):
+        change_url = setting("CHANGE_URL")
+        bp.add_url_rule(change_url, "change_password", change_password, methods=post)
+    if setting("CONFIRMABLE"):
+        confirm_url = setting("CONFIRM_URL")
+        bp.add_url_rule(
+            confirm_url, "send_confirmation", send_confirmation, methods=post
+        )
+        bp.add_url_rule(
+            _slash_url_suffix(confirm_url, "<token>"), "confirm_email", confirm_email
+        )
+    bp.before_request(_limit_body)
+    bp.after_request(_no_store)
+    bp.register_error_handler(_BadRequestBody, _bad_body)
+    bp.register_error_handler(RequestEntityTooLarge, _too_large)
+    return bp
+
+
+def _templates_folder():
+    """Our templates: beside this file (checkout, vendored copy) or installed."""
+    beside = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+    if os.path.isdir(os.path.join(beside, "security")):
+        return beside
+    spec = importlib.util.find_spec("flask_security_lite_templates")
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    raise RuntimeError(
+        "flask-security-lite cannot find its templates: copy the 'templates' folder "
+        f"of the distribution to {beside}, or install the package with pip"
+    )
+
+
+# =============================================================================
+# 14. Command line
+# =============================================================================
+
+
+users_cli = AppGroup("users", help="Create, activate and deactivate users.")
+roles_cli = AppGroup("roles", help="Create roles and give them to users.")
+
+
+def _cli_user(email):
+    user = _datastore.find_user(email=email)
+    if user is None:
+        raise click.ClickException(f"no user has the email {email}")
+    return user
+
+
+def _cli_role(name):
+    role = _datastore.find_role(name)
+    if role is None:
+        raise click.ClickException(f"no role is named {name}")
+    return role
+
+
+def _cli_commit(message):
+    try:
+        _datastore.commit()
+    except DatastoreConflictError as error:
+        raise click.ClickException(f"nothing was saved: {error}") from None
+    click.echo(message)
+
+
+@users_cli.command("create")
+@click.argument("email")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@click.option("--active/--inactive", default=True, help="Whether the user can log in.")
+def _users_create(email, password, active):
+    """Create a user with EMAIL."""
+    try:
+        _email_validator.validate_email(email, check_deliverability=False)
+    except _email_validator.EmailNotValidError as error:
+        raise click.BadParameter(str(error), param_hint="EMAIL") from None
+    minimum = config_value("PASSWORD_LENGTH_MIN")
+    if len(password) < minimum:
+        message = get_message("PASSWORD_INVALID_LENGTH", length=minimum)[0]
+        raise click.BadParameter(message, param_hint="--password")
+    if _datastore.find_user(email=email) is not None:
+        message = get_message("EMAIL_ALREADY_ASSOCIATED", email=email)[0]
+        raise click.ClickException(message)
+    _datastore.create_user(email=email, password=password, active=active)
+    _cli_commit(f"created user {email}")
+
+
+@users_cli.command("activate")
+@click.argument("email")
+def _users_activate(email):
+    """Let the user with EMAIL log in again."""
+    changed = _datastore.activate_user(_cli_user(email))
+    _cli_commit(f"activated {email}" if changed else f"{email} was already active")
+
+
+@users_cli.command("deactivate")
+@click.argument("email")
+def _users_deactivate(email):
+    """Stop the user with EMAIL from logging in (sessions and tokens too)."""
+    changed = _datastore.deactivate_user(_cli_user(email))
+    _cli_commit(f"deactivated {email}" if changed else f"{email} was already inactive")
+
+
+@roles_cli.command("create")
+@click.argument("name")
+@click.option("--description", default=None, help="What the role allows.")
+def _roles_create(name, description):
+    """Create the role NAME."""
+    if _datastore.find_role(name) is not None:
+        raise click.ClickException(f"the role {name} exists already")
+    _datastore.create_role(name=name, description=description)
+    _cli_commit(f"created role {name}")
+
+
+@roles_cli.command("add")
+@click.argument("email")
+@click.argument("role")
+def _roles_add(email, role):
+    """Give ROLE to the user with EMAIL."""
+    changed = _datastore.add_role_to_user(_cli_user(email), _cli_role(role))
+    _cli_commit(f"gave {role} to {email}" if changed else f"{email} had {role} already")
+
+
+@roles_cli.command("remove")
+@click.argument("email")
+@click.argument("role")
+def _roles_remove(email, role):
+    """Take ROLE from the user with EMAIL."""
+    changed = _datastore.remove_role_from_user(_cli_user(email), _cli_role(role))
+    _cli_commit(f"took {role} from {email}" if changed else f"{email} lacked {role}")
+
+
+# =============================================================================
+# 15. The Security extension
+# =============================================================================
+
+
+class _SecurityState:
+    """What ``init_app`` set up for one application; templates see it as
+    ``security``, and ``security.<setting>`` reads ``SECURITY_<SETTING>``."""
+
+    def __init__(self, app, security, datastore, forms, login_manager):
+        self.app = app
+        self.security = security
+        self.datastore = datastore
+        self.forms = forms
+        self.login_manager = login_manager
+        self.pwd_context = _build_password_context(app.config)
+
+    @cached_property
+    def dummy_hash(self):
+        """A hash in the default scheme, verified when no real one exists."""
+        return hash_password("a password nobody has")
+
+    def __getattr__(self, name):
+        key = "SECURITY_" + name.upper()
+        if key in self.app.config:
+            return self.app.config[key]
+        raise AttributeError(name)
+
+
+class Security:
+    """The extension: ``Security(app, datastore)`` or ``init_app`` later.
+
+    One object may serve several applications, each with its own config and
+    datastore. Attributes not found here are read from the current app's state
+    (``security.datastore``, ``security.login_manager``, settings).
+
+    :param app: the application.
+    :param datastore: a :class:`UserDatastore`.
+    :param kwargs: ``register_blueprint`` and the form overrides of ``init_app``.
+    """
+
+    def __init__(self, app=None, datastore=None, **kwargs):
+        unknown = set(kwargs) - set(_default_forms) - {"register_blueprint"}
+        if unknown:
+            raise TypeError(f"Security() got unknown arguments: {sorted(unknown)}")
+        self._datastore = datastore
+        self._options = kwargs
+        self._context_processors = defaultdict(list)
+        self._mail_context_processors = []
+        self._send_mail_task = None
+        if app is not None:
+            self.init_app(app, datastore)
+
+    def init_app(
+        self,
+        app,
+        datastore=None,
+        register_blueprint=None,
+        login_form=None,
+        confirm_register_form=None,
+        register_form=None,
+        forgot_password_form=None,
+        reset_password_form=None,
+        change_password_form=None,
+        send_confirmation_form=None,
+        passwordless_login_form=None,
+    ):
+        """Set up security on ``app``: config defaults, Flask-Login, the blueprint
+        and the ``flask users`` / ``flask roles`` commands.
+
+        :param datastore: the datastore for this app (default: the constructor's).
+        :param register_blueprint: add the security views (default True).
+        :param login_form: and the other ``*_form`` keywords replace a form class.
+        """
+        given = {
+            "login_form": login_form,
+            "confirm_register_form": confirm_register_form,
+            "register_form": register_form,
+            "forgot_password_form": forgot_password_form,
+            "reset_password_form": reset_password_form,
+            "change_password_form": change_password_form,
+            "send_confirmation_form": send_confirmation_form,
+            "passwordless_login_form": passwordless_login_form,
+        }
+        forms = {
+            name: given[name] or self._options.get(name) or default
+            for name, default in _default_forms.items()
+        }
+        datastore = datastore or self._datastore
+        if datastore is None:
+            raise ValueError("Security needs a datastore, e.g. SQLAlchemyUserDatastore")
+        for key, value in _default_config.items():
+            app.config.setdefault("SECURITY_" + key, value)
+        for key, value in _default_messages.items():
+            app.config.setdefault("SECURITY_MSG_" + key, value)
+        state = _SecurityState(
+            app, self, datastore, forms, self._make_login_manager(app)
+        )
+        app.extensions["security"] = state
+        if register_blueprint is None:
+            register_blueprint = self._options.get("register_blueprint", True)
+        if register_blueprint:
+            app.register_blueprint(create_blueprint(app))
+        app.cli.add_command(users_cli)
+        app.cli.add_command(roles_cli)
+        if app.config["SECURITY_PASSWORD_HASH"] == "plaintext" and not app.testing:
+            _log.warning(
+                "SECURITY_PASSWORD_HASH is 'plaintext': passwords are stored "
+                "unhashed. Use it only for tests."
+            )
+        return state
+
+    @staticmethod
+    def _make_login_manager(app):
+        manager = flask_login.LoginManager()
+        manager.anonymous_user = AnonymousUser
+        manager.login_view = f"{app.config['SECURITY_BLUEPRINT_NAME']}.login"
+        manager.refresh_view = manager.login_view
+        manager.login_message, manager.login_message_category = app.config[
+            "SECURITY_MSG_LOGIN"
+        ]
+        manager.needs_refresh_message, manager.needs_refresh_message_category = (
+            app.config["SECURITY_MSG_REFRESH"]
+        )
+        manager.user_loader(_load_user_from_session)
+        manager.unauthorized_handler(_unauthorized_handler)
+        manager.init_app(app)
+        return manager
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(current_app.extensions["security"], name)
+
+    # -- customisation points of the docs ----------------------------------------
+
+    def _add_context_processor(self, view, function):
+        self._context_processors[view].append(function)
+        return function
+
+    def context_processor(self, function):
+        """Add template values to every security view."""
+        return self._add_context_processor("all", function)
+
+    def forgot_password_context_processor(self, function):
+        """Add template values to the forgot-password view."""
+        return self._add_context_processor("forgot_password", function)
+
+    def login_context_processor(self, function):
+        """Add template values to the login view."""
+        return self._add_context_processor("login", function)
+
+    def register_context_processor(self, function):
+        """Add template values to the register view."""
+        return self._add_context_processor("register", function)
+
+    def reset_password_context_processor(self, function):
+        """Add template values to the reset-password view."""
+        return self._add_context_processor("reset_password", function)
+
+    def change_password_context_processor(self, function):
+        """Add template values to the change-password view."""
+        return self._add_context_processor("change_password", function)
+
+    def send_confirmation_context_processor(self, function):
+        """Add template values to the resend-confirmation view."""
+        return self._add_context_processor("send_confirmation", function)
+
+    def send_login_context_processor(self, function):
+        """Add template values to the passwordless login view."""
+        return self._add_context_processor("send_login", function)
+
+    def mail_context_processor(self, function):
+        """Add template values to every security email."""
+        self._mail_context_processors.append(function)
+        return function
+
+    def send_mail_task(self, function):
+        """Deliver security emails with ``function(message)`` instead of Flask-Mail,
+        e.g. to queue them; ``message`` is a ``flask_mail.Message``."""
+        self._send_mail_task = function
+        return function
