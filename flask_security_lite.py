@@ -200,6 +200,19 @@ __all__ = (
     "login_token_status",
     # views
     "create_blueprint",
+    "login",
+    "logout",
+    "register",
+    "send_login",
+    "token_login",
+    "send_confirmation",
+    "confirm_email",
+    "forgot_password",
+    "reset_password",
+    "change_password",
+    # command line
+    "users_cli",
+    "roles_cli",
 )
 
 _log = logging.getLogger("flask_security_lite")
@@ -793,7 +806,7 @@ _TOKEN_BINDINGS = {
     "remember": lambda user: "password:" + (user.password or ""),
     "reset": lambda user: "password:" + (user.password or ""),
     "login": lambda user: "password:" + (user.password or ""),
-    "confirm": lambda user: "email:" + (user.email or ""),
+    "confirm": lambda user: f"email:{user.email}:{user.confirmed_at is None}",
 }
 
 
@@ -826,8 +839,9 @@ def get_token_status(token, serializer, max_age=None):
     try:
         data = _serializer(serializer).loads(token, max_age=seconds)
     except SignatureExpired as error:
+        # The signature was good, only old: keep the payload to resend the link.
         expired = True
-        data = error.payload
+        data = _serializer(serializer).load_payload(error.payload)
     except (BadSignature, TypeError, ValueError):
         return False, True, None
     if not (isinstance(data, list) and len(data) == 2 and isinstance(data[1], str)):
@@ -853,9 +867,9 @@ class UserMixin(flask_login.UserMixin):
         """True unless the account was deactivated."""
         return bool(self.active)
 
-    def get_id(self):
-        """The session identity: the id bound to the password, so a new password
-        ends every other session and remember cookie."""
+    def get_session_identity(self):
+        """What the session and remember cookie hold: the id bound to the password,
+        so a new password ends every other session and remember cookie."""
         return f"{self.id}|{_binding('remember', self)}"
 
     def get_auth_token(self):
@@ -1147,7 +1161,8 @@ class PeeweeUserDatastore(UserDatastore):
     def __init__(self, db, user_model, role_model, role_link):
         self._peewee = _require("peewee", "peewee")
         super().__init__(user_model, role_model)
-        self.db = getattr(db, "database", db)
+        # A peewee.Database has a .database too: its name, so test the type first.
+        self.db = db if isinstance(db, self._peewee.Database) else db.database
         self.role_link = role_link
 
     def put(self, model):
@@ -1442,7 +1457,7 @@ class ChangePasswordForm(Form, PasswordFormMixin):
             self.password.errors.append(get_message("INVALID_PASSWORD")[0])
             return False
         if self.password.data == self.new_password.data:
-            self.new_password.errors.append(get_message("PASSWORD_IS_THE_SAME")[0])
+            self.new_password.errors.append(get_message("PASSWORD_IS_SAME")[0])
             return False
         return True
 
@@ -2482,6 +2497,11 @@ class Security:
             app.config.setdefault("SECURITY_" + key, value)
         for key, value in _default_messages.items():
             app.config.setdefault("SECURITY_MSG_" + key, value)
+        # 1.7.4's changelog names this message PASSWORD_IS_SAME: either key works.
+        app.config.setdefault(
+            "SECURITY_MSG_PASSWORD_IS_SAME",
+            app.config["SECURITY_MSG_PASSWORD_IS_THE_SAME"],
+        )
         state = _SecurityState(
             app, self, datastore, forms, self._make_login_manager(app)
         )
@@ -2503,6 +2523,8 @@ class Security:
     def _make_login_manager(app):
         manager = flask_login.LoginManager()
         manager.anonymous_user = AnonymousUser
+        # Not get_id: ORMs such as peewee define their own get_id on models.
+        manager.id_attribute = "get_session_identity"
         manager.login_view = f"{app.config['SECURITY_BLUEPRINT_NAME']}.login"
         manager.refresh_view = manager.login_view
         manager.login_message, manager.login_message_category = app.config[

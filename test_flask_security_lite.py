@@ -1,0 +1,2600 @@
+"""The specification of flask_security_lite, as tests.
+
+Fixtures come first (stores, an app factory, helpers); then the tests, grouped under
+the same numbered banners as the module. Tests marked with the ``store`` fixture run
+on every datastore: Flask-SQLAlchemy on SQLite and on a real PostgreSQL server,
+peewee on SQLite and mongoengine on mongomock.
+"""
+
+import base64
+import glob
+import hashlib
+import hmac
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from flask import Flask, jsonify
+from flask_mail import Mail
+from itsdangerous import TimestampSigner
+
+import flask_security_lite as fsl
+from flask_security_lite import (
+    Security,
+    auth_required,
+    auth_token_required,
+    current_user,
+    http_auth_required,
+    login_required,
+    roles_accepted,
+    roles_required,
+)
+
+HERE = Path(__file__).parent
+PASSWORD = "correct horse"
+FAST_HASHING = {"pbkdf2_sha512": {"rounds": 1000}}
+
+
+# =============================================================================
+# Stores: one builder per datastore, each returning (datastore, teardown)
+# =============================================================================
+
+
+def _sqlalchemy_store(app, uri):
+    from flask_sqlalchemy import SQLAlchemy
+
+    app.config["SQLALCHEMY_DATABASE_URI"] = uri
+    db = SQLAlchemy(app)
+    roles_users = db.Table(
+        "roles_users",
+        db.Column("user_id", db.Integer(), db.ForeignKey("user.id")),
+        db.Column("role_id", db.Integer(), db.ForeignKey("role.id")),
+    )
+
+    class Role(db.Model, fsl.RoleMixin):
+        id = db.Column(db.Integer(), primary_key=True)
+        name = db.Column(db.String(80), unique=True)
+        description = db.Column(db.String(255))
+
+    class User(db.Model, fsl.UserMixin):
+        id = db.Column(db.Integer, primary_key=True)
+        email = db.Column(db.String(255), unique=True)
+        username = db.Column(db.String(255), unique=True)
+        password = db.Column(db.String(255))
+        active = db.Column(db.Boolean())
+        confirmed_at = db.Column(db.DateTime())
+        first_name = db.Column(db.String(255))
+        last_login_at = db.Column(db.DateTime())
+        current_login_at = db.Column(db.DateTime())
+        last_login_ip = db.Column(db.String(100))
+        current_login_ip = db.Column(db.String(100))
+        login_count = db.Column(db.Integer)
+        roles = db.relationship(
+            "Role", secondary=roles_users, backref=db.backref("users", lazy="dynamic")
+        )
+
+    with app.app_context():
+        db.drop_all()
+        db.create_all()
+
+    def teardown():
+        with app.app_context():
+            db.session.remove()
+            db.drop_all()
+            db.engine.dispose()
+
+    return fsl.SQLAlchemyUserDatastore(db, User, Role), teardown
+
+
+def _peewee_store(app, path):
+    import peewee
+
+    db = peewee.SqliteDatabase(str(path / f"peewee-{uuid.uuid4().hex}.db"))
+
+    class Base(peewee.Model):
+        class Meta:
+            database = db
+
+    class Role(Base, fsl.RoleMixin):
+        name = peewee.CharField(unique=True)
+        description = peewee.TextField(null=True)
+
+    class User(Base, fsl.UserMixin):
+        email = peewee.TextField(unique=True)
+        username = peewee.TextField(null=True, unique=True)
+        password = peewee.TextField(null=True)
+        active = peewee.BooleanField(default=True)
+        confirmed_at = peewee.DateTimeField(null=True)
+        first_name = peewee.TextField(null=True)
+        last_login_at = peewee.DateTimeField(null=True)
+        current_login_at = peewee.DateTimeField(null=True)
+        last_login_ip = peewee.TextField(null=True)
+        current_login_ip = peewee.TextField(null=True)
+        login_count = peewee.IntegerField(null=True)
+
+    class UserRoles(Base):
+        user = peewee.ForeignKeyField(User, backref="roles")
+        role = peewee.ForeignKeyField(Role, backref="users")
+        name = property(lambda self: self.role.name)
+        description = property(lambda self: self.role.description)
+
+    db.connect()
+    db.create_tables([Role, User, UserRoles])
+
+    def teardown():
+        db.close()
+
+    return fsl.PeeweeUserDatastore(db, User, Role, UserRoles), teardown
+
+
+def _mongo_store(app, path):
+    import mongoengine
+    import mongomock
+
+    alias = f"db-{uuid.uuid4().hex}"
+    mongoengine.connect(
+        alias,
+        alias=alias,
+        host="mongodb://localhost",
+        mongo_client_class=mongomock.MongoClient,
+        uuidRepresentation="standard",
+    )
+
+    class Role(mongoengine.Document, fsl.RoleMixin):
+        name = mongoengine.StringField(max_length=80, unique=True)
+        description = mongoengine.StringField(max_length=255)
+        meta = {"db_alias": alias}
+
+    class User(mongoengine.Document, fsl.UserMixin):
+        email = mongoengine.StringField(max_length=255, unique=True)
+        username = mongoengine.StringField(max_length=255)
+        password = mongoengine.StringField(max_length=255)
+        active = mongoengine.BooleanField(default=True)
+        confirmed_at = mongoengine.DateTimeField()
+        first_name = mongoengine.StringField()
+        last_login_at = mongoengine.DateTimeField()
+        current_login_at = mongoengine.DateTimeField()
+        last_login_ip = mongoengine.StringField()
+        current_login_ip = mongoengine.StringField()
+        login_count = mongoengine.IntField()
+        roles = mongoengine.ListField(mongoengine.ReferenceField(Role), default=[])
+        meta = {"db_alias": alias}
+
+    def teardown():
+        mongoengine.disconnect(alias)
+
+    return fsl.MongoEngineUserDatastore(mongoengine, User, Role), teardown
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server in a temporary folder, as ``postgres`` under root."""
+    found = shutil.which("initdb") or next(
+        iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None
+    )
+    if found is None:
+        pytest.skip("no PostgreSQL binaries (initdb) on this machine")
+    bin_dir = Path(found).parent
+    data_dir = tempfile.mkdtemp(prefix="fsl-pg-")
+    as_postgres = []
+    if os.geteuid() == 0:
+        shutil.chown(data_dir, "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    run = dict(check=True, capture_output=True)
+    subprocess.run(
+        [
+            *as_postgres,
+            bin_dir / "initdb",
+            "-D",
+            data_dir,
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+        ],
+        **run,
+    )
+    options = f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1 -F"
+    pg_ctl = [*as_postgres, bin_dir / "pg_ctl", "-D", data_dir]
+    subprocess.run(
+        [*pg_ctl, "-o", options, "-l", f"{data_dir}/log", "-w", "start"], **run
+    )
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+STORES = ["sqlite", "postgres", "peewee", "mongo"]
+
+
+@pytest.fixture(params=STORES)
+def store(request):
+    """The name of each datastore in turn; tests using it run on all four."""
+    if request.param == "postgres":
+        request.getfixturevalue("postgres_url")
+    return request.param
+
+
+def _add_test_views(app):
+    @app.route("/")
+    def index():
+        return "home"
+
+    @app.route("/profile")
+    @login_required
+    def profile():
+        return f"profile of {current_user.email}"
+
+    @app.route("/admin")
+    @roles_required("admin")
+    def admin():
+        return "admin"
+
+    @app.route("/admin-and-editor")
+    @roles_required("admin", "editor")
+    def admin_and_editor():
+        return "admin and editor"
+
+    @app.route("/admin-or-editor")
+    @roles_accepted("admin", "editor")
+    def admin_or_editor():
+        return "admin or editor"
+
+    @app.route("/token", methods=["GET", "POST"])
+    @auth_token_required
+    def token():
+        return jsonify(email=current_user.email)
+
+    @app.route("/basic")
+    @http_auth_required
+    def basic():
+        return f"basic {current_user.email}"
+
+    @app.route("/basic-realm")
+    @http_auth_required("Secret Area")
+    def basic_realm():
+        return "realm"
+
+    @app.route("/any")
+    @auth_required("token", "basic", "session")
+    def any_method():
+        return f"any {current_user.email}"
+
+    @app.route("/anonymous")
+    @fsl.anonymous_user_required
+    def anonymous():
+        return "anonymous"
+
+    @app.route("/unauthorized")
+    def unauthorized():
+        return "unauthorized page"
+
+
+@pytest.fixture
+def make_app(tmp_path, request):
+    """Build an app on a store with extra config; every one is torn down after."""
+    teardowns = []
+
+    def factory(
+        store="sqlite",
+        template_folder=None,
+        security_kwargs=None,
+        security=None,
+        **config,
+    ):
+        app = Flask(__name__, template_folder=template_folder)
+        app.config.update(
+            SECRET_KEY="test secret",
+            TESTING=True,
+            WTF_CSRF_ENABLED=False,
+            SECURITY_PASSWORD_HASH_OPTIONS=FAST_HASHING,
+        )
+        app.config.update(config)
+        if store == "sqlite":
+            datastore, teardown = _sqlalchemy_store(app, "sqlite://")
+        elif store == "postgres":
+            url = request.getfixturevalue("postgres_url")
+            datastore, teardown = _sqlalchemy_store(app, url)
+        elif store == "peewee":
+            datastore, teardown = _peewee_store(app, tmp_path)
+        else:
+            datastore, teardown = _mongo_store(app, tmp_path)
+        teardowns.append(teardown)
+        if security is None:
+            security = Security(app, datastore, **(security_kwargs or {}))
+        else:
+            security.init_app(app, datastore)
+        app.security = security
+        app.datastore = datastore
+        app.mail = Mail(app)
+        _add_test_views(app)
+        return app
+
+    yield factory
+    for teardown in teardowns:
+        teardown()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+def add_user(app, email="matt@lp.com", password=PASSWORD, roles=(), **fields):
+    """Create a user (committed) and return its id as a string."""
+    with app.test_request_context():
+        for role in roles:
+            app.datastore.find_or_create_role(role)
+        user = app.datastore.create_user(
+            email=email, password=password, roles=list(roles), **fields
+        )
+        app.datastore.commit()
+        return str(user.id)
+
+
+def get_user(app, email="matt@lp.com"):
+    with app.test_request_context():
+        return app.datastore.find_user(email=email)
+
+
+def login(client, email="matt@lp.com", password=PASSWORD, **extra):
+    return client.post("/login", data=dict(email=email, password=password, **extra))
+
+
+def json_login(client, email="matt@lp.com", password=PASSWORD, **extra):
+    return client.post("/login", json=dict(email=email, password=password, **extra))
+
+
+def auth_token(client, email="matt@lp.com", password=PASSWORD):
+    response = json_login(client, email, password)
+    return response.json["response"]["user"]["authentication_token"]
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """Move the clock of signed tokens forward without sleeping."""
+
+    class Clock:
+        offset = 0
+
+        def advance(self, **delta):
+            from datetime import timedelta
+
+            self.offset += timedelta(**delta).total_seconds()
+
+    clock = Clock()
+    monkeypatch.setattr(
+        TimestampSigner, "get_timestamp", lambda self: int(time.time() + clock.offset)
+    )
+    return clock
+
+
+# =============================================================================
+# 0. The module itself
+# =============================================================================
+
+
+def test_importing_the_module_imports_no_orm():
+    code = (
+        "import sys, flask_security_lite; "
+        "print([m for m in ('sqlalchemy', 'flask_sqlalchemy', 'mongoengine', 'peewee')"
+        " if m in sys.modules])"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert output.stdout.strip() == "[]"
+
+
+def test_all_lists_every_public_name_and_each_exists():
+    for name in fsl.__all__:
+        assert hasattr(fsl, name), name
+    public = {
+        name
+        for name, value in vars(fsl).items()
+        if not name.startswith("_")
+        and getattr(value, "__module__", None) == "flask_security_lite"
+    }
+    assert public <= set(fsl.__all__)
+
+
+def test_every_public_name_has_a_docstring():
+    missing = [
+        name
+        for name in fsl.__all__
+        if callable(getattr(fsl, name))
+        and not getattr(fsl, name).__doc__
+        and name not in ("current_user",)
+    ]
+    assert missing == []
+
+
+def test_module_passes_ruff():
+    if shutil.which("ruff") is None:
+        pytest.skip("ruff is not installed")
+    files = ["flask_security_lite.py", "test_flask_security_lite.py", "example_app.py"]
+    result = subprocess.run(["ruff", "check", *files], cwd=HERE, capture_output=True)
+    assert result.returncode == 0, result.stdout.decode()
+
+
+# =============================================================================
+# 1. Configuration defaults
+# =============================================================================
+
+
+#: Every key the 1.7.4 documentation names (with the changelog's and DESIGN's).
+DOCUMENTED_KEYS = """
+BLUEPRINT_NAME CHANGEABLE CHANGE_PASSWORD_TEMPLATE CHANGE_URL CONFIRMABLE
+CONFIRM_EMAIL_WITHIN CONFIRM_ERROR_VIEW CONFIRM_SALT CONFIRM_URL
+DEFAULT_HTTP_AUTH_REALM DEFAULT_REMEMBER_ME EMAIL_SENDER EMAIL_SUBJECT_CONFIRM
+EMAIL_SUBJECT_PASSWORDLESS EMAIL_SUBJECT_PASSWORD_CHANGE_NOTICE
+EMAIL_SUBJECT_PASSWORD_NOTICE EMAIL_SUBJECT_PASSWORD_RESET EMAIL_SUBJECT_REGISTER
+FLASH_MESSAGES FORGOT_PASSWORD_TEMPLATE LOGIN_SALT LOGIN_URL LOGIN_USER_TEMPLATE
+LOGIN_WITHIN LOGIN_WITHOUT_CONFIRMATION LOGOUT_URL PASSWORDLESS PASSWORD_HASH
+PASSWORD_SALT POST_CHANGE_VIEW POST_CONFIRM_VIEW POST_LOGIN_VIEW POST_LOGOUT_VIEW
+POST_REGISTER_VIEW POST_RESET_VIEW RECOVERABLE REGISTERABLE REGISTER_URL
+REGISTER_USER_TEMPLATE REMEMBER_SALT RESET_PASSWORD_TEMPLATE RESET_PASSWORD_WITHIN
+RESET_SALT RESET_URL SEND_CONFIRMATION_TEMPLATE SEND_LOGIN_TEMPLATE
+SEND_PASSWORD_CHANGE_EMAIL SEND_PASSWORD_RESET_NOTICE_EMAIL SEND_REGISTER_EMAIL
+TOKEN_AUTHENTICATION_HEADER TOKEN_AUTHENTICATION_KEY TRACKABLE UNAUTHORIZED_VIEW
+URL_PREFIX USER_IDENTITY_ATTRIBUTES SUBDOMAIN PASSWORD_SCHEMES
+DEPRECATED_PASSWORD_SCHEMES
+""".split()
+
+#: Every message the 1.7.4 documentation names.
+DOCUMENTED_MESSAGES = """
+ALREADY_CONFIRMED CONFIRMATION_EXPIRED CONFIRMATION_REQUEST CONFIRMATION_REQUIRED
+CONFIRM_REGISTRATION DISABLED_ACCOUNT EMAIL_ALREADY_ASSOCIATED EMAIL_CONFIRMED
+EMAIL_NOT_PROVIDED INVALID_CONFIRMATION_TOKEN INVALID_EMAIL_ADDRESS
+INVALID_LOGIN_TOKEN INVALID_PASSWORD INVALID_REDIRECT INVALID_RESET_PASSWORD_TOKEN
+LOGIN LOGIN_EMAIL_SENT LOGIN_EXPIRED PASSWORDLESS_LOGIN_SUCCESSFUL PASSWORD_CHANGE
+PASSWORD_INVALID_LENGTH PASSWORD_IS_SAME PASSWORD_IS_THE_SAME PASSWORD_MISMATCH
+PASSWORD_NOT_PROVIDED PASSWORD_NOT_SET PASSWORD_RESET PASSWORD_RESET_EXPIRED
+PASSWORD_RESET_REQUEST REFRESH RETYPE_PASSWORD_MISMATCH UNAUTHORIZED
+USER_DOES_NOT_EXIST
+""".split()
+
+
+def test_every_documented_config_key_gets_a_default(app):
+    for key in DOCUMENTED_KEYS:
+        assert "SECURITY_" + key in app.config, key
+
+
+def test_every_documented_message_is_in_config_as_text_and_category(app):
+    for key in DOCUMENTED_MESSAGES:
+        text, category = app.config["SECURITY_MSG_" + key]
+        assert text and category in ("info", "error", "success"), key
+
+
+def test_defaults_are_safe(app):
+    assert app.config["SECURITY_PASSWORD_HASH"] == "pbkdf2_sha512"
+    assert app.config["SECURITY_PASSWORD_LENGTH_MIN"] == 8
+    assert app.config["SECURITY_TOKEN_MAX_AGE"] is None
+    assert app.config["SECURITY_LOGOUT_METHODS"] == ["GET", "POST"]
+    assert (
+        fsl._default_config["PASSWORD_HASH_OPTIONS"]["pbkdf2_sha512"]["rounds"]
+        == 210_000
+    )
+
+
+def test_app_config_wins_over_defaults(make_app):
+    app = make_app(SECURITY_LOGIN_URL="/sign-in")
+    assert app.test_client().get("/sign-in").status_code == 200
+    assert app.test_client().get("/login").status_code == 404
+
+
+def test_one_security_serves_two_apps_with_different_config(make_app):
+    shared = Security()
+    first = make_app(security=shared, SECURITY_LOGIN_URL="/one")
+    second = make_app(
+        security=shared, SECURITY_LOGIN_URL="/two", SECURITY_REGISTERABLE=True
+    )
+    assert first.datastore is not second.datastore
+    with first.test_request_context():
+        assert shared.login_url == "/one"
+        assert shared.datastore is first.datastore
+        assert shared.registerable is False
+    with second.test_request_context():
+        assert shared.login_url == "/two"
+        assert shared.datastore is second.datastore
+        assert shared.registerable is True
+    assert first.test_client().get("/one").status_code == 200
+    assert second.test_client().get("/register").status_code == 200
+    assert first.test_client().get("/register").status_code == 404
+
+
+def test_unknown_security_argument_is_refused():
+    with pytest.raises(TypeError):
+        Security(datastore=object(), login_from=object())
+
+
+# =============================================================================
+# 2. Messages
+# =============================================================================
+
+
+def test_message_is_overridable_from_config(make_app):
+    app = make_app(SECURITY_MSG_USER_DOES_NOT_EXIST=("Who are you?", "error"))
+    response = json_login(app.test_client(), email="nobody@lp.com")
+    assert response.json["response"]["errors"]["email"] == ["Who are you?"]
+
+
+def test_flash_messages_can_be_turned_off(make_app):
+    app = make_app(SECURITY_FLASH_MESSAGES=False)
+    client = app.test_client()
+    client.get("/profile")
+    with client.session_transaction() as session:
+        assert "_flashes" not in session
+
+
+# =============================================================================
+# 3. Signals
+# =============================================================================
+
+
+def test_signals_are_all_defined():
+    names = [
+        "user_registered",
+        "user_confirmed",
+        "confirm_instructions_sent",
+        "login_instructions_sent",
+        "password_reset",
+        "password_changed",
+        "reset_password_instructions_sent",
+    ]
+    for name in names:
+        assert hasattr(getattr(fsl, name), "connect")
+
+
+# =============================================================================
+# 4. Helpers: redirects
+# =============================================================================
+
+UNSAFE_NEXTS = [
+    "//evil.com",
+    "\\\\evil.com",
+    "https:evil.com",
+    "/\\evil.com",
+    "http://evil.com",
+    "https://evil.com/path",
+    "%2F%2Fevil.com",
+    "%252F%252Fevil.com",
+    "  //evil.com",
+    "/\t/evil.com",
+    "javascript:alert(1)",
+    "///evil.com",
+]
+
+
+@pytest.mark.parametrize("target", UNSAFE_NEXTS)
+def test_unsafe_next_is_refused_on_login(app, target):
+    add_user(app)
+    response = login(app.test_client(), next=target)
+    assert response.status_code == 200
+    assert b"Redirects to other sites are not allowed" in response.data
+
+
+@pytest.mark.parametrize("target", UNSAFE_NEXTS)
+def test_unsafe_next_is_ignored_on_logout(app, target):
+    response = app.test_client().get("/logout", query_string={"next": target})
+    assert response.status_code == 302
+    assert response.location == "/"
+
+
+@pytest.mark.parametrize("target", ["/profile", "/profile?tab=1", "http://localhost/x"])
+def test_safe_next_is_followed_after_login(app, target):
+    add_user(app)
+    response = login(app.test_client(), next=target)
+    assert response.location == target
+
+
+def test_get_url_accepts_an_endpoint_or_an_url(app):
+    with app.test_request_context():
+        assert fsl.get_url("profile") == "/profile"
+        assert fsl.get_url("/somewhere") == "/somewhere"
+        assert fsl.url_for_security("login") == "/login"
+
+
+def test_get_within_delta_parses_amount_and_unit(make_app):
+    from datetime import timedelta
+
+    app = make_app(SECURITY_LOGIN_WITHIN="10 minutes")
+    with app.app_context():
+        assert fsl.get_within_delta("LOGIN_WITHIN") == timedelta(minutes=10)
+        assert fsl.get_within_delta("CONFIRM_EMAIL_WITHIN") == timedelta(days=5)
+
+
+def test_get_within_delta_rejects_nonsense(make_app):
+    app = make_app(SECURITY_LOGIN_WITHIN="soon")
+    with app.app_context(), pytest.raises(ValueError, match="SECURITY_LOGIN_WITHIN"):
+        fsl.get_within_delta("LOGIN_WITHIN")
+
+
+# =============================================================================
+# 5. Passwords and tokens
+# =============================================================================
+
+
+def test_create_user_hashes_a_plaintext_password(store, make_app):
+    app = make_app(store)
+    add_user(app)
+    stored = get_user(app).password
+    assert stored.startswith("$pbkdf2-sha512$1000$")
+    with app.app_context():
+        assert fsl.verify_password(PASSWORD, stored)
+        assert not fsl.verify_password("wrong password", stored)
+
+
+def test_create_user_keeps_an_already_hashed_password(app):
+    with app.app_context():
+        hashed = fsl.hash_password(PASSWORD)
+    add_user(app, password=hashed)
+    assert get_user(app).password == hashed
+
+
+def test_default_hash_uses_210000_rounds(make_app):
+    app = make_app(
+        SECURITY_PASSWORD_HASH_OPTIONS=fsl._default_config["PASSWORD_HASH_OPTIONS"]
+    )
+    with app.app_context():
+        assert fsl.hash_password("x").startswith("$pbkdf2-sha512$210000$")
+
+
+def test_encrypt_password_is_hash_password(app):
+    assert fsl.encrypt_password is fsl.hash_password
+
+
+def test_salt_peppers_the_hash(make_app):
+    app = make_app(SECURITY_PASSWORD_SALT="pepper")
+    with app.app_context():
+        stored = fsl.hash_password(PASSWORD)
+        assert fsl.verify_password(PASSWORD, stored)
+    unpeppered = make_app()
+    with unpeppered.app_context():
+        assert not fsl.verify_password(PASSWORD, stored)
+
+
+def test_get_hmac_is_base64_hmac_sha512_of_the_salt(make_app):
+    app = make_app(SECURITY_PASSWORD_SALT="pepper")
+    expected = base64.b64encode(
+        hmac.new(b"pepper", PASSWORD.encode(), hashlib.sha512).digest()
+    )
+    with app.app_context():
+        assert fsl.get_hmac(PASSWORD) == expected
+
+
+def _hash_as_flask_security_174(scheme, salt, password):
+    """Write a hash the way Flask-Security 1.7.4 did: HMAC, base64, then passlib."""
+    from passlib.hash import bcrypt, pbkdf2_sha512
+
+    signed = base64.b64encode(
+        hmac.new(salt.encode(), password.encode(), hashlib.sha512).digest()
+    )
+    if scheme == "bcrypt":
+        # bcrypt of that era read only the first 72 bytes of the 88-byte string.
+        return bcrypt.hash(signed[:72])
+    return pbkdf2_sha512.using(rounds=25000).hash(signed)
+
+
+@pytest.mark.parametrize("scheme", ["bcrypt", "pbkdf2_sha512"])
+def test_flask_security_174_hash_verifies_and_is_upgraded_on_login(make_app, scheme):
+    app = make_app(
+        SECURITY_PASSWORD_SALT="old salt",
+        SECURITY_PASSWORD_HASH_OPTIONS=fsl._default_config["PASSWORD_HASH_OPTIONS"],
+    )
+    legacy = _hash_as_flask_security_174(scheme, "old salt", PASSWORD)
+    add_user(app, password=legacy)
+    response = json_login(app.test_client())
+    assert response.status_code == 200
+    upgraded = get_user(app).password
+    assert upgraded.startswith("$pbkdf2-sha512$210000$")
+    with app.app_context():
+        assert fsl.verify_password(PASSWORD, upgraded)
+
+
+def test_plaintext_row_is_rehashed_on_login(make_app):
+    plain_app = make_app(SECURITY_PASSWORD_HASH="plaintext")
+    with plain_app.app_context():
+        assert fsl.hash_password(PASSWORD) == PASSWORD
+    app = make_app()
+    add_user(app)
+    with app.app_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        user.password = PASSWORD
+        app.datastore.put(user)
+        app.datastore.commit()
+    assert json_login(app.test_client()).status_code == 200
+    assert get_user(app).password.startswith("$pbkdf2-sha512$")
+
+
+def test_hash_with_fewer_rounds_is_rehashed_on_login(make_app):
+    app = make_app()
+    add_user(app)
+    stronger = make_app(
+        SECURITY_PASSWORD_HASH_OPTIONS={"pbkdf2_sha512": {"rounds": 2000}}
+    )
+    with stronger.app_context():
+        user = stronger.datastore.create_user(
+            email="matt@lp.com", password=get_user(app).password
+        )
+        stronger.datastore.commit()
+        assert user.password.startswith("$pbkdf2-sha512$1000$")
+    assert json_login(stronger.test_client()).status_code == 200
+    assert get_user(stronger).password.startswith("$pbkdf2-sha512$2000$")
+
+
+def test_plaintext_scheme_logs_a_warning_outside_testing(make_app, caplog):
+    with caplog.at_level(logging.WARNING, logger="flask_security_lite"):
+        make_app(SECURITY_PASSWORD_HASH="plaintext", TESTING=False)
+    assert "plaintext" in caplog.text
+
+
+def test_plaintext_scheme_is_quiet_in_testing(make_app, caplog):
+    with caplog.at_level(logging.WARNING, logger="flask_security_lite"):
+        make_app(SECURITY_PASSWORD_HASH="plaintext")
+    assert "plaintext" not in caplog.text
+
+
+@pytest.mark.parametrize("scheme", ["bcrypt", "argon2"])
+def test_optional_schemes_hash_and_verify(make_app, scheme):
+    app = make_app(SECURITY_PASSWORD_HASH=scheme)
+    add_user(app)
+    assert json_login(app.test_client()).status_code == 200
+
+
+def test_bcrypt_never_truncates_a_long_raw_password(make_app):
+    app = make_app(SECURITY_PASSWORD_HASH="bcrypt")
+    long_password = "é" * 40 + "tail-one"
+    add_user(app, password=long_password)
+    client = app.test_client()
+    assert json_login(client, password="é" * 40 + "tail-two").status_code == 400
+    assert json_login(client, password=long_password).status_code == 200
+
+
+def test_a_128_character_unicode_password_is_accepted(make_app):
+    app = make_app(SECURITY_REGISTERABLE=True, SECURITY_SEND_REGISTER_EMAIL=False)
+    password = "пароль-🔒-" * 15
+    assert len(password) >= 128
+    response = app.test_client().post(
+        "/register", json={"email": "long@lp.com", "password": password}
+    )
+    assert response.status_code == 200
+    assert json_login(app.test_client(), "long@lp.com", password).status_code == 200
+
+
+def test_unknown_user_takes_as_long_as_a_wrong_password(make_app):
+    app = make_app(
+        SECURITY_PASSWORD_HASH_OPTIONS={"pbkdf2_sha512": {"rounds": 200_000}}
+    )
+    add_user(app)
+    client = app.test_client()
+
+    def cost(email):
+        started = time.perf_counter()
+        json_login(client, email=email, password="wrong password")
+        return time.perf_counter() - started
+
+    json_login(client, email="warm@lp.com")
+    unknown = min(cost("nobody@lp.com") for _ in range(3))
+    wrong = min(cost("matt@lp.com") for _ in range(3))
+    # Both pay for one 200,000-round hash; without the dummy verify the unknown
+    # user would answer in a small fraction of that.
+    assert unknown > wrong * 0.5
+
+
+def test_token_status_reports_expired_invalid_and_user(make_app, clock):
+    app = make_app(SECURITY_RECOVERABLE=True)
+    user_id = add_user(app)
+    with app.test_request_context():
+        user = app.datastore.get_user(user_id)
+        token = fsl.generate_reset_password_token(user)
+        assert fsl.get_token_status(token, "reset", "RESET_PASSWORD") == (
+            False,
+            False,
+            user,
+        )
+        assert fsl.get_token_status(token + "x", "reset", "RESET_PASSWORD")[:2] == (
+            False,
+            True,
+        )
+        clock.advance(days=6)
+        assert fsl.get_token_status(token, "reset", "RESET_PASSWORD") == (
+            True,
+            False,
+            user,
+        )
+
+
+def test_md5_is_the_hex_digest(app):
+    assert fsl.md5("abc") == hashlib.md5(b"abc").hexdigest()
+
+
+# =============================================================================
+# 6. Model mixins
+# =============================================================================
+
+
+def test_has_role_accepts_a_name_or_a_role(store, make_app):
+    app = make_app(store)
+    add_user(app, roles=["admin"])
+    with app.test_request_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        admin = app.datastore.find_role("admin")
+        assert user.has_role("admin") and user.has_role(admin)
+        assert not user.has_role("editor")
+
+
+def test_roles_compare_by_name(app):
+    with app.app_context():
+        role = app.datastore.create_role(name="admin")
+    assert role == "admin" and role != "editor"
+    assert hash(role) == hash("admin")
+
+
+def test_anonymous_user_has_no_role(app):
+    assert fsl.AnonymousUser().has_role("admin") is False
+
+
+def test_is_active_follows_the_active_field(app):
+    add_user(app, active=False)
+    assert get_user(app).is_active is False
+
+
+# =============================================================================
+# 7. The datastore (every store)
+# =============================================================================
+
+
+def test_get_user_by_id_or_email(store, make_app):
+    app = make_app(store)
+    user_id = add_user(app)
+    with app.test_request_context():
+        assert app.datastore.get_user(user_id).email == "matt@lp.com"
+        assert app.datastore.get_user("MATT@lp.com").email == "matt@lp.com"
+        assert app.datastore.get_user("nobody@lp.com") is None
+        assert app.datastore.get_user("not-an-id") is None
+
+
+def test_find_user_matches_email_case_insensitively(store, make_app):
+    app = make_app(store)
+    add_user(app, email="Mixed.Case@LP.com")
+    with app.test_request_context():
+        assert app.datastore.find_user(email="mixed.case@lp.com") is not None
+
+
+def test_identity_attributes_allow_username_login(store, make_app):
+    app = make_app(store, SECURITY_USER_IDENTITY_ATTRIBUTES=["email", "username"])
+    add_user(app, username="matt")
+    assert json_login(app.test_client(), email="matt").status_code == 200
+    with app.test_request_context():
+        assert app.datastore.get_user("matt").email == "matt@lp.com"
+
+
+def test_role_creation_and_find_or_create(store, make_app):
+    app = make_app(store)
+    with app.test_request_context():
+        created = app.datastore.create_role(name="admin", description="all")
+        app.datastore.commit()
+        assert app.datastore.find_role("admin") == created
+        assert app.datastore.find_or_create_role("admin") == created
+        editor = app.datastore.find_or_create_role("editor", description="edits")
+        app.datastore.commit()
+        assert app.datastore.find_role("editor").description == "edits"
+        assert editor.name == "editor"
+
+
+def test_add_and_remove_role_by_name_or_object(store, make_app):
+    app = make_app(store)
+    add_user(app)
+    with app.test_request_context():
+        datastore = app.datastore
+        admin = datastore.create_role(name="admin")
+        datastore.create_role(name="editor")
+        datastore.commit()
+        user = datastore.find_user(email="matt@lp.com")
+        assert datastore.add_role_to_user(user, "admin") is True
+        assert datastore.add_role_to_user(user, admin) is False
+        assert datastore.add_role_to_user("matt@lp.com", "editor") is True
+        datastore.commit()
+    with app.test_request_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        assert user.has_role("admin") and user.has_role("editor")
+        assert app.datastore.remove_role_from_user(user, "admin") is True
+        assert app.datastore.remove_role_from_user(user, "admin") is False
+        app.datastore.commit()
+    with app.test_request_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        assert not user.has_role("admin") and user.has_role("editor")
+
+
+def test_create_user_with_roles(store, make_app):
+    app = make_app(store)
+    add_user(app, roles=["admin", "editor"])
+    with app.test_request_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        assert user.has_role("admin") and user.has_role("editor")
+
+
+def test_activation_changes_report_whether_anything_changed(store, make_app):
+    app = make_app(store)
+    add_user(app)
+    with app.test_request_context():
+        datastore = app.datastore
+        user = datastore.find_user(email="matt@lp.com")
+        assert datastore.activate_user(user) is False
+        assert datastore.deactivate_user(user) is True
+        assert datastore.deactivate_user(user) is False
+        assert datastore.toggle_active(user) is True
+        assert user.active is True
+        datastore.commit()
+
+
+def test_delete_user(store, make_app):
+    app = make_app(store)
+    add_user(app, roles=["admin"])
+    with app.test_request_context():
+        app.datastore.delete_user(app.datastore.find_user(email="matt@lp.com"))
+        app.datastore.commit()
+        assert app.datastore.find_user(email="matt@lp.com") is None
+        assert app.datastore.find_role("admin") is not None
+
+
+def test_mongo_get_user_accepts_object_ids_and_their_strings(make_app):
+    from bson import ObjectId
+
+    app = make_app("mongo")
+    user_id = add_user(app)
+    with app.test_request_context():
+        assert app.datastore.get_user(ObjectId(user_id)).email == "matt@lp.com"
+        assert app.datastore.get_user(user_id).email == "matt@lp.com"
+        assert app.datastore.get_user(str(ObjectId())) is None
+
+
+def test_adapter_without_its_orm_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "peewee", None)
+    with pytest.raises(ImportError, match=r"flask-security-lite\[peewee\]"):
+        fsl.PeeweeUserDatastore(None, None, None, None)
+
+
+# =============================================================================
+# 9. Forms and the login view (every store)
+# =============================================================================
+
+
+def test_login_page_renders_a_form_with_csrf_token(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True)
+    response = app.test_client().get("/login")
+    assert response.status_code == 200
+    assert b'name="csrf_token"' in response.data
+    assert b'name="email"' in response.data
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_html_login_redirects_to_post_login_view(store, make_app):
+    app = make_app(store)
+    add_user(app)
+    client = app.test_client()
+    response = login(client)
+    assert response.status_code == 302 and response.location == "/"
+    assert client.get("/profile").data == b"profile of matt@lp.com"
+
+
+def test_json_login_returns_id_and_token(store, make_app):
+    app = make_app(store)
+    user_id = add_user(app)
+    response = json_login(app.test_client())
+    assert response.status_code == 200
+    assert response.json["meta"] == {"code": 200}
+    user = response.json["response"]["user"]
+    assert user["id"] == user_id and user["authentication_token"]
+
+
+@pytest.mark.parametrize(
+    "fields, field, message",
+    [
+        (
+            {"email": "nobody@lp.com", "password": PASSWORD},
+            "email",
+            "No account matches",
+        ),
+        ({"email": "matt@lp.com", "password": "wrong password"}, "password", "wrong"),
+        ({"email": "", "password": PASSWORD}, "email", "enter your email"),
+        ({"email": "matt@lp.com"}, "password", "enter your password"),
+    ],
+)
+def test_json_login_errors_are_400_with_field_errors(
+    store, make_app, fields, field, message
+):
+    app = make_app(store)
+    add_user(app)
+    response = app.test_client().post("/login", json=fields)
+    assert response.status_code == 400
+    assert response.json["meta"] == {"code": 400}
+    assert message in response.json["response"]["errors"][field][0]
+
+
+def test_login_of_inactive_user_is_refused(store, make_app):
+    app = make_app(store)
+    add_user(app, active=False)
+    response = json_login(app.test_client())
+    assert response.json["response"]["errors"]["email"] == ["This account is disabled."]
+
+
+def test_login_of_user_without_password_is_refused(make_app):
+    app = make_app()
+    add_user(app, password=None)
+    response = json_login(app.test_client())
+    assert response.json["response"]["errors"]["password"] == [
+        "This account has no password set."
+    ]
+
+
+def test_html_login_error_is_shown_on_the_form(app):
+    response = login(app.test_client(), email="nobody@lp.com")
+    assert response.status_code == 200
+    assert b"No account matches this email address." in response.data
+
+
+def test_generic_responses_hide_which_part_was_wrong(make_app):
+    app = make_app(SECURITY_RETURN_GENERIC_RESPONSES=True)
+    add_user(app)
+    client = app.test_client()
+    unknown = json_login(client, email="nobody@lp.com").json["response"]["errors"]
+    wrong = json_login(client, password="wrong password").json["response"]["errors"]
+    assert unknown == wrong == {"password": ["The email address or password is wrong."]}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[1, 2]", b'"text"', b"{not json", b"\xff\xfe\x00garbage"],
+)
+def test_malformed_json_body_is_a_400(app, body):
+    response = app.test_client().post(
+        "/login", data=body, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert response.json["meta"]["code"] == 400
+
+
+def test_wrongly_typed_json_field_is_a_400_field_error(app):
+    response = app.test_client().post(
+        "/login", json={"email": ["a", "b"], "password": {"x": 1}}
+    )
+    assert response.status_code == 400
+    assert set(response.json["response"]["errors"]) == {"email", "password"}
+
+
+def test_huge_body_is_refused_with_413(app):
+    response = app.test_client().post(
+        "/login", json={"email": "a" * 100_000, "password": "x"}
+    )
+    assert response.status_code == 413
+
+
+def test_non_utf8_form_body_is_a_form_error_not_a_500(app):
+    response = app.test_client().post(
+        "/login",
+        data=b"email=%ff%fe&password=%ff",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert response.status_code == 200
+
+
+def test_json_login_needs_csrf_token_when_csrf_is_on(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True)
+    add_user(app)
+    response = json_login(app.test_client())
+    assert response.status_code == 400
+    assert "csrf_token" in response.json["response"]["errors"]
+
+
+def test_json_login_accepts_csrf_token_in_header(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True)
+    add_user(app)
+    client = app.test_client()
+    page = client.get("/login").data.decode()
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    response = client.post(
+        "/login",
+        json={"email": "matt@lp.com", "password": PASSWORD},
+        headers={"X-CSRFToken": token},
+    )
+    assert response.status_code == 200
+
+
+def test_login_starts_a_fresh_session(app):
+    add_user(app)
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session["planted"] = "by attacker"
+    login(client)
+    with client.session_transaction() as session:
+        assert "planted" not in session
+
+
+def test_remember_me_cookie_logs_in_a_new_session(store, make_app):
+    app = make_app(store)
+    add_user(app)
+    client = app.test_client()
+    login(client, remember="y")
+    cookie = client.get_cookie("remember_token")
+    assert cookie is not None
+    fresh = app.test_client()
+    fresh.set_cookie("remember_token", cookie.value)
+    assert fresh.get("/profile").status_code == 200
+
+
+def test_without_remember_me_no_cookie_is_set(app):
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    assert client.get_cookie("remember_token") is None
+
+
+def test_default_remember_me_applies_to_login_user(make_app):
+    app = make_app(SECURITY_DEFAULT_REMEMBER_ME=True)
+
+    @app.route("/force-login/<user_id>")
+    def force_login(user_id):
+        fsl.login_user(app.datastore.get_user(user_id))
+        return "ok"
+
+    user_id = add_user(app)
+    client = app.test_client()
+    client.get(f"/force-login/{user_id}")
+    assert client.get_cookie("remember_token") is not None
+
+
+def test_logout_by_get_and_post(app):
+    add_user(app)
+    for method in ("get", "post"):
+        client = app.test_client()
+        login(client)
+        response = getattr(client, method)("/logout")
+        assert response.status_code == 302
+        assert client.get("/profile").status_code == 302
+
+
+def test_logout_forgets_the_remember_cookie(app):
+    add_user(app)
+    client = app.test_client()
+    login(client, remember="y")
+    client.get("/logout")
+    assert client.get_cookie("remember_token") is None
+
+
+def test_logout_goes_to_post_logout_view(make_app):
+    app = make_app(SECURITY_POST_LOGOUT_VIEW="profile")
+    assert app.test_client().get("/logout").location == "/profile"
+
+
+def test_logout_follows_a_safe_next(app):
+    response = app.test_client().get("/logout?next=/profile")
+    assert response.location == "/profile"
+
+
+def test_post_login_view_accepts_an_endpoint(make_app):
+    app = make_app(SECURITY_POST_LOGIN_VIEW="profile")
+    add_user(app)
+    assert login(app.test_client()).location == "/profile"
+
+
+def test_logout_methods_setting_limits_logout(make_app):
+    app = make_app(SECURITY_LOGOUT_METHODS=["POST"])
+    assert app.test_client().get("/logout").status_code == 405
+
+
+def test_blueprint_name_prefix_and_subdomain(make_app):
+    app = make_app(
+        SECURITY_BLUEPRINT_NAME="auth",
+        SECURITY_URL_PREFIX="/account",
+        SERVER_NAME="example.test",
+        SECURITY_SUBDOMAIN="id",
+    )
+    with app.test_request_context():
+        assert fsl.url_for_security("login", _external=True) == (
+            "http://id.example.test/account/login"
+        )
+    (rule,) = [r for r in app.url_map.iter_rules() if r.endpoint == "auth.login"]
+    assert (rule.rule, rule.subdomain) == ("/account/login", "id")
+
+
+def test_register_blueprint_false_adds_no_views(make_app):
+    app = make_app(security_kwargs={"register_blueprint": False})
+    assert app.test_client().get("/login").status_code == 404
+
+
+def test_trackable_records_logins(store, make_app):
+    app = make_app(store, SECURITY_TRACKABLE=True)
+    add_user(app)
+    app.test_client().post(
+        "/login",
+        data={"email": "matt@lp.com", "password": PASSWORD},
+        environ_base={"REMOTE_ADDR": "10.0.0.1"},
+    )
+    app.test_client().post(
+        "/login",
+        data={"email": "matt@lp.com", "password": PASSWORD},
+        environ_base={"REMOTE_ADDR": "10.0.0.2"},
+        headers={"X-Forwarded-For": "6.6.6.6"},
+    )
+    user = get_user(app)
+    assert user.login_count == 2
+    assert (user.last_login_ip, user.current_login_ip) == ("10.0.0.1", "10.0.0.2")
+    assert user.current_login_at >= user.last_login_at
+
+
+def test_login_form_override_and_context_processors(make_app, tmp_path):
+    (tmp_path / "security").mkdir()
+    (tmp_path / "security" / "login_user.html").write_text(
+        "{{ hello }} {{ only_login }} {{ login_user_form.__class__.__name__ }}"
+    )
+
+    class MyLoginForm(fsl.LoginForm):
+        pass
+
+    app = make_app(
+        template_folder=str(tmp_path), security_kwargs={"login_form": MyLoginForm}
+    )
+    app.security.context_processor(lambda: {"hello": "world"})
+    app.security.login_context_processor(lambda: {"only_login": "yes"})
+    assert app.test_client().get("/login").data == b"world yes MyLoginForm"
+
+
+def test_login_template_setting_overrides_the_template(make_app, tmp_path):
+    (tmp_path / "mine.html").write_text("my login page")
+    app = make_app(
+        template_folder=str(tmp_path), SECURITY_LOGIN_USER_TEMPLATE="mine.html"
+    )
+    assert app.test_client().get("/login").data == b"my login page"
+
+
+def test_authenticated_get_of_login_goes_to_post_login_view(app):
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    assert client.get("/login").location == "/"
+
+
+# =============================================================================
+# 10. Authentication and decorators
+# =============================================================================
+
+
+def test_login_required_redirects_html_to_login_with_next(app):
+    response = app.test_client().get("/profile?tab=2")
+    assert response.status_code == 302
+    assert response.location == "/login?next=/profile?tab%3D2"
+
+
+def test_login_required_answers_json_with_401(app):
+    response = app.test_client().get("/profile", headers={"Accept": "application/json"})
+    assert response.status_code == 401
+    assert response.json["meta"]["code"] == 401
+
+
+def test_login_required_lets_options_through(app):
+    assert app.test_client().options("/profile").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "roles, path, status",
+    [
+        (["admin"], "/admin", 200),
+        (["editor"], "/admin", 403),
+        (["admin"], "/admin-and-editor", 403),
+        (["admin", "editor"], "/admin-and-editor", 200),
+        (["editor"], "/admin-or-editor", 200),
+        ([], "/admin-or-editor", 403),
+    ],
+)
+def test_role_decorators(store, make_app, roles, path, status):
+    app = make_app(store)
+    add_user(app, roles=roles)
+    client = app.test_client()
+    login(client)
+    assert client.get(path).status_code == status
+
+
+def test_role_decorator_sends_anonymous_users_to_login(app):
+    response = app.test_client().get("/admin")
+    assert response.status_code == 302 and response.location.startswith("/login?next=")
+
+
+def test_role_failure_is_json_403_for_api_clients(app):
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    response = client.get("/admin", headers={"Accept": "application/json"})
+    assert response.status_code == 403 and response.json["meta"]["code"] == 403
+
+
+def test_role_failure_redirects_to_unauthorized_view_when_set(make_app):
+    app = make_app(SECURITY_UNAUTHORIZED_VIEW="unauthorized")
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    assert client.get("/admin").location == "/unauthorized"
+
+
+def test_roles_work_for_token_authenticated_users(app):
+    add_user(app, roles=["admin"])
+
+    @app.route("/token-admin")
+    @auth_token_required
+    @roles_required("admin")
+    def token_admin():
+        return "token admin"
+
+    token = auth_token(app.test_client())
+    response = app.test_client().get(
+        "/token-admin", headers={"Authentication-Token": token}
+    )
+    assert response.data == b"token admin"
+
+
+def test_token_in_header_query_and_json_body(store, make_app):
+    app = make_app(store)
+    add_user(app)
+    token = auth_token(app.test_client())
+    client = app.test_client()
+    assert (
+        client.get("/token", headers={"Authentication-Token": token}).status_code == 200
+    )
+    assert client.get(f"/token?auth_token={token}").status_code == 200
+    assert client.post("/token", json={"auth_token": token}).status_code == 200
+
+
+def test_token_auth_does_not_create_a_session(app):
+    add_user(app)
+    token = auth_token(app.test_client())
+    client = app.test_client()
+    client.get("/token", headers={"Authentication-Token": token})
+    assert client.get("/profile").status_code == 302
+
+
+def test_missing_token_is_401_json(app):
+    response = app.test_client().get("/token")
+    assert response.status_code == 401
+    assert response.json["meta"]["code"] == 401
+
+
+def test_tampered_token_is_refused(store, make_app):
+    app = make_app(store)
+    add_user(app)
+    token = auth_token(app.test_client())
+    tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    for bad in (tampered, "garbage", "a.b.c"):
+        response = app.test_client().get(
+            "/token", headers={"Authentication-Token": bad}
+        )
+        assert response.status_code == 401
+
+
+def test_token_from_another_secret_key_is_refused(make_app):
+    first = make_app()
+    add_user(first)
+    token = auth_token(first.test_client())
+    second = make_app(SECRET_KEY="another secret")
+    add_user(second)
+    response = second.test_client().get(
+        "/token", headers={"Authentication-Token": token}
+    )
+    assert response.status_code == 401
+
+
+def test_token_expires_after_token_max_age(make_app, clock):
+    app = make_app(SECURITY_TOKEN_MAX_AGE=60)
+    add_user(app)
+    token = auth_token(app.test_client())
+    headers = {"Authentication-Token": token}
+    assert app.test_client().get("/token", headers=headers).status_code == 200
+    clock.advance(seconds=61)
+    assert app.test_client().get("/token", headers=headers).status_code == 401
+
+
+def test_token_without_max_age_keeps_working(app, clock):
+    add_user(app)
+    token = auth_token(app.test_client())
+    clock.advance(days=400)
+    response = app.test_client().get("/token", headers={"Authentication-Token": token})
+    assert response.status_code == 200
+
+
+def test_custom_token_header_and_key(make_app):
+    app = make_app(
+        SECURITY_TOKEN_AUTHENTICATION_HEADER="X-Auth",
+        SECURITY_TOKEN_AUTHENTICATION_KEY="t",
+    )
+    add_user(app)
+    token = auth_token(app.test_client())
+    assert app.test_client().get("/token", headers={"X-Auth": token}).status_code == 200
+    assert app.test_client().get(f"/token?t={token}").status_code == 200
+
+
+def _basic(email="matt@lp.com", password=PASSWORD):
+    raw = f"{email}:{password}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+
+
+def test_basic_auth_right_and_wrong(store, make_app):
+    app = make_app(store)
+    add_user(app)
+    client = app.test_client()
+    assert client.get("/basic", headers=_basic()).data == b"basic matt@lp.com"
+    wrong = client.get("/basic", headers=_basic(password="nope"))
+    assert wrong.status_code == 401
+    assert wrong.headers["WWW-Authenticate"] == 'Basic realm="Login Required"'
+    assert client.get("/basic", headers=_basic("nobody@lp.com")).status_code == 401
+    assert client.get("/basic").status_code == 401
+
+
+def test_basic_auth_announces_the_given_realm(app):
+    response = app.test_client().get("/basic-realm")
+    assert response.headers["WWW-Authenticate"] == 'Basic realm="Secret Area"'
+
+
+def test_auth_required_accepts_any_listed_method(app):
+    add_user(app)
+    token = auth_token(app.test_client())
+    assert (
+        app.test_client()
+        .get("/any", headers={"Authentication-Token": token})
+        .status_code
+        == 200
+    )
+    assert app.test_client().get("/any", headers=_basic()).status_code == 200
+    client = app.test_client()
+    login(client)
+    assert client.get("/any").status_code == 200
+    refused = app.test_client().get("/any")
+    assert refused.status_code == 401 and "WWW-Authenticate" in refused.headers
+
+
+def test_auth_required_rejects_unknown_methods():
+    with pytest.raises(ValueError):
+        auth_required("password")
+
+
+def test_anonymous_user_required_redirects_logged_in_users(app):
+    add_user(app)
+    client = app.test_client()
+    assert client.get("/anonymous").data == b"anonymous"
+    login(client)
+    assert client.get("/anonymous").location == "/"
+
+
+@pytest.mark.parametrize("path", ["session", "remember", "token", "basic"])
+def test_inactive_user_is_refused_on_every_path(store, make_app, path):
+    app = make_app(store)
+    add_user(app)
+    client = app.test_client()
+    login(client, remember="y")
+    token = auth_token(app.test_client())
+    remember = client.get_cookie("remember_token").value
+    with app.test_request_context():
+        app.datastore.deactivate_user(app.datastore.find_user(email="matt@lp.com"))
+        app.datastore.commit()
+    if path == "session":
+        client.delete_cookie("remember_token")
+        assert client.get("/profile").status_code == 302
+    elif path == "remember":
+        fresh = app.test_client()
+        fresh.set_cookie("remember_token", remember)
+        assert fresh.get("/profile").status_code == 302
+    elif path == "token":
+        headers = {"Authentication-Token": token}
+        assert app.test_client().get("/token", headers=headers).status_code == 401
+    else:
+        assert app.test_client().get("/basic", headers=_basic()).status_code == 401
+
+
+def test_current_user_is_loaded_with_one_query(app):
+    from sqlalchemy import event
+
+    @app.route("/twice")
+    @login_required
+    def twice():
+        return f"{current_user.email} {current_user.email} {current_user.id}"
+
+    add_user(app)
+    client = app.test_client()
+    login(client)
+
+    statements = []
+    with app.app_context():
+        engine = app.datastore.db.engine
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        assert client.get("/twice").status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert len(statements) == 1
+
+
+def test_login_disabled_turns_off_login_required(make_app):
+    app = make_app(LOGIN_DISABLED=True)
+
+    @app.route("/open")
+    @login_required
+    def open_view():
+        return "open"
+
+    assert app.test_client().get("/open").data == b"open"
+
+
+# =============================================================================
+# 11. Mail
+# =============================================================================
+
+
+def test_send_mail_renders_text_and_html_with_sender(make_app):
+    app = make_app(SECURITY_EMAIL_SENDER="auth@lp.com")
+    add_user(app)
+    with app.test_request_context(), app.mail.record_messages() as outbox:
+        user = app.datastore.find_user(email="matt@lp.com")
+        fsl.send_mail("Hi", "matt@lp.com", "reset_notice", user=user)
+    (message,) = outbox
+    assert message.subject == "Hi" and message.sender == "auth@lp.com"
+    assert "matt@lp.com" in message.body and "<p>" in message.html
+
+
+def test_send_mail_task_replaces_sending(app):
+    add_user(app)
+    queued = []
+    app.security.send_mail_task(queued.append)
+    with app.test_request_context(), app.mail.record_messages() as outbox:
+        user = app.datastore.find_user(email="matt@lp.com")
+        fsl.send_mail("Hi", "matt@lp.com", "reset_notice", user=user)
+    assert outbox == [] and queued[0].recipients == ["matt@lp.com"]
+
+
+def test_mail_context_processor_adds_values(make_app, tmp_path):
+    (tmp_path / "security" / "email").mkdir(parents=True)
+    (tmp_path / "security" / "email" / "reset_notice.txt").write_text("{{ hello }}")
+    (tmp_path / "security" / "email" / "reset_notice.html").write_text(
+        "<b>{{ hello }}</b>"
+    )
+    app = make_app(template_folder=str(tmp_path))
+    app.security.mail_context_processor(lambda: {"hello": "from processor"})
+    with app.test_request_context(), app.mail.record_messages() as outbox:
+        fsl.send_mail("Hi", "matt@lp.com", "reset_notice", user=None)
+    assert outbox[0].body == "from processor"
+
+
+def test_send_mail_without_flask_mail_says_what_to_do(app):
+    del app.extensions["mail"]
+    with app.test_request_context(), pytest.raises(RuntimeError, match="Mail"):
+        fsl.send_mail("Hi", "matt@lp.com", "reset_notice", user=None)
+
+
+# =============================================================================
+# 12. Account flows: registration (every store)
+# =============================================================================
+
+REGISTER = dict(SECURITY_REGISTERABLE=True)
+
+
+def test_register_creates_user_logs_in_and_welcomes(store, make_app):
+    app = make_app(store, **REGISTER)
+    client = app.test_client()
+    received = []
+
+    @fsl.user_registered.connect_via(app)
+    def on_registered(sender, user, confirm_token):
+        received.append((sender, user.email, confirm_token))
+
+    with app.mail.record_messages() as outbox:
+        response = client.post(
+            "/register",
+            data={
+                "email": "new@lp.com",
+                "password": PASSWORD,
+                "password_confirm": PASSWORD,
+            },
+        )
+    assert response.status_code == 302 and response.location == "/"
+    assert received == [(app, "new@lp.com", None)]
+    assert outbox[0].subject == "Welcome" and outbox[0].recipients == ["new@lp.com"]
+    assert client.get("/profile").data == b"profile of new@lp.com"
+
+
+def test_json_register_returns_id_and_token(store, make_app):
+    app = make_app(store, **REGISTER)
+    response = app.test_client().post(
+        "/register", json={"email": "new@lp.com", "password": PASSWORD}
+    )
+    assert response.status_code == 200
+    user = response.json["response"]["user"]
+    assert user["id"] and user["authentication_token"]
+    assert "password" not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "fields, field, message",
+    [
+        ({"email": "matt@LP.com", "password": PASSWORD}, "email", "already belongs"),
+        ({"email": "not-an-email", "password": PASSWORD}, "email", "not a valid email"),
+        ({"email": "new@lp.com", "password": "short"}, "password", "at least 8"),
+        ({"email": "new@lp.com"}, "password", "enter your password"),
+    ],
+)
+def test_json_register_errors(store, make_app, fields, field, message):
+    app = make_app(store, **REGISTER)
+    add_user(app)
+    response = app.test_client().post("/register", json=fields)
+    assert response.status_code == 400
+    assert message in response.json["response"]["errors"][field][0]
+
+
+def test_html_register_checks_the_retyped_password(app, make_app):
+    app = make_app(**REGISTER)
+    response = app.test_client().post(
+        "/register",
+        data={
+            "email": "new@lp.com",
+            "password": PASSWORD,
+            "password_confirm": "other pw!",
+        },
+    )
+    assert b"The two passwords are not the same." in response.data
+    assert get_user(app, "new@lp.com") is None
+
+
+def test_register_follows_safe_next_and_post_register_view(make_app):
+    app = make_app(SECURITY_POST_REGISTER_VIEW="/welcome", **REGISTER)
+    data = {"email": "a@lp.com", "password": PASSWORD, "password_confirm": PASSWORD}
+    assert app.test_client().post("/register", data=data).location == "/welcome"
+    data = dict(data, email="b@lp.com", next="/profile")
+    assert app.test_client().post("/register", data=data).location == "/profile"
+
+
+def test_register_is_404_when_off(app):
+    assert app.test_client().get("/register").status_code == 404
+
+
+def test_extended_register_form_passes_extra_fields_to_the_user(make_app):
+    from wtforms import StringField
+    from wtforms.validators import DataRequired
+
+    class ExtendedRegisterForm(fsl.RegisterForm):
+        first_name = StringField("First name", [DataRequired()])
+
+    app = make_app(security_kwargs={"register_form": ExtendedRegisterForm}, **REGISTER)
+    page = app.test_client().get("/register").data
+    assert b'name="first_name"' in page
+    app.test_client().post(
+        "/register",
+        data={
+            "email": "new@lp.com",
+            "password": PASSWORD,
+            "password_confirm": PASSWORD,
+            "first_name": "Ada",
+        },
+    )
+    assert get_user(app, "new@lp.com").first_name == "Ada"
+
+
+def test_concurrent_duplicate_registrations_leave_one_user(make_app):
+    app = make_app("postgres", **REGISTER, SECURITY_SEND_REGISTER_EMAIL=False)
+    both_validated = threading.Barrier(2, timeout=10)
+    create_user = app.datastore.create_user
+
+    def create_after_both_validated(**fields):
+        both_validated.wait()
+        return create_user(**fields)
+
+    app.datastore.create_user = create_after_both_validated
+    results = []
+
+    def register():
+        response = app.test_client().post(
+            "/register", json={"email": "race@lp.com", "password": PASSWORD}
+        )
+        results.append((response.status_code, response.json))
+
+    threads = [threading.Thread(target=register) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(code for code, _ in results) == [200, 400]
+    loser = next(body for code, body in results if code == 400)
+    assert "already belongs" in loser["response"]["errors"]["email"][0]
+    with app.app_context():
+        from sqlalchemy import func, select
+
+        count = app.datastore.db.session.scalar(
+            select(func.count()).select_from(app.datastore.user_model)
+        )
+    assert count == 1
+
+
+# =============================================================================
+# 12. Account flows: confirmation
+# =============================================================================
+
+CONFIRM = dict(SECURITY_REGISTERABLE=True, SECURITY_CONFIRMABLE=True)
+
+
+def _register_and_capture_link(app, email="new@lp.com"):
+    with app.mail.record_messages() as outbox:
+        app.test_client().post("/register", json={"email": email, "password": PASSWORD})
+    return re.search(r"http://localhost(/confirm/\S+)", outbox[0].body).group(1)
+
+
+def test_confirmable_register_sends_link_and_does_not_log_in(make_app):
+    app = make_app(**CONFIRM)
+    tokens = []
+    fsl.user_registered.connect(
+        lambda sender, user, confirm_token: tokens.append(confirm_token),
+        app,
+        weak=False,
+    )
+    client = app.test_client()
+    with app.mail.record_messages() as outbox:
+        response = client.post(
+            "/register", json={"email": "new@lp.com", "password": PASSWORD}
+        )
+    assert response.status_code == 200
+    assert tokens[0] in outbox[0].body
+    assert client.get("/profile").status_code == 302
+
+
+def test_login_refused_until_confirmed(make_app):
+    app = make_app(**CONFIRM)
+    _register_and_capture_link(app)
+    response = json_login(app.test_client(), "new@lp.com")
+    assert response.json["response"]["errors"]["email"] == [
+        "Please confirm your email address first."
+    ]
+
+
+def test_login_without_confirmation_setting_allows_login(make_app):
+    app = make_app(SECURITY_LOGIN_WITHOUT_CONFIRMATION=True, **CONFIRM)
+    _register_and_capture_link(app)
+    assert json_login(app.test_client(), "new@lp.com").status_code == 200
+
+
+def test_confirmation_link_confirms_logs_in_and_signals(make_app):
+    app = make_app(**CONFIRM)
+    link = _register_and_capture_link(app)
+    confirmed = []
+    fsl.user_confirmed.connect(
+        lambda sender, user: confirmed.append(user.email), app, weak=False
+    )
+    client = app.test_client()
+    response = client.get(link)
+    assert response.status_code == 302 and response.location == "/"
+    assert confirmed == ["new@lp.com"]
+    assert get_user(app, "new@lp.com").confirmed_at is not None
+    assert client.get("/profile").status_code == 200
+
+
+def test_confirmation_link_works_once(make_app):
+    app = make_app(**CONFIRM)
+    link = _register_and_capture_link(app)
+    app.test_client().get(link)
+    client = app.test_client()
+    client.get(link)
+    with client.session_transaction() as session:
+        assert ("info", "This email address is already confirmed.") in session[
+            "_flashes"
+        ]
+    assert client.get("/profile").status_code == 302
+
+
+def test_invalid_confirmation_token_goes_to_the_resend_view(make_app):
+    app = make_app(**CONFIRM)
+    response = app.test_client().get("/confirm/not-a-token")
+    assert response.location == "/confirm"
+
+
+def test_confirm_error_view_setting(make_app):
+    app = make_app(SECURITY_CONFIRM_ERROR_VIEW="/oops", **CONFIRM)
+    assert app.test_client().get("/confirm/not-a-token").location == "/oops"
+
+
+def test_expired_confirmation_sends_new_instructions(make_app, clock):
+    app = make_app(SECURITY_CONFIRM_EMAIL_WITHIN="1 hours", **CONFIRM)
+    link = _register_and_capture_link(app)
+    clock.advance(hours=2)
+    with app.mail.record_messages() as outbox:
+        response = app.test_client().get(link, headers={"Accept": "application/json"})
+    assert response.status_code == 400
+    assert "valid for 1 hours" in response.json["response"]["errors"]["token"][0]
+    assert outbox[0].subject == "Please confirm your email"
+    assert get_user(app, "new@lp.com").confirmed_at is None
+
+
+def test_post_confirm_view_setting(make_app):
+    app = make_app(SECURITY_POST_CONFIRM_VIEW="/confirmed", **CONFIRM)
+    link = _register_and_capture_link(app)
+    assert app.test_client().get(link).location == "/confirmed"
+
+
+def test_resend_confirmation(make_app):
+    app = make_app(**CONFIRM)
+    _register_and_capture_link(app)
+    sent = []
+    fsl.confirm_instructions_sent.connect(
+        lambda sender, user, token: sent.append(user.email), app, weak=False
+    )
+    with app.mail.record_messages() as outbox:
+        response = app.test_client().post("/confirm", json={"email": "new@lp.com"})
+    assert response.status_code == 200 and sent == ["new@lp.com"]
+    assert "/confirm/" in outbox[0].body
+
+
+def test_resend_confirmation_refuses_confirmed_users(make_app):
+    app = make_app(**CONFIRM)
+    app.test_client().get(_register_and_capture_link(app))
+    response = app.test_client().post("/confirm", json={"email": "new@lp.com"})
+    assert response.json["response"]["errors"]["email"] == [
+        "This email address is already confirmed."
+    ]
+
+
+def test_confirm_views_are_404_when_off(app):
+    assert app.test_client().get("/confirm").status_code == 404
+
+
+def test_confirmation_email_over_real_smtp(make_app):
+    from aiosmtpd.controller import Controller
+
+    class Inbox:
+        messages = []
+
+        async def handle_DATA(self, server, session, envelope):
+            self.messages.append(envelope.content.decode("utf-8", "replace"))
+            return "250 OK"
+
+    inbox = Inbox()
+    port = _free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        app = make_app(
+            MAIL_SERVER="127.0.0.1", MAIL_PORT=port, MAIL_SUPPRESS_SEND=False, **CONFIRM
+        )
+        app.extensions["mail"] = Mail(app)
+        app.test_client().post(
+            "/register", json={"email": "smtp@lp.com", "password": PASSWORD}
+        )
+    finally:
+        controller.stop()
+    (raw,) = inbox.messages
+    import email
+
+    message = email.message_from_string(raw)
+    text = next(
+        part for part in message.walk() if part.get_content_type() == "text/plain"
+    )
+    body = text.get_payload(decode=True).decode()
+    link = re.search(r"http://localhost(/confirm/\S+)", body).group(1)
+    assert app.test_client().get(link).location == "/"
+    assert get_user(app, "smtp@lp.com").confirmed_at is not None
+
+
+# =============================================================================
+# 12. Account flows: recovery
+# =============================================================================
+
+RECOVER = dict(SECURITY_RECOVERABLE=True)
+
+
+def _reset_link(app, email="matt@lp.com"):
+    with app.mail.record_messages() as outbox:
+        app.test_client().post("/reset", json={"email": email})
+    return re.search(r"http://localhost(/reset/\S+)", outbox[0].body).group(1)
+
+
+def test_forgot_password_sends_instructions_and_signals(make_app):
+    app = make_app(**RECOVER)
+    add_user(app)
+    sent = []
+    fsl.reset_password_instructions_sent.connect(
+        lambda sender, user, token: sent.append((user.email, token)), app, weak=False
+    )
+    with app.mail.record_messages() as outbox:
+        response = app.test_client().post("/reset", json={"email": "matt@lp.com"})
+    assert response.status_code == 200 and response.json["response"] == {}
+    assert outbox[0].subject == "Password reset instructions"
+    assert sent[0][0] == "matt@lp.com" and sent[0][1] in outbox[0].body
+
+
+def test_forgot_password_for_unknown_email_is_an_error(make_app):
+    app = make_app(**RECOVER)
+    response = app.test_client().post("/reset", json={"email": "nobody@lp.com"})
+    assert response.status_code == 400
+
+
+def test_forgot_password_with_generic_responses_hides_unknown_emails(make_app):
+    app = make_app(SECURITY_RETURN_GENERIC_RESPONSES=True, **RECOVER)
+    with app.mail.record_messages() as outbox:
+        response = app.test_client().post("/reset", json={"email": "nobody@lp.com"})
+    assert response.status_code == 200 and outbox == []
+
+
+def test_reset_password_sets_password_logs_in_and_notifies(make_app):
+    app = make_app(**RECOVER)
+    add_user(app)
+    link = _reset_link(app)
+    reset = []
+    fsl.password_reset.connect(
+        lambda sender, user: reset.append(user.email), app, weak=False
+    )
+    client = app.test_client()
+    assert b"Choose a new password" in client.get(link).data
+    with app.mail.record_messages() as outbox:
+        response = client.post(
+            link, data={"password": "new password", "password_confirm": "new password"}
+        )
+    assert response.status_code == 302 and response.location == "/"
+    assert reset == ["matt@lp.com"]
+    assert outbox[0].subject == "Your password has been reset"
+    assert client.get("/profile").status_code == 200
+    assert json_login(app.test_client(), password="new password").status_code == 200
+    assert json_login(app.test_client()).status_code == 400
+
+
+def test_json_reset_password(make_app):
+    app = make_app(**RECOVER)
+    add_user(app)
+    link = _reset_link(app)
+    response = app.test_client().post(
+        link, json={"password": "new password", "password_confirm": "new password"}
+    )
+    assert response.status_code == 200
+    assert response.json["response"]["user"]["authentication_token"]
+    assert link.split("/")[-1] not in response.get_data(as_text=True)
+
+
+def test_reset_link_works_once(make_app):
+    app = make_app(**RECOVER)
+    add_user(app)
+    link = _reset_link(app)
+    data = {"password": "new password", "password_confirm": "new password"}
+    assert app.test_client().post(link, json=data).status_code == 200
+    data = {"password": "another password", "password_confirm": "another password"}
+    response = app.test_client().post(link, json=data)
+    assert response.status_code == 400
+    assert response.json["response"]["errors"]["token"] == [
+        "This password reset link is not valid."
+    ]
+
+
+def test_expired_reset_link_sends_new_instructions(make_app, clock):
+    app = make_app(**RECOVER)
+    add_user(app)
+    link = _reset_link(app)
+    clock.advance(days=6)
+    with app.mail.record_messages() as outbox:
+        response = app.test_client().get(link)
+    assert response.location == "/reset"
+    assert outbox[0].subject == "Password reset instructions"
+
+
+def test_reset_password_checks_length_and_retype(make_app):
+    app = make_app(**RECOVER)
+    add_user(app)
+    link = _reset_link(app)
+    errors = (
+        app.test_client()
+        .post(link, json={"password": "short", "password_confirm": "other"})
+        .json["response"]["errors"]
+    )
+    assert "password" in errors and "password_confirm" in errors
+
+
+def test_post_reset_view_and_no_notice_setting(make_app):
+    app = make_app(
+        SECURITY_POST_RESET_VIEW="/after-reset",
+        SECURITY_SEND_PASSWORD_RESET_NOTICE_EMAIL=False,
+        **RECOVER,
+    )
+    add_user(app)
+    link = _reset_link(app)
+    with app.mail.record_messages() as outbox:
+        response = app.test_client().post(
+            link, data={"password": "new password", "password_confirm": "new password"}
+        )
+    assert response.location == "/after-reset" and outbox == []
+
+
+def test_reset_ends_other_sessions_and_tokens(make_app):
+    app = make_app(**RECOVER)
+    add_user(app)
+    other = app.test_client()
+    login(other)
+    token = auth_token(app.test_client())
+    link = _reset_link(app)
+    app.test_client().post(
+        link, json={"password": "new password", "password_confirm": "new password"}
+    )
+    assert other.get("/profile").status_code == 302
+    assert (
+        app.test_client()
+        .get("/token", headers={"Authentication-Token": token})
+        .status_code
+        == 401
+    )
+
+
+# =============================================================================
+# 12. Account flows: change password
+# =============================================================================
+
+CHANGE = dict(SECURITY_CHANGEABLE=True)
+NEW = {
+    "password": PASSWORD,
+    "new_password": "new password",
+    "new_password_confirm": "new password",
+}
+
+
+def test_change_password_requires_login(make_app):
+    app = make_app(**CHANGE)
+    assert app.test_client().get("/change").status_code == 302
+
+
+def test_change_password_changes_notifies_and_signals(make_app):
+    app = make_app(**CHANGE)
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    changed = []
+    fsl.password_changed.connect(
+        lambda sender, user: changed.append(user.email), app, weak=False
+    )
+    assert b"Change your password" in client.get("/change").data
+    with app.mail.record_messages() as outbox:
+        response = client.post("/change", data=NEW)
+    assert response.status_code == 302 and response.location == "/"
+    assert changed == ["matt@lp.com"]
+    assert outbox[0].subject == "Your password has been changed"
+    assert json_login(app.test_client(), password="new password").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "fields, field, message",
+    [
+        (dict(NEW, password="wrong password"), "password", "wrong"),
+        (
+            dict(NEW, new_password=PASSWORD, new_password_confirm=PASSWORD),
+            "new_password",
+            "must differ",
+        ),
+        (
+            dict(NEW, new_password_confirm="something else"),
+            "new_password_confirm",
+            "not the same",
+        ),
+        (
+            dict(NEW, new_password="short", new_password_confirm="short"),
+            "new_password",
+            "at least 8",
+        ),
+    ],
+)
+def test_change_password_errors(make_app, fields, field, message):
+    app = make_app(**CHANGE)
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    response = client.post("/change", json=fields)
+    assert response.status_code == 400
+    assert message in response.json["response"]["errors"][field][0]
+
+
+def test_change_password_keeps_this_session_and_ends_the_others(make_app):
+    app = make_app(**CHANGE)
+    add_user(app)
+    this, other, remembered = app.test_client(), app.test_client(), app.test_client()
+    login(this, remember="y")
+    login(other)
+    login(remembered, remember="y")
+    remember_cookie = remembered.get_cookie("remember_token").value
+    token = auth_token(app.test_client())
+    assert this.post("/change", data=NEW).status_code == 302
+    assert this.get("/profile").status_code == 200
+    assert other.get("/profile").status_code == 302
+    stale = app.test_client()
+    stale.set_cookie("remember_token", remember_cookie)
+    assert stale.get("/profile").status_code == 302
+    assert (
+        app.test_client()
+        .get("/token", headers={"Authentication-Token": token})
+        .status_code
+        == 401
+    )
+    kept = app.test_client()
+    kept.set_cookie("remember_token", this.get_cookie("remember_token").value)
+    assert kept.get("/profile").status_code == 200
+
+
+def test_change_password_by_token_needs_no_csrf(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True, **CHANGE)
+    add_user(app)
+    client = app.test_client()
+    page = client.get("/login").data.decode()
+    csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    token = client.post(
+        "/login",
+        json={"email": "matt@lp.com", "password": PASSWORD},
+        headers={"X-CSRFToken": csrf},
+    ).json["response"]["user"]["authentication_token"]
+    response = app.test_client().post(
+        "/change", json=NEW, headers={"Authentication-Token": token}
+    )
+    assert response.status_code == 200
+    new_token = response.json["response"]["user"]["authentication_token"]
+    assert (
+        app.test_client()
+        .get("/token", headers={"Authentication-Token": new_token})
+        .status_code
+        == 200
+    )
+
+
+def test_post_change_view_and_no_notice_setting(make_app):
+    app = make_app(
+        SECURITY_POST_CHANGE_VIEW="/changed",
+        SECURITY_SEND_PASSWORD_CHANGE_EMAIL=False,
+        **CHANGE,
+    )
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    with app.mail.record_messages() as outbox:
+        assert client.post("/change", data=NEW).location == "/changed"
+    assert outbox == []
+
+
+# =============================================================================
+# 12. Account flows: passwordless login
+# =============================================================================
+
+PASSWORDLESS = dict(SECURITY_PASSWORDLESS=True)
+
+
+def _login_link(app, email="matt@lp.com"):
+    with app.mail.record_messages() as outbox:
+        app.test_client().post("/login", json={"email": email})
+    return re.search(r"http://localhost(/login/\S+)", outbox[0].body).group(1)
+
+
+def test_passwordless_sends_a_login_link_and_signals(make_app):
+    app = make_app(**PASSWORDLESS)
+    add_user(app)
+    sent = []
+    fsl.login_instructions_sent.connect(
+        lambda sender, user, login_token: sent.append(login_token), app, weak=False
+    )
+    assert b"Log in by email" in app.test_client().get("/login").data
+    with app.mail.record_messages() as outbox:
+        response = app.test_client().post("/login", json={"email": "matt@lp.com"})
+    assert response.status_code == 200
+    assert outbox[0].subject == "Login instructions" and sent[0] in outbox[0].body
+
+
+def test_passwordless_link_logs_in(make_app):
+    app = make_app(**PASSWORDLESS)
+    add_user(app)
+    client = app.test_client()
+    response = client.get(_login_link(app))
+    assert response.location == "/"
+    assert client.get("/profile").status_code == 200
+    with client.session_transaction() as session:
+        assert ("success", "You are logged in.") in session["_flashes"]
+
+
+def test_expired_passwordless_link_sends_a_new_one(make_app, clock):
+    app = make_app(**PASSWORDLESS)
+    add_user(app)
+    link = _login_link(app)
+    clock.advance(days=2)
+    client = app.test_client()
+    with app.mail.record_messages() as outbox:
+        assert client.get(link).location == "/login"
+    assert outbox[0].subject == "Login instructions"
+    assert client.get("/profile").status_code == 302
+
+
+def test_invalid_passwordless_link_is_refused(make_app):
+    app = make_app(**PASSWORDLESS)
+    response = app.test_client().get(
+        "/login/nonsense", headers={"Accept": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json["response"]["errors"]["token"] == [
+        "This login link is not valid."
+    ]
+
+
+def test_passwordless_refuses_disabled_accounts(make_app):
+    app = make_app(**PASSWORDLESS)
+    add_user(app, active=False)
+    response = app.test_client().post("/login", json={"email": "matt@lp.com"})
+    assert response.json["response"]["errors"]["email"] == ["This account is disabled."]
+
+
+# =============================================================================
+# 13. Views: templates and per-view context processors
+# =============================================================================
+
+ALL_FLOWS = dict(
+    SECURITY_REGISTERABLE=True,
+    SECURITY_CONFIRMABLE=True,
+    SECURITY_RECOVERABLE=True,
+    SECURITY_CHANGEABLE=True,
+)
+
+
+@pytest.mark.parametrize(
+    "path, processor",
+    [
+        ("/register", "register_context_processor"),
+        ("/reset", "forgot_password_context_processor"),
+        ("/confirm", "send_confirmation_context_processor"),
+    ],
+)
+def test_per_view_context_processor_reaches_its_view(
+    make_app, tmp_path, path, processor
+):
+    names = {
+        "/register": "register_user.html",
+        "/reset": "forgot_password.html",
+        "/confirm": "send_confirmation.html",
+    }
+    (tmp_path / "security").mkdir()
+    (tmp_path / "security" / names[path]).write_text("[{{ extra }}]")
+    app = make_app(template_folder=str(tmp_path), **ALL_FLOWS)
+    getattr(app.security, processor)(lambda: {"extra": "here"})
+    assert app.test_client().get(path).data == b"[here]"
+
+
+def test_every_default_template_renders(make_app):
+    app = make_app(**ALL_FLOWS)
+    add_user(app, confirmed_at=datetime.now())
+    client = app.test_client()
+    for path in ("/login", "/register", "/reset", "/confirm"):
+        page = client.get(path)
+        assert page.status_code == 200 and b"<form" in page.data, path
+    login(client)
+    assert b"<form" in client.get("/change").data
+
+
+# =============================================================================
+# 14. Command line
+# =============================================================================
+
+
+def _cli(app, *args):
+    return app.test_cli_runner().invoke(args=list(args))
+
+
+def test_cli_creates_and_manages_users_and_roles(store, make_app):
+    app = make_app(store)
+    assert (
+        _cli(app, "users", "create", "cli@lp.com", "--password", PASSWORD).exit_code
+        == 0
+    )
+    assert json_login(app.test_client(), "cli@lp.com").status_code == 200
+    assert _cli(app, "roles", "create", "admin", "--description", "all").exit_code == 0
+    assert _cli(app, "roles", "add", "cli@lp.com", "admin").exit_code == 0
+    with app.test_request_context():
+        assert app.datastore.find_user(email="cli@lp.com").has_role("admin")
+    assert _cli(app, "roles", "remove", "cli@lp.com", "admin").exit_code == 0
+    assert _cli(app, "users", "deactivate", "cli@lp.com").exit_code == 0
+    assert json_login(app.test_client(), "cli@lp.com").status_code == 400
+    assert _cli(app, "users", "activate", "cli@lp.com").exit_code == 0
+    assert json_login(app.test_client(), "cli@lp.com").status_code == 200
+
+
+def test_cli_creates_inactive_users(app):
+    assert (
+        _cli(
+            app, "users", "create", "off@lp.com", "--password", PASSWORD, "--inactive"
+        ).exit_code
+        == 0
+    )
+    assert get_user(app, "off@lp.com").active is False
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (("users", "create", "not-an-email", "--password", PASSWORD), "EMAIL"),
+        (("users", "create", "a@lp.com", "--password", "short"), "at least 8"),
+        (("users", "create", "matt@lp.com", "--password", PASSWORD), "already belongs"),
+        (("users", "activate", "nobody@lp.com"), "no user"),
+        (("roles", "add", "matt@lp.com", "ghost"), "no role"),
+        (("roles", "create", "admin"), "exists already"),
+    ],
+)
+def test_cli_bad_input_is_a_clear_error_and_nonzero_exit(app, args, fragment):
+    add_user(app, roles=["admin"])
+    result = _cli(app, *args)
+    assert result.exit_code != 0
+    assert fragment in result.output
+
+
+# =============================================================================
+# Packaging and the example app
+# =============================================================================
+
+
+def _readme_program(heading):
+    readme = (HERE / "README.md").read_text()
+    section = readme.split(f"### {heading}\n", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.parametrize("heading", ["SQLAlchemy", "MongoEngine", "Peewee"])
+def test_readme_quick_start_runs(heading, monkeypatch):
+    import mongoengine
+    import mongomock
+
+    connect = mongoengine.connect
+    monkeypatch.setattr(
+        mongoengine,
+        "connect",
+        lambda *args, **kwargs: connect(
+            *args, mongo_client_class=mongomock.MongoClient, **kwargs
+        ),
+    )
+    namespace = {"__name__": "readme_quick_start"}
+    try:
+        exec(compile(_readme_program(heading), f"README {heading}", "exec"), namespace)
+        app = namespace["app"]
+        app.config["WTF_CSRF_ENABLED"] = False
+        client = app.test_client()
+        assert client.get("/").status_code == 302
+        credentials = {"email": "matt@nobien.net", "password": "password"}
+        assert client.post("/login", data=credentials).status_code == 302
+        assert client.get("/").data == b"Hello matt@nobien.net"
+    finally:
+        mongoengine.disconnect()
+
+
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory):
+    """Build a wheel and install it into a fresh virtual environment."""
+    work = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            work,
+            HERE,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = work.glob("flask_security_lite-*.whl")
+    venv = work / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", venv], check=True
+    )
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [python, "-m", "pip", "install", "--no-deps", "--no-index", wheel],
+        check=True,
+        capture_output=True,
+    )
+    return python
+
+
+def test_installed_wheel_renders_login_page_and_email_outside_checkout(
+    installed_wheel, tmp_path
+):
+    script = tmp_path / "check.py"
+    script.write_text(
+        """
+import flask_security_lite as fsl
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from flask_mail import Mail
+
+assert "site-packages" in fsl.__file__, fsl.__file__
+app = Flask(__name__)
+app.config.update(SECRET_KEY="k", SQLALCHEMY_DATABASE_URI="sqlite://", TESTING=True)
+db = SQLAlchemy(app)
+
+class Role(db.Model, fsl.RoleMixin):
+    id = db.Column(db.Integer, primary_key=True)
+    name = db.Column(db.String(80))
+
+class User(db.Model, fsl.UserMixin):
+    id = db.Column(db.Integer, primary_key=True)
+    email = db.Column(db.String(255))
+    password = db.Column(db.String(255))
+    active = db.Column(db.Boolean)
+    roles = db.relationship(Role, secondary=db.Table(
+        "ru",
+        db.Column("u", db.ForeignKey("user.id")),
+        db.Column("r", db.ForeignKey("role.id")),
+    ))
+
+fsl.Security(app, fsl.SQLAlchemyUserDatastore(db, User, Role))
+mail = Mail(app)
+page = app.test_client().get("/login").get_data(as_text=True)
+assert 'name="csrf_token"' in page and "<form" in page
+with app.test_request_context(), mail.record_messages() as outbox:
+    user = User(email="a@b.c")
+    fsl.send_mail("s", "a@b.c", "welcome", user=user, confirmation_link="L")
+assert "a@b.c" in outbox[0].body and "<p>" in outbox[0].html
+print("ok")
+"""
+    )
+    result = subprocess.run(
+        [installed_wheel, script], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+def _start_example(tmp_path):
+    port = _free_port()
+    env = dict(
+        os.environ,
+        PORT=str(port),
+        DATABASE_URL=f"sqlite:///{tmp_path / 'example.db'}",
+        PYTHONUNBUFFERED="1",
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(HERE / "example_app.py")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process, f"http://127.0.0.1:{port}", lines
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("example app did not start:\n" + "".join(lines))
+
+
+def _last_link(lines, path, after=0):
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = re.findall(rf"(http://\S+{path}/\S+)", "".join(lines[after:]))
+        if found:
+            return found[-1]
+        time.sleep(0.1)
+    raise AssertionError(f"no {path} link in:\n" + "".join(lines))
+
+
+@pytest.fixture
+def example_site(tmp_path):
+    process, url, lines = _start_example(tmp_path)
+    yield url, lines
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def browser():
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists("/usr/bin/chromium"):
+        pytest.skip("Debian's chromium is not installed")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--headless"],
+        )
+        yield browser
+        browser.close()
+
+
+def test_example_app_demo_user_flow_with_curl_like_requests(example_site):
+    import http.cookiejar
+    import json
+    import urllib.error
+    import urllib.request
+
+    url, lines = example_site
+    assert "demo@example.com" in "".join(lines)
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+    )
+    page = opener.open(url + "/login").read().decode()
+    csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    credentials = {"email": "demo@example.com", "password": "demo-password"}
+    login_request = urllib.request.Request(
+        url + "/login",
+        data=json.dumps(credentials).encode(),
+        headers={"Content-Type": "application/json", "X-CSRFToken": csrf},
+    )
+    body = json.load(opener.open(login_request))
+    token = body["response"]["user"]["authentication_token"]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        opener.open(url + "/admin")
+    assert refused.value.code == 403
+    api = urllib.request.Request(
+        url + "/api/whoami", headers={"Authentication-Token": token}
+    )
+    assert json.load(urllib.request.urlopen(api))["email"] == "demo@example.com"
+
+
+def test_example_app_in_a_browser(example_site, browser):
+    url, lines = example_site
+    page = browser.new_page()
+    page.goto(url + "/")
+    assert "not logged in" in page.content()
+
+    # log in as the demo user; the admin page is refused
+    page.goto(url + "/profile")
+    page.fill("input[name=email]", "demo@example.com")
+    page.fill("input[name=password]", "demo-password")
+    page.click("input[type=submit]")
+    assert "demo@example.com" in page.content()
+    assert page.goto(url + "/admin").status == 403
+    page.goto(url + "/logout")
+
+    # register, confirm from the mailed link, log out
+    page.goto(url + "/register")
+    page.fill("input[name=email]", "walker@example.com")
+    page.fill("input[name=password]", "first password")
+    page.click("input[type=submit]")
+    page.goto(_last_link(lines, "/confirm"))
+    assert (
+        "Your email address is confirmed" in page.content()
+        or "confirmed" in page.content()
+    )
+    assert "walker@example.com" in page.content()
+    page.goto(url + "/logout")
+
+    # forget the password, reset it from the mailed link, log in with the new one
+    mark = len(lines)
+    page.goto(url + "/reset")
+    page.fill("input[name=email]", "walker@example.com")
+    page.click("input[type=submit]")
+    page.goto(_last_link(lines, "/reset", after=mark))
+    page.fill("input[name=password]", "second password")
+    page.fill("input[name=password_confirm]", "second password")
+    page.click("input[type=submit]")
+    assert "walker@example.com" in page.content()
+    page.goto(url + "/logout")
+    page.goto(url + "/login")
+    page.fill("input[name=email]", "walker@example.com")
+    page.fill("input[name=password]", "second password")
+    page.click("input[type=submit]")
+    assert "walker@example.com" in page.content()
+    page.screenshot(path=str(Path(tempfile.gettempdir()) / "fsl-example.png"))
