@@ -5,7 +5,9 @@ goes to the console: each message is logged with its links, so you can register,
 confirm, log out, reset your password and log in again without a mail server.
 
 Environment: ``DATABASE_URL`` (default ``sqlite:///example.db``), ``PORT`` (5000),
-``SECRET_KEY`` (a fixed demo key: set your own outside a demo).
+``SECRET_KEY`` (a fixed demo key: set your own outside a demo), and
+``PASSWORDLESS=1`` to turn /login into passwordless login (a link by mail), which
+takes the place of the password form as in Flask-Security 1.7.4.
 """
 
 import logging
@@ -34,6 +36,7 @@ app.config.update(
     SECURITY_RECOVERABLE=True,
     SECURITY_CHANGEABLE=True,
     SECURITY_TRACKABLE=True,
+    SECURITY_PASSWORDLESS=os.environ.get("PASSWORDLESS") == "1",
 )
 db = SQLAlchemy(app)
 

@@ -2527,9 +2527,6 @@ class Security:
         manager.id_attribute = "get_session_identity"
         manager.login_view = f"{app.config['SECURITY_BLUEPRINT_NAME']}.login"
         manager.refresh_view = manager.login_view
-        manager.login_message, manager.login_message_category = app.config[
-            "SECURITY_MSG_LOGIN"
-        ]
         manager.needs_refresh_message, manager.needs_refresh_message_category = (
             app.config["SECURITY_MSG_REFRESH"]
         )

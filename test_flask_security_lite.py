@@ -1451,6 +1451,13 @@ def test_basic_auth_right_and_wrong(store, make_app):
     assert client.get("/basic").status_code == 401
 
 
+def test_basic_auth_failure_is_json_for_api_clients(app):
+    response = app.test_client().get("/basic", headers={"Accept": "application/json"})
+    assert response.status_code == 401
+    assert response.json["meta"]["code"] == 401
+    assert response.headers["WWW-Authenticate"] == 'Basic realm="Login Required"'
+
+
 def test_basic_auth_announces_the_given_realm(app):
     response = app.test_client().get("/basic-realm")
     assert response.headers["WWW-Authenticate"] == 'Basic realm="Secret Area"'
@@ -2254,27 +2261,51 @@ ALL_FLOWS = dict(
 )
 
 
-@pytest.mark.parametrize(
-    "path, processor",
-    [
-        ("/register", "register_context_processor"),
-        ("/reset", "forgot_password_context_processor"),
-        ("/confirm", "send_confirmation_context_processor"),
-    ],
-)
-def test_per_view_context_processor_reaches_its_view(
-    make_app, tmp_path, path, processor
+VIEW_TEMPLATES = [
+    # path, template setting, per-view processor, form variable, extra config
+    ("/login", "LOGIN_USER", "login", "login_user_form", {}),
+    ("/register", "REGISTER_USER", "register", "register_user_form", {}),
+    ("/reset", "FORGOT_PASSWORD", "forgot_password", "forgot_password_form", {}),
+    (
+        "/confirm",
+        "SEND_CONFIRMATION",
+        "send_confirmation",
+        "send_confirmation_form",
+        {},
+    ),
+    ("/change", "CHANGE_PASSWORD", "change_password", "change_password_form", {}),
+    ("/login", "SEND_LOGIN", "send_login", "send_login_form", PASSWORDLESS),
+    ("RESET_LINK", "RESET_PASSWORD", "reset_password", "reset_password_form", {}),
+]
+
+
+@pytest.mark.parametrize("path, setting, processor, form_name, extra", VIEW_TEMPLATES)
+def test_template_setting_and_view_context_processor_reach_each_view(
+    make_app, tmp_path, path, setting, processor, form_name, extra
 ):
-    names = {
-        "/register": "register_user.html",
-        "/reset": "forgot_password.html",
-        "/confirm": "send_confirmation.html",
-    }
+    (tmp_path / "custom.html").write_text(
+        "[{{ everywhere }} {{ here }} {{ " + form_name + ".__class__.__name__ }}]"
+    )
+    config = {f"SECURITY_{setting}_TEMPLATE": "custom.html", **ALL_FLOWS, **extra}
+    app = make_app(template_folder=str(tmp_path), **config)
+    app.security.context_processor(lambda: {"everywhere": "all"})
+    getattr(app.security, f"{processor}_context_processor")(lambda: {"here": "mine"})
+    add_user(app, confirmed_at=datetime.now())
+    client = app.test_client()
+    if path == "/change":
+        login(client)
+    if path == "RESET_LINK":
+        path = _reset_link(app)
+    page = client.get(path).get_data(as_text=True)
+    assert page.startswith("[all mine ") and page.endswith("Form]")
+
+
+def test_view_context_processor_stays_out_of_other_views(make_app, tmp_path):
     (tmp_path / "security").mkdir()
-    (tmp_path / "security" / names[path]).write_text("[{{ extra }}]")
+    (tmp_path / "security" / "forgot_password.html").write_text("[{{ here }}]")
     app = make_app(template_folder=str(tmp_path), **ALL_FLOWS)
-    getattr(app.security, processor)(lambda: {"extra": "here"})
-    assert app.test_client().get(path).data == b"[here]"
+    app.security.login_context_processor(lambda: {"here": "login only"})
+    assert app.test_client().get("/reset").data == b"[]"
 
 
 def test_every_default_template_renders(make_app):
@@ -2462,10 +2493,11 @@ print("ok")
     assert result.stdout.strip() == "ok", result.stderr
 
 
-def _start_example(tmp_path):
+def _start_example(tmp_path, **extra_env):
     port = _free_port()
     env = dict(
         os.environ,
+        **extra_env,
         PORT=str(port),
         DATABASE_URL=f"sqlite:///{tmp_path / 'example.db'}",
         PYTHONUNBUFFERED="1",
@@ -2504,6 +2536,14 @@ def _last_link(lines, path, after=0):
 @pytest.fixture
 def example_site(tmp_path):
     process, url, lines = _start_example(tmp_path)
+    yield url, lines
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def passwordless_example_site(tmp_path):
+    process, url, lines = _start_example(tmp_path, PASSWORDLESS="1")
     yield url, lines
     process.terminate()
     process.wait(timeout=10)
@@ -2598,3 +2638,17 @@ def test_example_app_in_a_browser(example_site, browser):
     page.click("input[type=submit]")
     assert "walker@example.com" in page.content()
     page.screenshot(path=str(Path(tempfile.gettempdir()) / "fsl-example.png"))
+
+
+def test_example_app_passwordless_login_in_a_browser(
+    passwordless_example_site, browser
+):
+    url, lines = passwordless_example_site
+    page = browser.new_page()
+    page.goto(url + "/login")
+    page.fill("input[name=email]", "demo@example.com")
+    mark = len(lines)
+    page.click("input[type=submit]")
+    assert "We sent a login link to demo@example.com" in page.content()
+    page.goto(_last_link(lines, "/login", after=mark))
+    assert "Logged in as <strong>demo@example.com</strong>" in page.content()
