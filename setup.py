@@ -43,6 +43,7 @@ setup(
         "peewee": ["peewee>=3.17"],
         "argon2": ["argon2-cffi>=23.1"],
         "bcrypt": ["bcrypt>=4.1"],
+        "bench": ["Flask-SQLAlchemy>=3.1", "Flask-Security-Too>=5.5"],
         "test": [
             "pytest>=8",
             "Flask-SQLAlchemy>=3.1",
