@@ -576,17 +576,24 @@ def _is_safe_url(target):
     return False
 
 
-def _redirect_after(next_url, *view_keys):
-    """Redirect to a safe ``next_url``, else to the first configured view of keys."""
+def _redirect_target(next_url, *view_keys):
+    """A safe ``next_url``, else the first configured view of ``view_keys``.
+
+    An unsafe ``next_url`` is dropped with the ``INVALID_REDIRECT`` message.
+    """
     if next_url:
         if _is_safe_url(next_url):
-            return redirect(next_url)
+            return next_url
         _flash_message("INVALID_REDIRECT")
     for key in view_keys:
         view = config_value(key)
         if view:
-            return redirect(get_url(view))
-    return redirect("/")
+            return get_url(view)
+    return "/"
+
+
+def _redirect_after(next_url, *view_keys):
+    return redirect(_redirect_target(next_url, *view_keys))
 
 
 def _next_argument():
@@ -594,19 +601,20 @@ def _next_argument():
 
 
 def get_post_login_redirect(declared=None):
-    """Return the URL to visit after login: a safe ``next``, else the login view."""
-    return _redirect_after(declared or _next_argument(), "POST_LOGIN_VIEW").location
+    """Return where to go after login: a safe ``next``, else ``POST_LOGIN_VIEW``."""
+    return _redirect_target(declared or _next_argument(), "POST_LOGIN_VIEW")
 
 
 def get_post_register_redirect(declared=None):
-    """Return the URL to visit after registering."""
+    """Return where to go after registering: a safe ``next``, else
+    ``POST_REGISTER_VIEW`` or ``POST_LOGIN_VIEW``."""
     keys = ("POST_REGISTER_VIEW", "POST_LOGIN_VIEW")
-    return _redirect_after(declared or _next_argument(), *keys).location
+    return _redirect_target(declared or _next_argument(), *keys)
 
 
 def get_post_logout_redirect(declared=None):
-    """Return the URL to visit after logout."""
-    return _redirect_after(declared or _next_argument(), "POST_LOGOUT_VIEW").location
+    """Return where to go after logout: a safe ``next``, else ``POST_LOGOUT_VIEW``."""
+    return _redirect_target(declared or _next_argument(), "POST_LOGOUT_VIEW")
 
 
 def get_within_delta(key, app=None):
@@ -732,7 +740,12 @@ def verify_password(password, password_hash):
         return False
     if scheme == "plaintext":
         return hmac.compare_digest(_to_bytes(password), _to_bytes(password_hash))
-    return _security.pwd_context.verify(_secret_for(password, scheme), password_hash)
+    try:
+        return _security.pwd_context.verify(
+            _secret_for(password, scheme), password_hash
+        )
+    except ValueError:  # a damaged hash: its prefix names a scheme, the rest is wrong
+        return False
 
 
 def verify_and_update_password(password, user):
@@ -753,8 +766,9 @@ def verify_and_update_password(password, user):
 
 
 def _needs_rehash(password_hash):
+    # Never "upgrade" real hashes to plaintext when plaintext is configured.
     if config_value("PASSWORD_HASH") == "plaintext":
-        return _identify(password_hash) != "plaintext"
+        return False
     return _security.pwd_context.needs_update(password_hash)
 
 
@@ -825,6 +839,28 @@ def _make_token(purpose, user):
     return _serializer(purpose).dumps([str(user.id), _binding(purpose, user)])
 
 
+def _load_token(token, purpose, max_age):
+    """Check a token of ``purpose`` at most ``max_age`` seconds old (None: any age);
+    return ``(expired, invalid, user)``."""
+    expired = False
+    try:
+        data = _serializer(purpose).loads(token, max_age=max_age)
+    except SignatureExpired as error:
+        # The signature was good, only old: keep the payload to resend the link.
+        expired = True
+        data = _serializer(purpose).load_payload(error.payload)
+    except (BadSignature, TypeError, ValueError):
+        return False, True, None
+    if not (isinstance(data, list) and len(data) == 2 and isinstance(data[1], str)):
+        return False, True, None
+    user = _datastore.get_user_by_id(data[0])
+    if user is None:
+        return False, True, None
+    if not hmac.compare_digest(_binding(purpose, user), data[1]):
+        return False, True, user
+    return expired, False, user
+
+
 def get_token_status(token, serializer, max_age=None):
     """Check a token; return ``(expired, invalid, user)``.
 
@@ -834,24 +870,7 @@ def get_token_status(token, serializer, max_age=None):
         for no expiry. A token whose user state moved on (password reset, address
         confirmed) is invalid.
     """
-    seconds = get_max_age(max_age) if max_age else None
-    expired = False
-    try:
-        data = _serializer(serializer).loads(token, max_age=seconds)
-    except SignatureExpired as error:
-        # The signature was good, only old: keep the payload to resend the link.
-        expired = True
-        data = _serializer(serializer).load_payload(error.payload)
-    except (BadSignature, TypeError, ValueError):
-        return False, True, None
-    if not (isinstance(data, list) and len(data) == 2 and isinstance(data[1], str)):
-        return False, True, None
-    user = _datastore.get_user_by_id(data[0])
-    if user is None:
-        return False, True, None
-    if not hmac.compare_digest(_binding(serializer, user), data[1]):
-        return False, True, user
-    return expired, False, user
+    return _load_token(token, serializer, get_max_age(max_age) if max_age else None)
 
 
 # =============================================================================
@@ -1560,17 +1579,10 @@ def _check_token():
     token = _request_token()
     if not token:
         return False
-    max_age = config_value("TOKEN_MAX_AGE")
-    try:
-        data = _serializer("remember").loads(token, max_age=max_age)
-        user_id, binding = data
-    except (BadSignature, TypeError, ValueError):
-        return False
-    user = _datastore.get_user_by_id(user_id)
-    if user is None or not user.is_active or requires_confirmation(user):
-        return False
-    expected = _binding("remember", user)
-    if not isinstance(binding, str) or not hmac.compare_digest(binding, expected):
+    expired, invalid, user = _load_token(
+        token, "remember", config_value("TOKEN_MAX_AGE")
+    )
+    if expired or invalid or not user.is_active or requires_confirmation(user):
         return False
     _set_request_user(user, "token")
     return True
