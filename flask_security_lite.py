@@ -733,6 +733,22 @@ def _identify(password_hash):
         return None
 
 
+def _is_password_hash(value):
+    """True for a well-formed ``$scheme$...`` hash of a known scheme.
+
+    Bare formats such as des_crypt's 13 letters are not trusted: a password can
+    look like one, and must not be stored unhashed.
+    """
+    scheme = _identify(value)
+    if not value.startswith("$") or scheme in (None, "plaintext"):
+        return False
+    try:
+        _security.pwd_context.handler(scheme).from_string(value)
+    except ValueError:
+        return False
+    return True
+
+
 def verify_password(password, password_hash):
     """Return True if ``password`` matches the stored ``password_hash``."""
     scheme = _identify(password_hash)
@@ -1009,7 +1025,7 @@ class UserDatastore:
         if hasattr(self.user_model, "active"):
             fields.setdefault("active", True)
         password = fields.get("password")
-        if password and _identify(password) in (None, "plaintext"):
+        if password and not _is_password_hash(password):
             fields["password"] = hash_password(password)
         roles = [self._as_role(role) for role in fields.pop("roles", [])]
         if None in roles:
@@ -1840,6 +1856,7 @@ def register_user(**kwargs):
     :returns: the new user.
     :raises DatastoreConflictError: the identifier was taken meanwhile.
     """
+    kwargs["password"] = hash_password(kwargs["password"])
     user = _datastore.create_user(**kwargs)
     _datastore.commit()
     confirmation_link = token = None

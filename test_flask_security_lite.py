@@ -654,6 +654,16 @@ def test_create_user_keeps_an_already_hashed_password(app):
     assert get_user(app).password == hashed
 
 
+@pytest.mark.parametrize(
+    "password", ["abcdefghijklm", "$2b$looks-like-bcrypt", "$pbkdf2-sha512$x$y$z"]
+)
+def test_create_user_hashes_passwords_that_merely_look_like_hashes(app, password):
+    add_user(app, password=password)
+    stored = get_user(app).password
+    assert stored.startswith("$pbkdf2-sha512$")
+    assert json_login(app.test_client(), password=password).status_code == 200
+
+
 def test_default_hash_uses_210000_rounds(make_app):
     app = make_app(
         SECURITY_PASSWORD_HASH_OPTIONS=fsl._default_config["PASSWORD_HASH_OPTIONS"]
