@@ -1133,10 +1133,18 @@ class SQLAlchemyUserDatastore(UserDatastore):
         query = self._sa.select(self.role_model).filter_by(name=role).limit(1)
         return self.db.session.scalars(query).first()
 
+    @cached_property
+    def _key_type(self):
+        return self._sa.inspect(self.user_model).primary_key[0].type.python_type
+
     def get_user_by_id(self, user_id):
-        key_type = self._sa.inspect(self.user_model).primary_key[0].type
+        # Convert first: PostgreSQL raises, and spoils the transaction, on "abc" = 1.
         try:
-            key = key_type.python_type(user_id)
+            key = (
+                user_id
+                if isinstance(user_id, self._key_type)
+                else self._key_type(user_id)
+            )
         except (NotImplementedError, TypeError, ValueError, AttributeError):
             return None
         return self.db.session.get(self.user_model, key)
@@ -1429,7 +1437,8 @@ class LoginForm(Form, NextFormMixin):
         super().__init__(*args, **kwargs)
         if not self.next.data:
             self.next.data = request.args.get("next", "")
-        self.remember.default = config_value("DEFAULT_REMEMBER_ME")
+        if not self.is_submitted():
+            self.remember.data = config_value("DEFAULT_REMEMBER_ME")
 
     def validate(self, extra_validators=None):
         if not super().validate(extra_validators):
@@ -1635,11 +1644,9 @@ _AUTH_CHECKS = {
 }
 
 
-def _unauthenticated(realm=None):
-    """401: Basic challenge for Basic auth, JSON for API clients."""
+def _basic_challenge(realm):
+    """401 asking for Basic credentials (with a JSON body for API clients)."""
     message = get_message("LOGIN")[0]
-    if realm is None:
-        return _json_error(401, message)
     if _wants_json():
         response = jsonify(meta={"code": 401}, response={"error": message})
     else:
@@ -1653,9 +1660,15 @@ def _unauthorized_handler():
     """Flask-Login's unauthorized callback: JSON 401, or the login page with next."""
     if _wants_json():
         return _json_error(401, get_message("LOGIN")[0])
+    next_url = request.script_root + (
+        request.full_path if request.query_string else request.path
+    )
+    try:
+        login_url = url_for_security("login", next=next_url)
+    except BuildError:  # the app registered no security views
+        abort(401)
     _flash_message("LOGIN")
-    next_url = request.full_path if request.query_string else request.path
-    return redirect(url_for_security("login", next=request.script_root + next_url))
+    return redirect(login_url)
 
 
 def _forbidden():
@@ -1676,22 +1689,20 @@ def http_auth_required(realm):
         ``SECURITY_DEFAULT_HTTP_AUTH_REALM``).
     """
 
-    def decorator(view):
+    def protect(view, realm_name=None):
         @wraps(view)
         def wrapper(*args, **kwargs):
             if _check_http_auth():
                 return current_app.ensure_sync(view)(*args, **kwargs)
-            return _unauthenticated(
+            return _basic_challenge(
                 realm_name or config_value("DEFAULT_HTTP_AUTH_REALM")
             )
 
         return wrapper
 
     if callable(realm):
-        realm_name = None
-        return decorator(realm)
-    realm_name = realm
-    return decorator
+        return protect(realm)
+    return lambda view: protect(view, realm)
 
 
 def auth_token_required(view):
@@ -1701,7 +1712,7 @@ def auth_token_required(view):
     def wrapper(*args, **kwargs):
         if _check_token():
             return current_app.ensure_sync(view)(*args, **kwargs)
-        return _unauthenticated()
+        return _json_error(401, get_message("LOGIN")[0])
 
     return wrapper
 
@@ -1719,10 +1730,10 @@ def auth_required(*methods):
             if any(_AUTH_CHECKS[method]() for method in methods):
                 return current_app.ensure_sync(view)(*args, **kwargs)
             if "basic" in methods:
-                return _unauthenticated(config_value("DEFAULT_HTTP_AUTH_REALM"))
+                return _basic_challenge(config_value("DEFAULT_HTTP_AUTH_REALM"))
             if "session" in methods:
                 return _unauthorized_handler()
-            return _unauthenticated()
+            return _json_error(401, get_message("LOGIN")[0])
 
         return wrapper
 
@@ -1815,6 +1826,15 @@ def _rebind_session(user):
 # =============================================================================
 
 
+def _template_values(processors, context):
+    """``security``, then what ``processors`` return, then ``context``: later wins."""
+    values = {"security": _security._get_current_object()}
+    for processor in processors:
+        values.update(processor())
+    values.update(context)
+    return values
+
+
 def send_mail(subject, recipient, template, **context):
     """Send ``security/email/<template>.txt`` and ``.html`` to ``recipient``.
 
@@ -1824,10 +1844,7 @@ def send_mail(subject, recipient, template, **context):
     :param context: template values, merged over the mail context processors'.
     """
     security = _security.security
-    values = {"security": _security._get_current_object()}
-    for processor in security._mail_context_processors:
-        values.update(processor())
-    values.update(context)
+    values = _template_values(security._mail_context_processors, context)
     message = flask_mail.Message(
         subject, sender=config_value("EMAIL_SENDER"), recipients=[recipient]
     )
@@ -2014,13 +2031,8 @@ def login_token_status(token):
 
 def _render(template_key, view, **context):
     """Render a view's template with the context processors of the docs."""
-    security = _security.security
-    values = {"security": _security._get_current_object()}
-    for processor in (
-        security._context_processors["all"] + security._context_processors[view]
-    ):
-        values.update(processor())
-    values.update(context)
+    processors = _security.security._context_processors
+    values = _template_values(processors["all"] + processors[view], context)
     return render_template(config_value(template_key), **values)
 
 
@@ -2036,8 +2048,27 @@ def _render_json(form, include_user=True, include_auth_token=False):
     return _json_response(200, response)
 
 
-def _token_error(field_message):
-    return _json_response(400, {"errors": {"token": [field_message]}})
+def _refuse_link(key, user, within_key, target):
+    """Answer a bad or expired emailed link: a 400 for JSON, else flash and go."""
+    email = getattr(user, "email", "")
+    text, category = get_message(key, email=email, within=config_value(within_key))
+    if _wants_json():
+        return _json_response(400, {"errors": {"token": [text]}})
+    do_flash(text, category)
+    return redirect(target)
+
+
+def _instructions_view(form_name, send, message_key, template_key, view):
+    """The three "email me a link" views: validate, send to a known user, say so."""
+    form = _build_form(form_name)
+    if form.validate_on_submit():
+        if form.user is not None:
+            send(form.user)
+        if not request.is_json:
+            _flash_message(message_key, email=form.email.data)
+    if request.is_json:
+        return _render_json(form, include_user=False)
+    return _render(template_key, view, **{f"{view}_form": form})
 
 
 def login():
@@ -2090,51 +2121,31 @@ def register():
 
 def send_confirmation():
     """Send the confirmation email again."""
-    form = _build_form("send_confirmation_form")
-    if form.validate_on_submit() and form.user is not None:
-        send_confirmation_instructions(form.user)
-        if not request.is_json:
-            _flash_message("CONFIRMATION_REQUEST", email=form.user.email)
-    if request.is_json:
-        return _render_json(form, include_user=False)
-    return _render(
+    return _instructions_view(
+        "send_confirmation_form",
+        send_confirmation_instructions,
+        "CONFIRMATION_REQUEST",
         "SEND_CONFIRMATION_TEMPLATE",
         "send_confirmation",
-        send_confirmation_form=form,
     )
 
 
 def confirm_email(token):
     """Confirm an address from an emailed link, and log its owner in."""
     expired, invalid, user = confirm_email_token_status(token)
-    if user is not None and invalid and user.confirmed_at is not None:
-        message_key = "ALREADY_CONFIRMED"
-    elif invalid or user is None:
-        message_key = "INVALID_CONFIRMATION_TOKEN"
-    elif expired:
+    within = "CONFIRM_EMAIL_WITHIN"
+    if invalid and user is not None and user.confirmed_at is not None:
+        done = _redirect_target(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
+        return _refuse_link("ALREADY_CONFIRMED", user, within, done)
+    error_view = config_value("CONFIRM_ERROR_VIEW")
+    retry = get_url(error_view) if error_view else url_for_security("send_confirmation")
+    if invalid:
+        return _refuse_link("INVALID_CONFIRMATION_TOKEN", user, within, retry)
+    if expired:
         send_confirmation_instructions(user)
-        message_key = "CONFIRMATION_EXPIRED"
-    else:
-        message_key = "EMAIL_CONFIRMED"
-    if message_key != "EMAIL_CONFIRMED":
-        message = get_message(
-            message_key,
-            email=getattr(user, "email", ""),
-            within=config_value("CONFIRM_EMAIL_WITHIN"),
-        )
-        if _wants_json():
-            return _token_error(message[0])
-        do_flash(*message)
-        if message_key == "ALREADY_CONFIRMED":
-            return _redirect_after(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
-        error_view = config_value("CONFIRM_ERROR_VIEW")
-        return redirect(
-            get_url(error_view) if error_view else url_for_security("send_confirmation")
-        )
+        return _refuse_link("CONFIRMATION_EXPIRED", user, within, retry)
     confirm_user(user)
     _datastore.commit()
-    if current_user.is_authenticated and current_user.id != user.id:
-        logout_user()
     login_user(user)
     if _wants_json():
         return _json_response(200, {"user": {"id": str(user.id)}})
@@ -2145,16 +2156,12 @@ def confirm_email(token):
 @anonymous_user_required
 def forgot_password():
     """Send password reset instructions."""
-    form = _build_form("forgot_password_form")
-    if form.validate_on_submit():
-        if form.user is not None:
-            send_reset_password_instructions(form.user)
-        if not request.is_json:
-            _flash_message("PASSWORD_RESET_REQUEST", email=form.email.data)
-    if request.is_json:
-        return _render_json(form, include_user=False)
-    return _render(
-        "FORGOT_PASSWORD_TEMPLATE", "forgot_password", forgot_password_form=form
+    return _instructions_view(
+        "forgot_password_form",
+        send_reset_password_instructions,
+        "PASSWORD_RESET_REQUEST",
+        "FORGOT_PASSWORD_TEMPLATE",
+        "forgot_password",
     )
 
 
@@ -2162,18 +2169,12 @@ def forgot_password():
 def reset_password(token):
     """Choose a new password from an emailed link; the link works once."""
     expired, invalid, user = reset_password_token_status(token)
-    if invalid or expired:
-        if expired:
-            send_reset_password_instructions(user)
-            key = "PASSWORD_RESET_EXPIRED"
-        else:
-            key = "INVALID_RESET_PASSWORD_TOKEN"
-        within = config_value("RESET_PASSWORD_WITHIN")
-        message = get_message(key, email=getattr(user, "email", ""), within=within)
-        if request.is_json:
-            return _token_error(message[0])
-        do_flash(*message)
-        return redirect(url_for_security("forgot_password"))
+    retry, within = url_for_security("forgot_password"), "RESET_PASSWORD_WITHIN"
+    if invalid:
+        return _refuse_link("INVALID_RESET_PASSWORD_TOKEN", user, within, retry)
+    if expired:
+        send_reset_password_instructions(user)
+        return _refuse_link("PASSWORD_RESET_EXPIRED", user, within, retry)
     form = _build_form("reset_password_form")
     if form.validate_on_submit():
         update_password(user, form.password.data)
@@ -2214,33 +2215,25 @@ def change_password():
 
 def send_login():
     """Send a passwordless login link."""
-    form = _build_form("passwordless_login_form")
-    if form.validate_on_submit():
-        if form.user is not None:
-            send_login_instructions(form.user)
-        if not request.is_json:
-            _flash_message("LOGIN_EMAIL_SENT", email=form.email.data)
-    if request.is_json:
-        return _render_json(form, include_user=False)
-    return _render("SEND_LOGIN_TEMPLATE", "send_login", send_login_form=form)
+    return _instructions_view(
+        "passwordless_login_form",
+        send_login_instructions,
+        "LOGIN_EMAIL_SENT",
+        "SEND_LOGIN_TEMPLATE",
+        "send_login",
+    )
 
 
 @anonymous_user_required
 def token_login(token):
     """Log in from a passwordless login link."""
     expired, invalid, user = login_token_status(token)
-    if invalid or expired or not user.is_active:
-        if expired and not invalid:
-            send_login_instructions(user)
-            key = "LOGIN_EXPIRED"
-        else:
-            key = "INVALID_LOGIN_TOKEN"
-        within = config_value("LOGIN_WITHIN")
-        message = get_message(key, email=getattr(user, "email", ""), within=within)
-        if _wants_json():
-            return _token_error(message[0])
-        do_flash(*message)
-        return redirect(url_for_security("login"))
+    retry, within = url_for_security("login"), "LOGIN_WITHIN"
+    if invalid or not user.is_active:
+        return _refuse_link("INVALID_LOGIN_TOKEN", user, within, retry)
+    if expired:
+        send_login_instructions(user)
+        return _refuse_link("LOGIN_EXPIRED", user, within, retry)
     login_user(user)
     if _wants_json():
         return _json_response(200, {"user": {"id": str(user.id)}})

@@ -1177,6 +1177,12 @@ def test_default_remember_me_applies_to_login_user(make_app):
     assert client.get_cookie("remember_token") is not None
 
 
+def test_default_remember_me_checks_the_box(make_app):
+    app = make_app(SECURITY_DEFAULT_REMEMBER_ME=True)
+    page = app.test_client().get("/login").get_data(as_text=True)
+    assert re.search(r'<input checked[^>]*name="remember"', page)
+
+
 def test_logout_by_get_and_post(app):
     add_user(app)
     for method in ("get", "post"):
