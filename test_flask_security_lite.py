@@ -1763,10 +1763,16 @@ def test_concurrent_duplicate_registrations_leave_one_user(make_app):
 CONFIRM = dict(SECURITY_REGISTERABLE=True, SECURITY_CONFIRMABLE=True)
 
 
-def _register_and_capture_link(app, email="new@lp.com"):
+def _emailed_link(app, url, payload, prefix):
+    """POST ``payload`` to ``url``; return the path of the ``prefix`` link mailed."""
     with app.mail.record_messages() as outbox:
-        app.test_client().post("/register", json={"email": email, "password": PASSWORD})
-    return re.search(r"http://localhost(/confirm/\S+)", outbox[0].body).group(1)
+        app.test_client().post(url, json=payload)
+    return re.search(rf"http://localhost({prefix}/\S+)", outbox[0].body).group(1)
+
+
+def _register_and_capture_link(app, email="new@lp.com"):
+    payload = {"email": email, "password": PASSWORD}
+    return _emailed_link(app, "/register", payload, "/confirm")
 
 
 def test_confirmable_register_sends_link_and_does_not_log_in(make_app):
@@ -1930,9 +1936,7 @@ RECOVER = dict(SECURITY_RECOVERABLE=True)
 
 
 def _reset_link(app, email="matt@lp.com"):
-    with app.mail.record_messages() as outbox:
-        app.test_client().post("/reset", json={"email": email})
-    return re.search(r"http://localhost(/reset/\S+)", outbox[0].body).group(1)
+    return _emailed_link(app, "/reset", {"email": email}, "/reset")
 
 
 def test_forgot_password_sends_instructions_and_signals(make_app):
@@ -2205,9 +2209,7 @@ PASSWORDLESS = dict(SECURITY_PASSWORDLESS=True)
 
 
 def _login_link(app, email="matt@lp.com"):
-    with app.mail.record_messages() as outbox:
-        app.test_client().post("/login", json={"email": email})
-    return re.search(r"http://localhost(/login/\S+)", outbox[0].body).group(1)
+    return _emailed_link(app, "/login", {"email": email}, "/login")
 
 
 def test_passwordless_sends_a_login_link_and_signals(make_app):
