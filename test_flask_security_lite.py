@@ -986,10 +986,36 @@ def test_mongo_get_user_accepts_object_ids_and_their_strings(make_app):
         assert app.datastore.get_user(str(ObjectId())) is None
 
 
-def test_adapter_without_its_orm_names_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "peewee", None)
-    with pytest.raises(ImportError, match=r"flask-security-lite\[peewee\]"):
-        fsl.PeeweeUserDatastore(None, None, None, None)
+@pytest.mark.parametrize(
+    "adapter, module, extra",
+    [
+        ("SQLAlchemyUserDatastore", "sqlalchemy", "sqlalchemy"),
+        ("MongoEngineUserDatastore", "mongoengine", "mongoengine"),
+        ("PeeweeUserDatastore", "peewee", "peewee"),
+    ],
+)
+def test_adapter_without_its_orm_names_the_extra(monkeypatch, adapter, module, extra):
+    monkeypatch.setitem(sys.modules, module, None)
+    arguments = [None] * (4 if adapter == "PeeweeUserDatastore" else 3)
+    with pytest.raises(ImportError, match=rf"flask-security-lite\[{extra}\]"):
+        getattr(fsl, adapter)(*arguments)
+
+
+def test_peewee_datastore_accepts_an_object_with_a_database(make_app):
+    from types import SimpleNamespace
+
+    app = make_app("peewee")
+    datastore = app.datastore
+    wrapped = fsl.PeeweeUserDatastore(
+        SimpleNamespace(database=datastore.db),
+        datastore.user_model,
+        datastore.role_model,
+        datastore.role_link,
+    )
+    assert wrapped.db is datastore.db
+    with app.test_request_context():
+        wrapped.create_user(email="wrapped@lp.com", password=PASSWORD, roles=[])
+        assert datastore.find_user(email="wrapped@lp.com") is not None
 
 
 # =============================================================================
@@ -1723,6 +1749,25 @@ def test_extended_register_form_passes_extra_fields_to_the_user(make_app):
         },
     )
     assert get_user(app, "new@lp.com").first_name == "Ada"
+
+
+def test_extended_confirm_register_form_passes_extra_fields_from_json(make_app):
+    from wtforms import StringField
+
+    class ExtendedConfirmRegisterForm(fsl.ConfirmRegisterForm):
+        first_name = StringField("First name")
+
+    app = make_app(
+        security_kwargs={"confirm_register_form": ExtendedConfirmRegisterForm},
+        **REGISTER,
+        SECURITY_CONFIRMABLE=True,
+    )
+    response = app.test_client().post(
+        "/register",
+        json={"email": "new@lp.com", "password": PASSWORD, "first_name": "Grace"},
+    )
+    assert response.status_code == 200
+    assert get_user(app, "new@lp.com").first_name == "Grace"
 
 
 def test_concurrent_duplicate_registrations_leave_one_user(make_app):
