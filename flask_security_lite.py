@@ -2519,6 +2519,9 @@ class Security:
             app.config.setdefault("SECURITY_" + key, value)
         for key, value in _default_messages.items():
             app.config.setdefault("SECURITY_MSG_" + key, value)
+        # Remember cookies are not sent on cross-site requests unless the app says so.
+        app.config.setdefault("REMEMBER_COOKIE_SAMESITE", "Lax")
+        app.config.setdefault("REMEMBER_COOKIE_HTTPONLY", True)
         # 1.7.4's changelog names this message PASSWORD_IS_SAME: either key works.
         app.config.setdefault(
             "SECURITY_MSG_PASSWORD_IS_SAME",

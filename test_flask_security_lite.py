@@ -488,6 +488,12 @@ def test_every_documented_message_is_in_config_as_text_and_category(app):
         assert text and category in ("info", "error", "success"), key
 
 
+def test_readme_documents_every_config_key():
+    readme = (HERE / "README.md").read_text()
+    missing = [key for key in fsl._default_config if f"`SECURITY_{key}`" not in readme]
+    assert missing == []
+
+
 def test_defaults_are_safe(app):
     assert app.config["SECURITY_PASSWORD_HASH"] == "pbkdf2_sha512"
     assert app.config["SECURITY_PASSWORD_LENGTH_MIN"] == 8
@@ -539,6 +545,23 @@ def test_message_is_overridable_from_config(make_app):
     app = make_app(SECURITY_MSG_USER_DOES_NOT_EXIST=("Who are you?", "error"))
     response = json_login(app.test_client(), email="nobody@lp.com")
     assert response.json["response"]["errors"]["email"] == ["Who are you?"]
+
+
+@pytest.mark.parametrize("key", ["PASSWORD_IS_SAME", "PASSWORD_IS_THE_SAME"])
+def test_either_name_of_the_same_password_message_works(make_app, key):
+    app = make_app(
+        SECURITY_CHANGEABLE=True, **{f"SECURITY_MSG_{key}": ("Same!", "error")}
+    )
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    same = {
+        "password": PASSWORD,
+        "new_password": PASSWORD,
+        "new_password_confirm": PASSWORD,
+    }
+    response = client.post("/change", json=same)
+    assert response.json["response"]["errors"]["new_password"] == ["Same!"]
 
 
 def test_flash_messages_can_be_turned_off(make_app):
@@ -1184,6 +1207,17 @@ def test_remember_me_cookie_logs_in_a_new_session(store, make_app):
     fresh = app.test_client()
     fresh.set_cookie("remember_token", cookie.value)
     assert fresh.get("/profile").status_code == 200
+
+
+def test_remember_cookie_is_lax_and_http_only(app):
+    add_user(app)
+    response = login(app.test_client(), remember="y")
+    cookie = next(
+        header
+        for header in response.headers.getlist("Set-Cookie")
+        if header.startswith("remember_token=")
+    )
+    assert "SameSite=Lax" in cookie and "HttpOnly" in cookie
 
 
 def test_without_remember_me_no_cookie_is_set(app):
