@@ -67,6 +67,7 @@ import importlib.util
 import logging
 import os
 from collections import defaultdict
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from functools import cached_property, wraps
 from urllib.parse import unquote, urlsplit
@@ -154,6 +155,15 @@ __all__ = (
     "get_post_login_redirect",
     "get_post_register_redirect",
     "get_post_logout_redirect",
+    "get_post_action_redirect",
+    "find_redirect",
+    "validate_redirect_url",
+    "get_config",
+    "slash_url_suffix",
+    "get_security_endpoint_name",
+    "capture_registrations",
+    "capture_reset_password_requests",
+    "capture_passwordless_login_requests",
     # forms
     "Form",
     "EmailFormMixin",
@@ -172,6 +182,12 @@ __all__ = (
     "ChangePasswordForm",
     "SendConfirmationForm",
     "PasswordlessLoginForm",
+    "email_required",
+    "email_validator",
+    "password_required",
+    "password_length",
+    "unique_user_email",
+    "valid_user_email",
     # signals
     "user_registered",
     "user_confirmed",
@@ -497,6 +513,37 @@ def _send_signal(signal, **kwargs):
     signal.send(current_app._get_current_object(), **kwargs)
 
 
+@contextmanager
+def _capture(signal):
+    """Collect the keyword arguments of every ``signal`` sent inside the block."""
+    captured = []
+
+    def record(sender, **data):
+        captured.append(data)
+
+    signal.connect(record)
+    try:
+        yield captured
+    finally:
+        signal.disconnect(record)
+
+
+def capture_registrations():
+    """For tests: ``with capture_registrations() as registrations: ...`` collects
+    each registration's ``{"user", "confirm_token"}``."""
+    return _capture(user_registered)
+
+
+def capture_reset_password_requests():
+    """For tests: collect each reset request's ``{"user", "token"}``."""
+    return _capture(reset_password_instructions_sent)
+
+
+def capture_passwordless_login_requests():
+    """For tests: collect each passwordless request's ``{"user", "login_token"}``."""
+    return _capture(login_instructions_sent)
+
+
 # =============================================================================
 # 4. Helpers: config, messages, redirects, JSON
 # =============================================================================
@@ -543,15 +590,31 @@ def url_for_security(endpoint, **values):
     :param endpoint: the view's name (``login``, ``reset_password``, ...).
     :param values: URL arguments, and ``_external``, ``_anchor``, ``_method``.
     """
-    return url_for(f"{config_value('BLUEPRINT_NAME')}.{endpoint}", **values)
+    return url_for(get_security_endpoint_name(endpoint), **values)
 
 
-def _slash_url_suffix(url, suffix):
+def get_config(app):
+    """Return the app's ``SECURITY_*`` settings, keys without the prefix."""
+    prefix = "SECURITY_"
+    return {
+        key[len(prefix) :]: value
+        for key, value in app.config.items()
+        if key.startswith(prefix)
+    }
+
+
+def get_security_endpoint_name(endpoint):
+    """Return ``endpoint`` prefixed with the security blueprint's name."""
+    return f"{config_value('BLUEPRINT_NAME')}.{endpoint}"
+
+
+def slash_url_suffix(url, suffix):
+    """Join ``url`` and ``suffix`` with exactly one slash between them."""
     return f"{url}{suffix}" if url.endswith("/") else f"{url}/{suffix}"
 
 
-def _is_safe_url(target):
-    """True if ``target`` leads to this host: a relative path or an URL to it.
+def validate_redirect_url(target):
+    """Return True if ``target`` stays on this host: a relative path or a URL to it.
 
     Browsers drop tabs and newlines inside URLs and read ``\\`` as ``/``, and an
     attacker may percent-encode, so each decoded form is judged as a browser sees it.
@@ -582,7 +645,7 @@ def _redirect_target(next_url, *view_keys):
     An unsafe ``next_url`` is dropped with the ``INVALID_REDIRECT`` message.
     """
     if next_url:
-        if _is_safe_url(next_url):
+        if validate_redirect_url(next_url):
             return next_url
         _flash_message("INVALID_REDIRECT")
     for key in view_keys:
@@ -598,6 +661,19 @@ def _redirect_after(next_url, *view_keys):
 
 def _next_argument():
     return request.args.get("next") or request.form.get("next")
+
+
+def get_post_action_redirect(config_key, declared=None):
+    """Return where to go after an action: a safe ``next`` (``declared`` or from the
+    request), else the view of ``config_key`` (e.g. ``SECURITY_POST_LOGIN_VIEW``)."""
+    return _redirect_target(
+        declared or _next_argument(), config_key.removeprefix("SECURITY_")
+    )
+
+
+def find_redirect(key):
+    """Return the URL of the view configured under ``key``, or ``/``."""
+    return _redirect_target(None, key.removeprefix("SECURITY_"))
 
 
 def get_post_login_redirect(declared=None):
@@ -1274,29 +1350,39 @@ class _Required:
             raise StopValidation(get_message(self.key)[0])
 
 
-def _email_syntax(form, field):
+def email_validator(form, field):
+    """Validator: the field must hold an email address (syntax only, no DNS)."""
     try:
         _email_validator.validate_email(field.data, check_deliverability=False)
     except _email_validator.EmailNotValidError:
         raise ValidationError(get_message("INVALID_EMAIL_ADDRESS")[0]) from None
 
 
-def _password_length(form, field):
+def password_length(form, field):
+    """Validator: a new password needs ``SECURITY_PASSWORD_LENGTH_MIN`` characters."""
     minimum = config_value("PASSWORD_LENGTH_MIN")
     if len(field.data) < minimum:
         raise ValidationError(get_message("PASSWORD_INVALID_LENGTH", length=minimum)[0])
 
 
-def _unique_user_email(form, field):
+def unique_user_email(form, field):
+    """Validator: no account may use the address yet."""
     if _datastore.find_user(email=field.data.strip()) is not None:
         message = get_message("EMAIL_ALREADY_ASSOCIATED", email=field.data)[0]
         raise ValidationError(message)
 
 
-def _valid_user_email(form, field):
+def valid_user_email(form, field):
+    """Validator: an account must match the identifier; it is kept as ``form.user``."""
     form.user = _datastore.find_user_by_identity(field.data)
     if form.user is None and not config_value("RETURN_GENERIC_RESPONSES"):
         raise ValidationError(get_message("USER_DOES_NOT_EXIST")[0])
+
+
+#: Validator: the email field must not be empty.
+email_required = _Required("EMAIL_NOT_PROVIDED")
+#: Validator: the password field must not be empty.
+password_required = _Required("PASSWORD_NOT_PROVIDED")
 
 
 class _EqualTo:
@@ -1317,9 +1403,7 @@ class Form(FlaskForm):
 class EmailFormMixin:
     """An email field that must hold an address."""
 
-    email = StringField(
-        "Email address", [_Required("EMAIL_NOT_PROVIDED"), _email_syntax]
-    )
+    email = StringField("Email address", [email_required, email_validator])
 
 
 class UserEmailFormMixin:
@@ -1328,7 +1412,7 @@ class UserEmailFormMixin:
     user = None
     email = StringField(
         "Email address",
-        [_Required("EMAIL_NOT_PROVIDED"), _email_syntax, _valid_user_email],
+        [email_required, email_validator, valid_user_email],
     )
 
 
@@ -1337,22 +1421,20 @@ class UniqueEmailFormMixin:
 
     email = StringField(
         "Email address",
-        [_Required("EMAIL_NOT_PROVIDED"), _email_syntax, _unique_user_email],
+        [email_required, email_validator, unique_user_email],
     )
 
 
 class PasswordFormMixin:
     """The current password."""
 
-    password = PasswordField("Password", [_Required("PASSWORD_NOT_PROVIDED")])
+    password = PasswordField("Password", [password_required])
 
 
 class NewPasswordFormMixin:
     """A new password, long enough."""
 
-    password = PasswordField(
-        "Password", [_Required("PASSWORD_NOT_PROVIDED"), _password_length]
-    )
+    password = PasswordField("Password", [password_required, password_length])
 
 
 class PasswordConfirmFormMixin:
@@ -1370,7 +1452,7 @@ class NextFormMixin:
 
     def validate_next(self, field):
         """Refuse a ``next`` that leaves this host."""
-        if field.data and not _is_safe_url(field.data):
+        if field.data and not validate_redirect_url(field.data):
             field.data = ""
             raise ValidationError(get_message("INVALID_REDIRECT")[0])
 
@@ -1428,8 +1510,8 @@ class LoginForm(Form, NextFormMixin):
     """Log in with an identifier (email by default) and a password."""
 
     user = None
-    email = StringField("Email address", [_Required("EMAIL_NOT_PROVIDED")])
-    password = PasswordField("Password", [_Required("PASSWORD_NOT_PROVIDED")])
+    email = StringField("Email address", [email_required])
+    password = PasswordField("Password", [password_required])
     remember = BooleanField("Remember me")
     submit = SubmitField("Log in")
 
@@ -1486,9 +1568,7 @@ class ResetPasswordForm(Form, NewPasswordFormMixin, PasswordConfirmFormMixin):
 class ChangePasswordForm(Form, PasswordFormMixin):
     """Change the password of the logged-in user."""
 
-    new_password = PasswordField(
-        "New password", [_Required("PASSWORD_NOT_PROVIDED"), _password_length]
-    )
+    new_password = PasswordField("New password", [password_required, password_length])
     new_password_confirm = PasswordField(
         "Retype new password", [_EqualTo("new_password", "RETYPE_PASSWORD_MISMATCH")]
     )
@@ -2277,7 +2357,7 @@ def create_blueprint(app, import_name=__name__):
     login_url = setting("LOGIN_URL")
     if setting("PASSWORDLESS"):
         bp.add_url_rule(login_url, "login", send_login, methods=post)
-        token_url = _slash_url_suffix(login_url, "<token>")
+        token_url = slash_url_suffix(login_url, "<token>")
         bp.add_url_rule(token_url, "token_login", token_login)
     else:
         bp.add_url_rule(login_url, "login", login, methods=post)
@@ -2290,7 +2370,7 @@ def create_blueprint(app, import_name=__name__):
         reset_url = setting("RESET_URL")
         bp.add_url_rule(reset_url, "forgot_password", forgot_password, methods=post)
         bp.add_url_rule(
-            _slash_url_suffix(reset_url, "<token>"),
+            slash_url_suffix(reset_url, "<token>"),
             "reset_password",
             reset_password,
             methods=post,
@@ -2304,7 +2384,7 @@ def create_blueprint(app, import_name=__name__):
             confirm_url, "send_confirmation", send_confirmation, methods=post
         )
         bp.add_url_rule(
-            _slash_url_suffix(confirm_url, "<token>"), "confirm_email", confirm_email
+            slash_url_suffix(confirm_url, "<token>"), "confirm_email", confirm_email
         )
     bp.before_request(_limit_body)
     bp.after_request(_no_store)

@@ -577,6 +577,42 @@ def test_flash_messages_can_be_turned_off(make_app):
 # =============================================================================
 
 
+def test_capture_helpers_collect_signal_arguments(make_app):
+    app = make_app(SECURITY_REGISTERABLE=True, SECURITY_RECOVERABLE=True)
+    client = app.test_client()
+    with fsl.capture_registrations() as registrations:
+        client.post("/register", json={"email": "new@lp.com", "password": PASSWORD})
+    client.get("/logout")
+    with fsl.capture_reset_password_requests() as requests:
+        client.post("/reset", json={"email": "new@lp.com"})
+    assert registrations[0]["user"].email == "new@lp.com"
+    assert registrations[0]["confirm_token"] is None
+    assert requests[0]["user"].email == "new@lp.com" and requests[0]["token"]
+    client.post("/reset", json={"email": "new@lp.com"})
+    assert len(requests) == 1
+
+
+def test_capture_passwordless_login_requests(make_app):
+    app = make_app(SECURITY_PASSWORDLESS=True)
+    add_user(app)
+    with fsl.capture_passwordless_login_requests() as requests:
+        app.test_client().post("/login", json={"email": "matt@lp.com"})
+    assert requests[0]["login_token"]
+
+
+def test_validators_of_174_extend_forms(make_app):
+    from wtforms import StringField
+
+    class ContactForm(fsl.Form):
+        email = StringField("Email", [fsl.email_required, fsl.email_validator])
+
+    app = make_app()
+    with app.test_request_context(method="POST", data={"email": "nope"}):
+        form = ContactForm()
+        assert not form.validate()
+        assert form.email.errors == ["This is not a valid email address."]
+
+
 def test_signals_are_all_defined():
     names = [
         "user_registered",
@@ -638,6 +674,19 @@ def test_get_url_accepts_an_endpoint_or_an_url(app):
         assert fsl.get_url("profile") == "/profile"
         assert fsl.get_url("/somewhere") == "/somewhere"
         assert fsl.url_for_security("login") == "/login"
+
+
+def test_redirect_helpers_of_174(make_app):
+    app = make_app(SECURITY_POST_LOGIN_VIEW="profile")
+    with app.test_request_context("/?next=/elsewhere"):
+        assert fsl.find_redirect("SECURITY_POST_LOGIN_VIEW") == "/profile"
+        assert fsl.get_post_action_redirect("SECURITY_POST_LOGIN_VIEW") == "/elsewhere"
+        assert fsl.validate_redirect_url("/elsewhere")
+        assert not fsl.validate_redirect_url("//evil.com")
+        assert fsl.get_security_endpoint_name("login") == "security.login"
+        assert fsl.slash_url_suffix("/reset", "<token>") == "/reset/<token>"
+        assert fsl.slash_url_suffix("/reset/", "<token>") == "/reset/<token>"
+    assert fsl.get_config(app)["POST_LOGIN_VIEW"] == "profile"
 
 
 def test_get_within_delta_parses_amount_and_unit(make_app):
