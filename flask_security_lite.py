@@ -2615,6 +2615,12 @@ class Security:
             register_blueprint = self._options.get("register_blueprint", True)
         if register_blueprint:
             app.register_blueprint(create_blueprint(app))
+        else:
+            # No views, but emails still need our templates.
+            templates = Blueprint(
+                "security_templates", __name__, template_folder=_templates_folder()
+            )
+            app.register_blueprint(templates)
         app.cli.add_command(users_cli)
         app.cli.add_command(roles_cli)
         if app.config["SECURITY_PASSWORD_HASH"] == "plaintext" and not app.testing:

@@ -1355,6 +1355,20 @@ def test_register_blueprint_false_adds_no_views(make_app):
     assert app.test_client().get("/login").status_code == 404
 
 
+def test_without_the_blueprint_emails_still_render(make_app):
+    app = make_app(security_kwargs={"register_blueprint": False})
+    add_user(app)
+    with app.test_request_context(), app.mail.record_messages() as outbox:
+        user = app.datastore.find_user(email="matt@lp.com")
+        fsl.send_mail("Hi", "matt@lp.com", "reset_notice", user=user)
+    assert "matt@lp.com" in outbox[0].body
+
+
+def test_without_the_blueprint_login_required_answers_401(make_app):
+    app = make_app(security_kwargs={"register_blueprint": False})
+    assert app.test_client().get("/profile").status_code == 401
+
+
 def test_trackable_records_logins(store, make_app):
     app = make_app(store, SECURITY_TRACKABLE=True)
     add_user(app)
