@@ -2138,8 +2138,12 @@ def _refuse_link(key, user, within_key, target):
     return redirect(target)
 
 
-def _instructions_view(form_name, send, message_key, template_key, view):
-    """The three "email me a link" views: validate, send to a known user, say so."""
+def _instructions_view(form_name, send, message_key, template_key, view, tell_id):
+    """The three "email me a link" views: validate, send to a known user, say so.
+
+    :param tell_id: answer JSON with the user's id, as 1.7.4 did, unless generic
+        responses must not reveal which addresses have accounts.
+    """
     form = _build_form(form_name)
     if form.validate_on_submit():
         if form.user is not None:
@@ -2147,7 +2151,8 @@ def _instructions_view(form_name, send, message_key, template_key, view):
         if not request.is_json:
             _flash_message(message_key, email=form.email.data)
     if request.is_json:
-        return _render_json(form, include_user=False)
+        generic = config_value("RETURN_GENERIC_RESPONSES")
+        return _render_json(form, include_user=tell_id and not generic)
     return _render(template_key, view, **{f"{view}_form": form})
 
 
@@ -2207,6 +2212,7 @@ def send_confirmation():
         "CONFIRMATION_REQUEST",
         "SEND_CONFIRMATION_TEMPLATE",
         "send_confirmation",
+        tell_id=True,
     )
 
 
@@ -2242,6 +2248,7 @@ def forgot_password():
         "PASSWORD_RESET_REQUEST",
         "FORGOT_PASSWORD_TEMPLATE",
         "forgot_password",
+        tell_id=False,
     )
 
 
@@ -2301,6 +2308,7 @@ def send_login():
         "LOGIN_EMAIL_SENT",
         "SEND_LOGIN_TEMPLATE",
         "send_login",
+        tell_id=True,
     )
 
 

@@ -2369,6 +2369,7 @@ def test_passwordless_sends_a_login_link_and_signals(make_app):
     with app.mail.record_messages() as outbox:
         response = app.test_client().post("/login", json={"email": "matt@lp.com"})
     assert response.status_code == 200
+    assert response.json["response"]["user"]["id"]
     assert outbox[0].subject == "Login instructions" and sent[0] in outbox[0].body
 
 
@@ -2404,6 +2405,14 @@ def test_invalid_passwordless_link_is_refused(make_app):
     assert response.json["response"]["errors"]["token"] == [
         "This login link is not valid."
     ]
+
+
+def test_passwordless_with_generic_responses_tells_nothing(make_app):
+    app = make_app(SECURITY_RETURN_GENERIC_RESPONSES=True, **PASSWORDLESS)
+    add_user(app)
+    known = app.test_client().post("/login", json={"email": "matt@lp.com"})
+    unknown = app.test_client().post("/login", json={"email": "nobody@lp.com"})
+    assert known.json == unknown.json == {"meta": {"code": 200}, "response": {}}
 
 
 def test_passwordless_refuses_disabled_accounts(make_app):
