@@ -56,7 +56,7 @@ setup(
             "aiosmtpd>=1.4",
             "playwright>=1.45",
             "build>=1.0",
-            "ruff>=0.5",
+            "ruff>=0.17,<0.18",
         ],
     },
     classifiers=[
