@@ -1607,6 +1607,16 @@ class _BadRequestBody(Exception):
         self.errors = errors
 
 
+def _is_utf8(text):
+    """False for JSON strings holding lone surrogates ("\\ud800"): no database
+    can store them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _json_formdata(payload):
     """Turn a JSON object into form data; booleans become what a checkbox sends."""
     if not isinstance(payload, dict):
@@ -1615,7 +1625,7 @@ def _json_formdata(payload):
     for name, value in payload.items():
         if isinstance(value, bool):
             formdata[name] = "y" if value else ""
-        elif isinstance(value, (str, int, float)):
+        elif isinstance(value, (str, int, float)) and _is_utf8(str(value)):
             formdata[name] = str(value)
         elif value is not None:
             errors[name] = ["Expected a string, a number or a boolean."]

@@ -10,6 +10,7 @@ import base64
 import glob
 import hashlib
 import hmac
+import itertools
 import logging
 import os
 import re
@@ -1419,6 +1420,57 @@ def test_authenticated_get_of_login_goes_to_post_login_view(app):
     client = app.test_client()
     login(client)
     assert client.get("/login").location == "/"
+
+
+HOSTILE_JSON = [
+    {},
+    {"email": None},
+    {"email": 1, "password": 2.5},
+    {"email": True, "password": False},
+    {"email": "x" * 5000, "password": "y" * 5000},
+    {"email": "matt@lp.com", "password": ["a"]},
+    {"email": "\x00\ud800", "password": "\udfff"},
+    {"next": "//evil.com", "remember": "maybe"},
+    {"password": PASSWORD, "new_password": 12345678, "new_password_confirm": 1},
+    {"auth_token": {"a": 1}},
+    {"auth_token": "W10.abc.def"},
+    [],
+    "text",
+    3,
+]
+HOSTILE_BODIES = [b"\xff\xfe", b"{", b"null", b"email=%ff&password=%00&next=%00"]
+HOSTILE_HEADERS = [
+    {},
+    {"Authentication-Token": "W10.abc.def"},
+    {"Authorization": "Basic !!!"},
+    {"Authorization": "Basic " + base64.b64encode(b"no-colon").decode()},
+    {"Authorization": "Bearer x", "Accept": "application/json"},
+]
+ALL_PATHS = ["/login", "/register", "/reset", "/reset/x", "/confirm", "/confirm/x"]
+ALL_PATHS += ["/change", "/logout", "/token", "/basic", "/any", "/admin"]
+
+
+@pytest.mark.parametrize("logged_in", [False, True])
+def test_hostile_input_never_causes_a_server_error(make_app, logged_in):
+    app = make_app(**ALL_FLOWS, SECURITY_TRACKABLE=True)
+    add_user(app, confirmed_at=datetime.now())
+    client = app.test_client()
+    if logged_in:
+        login(client)
+    for path, headers in itertools.product(ALL_PATHS, HOSTILE_HEADERS):
+        responses = [
+            client.post(path, json=body, headers=headers) for body in HOSTILE_JSON
+        ]
+        for body, content_type in itertools.product(
+            HOSTILE_BODIES, ["application/json", "application/x-www-form-urlencoded"]
+        ):
+            responses.append(
+                client.post(path, data=body, content_type=content_type, headers=headers)
+            )
+        responses.append(
+            client.get(path + "?next=%00%ff&auth_token=%ff", headers=headers)
+        )
+        assert all(response.status_code < 500 for response in responses), path
 
 
 # =============================================================================
