@@ -182,6 +182,7 @@ __all__ = (
     "ChangePasswordForm",
     "SendConfirmationForm",
     "PasswordlessLoginForm",
+    "get_form_field_label",
     "email_required",
     "email_validator",
     "password_required",
@@ -1336,6 +1337,29 @@ class PeeweeUserDatastore(UserDatastore):
 # still apply.
 
 
+#: The label of each form field, by key.
+_default_field_labels = {
+    "email": "Email address",
+    "password": "Password",
+    "register": "Register",
+    "send_confirmation": "Resend confirmation instructions",
+    "recover_password": "Recover password",
+    "send_login_link": "Send login link",
+    "remember_me": "Remember me",
+    "login": "Log in",
+    "reset_password": "Reset password",
+    "new_password": "New password",
+    "change_password": "Change password",
+    "retype_password": "Retype password",
+    "retype_new_password": "Retype new password",
+}
+
+
+def get_form_field_label(key):
+    """Return the label of the form field ``key`` (``email``, ``password``, ...)."""
+    return _default_field_labels[key]
+
+
 class _Required:
     """Stop validation with message ``key`` when the field is empty."""
 
@@ -1403,7 +1427,9 @@ class Form(FlaskForm):
 class EmailFormMixin:
     """An email field that must hold an address."""
 
-    email = StringField("Email address", [email_required, email_validator])
+    email = StringField(
+        get_form_field_label("email"), [email_required, email_validator]
+    )
 
 
 class UserEmailFormMixin:
@@ -1411,7 +1437,7 @@ class UserEmailFormMixin:
 
     user = None
     email = StringField(
-        "Email address",
+        get_form_field_label("email"),
         [email_required, email_validator, valid_user_email],
     )
 
@@ -1420,7 +1446,7 @@ class UniqueEmailFormMixin:
     """An email field no account uses yet."""
 
     email = StringField(
-        "Email address",
+        get_form_field_label("email"),
         [email_required, email_validator, unique_user_email],
     )
 
@@ -1428,20 +1454,23 @@ class UniqueEmailFormMixin:
 class PasswordFormMixin:
     """The current password."""
 
-    password = PasswordField("Password", [password_required])
+    password = PasswordField(get_form_field_label("password"), [password_required])
 
 
 class NewPasswordFormMixin:
     """A new password, long enough."""
 
-    password = PasswordField("Password", [password_required, password_length])
+    password = PasswordField(
+        get_form_field_label("password"), [password_required, password_length]
+    )
 
 
 class PasswordConfirmFormMixin:
     """The new password typed again."""
 
     password_confirm = PasswordField(
-        "Retype password", [_EqualTo("password", "RETYPE_PASSWORD_MISMATCH")]
+        get_form_field_label("retype_password"),
+        [_EqualTo("password", "RETYPE_PASSWORD_MISMATCH")],
     )
 
 
@@ -1460,7 +1489,7 @@ class NextFormMixin:
 class RegisterFormMixin:
     """The register button, and the fields to pass to ``create_user``."""
 
-    submit = SubmitField("Register")
+    submit = SubmitField(get_form_field_label("register"))
 
     def to_dict(self):
         """The form's fields that are also attributes of the user model."""
@@ -1475,7 +1504,7 @@ class RegisterFormMixin:
 class SendConfirmationForm(Form, UserEmailFormMixin):
     """Ask for the confirmation email again."""
 
-    submit = SubmitField("Resend confirmation instructions")
+    submit = SubmitField(get_form_field_label("send_confirmation"))
 
     def validate(self, extra_validators=None):
         if not super().validate(extra_validators):
@@ -1489,13 +1518,13 @@ class SendConfirmationForm(Form, UserEmailFormMixin):
 class ForgotPasswordForm(Form, UserEmailFormMixin):
     """Ask for password reset instructions."""
 
-    submit = SubmitField("Recover password")
+    submit = SubmitField(get_form_field_label("recover_password"))
 
 
 class PasswordlessLoginForm(Form, UserEmailFormMixin):
     """Ask for a login link."""
 
-    submit = SubmitField("Send login link")
+    submit = SubmitField(get_form_field_label("send_login_link"))
 
     def validate(self, extra_validators=None):
         if not super().validate(extra_validators):
@@ -1510,10 +1539,10 @@ class LoginForm(Form, NextFormMixin):
     """Log in with an identifier (email by default) and a password."""
 
     user = None
-    email = StringField("Email address", [email_required])
-    password = PasswordField("Password", [password_required])
-    remember = BooleanField("Remember me")
-    submit = SubmitField("Log in")
+    email = StringField(get_form_field_label("email"), [email_required])
+    password = PasswordField(get_form_field_label("password"), [password_required])
+    remember = BooleanField(get_form_field_label("remember_me"))
+    submit = SubmitField(get_form_field_label("login"))
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -1562,17 +1591,20 @@ class RegisterForm(ConfirmRegisterForm, PasswordConfirmFormMixin, NextFormMixin)
 class ResetPasswordForm(Form, NewPasswordFormMixin, PasswordConfirmFormMixin):
     """Choose a new password from a reset link."""
 
-    submit = SubmitField("Reset password")
+    submit = SubmitField(get_form_field_label("reset_password"))
 
 
 class ChangePasswordForm(Form, PasswordFormMixin):
     """Change the password of the logged-in user."""
 
-    new_password = PasswordField("New password", [password_required, password_length])
-    new_password_confirm = PasswordField(
-        "Retype new password", [_EqualTo("new_password", "RETYPE_PASSWORD_MISMATCH")]
+    new_password = PasswordField(
+        get_form_field_label("new_password"), [password_required, password_length]
     )
-    submit = SubmitField("Change password")
+    new_password_confirm = PasswordField(
+        get_form_field_label("retype_new_password"),
+        [_EqualTo("new_password", "RETYPE_PASSWORD_MISMATCH")],
+    )
+    submit = SubmitField(get_form_field_label("change_password"))
 
     def validate(self, extra_validators=None):
         if not super().validate(extra_validators):
