@@ -1490,8 +1490,16 @@ def test_login_required_answers_json_with_401(app):
     assert response.json["meta"]["code"] == 401
 
 
-def test_login_required_lets_options_through(app):
-    assert app.test_client().options("/profile").status_code == 200
+def test_login_required_lets_cors_preflight_through(app):
+    @app.route(
+        "/preflight", methods=["GET", "OPTIONS"], provide_automatic_options=False
+    )
+    @login_required
+    def preflight():
+        return "preflight"
+
+    assert app.test_client().options("/preflight").data == b"preflight"
+    assert app.test_client().get("/preflight").status_code == 302
 
 
 @pytest.mark.parametrize(
