@@ -1860,7 +1860,7 @@ def test_json_register_errors(store, make_app, fields, field, message):
     assert message in response.json["response"]["errors"][field][0]
 
 
-def test_html_register_checks_the_retyped_password(app, make_app):
+def test_html_register_checks_the_retyped_password(make_app):
     app = make_app(**REGISTER)
     response = app.test_client().post(
         "/register",
