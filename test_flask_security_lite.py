@@ -2647,29 +2647,28 @@ def test_readme_quick_start_runs(heading, monkeypatch):
 
 @pytest.fixture(scope="session")
 def installed_wheel(tmp_path_factory):
-    """Build a wheel and install it into a fresh virtual environment."""
+    """Build a wheel and install it into a fresh virtual environment that sees the
+    running environment's packages (Flask and the rest) but not this checkout."""
+    import site
+    import sysconfig
+
     work = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            work,
-            HERE,
-        ],
-        check=True,
-        capture_output=True,
-    )
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*build, "-w", work, HERE], check=True, capture_output=True)
     (wheel,) = work.glob("flask_security_lite-*.whl")
     venv = work / "venv"
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--system-site-packages", venv], check=True
-    )
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
     python = venv / "bin" / "python"
+    inner = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    # Plain path lines: the outer site-packages' own .pth files (an editable install
+    # of this checkout among them) are not run, so only the wheel provides the module.
+    outer = {sysconfig.get_paths()["purelib"], *site.getsitepackages()}
+    Path(inner, "outer-environment.pth").write_text("\n".join(sorted(outer)) + "\n")
     subprocess.run(
         [python, "-m", "pip", "install", "--no-deps", "--no-index", wheel],
         check=True,
