@@ -908,12 +908,20 @@ def _fingerprint(value):
     return base64.urlsafe_b64encode(digest[:12]).decode("ascii")
 
 
+def _password_state(user):
+    return "password:" + (user.password or "")
+
+
+def _confirmation_state(user):
+    return f"email:{user.email}:{user.confirmed_at is None}"
+
+
 #: What each token kind is bound to: when it changes, older tokens stop working.
 _TOKEN_BINDINGS = {
-    "remember": lambda user: "password:" + (user.password or ""),
-    "reset": lambda user: "password:" + (user.password or ""),
-    "login": lambda user: "password:" + (user.password or ""),
-    "confirm": lambda user: f"email:{user.email}:{user.confirmed_at is None}",
+    "remember": _password_state,
+    "reset": _password_state,
+    "login": _password_state,
+    "confirm": _confirmation_state,
 }
 
 

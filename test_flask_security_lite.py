@@ -614,20 +614,6 @@ def test_validators_of_174_extend_forms(make_app):
         assert form.email.errors == ["This is not a valid email address."]
 
 
-def test_signals_are_all_defined():
-    names = [
-        "user_registered",
-        "user_confirmed",
-        "confirm_instructions_sent",
-        "login_instructions_sent",
-        "password_reset",
-        "password_changed",
-        "reset_password_instructions_sent",
-    ]
-    for name in names:
-        assert hasattr(getattr(fsl, name), "connect")
-
-
 # =============================================================================
 # 4. Helpers: redirects
 # =============================================================================
