@@ -66,6 +66,8 @@ import importlib
 import importlib.util
 import logging
 import os
+import re
+import unicodedata
 from collections import defaultdict
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -126,6 +128,7 @@ __all__ = (
     "MongoEngineUserDatastore",
     "PeeweeUserDatastore",
     "DatastoreConflictError",
+    "normalize_email",
     # decorators
     "login_required",
     "roles_required",
@@ -614,24 +617,35 @@ def slash_url_suffix(url, suffix):
     return f"{url}{suffix}" if url.endswith("/") else f"{url}/{suffix}"
 
 
+def _is_plain_local_url(url):
+    """True if ``url`` is a relative URL or an http(s) URL to this host, and holds
+    nothing a browser would read differently from this parser."""
+    if "\\" in url or any(ch.isspace() or not ch.isprintable() for ch in url):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "http://[" and other broken hosts
+        return False
+    if parts.scheme or parts.netloc or url.startswith("//"):
+        return (
+            parts.scheme in ("", "http", "https")
+            and parts.netloc.lower() == request.host.lower()
+        )
+    return True
+
+
 def validate_redirect_url(target):
     """Return True if ``target`` stays on this host: a relative path or a URL to it.
 
-    Browsers drop tabs and newlines inside URLs and read ``\\`` as ``/``, and an
-    attacker may percent-encode, so each decoded form is judged as a browser sees it.
+    The URL that is emitted is the one judged here, so nothing is cleaned first:
+    backslashes, whitespace, control characters and user-info are refused, and so
+    is a target whose percent-decoded forms would not pass.
     """
-    if not isinstance(target, str) or not target.strip():
+    if not isinstance(target, str) or not target:
         return False
     candidate = target
     for _ in range(3):
-        cleaned = "".join(ch for ch in candidate if ch > " " and ch != "\x7f")
-        cleaned = cleaned.replace("\\", "/")
-        parts = urlsplit(cleaned)
-        if cleaned.startswith("//") and parts.netloc != request.host:
-            return False
-        if parts.scheme and (parts.scheme not in ("http", "https") or not parts.netloc):
-            return False
-        if parts.netloc and parts.netloc != request.host:
+        if not _is_plain_local_url(candidate):
             return False
         decoded = unquote(candidate)
         if decoded == candidate:
@@ -826,12 +840,41 @@ def _is_password_hash(value):
     return True
 
 
+#: Shapes of stored hashes of any library, listed or not: modular crypt
+#: (``$1$``, ``$2b$``, ``$argon2id$``), LDAP (``{SSHA}``), Werkzeug and Django
+#: (``pbkdf2:sha256:600000$salt$hash``, ``md5$salt$hash``), des_crypt and BSDi,
+#: and bare hex digests (MD5, SHA-1, SHA-256, SHA-512).
+_HASH_SHAPES = re.compile(
+    r"""\$[\w.-]+\$.*
+    | \{[\w.-]+\}.*
+    | [a-z][\w.-]*(:[\w.-]+)*\$[^$]*\$.*
+    | [./0-9a-z]{13} | _[./0-9a-z]{19}
+    | [0-9a-f]{32} | [0-9a-f]{40} | [0-9a-f]{64} | [0-9a-f]{128}""",
+    re.IGNORECASE | re.VERBOSE | re.DOTALL,
+)
+
+
+def _looks_like_a_hash(value):
+    """True if ``value`` has the shape of a password hash of any format.
+
+    Such a stored value is never compared as plaintext: with ``plaintext`` among
+    the schemes, a leaked hash of an unlisted format would otherwise log in.
+    """
+    return _HASH_SHAPES.fullmatch(value) is not None
+
+
 def verify_password(password, password_hash):
-    """Return True if ``password`` matches the stored ``password_hash``."""
+    """Return True if ``password`` matches the stored ``password_hash``.
+
+    A stored value shaped like a hash is never compared as plaintext, so a
+    1.7.4 plaintext row verifies only if it does not look like a hash.
+    """
     scheme = _identify(password_hash)
     if scheme is None or not isinstance(password, str):
         return False
     if scheme == "plaintext":
+        if _looks_like_a_hash(password_hash):
+            return False
         return hmac.compare_digest(_to_bytes(password), _to_bytes(password_hash))
     try:
         return _security.pwd_context.verify(
@@ -1032,6 +1075,38 @@ class DatastoreConflictError(Exception):
     """A write broke a uniqueness rule, e.g. two registrations of one email at once."""
 
 
+def normalize_email(address):
+    """Return the one form of ``address`` that is stored and looked up.
+
+    email-validator's normal form (Unicode NFC, the domain checked by IDNA and
+    written in Unicode, so ``xn--bcher-kva.de`` is ``bücher.de``), then lowercased
+    with ``str.lower`` (``Ä`` is ``ä``; ``ß`` stays ``ß``). Something that is not
+    an address is only stripped, NFC-normalised and lowercased, so a lookup by it
+    still behaves the same on every store.
+    """
+    address = address.strip()
+    try:
+        result = _email_validator.validate_email(address, check_deliverability=False)
+        address = result.normalized
+    except _email_validator.EmailNotValidError:
+        pass
+    return unicodedata.normalize("NFC", address.lower())
+
+
+def _storable(value):
+    """False for strings no database can hold (NUL, lone surrogates): such a
+    lookup matches nothing, and PostgreSQL would raise on it."""
+    if not isinstance(value, str):
+        return True
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class UserDatastore:
     """The user and role operations every adapter shares.
 
@@ -1061,8 +1136,27 @@ class UserDatastore:
         """Make staged writes durable; raise DatastoreConflictError on a duplicate."""
         raise NotImplementedError
 
-    def find_user(self, **kwargs):
-        """Return the user matching every keyword (email case-insensitively)."""
+    def _find_user(self, fields):
+        """Return the user whose columns equal every value of ``fields``, or None."""
+        raise NotImplementedError
+
+    def _find_user_unnormalised(self, fields):
+        """Like ``_find_user``, but the stored email may differ from
+        ``fields["email"]`` in case: for rows written before emails were
+        normalised (Flask-SQLAlchemy on 1.7.4 stored them as typed)."""
+        raise NotImplementedError
+
+    def compare_and_set(self, user, expected, changes):
+        """Write ``changes`` to ``user``'s row only if it still holds ``expected``.
+
+        One atomic write (``UPDATE ... WHERE``, or an update with a filter), durable
+        when it returns: of two requests consuming the same emailed link at once,
+        exactly one succeeds. ``user`` is brought up to date either way.
+
+        :param expected: ``{field: value}`` the row must hold (``None``: empty).
+        :param changes: ``{field: value}`` to write.
+        :returns: True if this call made the change.
+        """
         raise NotImplementedError
 
     def find_role(self, role):
@@ -1082,6 +1176,25 @@ class UserDatastore:
         self.put(user)
 
     # -- shared logic --------------------------------------------------------------
+
+    def find_user(self, **kwargs):
+        """Return the user matching every keyword, or None.
+
+        ``email`` is compared by :func:`normalize_email` with an equality on the
+        column (an index serves it); when that finds nobody, rows stored before
+        emails were normalised are matched case-insensitively.
+        """
+        if not all(_storable(value) for value in kwargs.values()):
+            return None
+        email = kwargs.get("email")
+        if email is None:
+            return self._find_user(kwargs)
+        if not isinstance(email, str):
+            return None
+        found = self._find_user({**kwargs, "email": normalize_email(email)})
+        if found is None:
+            found = self._find_user_unnormalised({**kwargs, "email": email.strip()})
+        return found
 
     def get_user(self, id_or_email):
         """Return the user with this id, or whose identity attribute has this value."""
@@ -1106,7 +1219,10 @@ class UserDatastore:
         return self.find_user(email=user) if isinstance(user, str) else user
 
     def _prepare_user_fields(self, fields):
-        """Fill defaults, hash a plaintext password and turn role names into roles."""
+        """Normalise the email, fill defaults, hash a plaintext password and turn
+        role names into roles."""
+        if isinstance(fields.get("email"), str):
+            fields["email"] = normalize_email(fields["email"])
         if hasattr(self.user_model, "active"):
             fields.setdefault("active", True)
         password = fields.get("password")
@@ -1203,16 +1319,37 @@ class SQLAlchemyUserDatastore(UserDatastore):
             self.db.session.rollback()
             raise DatastoreConflictError(str(error.orig)) from error
 
-    def _condition(self, name, value):
-        column = getattr(self.user_model, name)
-        if name == "email" and isinstance(value, str):
-            return self._sa.func.lower(column) == value.lower()
-        return column == value
-
-    def find_user(self, **kwargs):
-        conditions = [self._condition(name, value) for name, value in kwargs.items()]
+    def _select_user(self, conditions):
         query = self._sa.select(self.user_model).where(*conditions).limit(1)
         return self.db.session.scalars(query).first()
+
+    def _equal(self, fields):
+        return [getattr(self.user_model, name) == v for name, v in fields.items()]
+
+    def _find_user(self, fields):
+        return self._select_user(self._equal(fields))
+
+    def _find_user_unnormalised(self, fields):
+        email = fields.pop("email")
+        column = self.user_model.email
+        # SQLite's lower() folds ASCII only: the exact form as typed matches too.
+        lowered = self._sa.func.lower(column) == email.lower()
+        either = self._sa.or_(column == email, lowered)
+        return self._select_user([*self._equal(fields), either])
+
+    def compare_and_set(self, user, expected, changes):
+        key = self._sa.inspect(self.user_model).primary_key[0].name
+        statement = (
+            self._sa.update(self.user_model)
+            .where(getattr(self.user_model, key) == getattr(user, key))
+            .where(*self._equal(expected))
+            .values(**changes)
+            .execution_options(synchronize_session=False)
+        )
+        changed = self.db.session.execute(statement).rowcount == 1
+        self.commit()
+        self.db.session.refresh(user)
+        return changed
 
     def find_role(self, role):
         query = self._sa.select(self.role_model).filter_by(name=role).limit(1)
@@ -1265,12 +1402,19 @@ class MongoEngineUserDatastore(UserDatastore):
         except (self._mongoengine.ValidationError, ValueError, TypeError):
             return None
 
-    def find_user(self, **kwargs):
-        query = {
-            ("email__iexact" if name == "email" else name): value
-            for name, value in kwargs.items()
-        }
-        return self._query(self.user_model, **query)
+    def _find_user(self, fields):
+        return self._query(self.user_model, **fields)
+
+    def _find_user_unnormalised(self, fields):
+        fields["email__iexact"] = fields.pop("email")
+        return self._query(self.user_model, **fields)
+
+    def compare_and_set(self, user, expected, changes):
+        query = self.user_model.objects(pk=user.pk, **expected)
+        update = {f"set__{name}": value for name, value in changes.items()}
+        changed = query.update_one(**update) == 1
+        user.reload()
+        return changed
 
     def find_role(self, role):
         return self._query(self.role_model, name=role)
@@ -1306,15 +1450,28 @@ class PeeweeUserDatastore(UserDatastore):
     def commit(self):
         """peewee writes outside a transaction are committed on ``put``."""
 
-    def _condition(self, name, value):
-        column = getattr(self.user_model, name)
-        if name == "email" and isinstance(value, str):
-            return self._peewee.fn.LOWER(column) == value.lower()
-        return column == value
+    def _equal(self, fields):
+        return [getattr(self.user_model, name) == v for name, v in fields.items()]
 
-    def find_user(self, **kwargs):
-        conditions = [self._condition(name, value) for name, value in kwargs.items()]
-        return self.user_model.select().where(*conditions).first()
+    def _find_user(self, fields):
+        return self.user_model.select().where(*self._equal(fields)).first()
+
+    def _find_user_unnormalised(self, fields):
+        email = fields.pop("email")
+        column = self.user_model.email
+        # SQLite's LOWER() folds ASCII only: the exact form as typed matches too.
+        either = (column == email) | (self._peewee.fn.LOWER(column) == email.lower())
+        return self.user_model.select().where(*self._equal(fields), either).first()
+
+    def compare_and_set(self, user, expected, changes):
+        model = self.user_model
+        key = model._meta.primary_key
+        user_id = getattr(user, key.name)
+        query = model.update(**changes).where(key == user_id, *self._equal(expected))
+        changed = query.execute() == 1
+        user.__data__.update(model.get_by_id(user_id).__data__)
+        user._dirty.clear()
+        return changed
 
     def find_role(self, role):
         return self.role_model.get_or_none(self.role_model.name == role)

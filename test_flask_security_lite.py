@@ -656,6 +656,92 @@ def test_safe_next_is_followed_after_login(app, target):
     assert response.location == target
 
 
+#: Targets a browser reads as another host, or that no URL parser should emit.
+BROWSER_HOST_TRICKS = [
+    "http://localhost\\@evil.com",
+    "//localhost\\@evil.com",
+    "http://localhost@evil.com",
+    "http://localhost%5C@evil.com",
+    "/\\/evil.com",
+    "/x\r\nLocation: http://evil.com",
+    "http://[",
+    "http://localhost\u00a0@evil.com",
+    "\u200b//evil.com",
+]
+
+
+def _next_via_login_form(make_app, target):
+    app = make_app()
+    add_user(app)
+    return login(app.test_client(), next=target)
+
+
+def _next_via_login_query(make_app, target):
+    app = make_app()
+    add_user(app)
+    data = {"email": "matt@lp.com", "password": PASSWORD}
+    return app.test_client().post("/login", query_string={"next": target}, data=data)
+
+
+def _next_via_logout(make_app, target):
+    return make_app().test_client().get("/logout", query_string={"next": target})
+
+
+def _next_via_register(make_app, target):
+    app = make_app(SECURITY_REGISTERABLE=True, SECURITY_SEND_REGISTER_EMAIL=False)
+    data = {"email": "new@lp.com", "password": PASSWORD}
+    data.update(password_confirm=PASSWORD, next=target)
+    return app.test_client().post("/register", data=data)
+
+
+def _next_via_confirmation_link(make_app, target):
+    app = make_app(SECURITY_REGISTERABLE=True, SECURITY_CONFIRMABLE=True)
+    link = _register_and_capture_link(app)
+    return app.test_client().get(link, query_string={"next": target})
+
+
+def _next_via_passwordless_link(make_app, target):
+    app = make_app(SECURITY_PASSWORDLESS=True)
+    add_user(app)
+    return app.test_client().get(_login_link(app), query_string={"next": target})
+
+
+NEXT_ENTRY_POINTS = [
+    _next_via_login_form,
+    _next_via_login_query,
+    _next_via_logout,
+    _next_via_register,
+    _next_via_confirmation_link,
+    _next_via_passwordless_link,
+]
+
+
+@pytest.mark.parametrize("entry_point", NEXT_ENTRY_POINTS)
+@pytest.mark.parametrize("target", BROWSER_HOST_TRICKS + UNSAFE_NEXTS)
+def test_no_entry_point_redirects_where_a_browser_sees_another_host(
+    make_app, entry_point, target
+):
+    response = entry_point(make_app, target)
+    assert response.status_code in (200, 302, 400)
+    location = response.location or ""
+    assert "evil" not in location and "\\" not in location
+
+
+@pytest.mark.parametrize("entry_point", NEXT_ENTRY_POINTS)
+def test_every_entry_point_follows_a_safe_next_exactly(make_app, entry_point):
+    response = entry_point(make_app, "/profile?tab=1")
+    assert response.location == "/profile?tab=1"
+
+
+def test_validate_redirect_url_judges_the_string_it_is_given(app):
+    with app.test_request_context():
+        assert fsl.validate_redirect_url("/a/b?c=d#e")
+        assert fsl.validate_redirect_url("http://localhost/x")
+        assert fsl.validate_redirect_url("/caf\u00e9")
+        for target in BROWSER_HOST_TRICKS + UNSAFE_NEXTS + ["", None, 3]:
+            assert not fsl.validate_redirect_url(target), target
+
+
 def test_get_url_accepts_an_endpoint_or_an_url(app):
     with app.test_request_context():
         assert fsl.get_url("profile") == "/profile"
@@ -796,6 +882,35 @@ def test_plaintext_row_is_rehashed_on_login(make_app):
         app.datastore.commit()
     assert json_login(app.test_client()).status_code == 200
     assert get_user(app).password.startswith("$pbkdf2-sha512$")
+
+
+def _unlisted_hashes():
+    from passlib.hash import md5_crypt
+    from werkzeug.security import generate_password_hash
+
+    return {
+        "md5_crypt": md5_crypt.hash(PASSWORD),
+        "werkzeug pbkdf2": generate_password_hash(PASSWORD, "pbkdf2:sha256:1000"),
+        "werkzeug scrypt": generate_password_hash(PASSWORD, "scrypt"),
+        "django": "pbkdf2_sha256$1000$c2FsdA$" + "A" * 43 + "=",
+        "ldap": "{SSHA}" + base64.b64encode(b"x" * 24).decode(),
+        "hex md5": hashlib.md5(PASSWORD.encode()).hexdigest(),
+        "hex sha256": hashlib.sha256(PASSWORD.encode()).hexdigest(),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_unlisted_hashes()))
+def test_a_stored_hash_of_an_unlisted_format_is_never_compared_as_plaintext(app, kind):
+    leaked = _unlisted_hashes()[kind]
+    add_user(app)
+    with app.app_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        user.password = leaked
+        app.datastore.put(user)
+        app.datastore.commit()
+        assert not fsl.verify_password(leaked, leaked)
+    assert json_login(app.test_client(), password=leaked).status_code == 400
+    assert get_user(app).password == leaked
 
 
 def test_hash_with_fewer_rounds_is_rehashed_on_login(make_app):
@@ -955,6 +1070,142 @@ def test_find_user_matches_email_case_insensitively(store, make_app):
     add_user(app, email="Mixed.Case@LP.com")
     with app.test_request_context():
         assert app.datastore.find_user(email="mixed.case@lp.com") is not None
+
+
+#: Pairs of spellings of one address: case (ASCII and not), NFC/NFD, IDN.
+SAME_ADDRESS = [
+    ("Matt@LP.com", "matt@lp.com"),
+    ("\u00c4rger@lp.com", "\u00e4rger@lp.com"),
+    ("jos\u00e9@lp.com", "jose\u0301@lp.com"),
+    ("a@b\u00fccher.de", "a@xn--bcher-kva.de"),
+    ("A@XN--BCHER-KVA.DE", "a@B\u00dcCHER.de"),
+]
+
+
+@pytest.mark.parametrize("first, second", SAME_ADDRESS)
+def test_normalize_email_gives_one_form_per_address(app, first, second):
+    assert fsl.normalize_email(first) == fsl.normalize_email(second)
+    assert fsl.normalize_email(first) == fsl.normalize_email(fsl.normalize_email(first))
+
+
+def test_normalize_email_keeps_distinct_addresses_apart(app):
+    assert fsl.normalize_email("stra\u00dfe@lp.com") != fsl.normalize_email(
+        "strasse@lp.com"
+    )
+    assert fsl.normalize_email(" Not An Address ") == "not an address"
+
+
+def _register(client, email, password=PASSWORD):
+    return client.post("/register", json={"email": email, "password": password})
+
+
+@pytest.mark.parametrize("first, second", SAME_ADDRESS)
+def test_spellings_of_one_address_are_one_account(store, make_app, first, second):
+    app = make_app(store, **REGISTER, SECURITY_SEND_REGISTER_EMAIL=False)
+    assert _register(app.test_client(), first).status_code == 200
+    refused = _register(app.test_client(), second)
+    assert refused.status_code == 400
+    assert "already belongs" in refused.json["response"]["errors"]["email"][0]
+    assert json_login(app.test_client(), second).status_code == 200
+    assert json_login(app.test_client(), first).status_code == 200
+    with app.test_request_context():
+        assert app.datastore.find_user(email=second).email == fsl.normalize_email(first)
+
+
+def test_the_stored_email_is_the_normalised_form(store, make_app):
+    app = make_app(store)
+    add_user(app, email=" \u00c4rger@B\u00fccher.DE ")
+    with app.test_request_context():
+        assert app.datastore.find_user(email="\u00e4rger@xn--bcher-kva.de").email == (
+            "\u00e4rger@b\u00fccher.de"
+        )
+
+
+def _add_174_row(app, email):
+    """A row as Flask-Security 1.7.4 wrote it: the email exactly as typed."""
+    with app.test_request_context():
+        datastore = app.datastore
+        user = datastore.user_model(
+            email=email, password=fsl.hash_password(PASSWORD), active=True
+        )
+        datastore.put(user)
+        datastore.commit()
+
+
+@pytest.mark.parametrize("typed", ["Mixed.Case@LP.com", "mixed.case@lp.com"])
+def test_rows_written_by_174_in_mixed_case_still_log_in(store, make_app, typed):
+    app = make_app(store)
+    _add_174_row(app, "Mixed.Case@LP.com")
+    assert json_login(app.test_client(), typed).status_code == 200
+
+
+def test_email_lookup_is_an_equality_on_the_email_column(app):
+    from sqlalchemy import event
+
+    add_user(app)
+    statements = []
+    with app.app_context():
+        engine = app.datastore.db.engine
+        record = lambda *args: statements.append(args[2])  # noqa: E731
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            assert app.datastore.find_user(email="MATT@lp.com") is not None
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+    assert len(statements) == 1
+    assert "user.email = ?" in statements[0] and "lower" not in statements[0]
+
+
+@pytest.mark.parametrize("email", ["a\x00b@lp.com", "\ud800@lp.com", 7, ["x"]])
+def test_lookup_by_an_unstorable_value_finds_nobody(store, make_app, email):
+    app = make_app(store)
+    add_user(app)
+    with app.test_request_context():
+        assert app.datastore.find_user(email=email) is None
+        assert app.datastore.find_user_by_identity(email) is None
+
+
+def test_compare_and_set_writes_only_if_the_row_is_unchanged(store, make_app):
+    app = make_app(store)
+    add_user(app)
+    with app.test_request_context():
+        datastore = app.datastore
+        user = datastore.find_user(email="matt@lp.com")
+        before = user.password
+        assert datastore.compare_and_set(user, {"password": before}, {"password": "x"})
+        assert user.password == "x"
+        assert not datastore.compare_and_set(
+            user, {"password": before}, {"password": "y"}
+        )
+        assert user.password == "x"
+        now = datetime(2026, 1, 2, 3, 4, 5)
+        unconfirmed = {"confirmed_at": None}
+        assert datastore.compare_and_set(user, unconfirmed, {"confirmed_at": now})
+        assert not datastore.compare_and_set(user, unconfirmed, {"confirmed_at": now})
+    assert get_user(app).password == "x"
+    assert get_user(app).confirmed_at == now
+
+
+def test_compare_and_set_lets_one_of_two_concurrent_writers_win(make_app):
+    app = make_app("postgres")
+    add_user(app)
+    both_read = threading.Barrier(2, timeout=10)
+    results = []
+
+    def consume(new_password):
+        with app.test_request_context():
+            user = app.datastore.find_user(email="matt@lp.com")
+            expected = {"password": user.password}
+            both_read.wait()
+            changes = {"password": new_password}
+            results.append(app.datastore.compare_and_set(user, expected, changes))
+
+    threads = [threading.Thread(target=consume, args=(p,)) for p in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False, True]
 
 
 def test_identity_attributes_allow_username_login(store, make_app):
@@ -1913,7 +2164,10 @@ def test_extended_confirm_register_form_passes_extra_fields_from_json(make_app):
     assert get_user(app, "new@lp.com").first_name == "Grace"
 
 
-def test_concurrent_duplicate_registrations_leave_one_user(make_app):
+@pytest.mark.parametrize(
+    "emails", [("race@lp.com", "race@lp.com"), ("race@lp.com", "RACE@lp.com")]
+)
+def test_concurrent_duplicate_registrations_leave_one_user(make_app, emails):
     app = make_app("postgres", **REGISTER, SECURITY_SEND_REGISTER_EMAIL=False)
     both_validated = threading.Barrier(2, timeout=10)
     create_user = app.datastore.create_user
@@ -1925,13 +2179,13 @@ def test_concurrent_duplicate_registrations_leave_one_user(make_app):
     app.datastore.create_user = create_after_both_validated
     results = []
 
-    def register():
+    def register(email):
         response = app.test_client().post(
-            "/register", json={"email": "race@lp.com", "password": PASSWORD}
+            "/register", json={"email": email, "password": PASSWORD}
         )
         results.append((response.status_code, response.json))
 
-    threads = [threading.Thread(target=register) for _ in range(2)]
+    threads = [threading.Thread(target=register, args=(email,)) for email in emails]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -2573,6 +2827,15 @@ def test_cli_creates_inactive_users(app):
         == 0
     )
     assert get_user(app, "off@lp.com").active is False
+
+
+def test_cli_normalises_emails_like_the_views(app):
+    email = "\u00c4rger@LP.com"
+    assert _cli(app, "users", "create", email, "--password", PASSWORD).exit_code == 0
+    assert json_login(app.test_client(), "\u00e4rger@lp.com").status_code == 200
+    assert _cli(app, "users", "deactivate", "\u00e4RGER@lp.com").exit_code == 0
+    again = _cli(app, "users", "create", "\u00e4rger@lp.com", "--password", PASSWORD)
+    assert again.exit_code != 0 and "already belongs" in again.output
 
 
 @pytest.mark.parametrize(
