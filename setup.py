@@ -43,7 +43,14 @@ setup(
         "peewee": ["peewee>=3.17"],
         "argon2": ["argon2-cffi>=23.1"],
         "bcrypt": ["bcrypt>=4.1"],
-        "bench": ["Flask-SQLAlchemy>=3.1", "Flask-Security-Too>=5.5"],
+        "bench": [
+            "Flask-SQLAlchemy>=3.1",
+            "Flask-Security-Too>=5.5",
+            "psycopg2-binary>=2.9",
+            "argon2-cffi>=23.1",
+            "bcrypt>=4.1",
+            "gunicorn>=22",
+        ],
         "test": [
             "pytest>=8",
             "Flask-SQLAlchemy>=3.1",

@@ -1,210 +1,152 @@
-"""Request cost of flask-security-lite against bare Flask and Flask-Security-Too.
+"""Cost of a protected request: lite, Flask-Security-Too, Flask-Login alone, bare Flask.
 
-Run by hand, never in the tests::
+Run by hand, never in the tests (from the repository root)::
 
-    pip install -e ".[bench]" && python bench/bench_requests.py
+    pip install -e ".[bench]"
+    python bench/bench_requests.py                 # the table, ~1 minute
+    python bench/bench_requests.py --profile       # cProfile of lite's session and
+                                                   # token routes
 
-One process builds three apps on in-memory SQLite (Flask-SQLAlchemy) and times each
-scenario through Flask's test client; it prints microseconds per request and ratios,
-which are what to compare between machines. Scenarios:
+One process builds the four apps of ``common.py`` on in-memory SQLite with one user
+and times each scenario through Flask's test client, in interleaved rounds (every
+app and scenario once per round; the median of the rounds is reported). It prints
+µs per request, SQL statements per request (counted with SQLAlchemy's
+``before_cursor_execute`` event) and the ratios lite / Flask-Security-Too and
+lite / Flask-Login alone, which are what carry over between machines. Scenarios:
 
-- ``session``: a ``login_required`` page for a logged-in session (user load per request)
-- ``token``: a token-protected JSON endpoint (token check and user load)
+- ``session``: a ``login_required`` page for a logged-in session
+- ``token``: a token-protected JSON endpoint
+- ``roles``: a ``roles_required("admin")`` page for a logged-in admin
 - ``anonymous``: a protected page refused to an anonymous visitor
-- ``login``: a JSON login, with both libraries on pbkdf2_sha512 at the same rounds
+- ``login``: a JSON login, every library on pbkdf2_sha512 at the same rounds
 """
 
 import argparse
-import statistics
-import sys
-import time
-from pathlib import Path
+import cProfile
+import pstats
 
-from flask import Flask
-from flask_sqlalchemy import SQLAlchemy
+import common
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import flask_security_lite as lite  # noqa: E402
-
-EMAIL, PASSWORD = "bench@example.com", "bench password"
-ROUNDS = 10_000  # login cost is dominated by hashing: equal for both libraries
+SCENARIOS = ("session", "token", "roles", "anonymous", "login")
 
 
-def _models(db, user_mixin, role_mixin):
-    roles_users = db.Table(
-        "roles_users",
-        db.Column("user_id", db.Integer(), db.ForeignKey("user.id")),
-        db.Column("role_id", db.Integer(), db.ForeignKey("role.id")),
-    )
-
-    class Role(db.Model, role_mixin):
-        id = db.Column(db.Integer(), primary_key=True)
-        name = db.Column(db.String(80), unique=True)
-        description = db.Column(db.String(255))
-
-    class User(db.Model, user_mixin):
-        id = db.Column(db.Integer, primary_key=True)
-        email = db.Column(db.String(255), unique=True)
-        password = db.Column(db.String(255))
-        active = db.Column(db.Boolean())
-        confirmed_at = db.Column(db.DateTime())
-        fs_uniquifier = db.Column(db.String(64), unique=True)
-        roles = db.relationship("Role", secondary=roles_users, backref="users")
-
-    return User, Role
-
-
-def _base_app():
-    app = Flask(__name__)
-    app.config.update(
-        SECRET_KEY="bench secret",
-        SQLALCHEMY_DATABASE_URI="sqlite://",
-        WTF_CSRF_ENABLED=False,
-    )
-    return app
-
-
-def bare_app():
-    app = _base_app()
-
-    @app.route("/page")
-    def page():
-        return "ok"
-
-    @app.route("/api")
-    def api():
-        return {"ok": True}
-
-    return app
-
-
-def lite_app():
-    app = _base_app()
-    app.config["SECURITY_PASSWORD_HASH_OPTIONS"] = {"pbkdf2_sha512": {"rounds": ROUNDS}}
-    db = SQLAlchemy(app)
-    user_model, role_model = _models(db, lite.UserMixin, lite.RoleMixin)
-    datastore = lite.SQLAlchemyUserDatastore(db, user_model, role_model)
-    lite.Security(app, datastore)
-
-    @app.route("/page")
-    @lite.login_required
-    def page():
-        return "ok"
-
-    @app.route("/api")
-    @lite.auth_token_required
-    def api():
-        return {"ok": True}
-
-    with app.app_context():
-        db.create_all()
-        datastore.create_user(email=EMAIL, password=PASSWORD)
-        db.session.commit()
-    return app
-
-
-def fst_app():
-    import flask_security as fst
-
-    app = _base_app()
-    app.config.update(
-        SECURITY_PASSWORD_HASH="pbkdf2_sha512",
-        SECURITY_PASSWORD_HASH_PASSLIB_OPTIONS={"pbkdf2_sha512__rounds": ROUNDS},
-        SECURITY_PASSWORD_SINGLE_HASH=True,
-    )
-    db = SQLAlchemy(app)
-    user_model, role_model = _models(db, fst.UserMixin, fst.RoleMixin)
-    datastore = fst.SQLAlchemyUserDatastore(db, user_model, role_model)
-    fst.Security(app, datastore)
-
-    @app.route("/page")
-    @fst.auth_required("session")
-    def page():
-        return "ok"
-
-    @app.route("/api")
-    @fst.auth_token_required
-    def api():
-        return {"ok": True}
-
-    with app.app_context():
-        db.create_all()
-        datastore.create_user(email=EMAIL, password=fst.hash_password(PASSWORD))
-        db.session.commit()
-    return app
-
-
-def _login(client):
-    # Flask-Security-Too returns the token only when asked; ours always does.
-    response = client.post(
-        "/login?include_auth_token", json={"email": EMAIL, "password": PASSWORD}
-    )
-    assert response.status_code == 200, response.get_data(as_text=True)
-    return response.json["response"]["user"]["authentication_token"]
-
-
-def scenarios(app, protected):
-    """The requests of each scenario for ``app`` (``protected``: False for bare)."""
-    session_client, anonymous_client = app.test_client(), app.test_client()
+def scenarios(app, library):
+    """The request of each scenario against ``app``, as functions."""
+    session_client = app.test_client()
     headers = {}
-    if protected:
-        headers["Authentication-Token"] = _login(app.test_client())
-        _login(session_client)
+    if library != "bare":
+        headers["Authentication-Token"] = common.login(app.test_client())
+        common.login(session_client)
     found = {
         "session": lambda: session_client.get("/page"),
-        "token": lambda: anonymous_client.get("/api", headers=headers),
+        "token": lambda: app.test_client().get("/api", headers=headers),
+        "roles": lambda: session_client.get("/admin"),
         "anonymous": lambda: app.test_client().get("/page"),
     }
-    if protected:
+    if library != "bare":
         # A fresh client each time: Flask-Security-Too refuses a logged-in login.
-        found["login"] = lambda: _login(app.test_client())
+        found["login"] = lambda: common.login(app.test_client())
     return found
 
 
-def time_per_call(call, repeat, rounds=5):
-    """The best of ``rounds`` averages over ``repeat`` calls, in microseconds."""
-    call()
-    averages = []
-    for _ in range(rounds):
-        started = time.perf_counter()
+def expected_status(scenario, library):
+    if scenario == "anonymous" and library != "bare":
+        return (302, 401)
+    return (200,)
+
+
+def build_apps():
+    apps = {}
+    stored = common.password_hash("pbkdf2_sha512", {"rounds": common.ROUNDS})
+    for library in common.LIBRARIES:
+        app = common.make_app(library, options={"rounds": common.ROUNDS})
+        if common.database(app) is not None:
+            common.seed(app, users=1, stored_hash=stored)
+        apps[library] = app
+    return apps
+
+
+def check_and_count(apps, calls):
+    """Run each call once: its status must be right; count its SQL statements."""
+    queries = {}
+    for (library, scenario), call in calls.items():
+        with common.count_queries(apps[library]) as counted:
+            result = call()
+        if scenario != "login":
+            status = result.status_code
+            assert status in expected_status(scenario, library), (library, scenario)
+        queries[library, scenario] = counted[0]
+    return queries
+
+
+def profile(apps, repeat):
+    """cProfile of lite's session and token routes: the top functions by own time."""
+    for scenario in ("session", "token"):
+        call = scenarios(apps["lite"], "lite")[scenario]
+        call()
+        profiler = cProfile.Profile()
+        profiler.enable()
         for _ in range(repeat):
             call()
-        averages.append((time.perf_counter() - started) / repeat * 1e6)
-    return min(averages), statistics.pstdev(averages)
+        profiler.disable()
+        print(f"\n=== lite, {scenario} route, {repeat} requests ===")
+        stats = pstats.Stats(profiler).strip_dirs().sort_stats("tottime")
+        stats.print_stats(18)
+        print(f"--- {scenario}: cumulative, the same {repeat} requests ---")
+        stats.sort_stats("cumulative").print_stats(25)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=500, help="calls per round")
-    args = parser.parse_args()
-    apps = {"bare": (bare_app(), False), "lite": (lite_app(), True)}
-    try:
-        apps["fst"] = (fst_app(), True)
-    except ImportError:
-        print("Flask-Security-Too is not installed: pip install flask-security-too")
-    results = {}
-    for name, (app, protected) in apps.items():
-        for scenario, call in scenarios(app, protected).items():
-            repeat = max(args.repeat // 20, 5) if scenario == "login" else args.repeat
-            results[name, scenario] = time_per_call(call, repeat)
-    print(
-        f"{'scenario':<10}{'bare µs':>10}{'lite µs':>10}{'fst µs':>10}"
-        f"{'lite/bare':>11}{'lite/fst':>10}"
+    parser.add_argument("--repeat", type=int, default=100, help="calls per round")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
+    parser.add_argument(
+        "--profile", action="store_true", help="print cProfile of lite's routes"
     )
-    for scenario in ("session", "token", "anonymous", "login"):
-        bare = results.get(("bare", scenario), (None,))[0]
-        own = results[("lite", scenario)][0]
-        other = results.get(("fst", scenario), (None,))[0]
+    args = parser.parse_args()
+    apps = build_apps()
+    if args.profile:
+        profile(apps, args.repeat * 10)
+        return
+    calls = {}
+    for library, app in apps.items():
+        for scenario, call in scenarios(app, library).items():
+            calls[library, scenario] = call
+    queries = check_and_count(apps, calls)
+    fast = {key: call for key, call in calls.items() if key[1] != "login"}
+    slow = {key: call for key, call in calls.items() if key[1] == "login"}
+    timings = common.interleaved(fast, args.rounds, args.repeat)
+    timings.update(common.interleaved(slow, args.rounds, max(args.repeat // 20, 3)))
 
-        def show(value, width=10):
-            return f"{value:>{width}.1f}" if value is not None else f"{'-':>{width}}"
+    def cell(library, scenario):
+        value = timings.get((library, scenario))
+        if value is None:
+            return "-"
+        return f"{value:.0f} ({queries[library, scenario]}q)"
 
-        print(
-            f"{scenario:<10}{show(bare)}{show(own)}{show(other)}"
-            f"{show(own / bare if bare else None, 11)}"
-            f"{show(own / other if other else None)}"
-        )
+    def ratio(scenario, other):
+        own, theirs = timings[("lite", scenario)], timings.get((other, scenario))
+        return common.show(own / theirs if theirs else None, 2)
+
+    common.table(
+        "µs per request (SQL statements per request), in-memory SQLite, "
+        f"median of {args.rounds} interleaved rounds",
+        [
+            "scenario",
+            *(common.TITLES[library] for library in common.LIBRARIES),
+            "lite / FST",
+            "lite / Flask-Login",
+        ],
+        [
+            [
+                scenario,
+                *(cell(library, scenario) for library in common.LIBRARIES),
+                ratio(scenario, "fst"),
+                ratio(scenario, "login"),
+            ]
+            for scenario in SCENARIOS
+        ],
+    )
 
 
 if __name__ == "__main__":

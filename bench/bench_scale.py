@@ -1,0 +1,107 @@
+"""Login and HTTP Basic with 100,000 users against the same with one user.
+
+Run by hand (from the repository root)::
+
+    python bench/bench_scale.py                  # SQLite and PostgreSQL, ~3 minutes
+    python bench/bench_scale.py --backends sqlite --users 20000
+
+For each backend, two databases get the schema of ``common.py`` (README's model:
+``email`` is ``unique``, so it has an index) by bulk insert: one with a single user,
+one with ``--users`` users, the bench user in the middle. Each library's app is
+pointed at both, on the ``plaintext`` scheme so that hashing does not hide the
+lookup, and a JSON login and a Basic request are timed in interleaved rounds. The
+figure is cost(many users) / cost(one user): 1.0 means the lookup does not grow
+with the table.
+
+PostgreSQL is a throwaway server started like the test suite's ``postgres_url``
+fixture (as the ``postgres`` user when run as root; binaries found by ``initdb`` on
+PATH or in /usr/lib/postgresql/*/bin).
+"""
+
+import argparse
+import contextlib
+import tempfile
+import time
+
+import common
+import sqlalchemy as sa
+
+LIBRARIES = ("lite", "fst", "login")
+
+
+def requests_of(app):
+    """A JSON login (fresh client) and a Basic request against ``app``."""
+    headers = common.basic_header()
+
+    def basic():
+        response = app.test_client().get("/basic", headers=headers)
+        assert response.status_code == 200, response.status_code
+
+    return {"login": lambda: common.login(app.test_client()), "basic": basic}
+
+
+def database_urls(backend, stack):
+    """Two empty databases of ``backend``: (one user, many users)."""
+    if backend == "sqlite":
+        folder = stack.enter_context(tempfile.TemporaryDirectory())
+        return f"sqlite:///{folder}/one.db", f"sqlite:///{folder}/many.db"
+    server = stack.enter_context(common.postgres())
+    engine = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        for name in ("one", "many"):
+            connection.execute(sa.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    base = server.rsplit("/", 1)[0]
+    return f"{base}/one", f"{base}/many"
+
+
+def measure(backend, users, rounds, repeat):
+    """{(library, scenario, size): µs} for one backend."""
+    with contextlib.ExitStack() as stack:
+        one_url, many_url = database_urls(backend, stack)
+        started = time.perf_counter()
+        seeder = common.make_app("login", many_url, "plaintext")
+        common.seed(seeder, users=users)
+        common.seed(common.make_app("login", one_url, "plaintext"), users=1)
+        print(
+            f"{backend}: seeded {users} users in {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
+        calls = {}
+        for library in LIBRARIES:
+            for size, url in (("one", one_url), ("many", many_url)):
+                app = common.make_app(library, url, "plaintext")
+                for scenario, call in requests_of(app).items():
+                    calls[library, scenario, size] = call
+        return common.interleaved(calls, rounds, repeat)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument(
+        "--backends", nargs="+", default=["sqlite", "postgres"], help="sqlite postgres"
+    )
+    args = parser.parse_args()
+    rows = []
+    for backend in args.backends:
+        timings = measure(backend, args.users, args.rounds, args.repeat)
+        for scenario in ("login", "basic"):
+            row = [backend, scenario]
+            for library in LIBRARIES:
+                one = timings[library, scenario, "one"]
+                many = timings[library, scenario, "many"]
+                row.append(f"{many / one:.2f} ({one:.0f} → {many:.0f} µs)")
+            rows.append(row)
+    common.table(
+        f"cost with {args.users} users / cost with 1 user (plaintext scheme, "
+        f"median of {args.rounds} interleaved rounds)",
+        ["backend", "request", *(common.TITLES[library] for library in LIBRARIES)],
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()

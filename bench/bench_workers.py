@@ -1,0 +1,244 @@
+"""Throughput under gunicorn with 4 workers on a real PostgreSQL.
+
+Run by hand (from the repository root; needs gunicorn and PostgreSQL's binaries)::
+
+    python bench/bench_workers.py                # 30 s per phase, ~4 minutes
+    python bench/bench_workers.py --seconds 10 --libraries lite fst
+
+A throwaway PostgreSQL server (started as in ``common.postgres``) gets the schema of
+``common.py`` and ``--users`` users by bulk insert, once: every library runs on the
+same tables. For each library in turn, ``gunicorn -w 4`` serves ``common:wsgi_app()``
+on 127.0.0.1 (every library hashing with pbkdf2_sha512 at lite's default 210,000
+rounds), and a bounded client drives it: ``--clients`` connections at a time (split
+over two client processes, so the client is not held back by one GIL), each sending
+its next request as soon as the last one is answered, for ``--seconds`` per phase
+(after ``--warmup`` seconds of the same load, not counted).
+Phases: session pages (``/page`` with a logged-in cookie), token calls (``/api``
+with ``Authentication-Token``) and JSON logins. Printed: requests per second,
+p50 and p99 latency, and the count of 5xx answers (and of any other unexpected
+status).
+"""
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import common
+
+BENCH = Path(__file__).resolve().parent
+ROUNDS = 210_000
+PHASES = ("session", "token", "login")
+
+
+def serve(library, database_url, port, workers):
+    """Start gunicorn for ``library``; return the process once it answers."""
+    environment = dict(
+        os.environ,
+        BENCH_LIBRARY=library,
+        BENCH_DATABASE_URL=database_url,
+        BENCH_SCHEME="pbkdf2_sha512",
+        BENCH_ROUNDS=str(ROUNDS),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--workers",
+        str(workers),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--chdir",
+        str(BENCH),
+        "--log-level",
+        "warning",
+        "common:wsgi_app()",
+    ]
+    process = subprocess.Popen(command, env=environment)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            status, _, _ = request(port, "GET", "/page", {})
+            if status in (200, 302, 401):
+                return process
+        except OSError:
+            time.sleep(0.2)
+    process.terminate()
+    raise SystemExit(f"gunicorn for {library} did not start")
+
+
+def request(port, method, path, headers, body=None):
+    """One request on a new connection: (status, headers, body)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.getheaders(), response.read()
+    finally:
+        connection.close()
+
+
+def log_in(port):
+    """Log in once: the session cookie and the auth token every client reuses."""
+    status, headers, body = request(
+        port,
+        "POST",
+        "/login?include_auth_token",
+        {"Content-Type": "application/json"},
+        json.dumps({"email": common.EMAIL, "password": common.PASSWORD}),
+    )
+    assert status == 200, (status, body)
+    cookies = [
+        value.split(";", 1)[0]
+        for name, value in headers
+        if name.lower() == "set-cookie"
+    ]
+    token = json.loads(body)["response"]["user"]["authentication_token"]
+    return "; ".join(cookies), token
+
+
+def phase_request(phase, cookie, token):
+    """(method, path, headers, body, expected status) of one request of ``phase``."""
+    if phase == "session":
+        return "GET", "/page", {"Cookie": cookie}, None, 200
+    if phase == "token":
+        return "GET", "/api", {"Authentication-Token": token}, None, 200
+    body = json.dumps({"email": common.EMAIL, "password": common.PASSWORD})
+    return "POST", "/login", {"Content-Type": "application/json"}, body, 200
+
+
+def client_process(port, plan, threads, seconds, results):
+    """Run ``threads`` closed-loop clients for ``seconds``; report their samples."""
+    method, path, headers, body, expected = plan
+    samples, lock = [], threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def loop():
+        found = []
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            try:
+                status = request(port, method, path, headers, body)[0]
+            except OSError:
+                status = 0
+            found.append((time.perf_counter() - started, status))
+        with lock:
+            samples.extend(found)
+
+    running = [threading.Thread(target=loop) for _ in range(threads)]
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join()
+    results.put(samples)
+
+
+def drive(port, plan, clients, seconds):
+    """Closed-loop load from two processes; returns every (latency, status)."""
+    results = multiprocessing.Queue()
+    per_process = [clients // 2, clients - clients // 2]
+    processes = [
+        multiprocessing.Process(
+            target=client_process, args=(port, plan, threads, seconds, results)
+        )
+        for threads in per_process
+        if threads
+    ]
+    for process in processes:
+        process.start()
+    samples = []
+    for _ in processes:
+        samples.extend(results.get())
+    for process in processes:
+        process.join()
+    return samples
+
+
+def summarise(samples, seconds, expected):
+    latencies = sorted(latency for latency, _ in samples)
+    statuses = [status for _, status in samples]
+
+    def percentile(fraction):
+        return latencies[min(len(latencies) - 1, int(fraction * len(latencies)))]
+
+    return {
+        "rps": len(samples) / seconds,
+        "p50": statistics.median(latencies) * 1e3,
+        "p99": percentile(0.99) * 1e3,
+        "5xx": sum(1 for status in statuses if status >= 500),
+        "other": sum(1 for status in statuses if status != expected and status < 500),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument(
+        "--warmup", type=float, default=3, help="seconds of load before each phase"
+    )
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument(
+        "--libraries", nargs="+", default=["lite", "fst", "login", "bare"]
+    )
+    args = parser.parse_args()
+    results = {}
+    with common.postgres() as database_url:
+        seeder = common.make_app("login", database_url)
+        stored = common.password_hash("pbkdf2_sha512", {"rounds": ROUNDS})
+        common.seed(seeder, users=args.users, stored_hash=stored)
+        for library in args.libraries:
+            port = common.free_port()
+            server = serve(library, database_url, port, args.workers)
+            try:
+                cookie, token = log_in(port) if library != "bare" else ("", "")
+                for phase in PHASES:
+                    if library == "bare" and phase == "login":
+                        continue
+                    plan = phase_request(phase, cookie, token)
+                    drive(port, plan, args.clients, args.warmup)
+                    samples = drive(port, plan, args.clients, args.seconds)
+                    results[library, phase] = summarise(samples, args.seconds, plan[4])
+                    print(library, phase, results[library, phase], flush=True)
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+    rows = []
+    for phase in PHASES:
+        for library in args.libraries:
+            found = results.get((library, phase))
+            if found is None:
+                continue
+            rows.append(
+                [
+                    phase,
+                    common.TITLES[library],
+                    f"{found['rps']:.0f}",
+                    f"{found['p50']:.1f}",
+                    f"{found['p99']:.1f}",
+                    found["5xx"],
+                    found["other"],
+                ]
+            )
+    common.table(
+        f"gunicorn -w {args.workers}, PostgreSQL, {args.clients} concurrent clients, "
+        f"{args.seconds:.0f} s per phase",
+        ["phase", "library", "requests/s", "p50 ms", "p99 ms", "5xx", "other"],
+        rows,
+    )
+    for phase in ("session", "token"):
+        if ("lite", phase) in results and ("fst", phase) in results:
+            ratio = results["lite", phase]["rps"] / results["fst", phase]["rps"]
+            print(f"{phase}: lite / Flask-Security-Too throughput {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
