@@ -1,17 +1,27 @@
-"""A runnable flask-security-lite site: ``python example_app.py``.
+"""A runnable flask-security-lite site.
+
+Start it either way (then open http://127.0.0.1:5000)::
+
+    python example_app.py
+    flask --app example_app run
 
 Every flow is on (registration, confirmation, recovery, change password), and mail
 goes to the console: each message is logged with its links, so you can register,
-confirm, log out, reset your password and log in again without a mail server.
+confirm, log out, reset your password and log in again without a mail server. The
+tables and two accounts (demo@example.com / demo-password, and admin@example.com /
+admin-password with the "admin" role) are made when the module is first imported, so
+``flask --app example_app users ...`` works on the same database too.
 
-Environment: ``DATABASE_URL`` (default ``sqlite:///example.db``), ``PORT`` (5000),
-``SECRET_KEY`` (a fixed demo key: set your own outside a demo), and
-``PASSWORDLESS=1`` to turn /login into passwordless login (a link by mail), which
-takes the place of the password form as in Flask-Security 1.7.4.
+Environment: ``DATABASE_URL`` (default ``sqlite:///example.db`` in Flask's instance
+folder), ``PORT`` (5000, for ``python example_app.py``), ``SECRET_KEY`` (a fixed demo
+key: set your own outside a demo), and ``PASSWORDLESS=1`` to turn /login into
+passwordless login (a link by mail), which takes the place of the password form as in
+Flask-Security 1.7.4.
 """
 
 import logging
 import os
+from datetime import datetime, timezone
 
 from flask import Flask, jsonify, render_template_string
 from flask_sqlalchemy import SQLAlchemy
@@ -71,6 +81,12 @@ user_datastore = SQLAlchemyUserDatastore(db, User, Role)
 security = Security(app, user_datastore)
 log = logging.getLogger("example_app")
 
+#: The demo accounts: email, password, role names.
+DEMO_ACCOUNTS = [
+    ("demo@example.com", "demo-password", []),
+    ("admin@example.com", "admin-password", ["admin"]),
+]
+
 
 @security.send_mail_task
 def print_mail(message):
@@ -78,40 +94,77 @@ def print_mail(message):
     log.warning("Mail to %s: %s\n%s", message.recipients, message.subject, message.body)
 
 
-PAGE = """<!doctype html><title>flask-security-lite demo</title>
-<main style="font-family: system-ui; max-width: 40rem; margin: 3rem auto">
-<h1>flask-security-lite demo</h1>
-{% for category, text in get_flashed_messages(with_categories=true) %}
-  <p class="{{ category }}">{{ text }}</p>{% endfor %}
+PAGE = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>{{ title }} · flask-security-lite demo</title>
+<style>
+  body { font-family: system-ui, sans-serif; max-width: 40rem; margin: 3rem auto;
+         padding: 0 1rem; color: #1d2330; }
+  nav a, nav span { margin-right: .8rem; }
+  .flashes { list-style: none; padding: 0; }
+  .flashes li { padding: .6rem; border-radius: 4px; background: #e8eefc; }
+  .flashes li.error { background: #fbe9e7; }
+</style></head>
+<body>
+<header><p><strong>flask-security-lite demo</strong></p>
+<nav aria-label="Site">
+  <a href="/">Home</a>
+  {% if current_user.is_authenticated %}
+    <a href="/profile">Profile</a>
+    {% if current_user.has_role("admin") %}<a href="/admin">Admin</a>{% endif %}
+    <a href="/change">Change password</a> <a href="/logout">Log out</a>
+  {% else %}
+    <a href="/login">Log in</a> <a href="/register">Register</a>
+    <a href="/reset">Forgot password</a>
+  {% endif %}
+</nav></header>
+<main>
+{% include "security/_messages.html" %}
+<h1>{{ title }}</h1>
 <p>{{ body }}</p>
-<p>
-{% if current_user.is_authenticated %}
+<p>{% if current_user.is_authenticated %}
   Logged in as <strong>{{ current_user.email }}</strong>.
-  <a href="/profile">Profile</a> · <a href="/admin">Admin</a> ·
-  <a href="/change">Change password</a> · <a href="/logout">Log out</a>
 {% else %}
-  You are not logged in. <a href="/login">Log in</a> ·
-  <a href="/register">Register</a> · <a href="/reset">Forgot password</a>
-{% endif %}
-</p></main>"""
+  You are not logged in. Try demo@example.com / demo-password, or
+  admin@example.com / admin-password.
+{% endif %}</p>
+</main>
+</body>
+</html>"""
+
+
+def page(title, body, status=200):
+    """A demo page with the site's menu and the flashed messages."""
+    return render_template_string(PAGE, title=title, body=body), status
 
 
 @app.route("/")
 def home():
-    return render_template_string(PAGE, body="Welcome.")
+    return page("Welcome", "This demo shows every flask-security-lite flow.")
 
 
 @app.route("/profile")
 @login_required
 def profile():
     count = current_user.login_count
-    return render_template_string(PAGE, body=f"Your profile. Logins so far: {count}.")
+    return page("Your profile", f"Logins so far: {count}.")
 
 
 @app.route("/admin")
 @roles_required("admin")
 def admin():
-    return render_template_string(PAGE, body="Only admins see this page.")
+    return page("Admin", "Only admins see this page.")
+
+
+@app.errorhandler(403)
+def forbidden(error):
+    """A page that says what is missing, in place of Werkzeug's bare Forbidden."""
+    return page(
+        "Not for this account",
+        "This page needs the admin role. Log out and log in as admin@example.com "
+        "to see it.",
+        403,
+    )
 
 
 @app.route("/api/whoami")
@@ -121,26 +174,28 @@ def whoami():
 
 
 def create_demo_data():
-    """Create the tables, an admin role, a demo user and an admin on first run."""
-    with app.app_context():
-        db.create_all()
-        admin_role = user_datastore.find_or_create_role("admin", description="Admins")
-        accounts = [
-            ("demo@example.com", "demo-password", []),
-            ("admin@example.com", "admin-password", [admin_role]),
+    """Create the tables, the admin role and the demo accounts, unless they exist."""
+    db.create_all()
+    for email, password, role_names in DEMO_ACCOUNTS:
+        if user_datastore.find_user(email=email) is not None:
+            continue
+        roles = [
+            user_datastore.find_or_create_role(name, description=f"{name}s")
+            for name in role_names
         ]
-        for email, password, roles in accounts:
-            if user_datastore.find_user(email=email) is None:
-                user = user_datastore.create_user(
-                    email=email, password=password, roles=roles
-                )
-                user.confirmed_at = db.func.now()
-        db.session.commit()
+        user = user_datastore.create_user(email=email, password=password, roles=roles)
+        user.confirmed_at = datetime.now(timezone.utc).replace(tzinfo=None)
+    db.session.commit()
+
+
+# On first import, whichever way the app is started: `python example_app.py`,
+# `flask --app example_app run`, a WSGI server, or a `flask users` command.
+with app.app_context():
+    create_demo_data()
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    create_demo_data()
     port = int(os.environ.get("PORT", "5000"))
     log.warning(
         "Open http://127.0.0.1:%s and log in as demo@example.com / demo-password "

@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from datetime import datetime
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -2421,7 +2422,7 @@ def test_reset_password_sets_password_logs_in_and_notifies(make_app):
         lambda sender, user: reset.append(user.email), app, weak=False
     )
     client = app.test_client()
-    assert b"Choose a new password" in client.get(link).data
+    assert b"<h1>Reset password</h1>" in client.get(link).data
     with app.mail.record_messages() as outbox:
         response = client.post(
             link, data={"password": "new password", "password_confirm": "new password"}
@@ -2543,7 +2544,7 @@ def test_change_password_changes_notifies_and_signals(make_app):
     fsl.password_changed.connect(
         lambda sender, user: changed.append(user.email), app, weak=False
     )
-    assert b"Change your password" in client.get("/change").data
+    assert b"<h1>Change password</h1>" in client.get("/change").data
     with app.mail.record_messages() as outbox:
         response = client.post("/change", data=NEW)
     assert response.status_code == 302 and response.location == "/"
@@ -2665,7 +2666,8 @@ def test_passwordless_sends_a_login_link_and_signals(make_app):
     fsl.login_instructions_sent.connect(
         lambda sender, user, login_token: sent.append(login_token), app, weak=False
     )
-    assert b"Log in by email" in app.test_client().get("/login").data
+    page = app.test_client().get("/login").data
+    assert b"<h1>Login</h1>" in page and b'name="send_login_form"' in page
     with app.mail.record_messages() as outbox:
         response = app.test_client().post("/login", json={"email": "matt@lp.com"})
     assert response.status_code == 200
@@ -2790,6 +2792,153 @@ def test_every_default_template_renders(make_app):
         assert page.status_code == 200 and b"<form" in page.data, path
     login(client)
     assert b"<form" in client.get("/change").data
+
+
+def _default_pages(make_app, **config):
+    """Every default page, by its heading's view: path -> HTML."""
+    app = make_app(**ALL_FLOWS, **config)
+    add_user(app, confirmed_at=datetime.now())
+    client = app.test_client()
+    pages = {
+        path: client.get(path).get_data(as_text=True)
+        for path in ("/login", "/register", "/reset", "/confirm", _reset_link(app))
+    }
+    login(client)
+    pages["/change"] = client.get("/change").get_data(as_text=True)
+    passwordless = make_app(**ALL_FLOWS, **PASSWORDLESS)
+    pages["passwordless"] = passwordless.test_client().get("/login").get_data(True)
+    return pages
+
+
+class _Tags(HTMLParser):
+    """The attributes of every tag named ``name`` in a page."""
+
+    def __init__(self, page, name):
+        super().__init__()
+        self.name, self.found = name, []
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == self.name:
+            self.found.append(dict(attrs))
+
+
+def _visible_inputs(page):
+    return [
+        attrs
+        for attrs in _Tags(page, "input").found
+        if attrs.get("type") not in ("hidden", "submit", "checkbox")
+    ]
+
+
+@pytest.mark.parametrize(
+    "view, heading",
+    [
+        ("/login", "Login"),
+        ("/register", "Register"),
+        ("/reset", "Send password reset instructions"),
+        ("/reset/<token>", "Reset password"),
+        ("/change", "Change password"),
+        ("/confirm", "Resend confirmation instructions"),
+        ("passwordless", "Login"),
+    ],
+)
+def test_default_pages_keep_the_headings_of_174(make_app, view, heading):
+    pages = _default_pages(make_app)
+    if view == "/reset/<token>":
+        (view,) = [path for path in pages if path.startswith("/reset/")]
+    assert f"<h1>{heading}</h1>" in pages[view]
+
+
+def test_every_visible_input_of_the_default_pages_has_autocomplete(make_app):
+    for path, page in _default_pages(make_app).items():
+        inputs = _visible_inputs(page)
+        assert inputs, path
+        for attrs in inputs:
+            assert attrs.get("autocomplete"), (path, attrs)
+
+
+def test_password_fields_tell_current_from_new(make_app):
+    pages = _default_pages(make_app)
+    reset_path = next(path for path in pages if path.startswith("/reset/"))
+
+    def autocomplete(path):
+        return {a["name"]: a["autocomplete"] for a in _visible_inputs(pages[path])}
+
+    assert autocomplete("/login")["password"] == "current-password"
+    assert autocomplete("/change") == {
+        "password": "current-password",
+        "new_password": "new-password",
+        "new_password_confirm": "new-password",
+    }
+    assert autocomplete("/register")["password"] == "new-password"
+    assert autocomplete(reset_path)["password_confirm"] == "new-password"
+
+
+def test_email_fields_are_email_inputs(make_app):
+    pages = _default_pages(make_app)
+    for path in ("/login", "/register", "/reset", "/confirm", "passwordless"):
+        (email,) = [a for a in _visible_inputs(pages[path]) if a["name"] == "email"]
+        assert email["type"] == "email", path
+
+
+def test_login_identifier_is_a_text_input_when_usernames_may_log_in(make_app):
+    app = make_app(SECURITY_USER_IDENTITY_ATTRIBUTES=["email", "username"])
+    page = app.test_client().get("/login").get_data(as_text=True)
+    (email,) = [a for a in _visible_inputs(page) if a["name"] == "email"]
+    assert email["type"] == "text" and email["autocomplete"] == "username"
+
+
+def test_a_field_in_error_points_to_its_errors(app):
+    add_user(app)
+    page = login(app.test_client(), password="wrong password").get_data(True)
+    (password,) = [a for a in _visible_inputs(page) if a["name"] == "password"]
+    assert password["aria-invalid"] == "true"
+    errors = [a for a in _Tags(page, "ul").found if a.get("class") == "errors"]
+    assert errors == [{"class": "errors", "id": password["aria-describedby"]}]
+    (email,) = [a for a in _visible_inputs(page) if a["name"] == "email"]
+    assert "aria-invalid" not in email and "aria-describedby" not in email
+
+
+def test_flashed_errors_are_alerts_and_other_messages_status(make_app):
+    app = make_app(**ALL_FLOWS)
+    client = app.test_client()
+    client.get("/profile")  # flashes "please log in" (info)
+    page = client.get("/login").get_data(as_text=True)
+    assert [a["role"] for a in _Tags(page, "div").found if "role" in a] == ["status"]
+    client.get("/confirm/not-a-token")  # flashes an error
+    page = client.get("/confirm").get_data(as_text=True)
+    assert [a["role"] for a in _Tags(page, "div").found if "role" in a] == ["alert"]
+
+
+def test_menu_names_the_current_page_without_linking_to_it(make_app):
+    app = make_app(**ALL_FLOWS)
+    page = app.test_client().get("/register").get_data(as_text=True)
+    menu = page.split('<nav class="security-menu"', 1)[1]
+    assert '<span aria-current="page">Register</span>' in menu
+    links = [a["href"] for a in _Tags(menu, "a").found]
+    assert links == ["/login", "/reset", "/confirm"]
+
+
+def test_a_174_style_page_imports_our_macros_and_includes(make_app, tmp_path):
+    """1.7.4 apps copy a page into templates/security/ and keep its imports."""
+    (tmp_path / "security").mkdir()
+    (tmp_path / "security" / "login_user.html").write_text(
+        '{% from "security/_macros.html" import render_field_with_errors, '
+        "render_field %}"
+        '{% include "security/_messages.html" %}'
+        "<h1>Our own login</h1><form>{{ login_user_form.hidden_tag() }}"
+        "{{ render_field_with_errors(login_user_form.email) }}"
+        "{{ render_field_with_errors(login_user_form.password) }}"
+        "{{ render_field(login_user_form.submit) }}</form>"
+        '{% include "security/_menu.html" %}'
+    )
+    app = make_app(template_folder=str(tmp_path), **ALL_FLOWS)
+    page = login(app.test_client(), password="wrong").get_data(as_text=True)
+    assert "<h1>Our own login</h1>" in page
+    assert 'aria-invalid="true"' in page and 'class="errors"' in page
+    assert '<span aria-current="page">Log in</span>' in page
+    assert 'href="/register"' in page
 
 
 # =============================================================================
@@ -2974,7 +3123,17 @@ print("ok")
     assert result.stdout.strip() == "ok", result.stderr
 
 
-def _start_example(tmp_path, **extra_env):
+#: The documented ways to start the demo, each given the port to listen on.
+EXAMPLE_COMMANDS = {
+    "python example_app.py": lambda port: [sys.executable, HERE / "example_app.py"],
+    "flask --app example_app run": lambda port: [
+        *(sys.executable, "-m", "flask", "--app", HERE / "example_app.py"),
+        *("run", "--port", str(port)),
+    ],
+}
+
+
+def _start_example(tmp_path, command="python example_app.py", **extra_env):
     port = _free_port()
     env = dict(
         os.environ,
@@ -2984,7 +3143,7 @@ def _start_example(tmp_path, **extra_env):
         PYTHONUNBUFFERED="1",
     )
     process = subprocess.Popen(
-        [sys.executable, str(HERE / "example_app.py")],
+        EXAMPLE_COMMANDS[command](port),
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -3022,6 +3181,14 @@ def example_site(tmp_path):
     process.wait(timeout=10)
 
 
+@pytest.fixture(params=list(EXAMPLE_COMMANDS))
+def example_site_started_each_way(tmp_path, request):
+    process, url, lines = _start_example(tmp_path, request.param)
+    yield url, lines
+    process.terminate()
+    process.wait(timeout=10)
+
+
 @pytest.fixture
 def passwordless_example_site(tmp_path):
     process, url, lines = _start_example(tmp_path, PASSWORDLESS="1")
@@ -3044,14 +3211,15 @@ def browser():
         browser.close()
 
 
-def test_example_app_demo_user_flow_with_curl_like_requests(example_site):
+def test_example_app_demo_user_flow_with_curl_like_requests(
+    example_site_started_each_way,
+):
     import http.cookiejar
     import json
     import urllib.error
     import urllib.request
 
-    url, lines = example_site
-    assert "demo@example.com" in "".join(lines)
+    url, lines = example_site_started_each_way
     opener = urllib.request.build_opener(
         urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
     )
@@ -3065,9 +3233,11 @@ def test_example_app_demo_user_flow_with_curl_like_requests(example_site):
     )
     body = json.load(opener.open(login_request))
     token = body["response"]["user"]["authentication_token"]
+    assert 'href="/admin"' not in opener.open(url + "/").read().decode()
     with pytest.raises(urllib.error.HTTPError) as refused:
         opener.open(url + "/admin")
     assert refused.value.code == 403
+    assert "This page needs the admin role" in refused.value.read().decode()
     api = urllib.request.Request(
         url + "/api/whoami", headers={"Authentication-Token": token}
     )
@@ -3086,7 +3256,18 @@ def test_example_app_in_a_browser(example_site, browser):
     page.fill("input[name=password]", "demo-password")
     page.click("input[type=submit]")
     assert "demo@example.com" in page.content()
+    assert page.locator("a[href='/admin']").count() == 0
     assert page.goto(url + "/admin").status == 403
+    assert "This page needs the admin role" in page.content()
+    page.goto(url + "/logout")
+
+    # the admin sees the Admin link and the page
+    page.goto(url + "/login")
+    page.fill("input[name=email]", "admin@example.com")
+    page.fill("input[name=password]", "admin-password")
+    page.click("input[type=submit]")
+    page.click("a[href='/admin']")
+    assert "Only admins see this page." in page.content()
     page.goto(url + "/logout")
 
     # register, confirm from the mailed link, log out
@@ -3133,3 +3314,73 @@ def test_example_app_passwordless_login_in_a_browser(
     assert "We sent a login link to demo@example.com" in page.content()
     page.goto(_last_link(lines, "/login", after=mark))
     assert "Logged in as <strong>demo@example.com</strong>" in page.content()
+
+
+#: axe-core's browser bundle: .ci/run installs it from npm.
+AXE_JS = Path(
+    os.environ.get("AXE_CORE_JS", HERE / ".ci/node/node_modules/axe-core/axe.min.js")
+)
+
+
+@pytest.fixture
+def axe_page(browser):
+    """A browser page whose ``check()`` runs axe-core on what it shows and returns
+    the serious and critical violations (the page's own CSP cannot block axe)."""
+    if not AXE_JS.exists():
+        pytest.skip(f"axe-core is not installed at {AXE_JS} (.ci/run installs it)")
+    context = browser.new_context(bypass_csp=True)
+    page = context.new_page()
+
+    def check():
+        page.add_script_tag(path=str(AXE_JS))
+        violations = page.evaluate(
+            "async () => (await axe.run(document, {resultTypes: ['violations']}))"
+            ".violations"
+        )
+        return [
+            f"{page.url} {v['id']} ({v['impact']}): "
+            + ", ".join(str(node["target"]) for node in v["nodes"])
+            for v in violations
+            if v["impact"] in ("serious", "critical")
+        ]
+
+    page.check = check
+    yield page
+    context.close()
+
+
+def _submit_unchecked(page):
+    """Submit the page's form as it is, past the browser's own checks."""
+    page.eval_on_selector("main form", "form => { form.noValidate = true }")
+    page.click("main form input[type=submit]")
+
+
+def test_every_default_page_passes_axe(
+    example_site, passwordless_example_site, axe_page
+):
+    url, lines = example_site
+    page, found = axe_page, []
+    for path in ("/", "/login", "/register", "/reset", "/confirm"):
+        page.goto(url + path)
+        found += page.check()
+        if path != "/":  # the page again, showing the errors of an empty form
+            _submit_unchecked(page)
+            found += page.check()
+    mark = len(lines)
+    page.goto(url + "/reset")
+    page.fill("input[name=email]", "demo@example.com")
+    page.click("input[type=submit]")
+    page.goto(_last_link(lines, "/reset", after=mark))
+    found += page.check()
+    page.goto(url + "/login")
+    page.fill("input[name=email]", "demo@example.com")
+    page.fill("input[name=password]", "demo-password")
+    page.click("input[type=submit]")
+    for path in ("/", "/profile", "/admin", "/change"):
+        page.goto(url + path)
+        found += page.check()
+    _submit_unchecked(page)
+    found += page.check()
+    page.goto(passwordless_example_site[0] + "/login")
+    found += page.check()
+    assert found == []
