@@ -67,11 +67,14 @@ import importlib.util
 import logging
 import os
 import re
+import sys
+import types
 import unicodedata
 from collections import defaultdict
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from functools import cached_property, wraps
+from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import click
@@ -110,6 +113,7 @@ from wtforms import (
     StringField,
     SubmitField,
     ValidationError,
+    validators,
 )
 from wtforms.validators import StopValidation
 
@@ -137,6 +141,7 @@ __all__ = (
     "auth_token_required",
     "auth_required",
     "anonymous_user_required",
+    "BasicAuth",
     # utilities
     "login_user",
     "logout_user",
@@ -162,6 +167,7 @@ __all__ = (
     "find_redirect",
     "validate_redirect_url",
     "get_config",
+    "get_identity_attributes",
     "slash_url_suffix",
     "get_security_endpoint_name",
     "capture_registrations",
@@ -186,6 +192,13 @@ __all__ = (
     "SendConfirmationForm",
     "PasswordlessLoginForm",
     "get_form_field_label",
+    "ValidatorMixin",
+    "Required",
+    "Email",
+    "EqualTo",
+    "Length",
+    "TextField",
+    "BaseForm",
     "email_required",
     "email_validator",
     "password_required",
@@ -233,6 +246,8 @@ __all__ = (
     # command line
     "users_cli",
     "roles_cli",
+    # 1.7.4's module names
+    "install_as_flask_security",
 )
 
 _log = logging.getLogger("flask_security_lite")
@@ -605,6 +620,15 @@ def get_config(app):
         for key, value in app.config.items()
         if key.startswith(prefix)
     }
+
+
+def get_identity_attributes(app=None):
+    """Return ``SECURITY_USER_IDENTITY_ATTRIBUTES`` as a list; like 1.7.4, a
+    comma-separated string (``"email, username"``) is accepted too."""
+    attributes = config_value("USER_IDENTITY_ATTRIBUTES", app=app)
+    if isinstance(attributes, str):
+        return [name.strip() for name in attributes.split(",") if name.strip()]
+    return list(attributes)
 
 
 def get_security_endpoint_name(endpoint):
@@ -1583,6 +1607,44 @@ class _EqualTo:
     def __call__(self, form, field):
         if field.data != form[self.other].data:
             raise ValidationError(get_message(self.key)[0])
+
+
+class ValidatorMixin:
+    """Lets a WTForms validator take a message key, as 1.7.4's did:
+    ``Required(message="EMAIL_NOT_PROVIDED")`` shows that message's text, read
+    when the validator runs, so ``SECURITY_MSG_*`` of the current app apply."""
+
+    def __call__(self, form, field):
+        try:
+            return super().__call__(form, field)
+        except ValidationError as error:  # StopValidation is one too
+            key = error.args[0] if error.args else None
+            if isinstance(key, str) and config_value("MSG_" + key) is not None:
+                raise type(error)(get_message(key)[0]) from None
+            raise
+
+
+class Required(ValidatorMixin, validators.DataRequired):
+    """The field must not be empty; ``message`` may be a message key."""
+
+
+class Email(ValidatorMixin, validators.Email):
+    """The field must hold an email address; ``message`` may be a message key."""
+
+
+class EqualTo(ValidatorMixin, validators.EqualTo):
+    """The field must equal ``fieldname``; ``message`` may be a message key."""
+
+
+class Length(ValidatorMixin, validators.Length):
+    """The field's length must lie in ``min``..``max``; ``message`` may be a
+    message key."""
+
+
+#: 1.7.4's name of WTForms' ``StringField``.
+TextField = StringField
+#: 1.7.4's name of Flask-WTF's form class, the base of :class:`Form`.
+BaseForm = FlaskForm
 
 
 class Form(FlaskForm):
@@ -2914,3 +2976,138 @@ class Security:
         e.g. to queue them; ``message`` is a ``flask_mail.Message``."""
         self._send_mail_task = function
         return function
+
+
+# =============================================================================
+# 16. Flask-Security 1.7.4's module names
+# =============================================================================
+# 1.7.4 was a package, and its applications import from its submodules
+# (``from flask_security.utils import encrypt_password``). This module answers to
+# each of those names under whatever name it is imported as: ``flask_security_lite``,
+# or ``flask_security`` when the file is vendored under that name.
+
+#: The names each 1.7.4 submodule offered; all of them live in this one module.
+_SUBMODULES = {
+    "core": """Security UserMixin RoleMixin AnonymousUser AnonymousUserMixin
+        LoginManager current_user _security _datastore""",
+    "datastore": """UserDatastore SQLAlchemyUserDatastore MongoEngineUserDatastore
+        PeeweeUserDatastore DatastoreConflictError get_identity_attributes""",
+    "decorators": """login_required roles_required roles_accepted
+        http_auth_required auth_token_required auth_required
+        anonymous_user_required BasicAuth _security""",
+    "forms": """Form BaseForm ValidatorMixin Required Email EqualTo Length
+        email_required email_validator password_required password_length
+        unique_user_email valid_user_email get_form_field_label EmailFormMixin
+        UserEmailFormMixin UniqueEmailFormMixin PasswordFormMixin
+        NewPasswordFormMixin PasswordConfirmFormMixin NextFormMixin
+        RegisterFormMixin LoginForm ConfirmRegisterForm RegisterForm
+        ForgotPasswordForm ResetPasswordForm ChangePasswordForm
+        SendConfirmationForm PasswordlessLoginForm TextField PasswordField
+        SubmitField HiddenField BooleanField Field ValidationError validators
+        _datastore""",
+    "signals": """signals user_registered user_confirmed confirm_instructions_sent
+        login_instructions_sent password_reset password_changed
+        reset_password_instructions_sent""",
+    "utils": """login_user logout_user get_hmac verify_password
+        verify_and_update_password encrypt_password hash_password md5 do_flash
+        get_url slash_url_suffix get_security_endpoint_name url_for_security
+        get_post_action_redirect get_post_login_redirect
+        get_post_register_redirect get_post_logout_redirect find_redirect
+        get_config get_message config_value get_max_age get_within_delta
+        send_mail get_token_status get_identity_attributes validate_redirect_url
+        capture_registrations capture_reset_password_requests
+        capture_passwordless_login_requests _security _datastore""",
+    "views": """login logout register send_login token_login send_confirmation
+        confirm_email forgot_password reset_password change_password
+        create_blueprint _security _datastore""",
+    "confirmable": """send_confirmation_instructions generate_confirmation_link
+        generate_confirmation_token requires_confirmation
+        confirm_email_token_status confirm_user _security _datastore""",
+    "recoverable": """send_reset_password_instructions send_password_reset_notice
+        generate_reset_password_token reset_password_token_status update_password
+        _security _datastore""",
+    "changeable": """send_password_changed_notice change_user_password _security
+        _datastore""",
+    "registerable": "register_user _security _datastore",
+    "passwordless": """send_login_instructions generate_login_token
+        login_token_status _security _datastore""",
+}
+
+
+class BasicAuth(NamedTuple):
+    """HTTP Basic credentials, as 1.7.4's ``decorators`` module named them."""
+
+    username: str | None
+    password: str | None
+
+
+#: 1.7.4 names whose object is known here by another name.
+_RENAMED = {
+    "AnonymousUserMixin": flask_login.AnonymousUserMixin,
+    "LoginManager": flask_login.LoginManager,
+    "signals": _signals,
+}
+
+
+def _fill_submodule(module, names):
+    """Give ``module`` exactly ``names``, bound to this module's current objects."""
+    for name in [name for name in vars(module) if not name.startswith("__")]:
+        delattr(module, name)
+    for name in names:
+        setattr(module, name, _RENAMED[name] if name in _RENAMED else globals()[name])
+    module.__all__ = [name for name in names if not name.startswith("_")]
+
+
+def _export_submodules():
+    """Make ``<this module>.utils`` and the other 1.7.4 submodules importable.
+
+    Each is registered in ``sys.modules`` and set as an attribute of this module.
+    On ``importlib.reload`` the same submodule objects are refilled, so code that
+    holds one sees the reloaded functions.
+    """
+    for short, names in _SUBMODULES.items():
+        name = f"{__name__}.{short}"
+        module = sys.modules.get(name)
+        if getattr(module, "__flask_security_lite__", None) is None:
+            module = types.ModuleType(name)
+        module.__doc__ = f"Flask-Security 1.7.4's ``{short}`` names, served by {name}."
+        module.__flask_security_lite__ = __name__
+        _fill_submodule(module, names.split())
+        sys.modules[name] = module
+        globals()[short] = module
+
+
+def install_as_flask_security():
+    """Make ``import flask_security`` and its 1.7.4 submodules
+    (``flask_security.utils``, ...) give this module, so a 1.7.4 application runs
+    without editing its imports. Call it once, before the app imports them::
+
+        import flask_security_lite
+        flask_security_lite.install_as_flask_security()
+
+    :raises RuntimeError: another ``flask_security`` (the real Flask-Security,
+        or Flask-Security-Too) is imported already: two would fight over the app.
+    """
+    this = sys.modules[__name__]
+    taken = [
+        name
+        for name, module in list(sys.modules.items())
+        if (name == "flask_security" or name.startswith("flask_security."))
+        and module is not None
+        and module is not this
+        and getattr(module, "__flask_security_lite__", None) != __name__
+    ]
+    if taken:
+        raise RuntimeError(
+            "install_as_flask_security() must run before anything imports "
+            f"flask_security, but {', '.join(sorted(taken))} is imported already "
+            f"(from {getattr(sys.modules[taken[0]], '__file__', None)}). Call it "
+            "first, e.g. at the top of your app's main module, or uninstall "
+            "Flask-Security."
+        )
+    sys.modules["flask_security"] = this
+    for short in _SUBMODULES:
+        sys.modules[f"flask_security.{short}"] = sys.modules[f"{__name__}.{short}"]
+
+
+_export_submodules()
