@@ -3015,6 +3015,7 @@ _SUBMODULES = {
         get_post_register_redirect get_post_logout_redirect find_redirect
         get_config get_message config_value get_max_age get_within_delta
         send_mail get_token_status get_identity_attributes validate_redirect_url
+        normalize_email
         capture_registrations capture_reset_password_requests
         capture_passwordless_login_requests _security _datastore""",
     "views": """login logout register send_login token_login send_confirmation
