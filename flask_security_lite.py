@@ -1617,7 +1617,7 @@ class ValidatorMixin:
     def __call__(self, form, field):
         try:
             return super().__call__(form, field)
-        except ValidationError as error:  # StopValidation is one too
+        except (ValidationError, StopValidation) as error:
             key = error.args[0] if error.args else None
             if isinstance(key, str) and config_value("MSG_" + key) is not None:
                 raise type(error)(get_message(key)[0]) from None
