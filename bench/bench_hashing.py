@@ -98,10 +98,10 @@ def main():
         timings = common.interleaved(calls, args.rounds, args.repeat)
         row = [scheme]
         for library in LIBRARIES:
-            login, verify = timings[library, "login"], timings[library, "verify"]
-            row.append(
-                f"{login / verify:.3f} ({verify / 1e3:.1f} → {login / 1e3:.1f} ms)"
-            )
+            login, verify = (library, "login"), (library, "verify")
+            ratio = timings.ratio(login, verify)
+            milliseconds = f"{timings[verify] / 1e3:.1f} → {timings[login] / 1e3:.1f}"
+            row.append(f"{ratio:.3f} ({milliseconds} ms)")
         rows.append([*row, "-"])
         defaults.append([scheme, *(built[library][2] for library in LIBRARIES), "-"])
     columns = [

@@ -12,7 +12,8 @@ and times each scenario through Flask's test client, in interleaved rounds (ever
 app and scenario once per round; the median of the rounds is reported). It prints
 µs per request, SQL statements per request (counted with SQLAlchemy's
 ``before_cursor_execute`` event) and the ratios lite / Flask-Security-Too and
-lite / Flask-Login alone, which are what carry over between machines. Scenarios:
+lite / Flask-Login alone (the median over rounds of the ratio within each round),
+which are what carry over between machines. Scenarios:
 
 - ``session``: a ``login_required`` page for a logged-in session
 - ``token``: a token-protected JSON endpoint
@@ -45,6 +46,7 @@ def scenarios(app, library):
     }
     if library != "bare":
         # A fresh client each time: Flask-Security-Too refuses a logged-in login.
+        # Each round logs in as often as it loads a page: pbkdf2 at ROUNDS is cheap.
         found["login"] = lambda: common.login(app.test_client())
     return found
 
@@ -98,8 +100,8 @@ def profile(apps, repeat):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=100, help="calls per round")
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
+    parser.add_argument("--repeat", type=int, default=20, help="calls per round")
+    parser.add_argument("--rounds", type=int, default=41, help="interleaved rounds")
     parser.add_argument(
         "--profile", action="store_true", help="print cProfile of lite's routes"
     )
@@ -113,20 +115,17 @@ def main():
         for scenario, call in scenarios(app, library).items():
             calls[library, scenario] = call
     queries = check_and_count(apps, calls)
-    fast = {key: call for key, call in calls.items() if key[1] != "login"}
-    slow = {key: call for key, call in calls.items() if key[1] == "login"}
-    timings = common.interleaved(fast, args.rounds, args.repeat)
-    timings.update(common.interleaved(slow, args.rounds, max(args.repeat // 20, 3)))
+    timings = common.interleaved(calls, args.rounds, args.repeat)
 
     def cell(library, scenario):
-        value = timings.get((library, scenario))
-        if value is None:
+        if (library, scenario) not in timings:
             return "-"
-        return f"{value:.0f} ({queries[library, scenario]}q)"
+        return f"{timings[library, scenario]:.0f} ({queries[library, scenario]}q)"
 
     def ratio(scenario, other):
-        own, theirs = timings[("lite", scenario)], timings.get((other, scenario))
-        return common.show(own / theirs if theirs else None, 2)
+        if (other, scenario) not in timings:
+            return "-"
+        return f"{timings.ratio(('lite', scenario), (other, scenario)):.2f}"
 
     common.table(
         "µs per request (SQL statements per request), in-memory SQLite, "

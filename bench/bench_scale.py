@@ -91,9 +91,9 @@ def main():
         for scenario in ("login", "basic"):
             row = [backend, scenario]
             for library in LIBRARIES:
-                one = timings[library, scenario, "one"]
-                many = timings[library, scenario, "many"]
-                row.append(f"{many / one:.2f} ({one:.0f} → {many:.0f} µs)")
+                one, many = (library, scenario, "one"), (library, scenario, "many")
+                ratio = timings.ratio(many, one)
+                row.append(f"{ratio:.2f} ({timings[one]:.0f} → {timings[many]:.0f} µs)")
             rows.append(row)
     common.table(
         f"cost with {args.users} users / cost with 1 user (plaintext scheme, "

@@ -51,8 +51,9 @@ TITLES = {
     "bare": "bare Flask",
 }
 EMAIL, PASSWORD = "bench@example.com", "bench password"
-#: pbkdf2_sha512 rounds of the request bench: low, the same for every library.
-ROUNDS = 10_000
+#: pbkdf2_sha512 rounds of the request bench: the same for every library, and low,
+#: so that a login shows the library's own cost (bench_hashing.py measures hashing).
+ROUNDS = 1_000
 
 
 def _models(db, user_mixin, role_mixin):
@@ -339,11 +340,31 @@ def basic_header(email=EMAIL, password=PASSWORD):
     return {"Authorization": f"Basic {pair}"}
 
 
-def interleaved(calls, rounds, repeat):
-    """Median µs per call of each of ``calls`` (a dict of functions).
+class Timings:
+    """µs per call of each key, one sample per interleaved round."""
 
-    Each round times ``repeat`` calls of every function in turn, so a slow moment of
-    the machine falls on all of them alike; the median of the rounds is reported.
+    def __init__(self, samples):
+        self.samples = samples
+
+    def __contains__(self, key):
+        return key in self.samples
+
+    def __getitem__(self, key):
+        """The median over the rounds."""
+        return statistics.median(self.samples[key])
+
+    def ratio(self, key, other):
+        """The median over the rounds of ``key`` / ``other`` in the same round: a
+        slow moment of the machine inflates both sides of one ratio alike."""
+        pairs = zip(self.samples[key], self.samples[other], strict=True)
+        return statistics.median(own / theirs for own, theirs in pairs)
+
+
+def interleaved(calls, rounds, repeat):
+    """Time each of ``calls`` (a dict of functions) in interleaved rounds.
+
+    Each round times ``repeat`` calls of every function in turn, so a slow moment
+    of the machine falls on all of them alike.
     """
     samples = defaultdict(list)
     for call in calls.values():
@@ -354,7 +375,7 @@ def interleaved(calls, rounds, repeat):
             for _ in range(repeat):
                 call()
             samples[key].append((time.perf_counter() - started) / repeat * 1e6)
-    return {key: statistics.median(values) for key, values in samples.items()}
+    return Timings(dict(samples))
 
 
 @contextlib.contextmanager
