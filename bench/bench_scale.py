@@ -4,12 +4,15 @@ Run by hand (from the repository root)::
 
     python bench/bench_scale.py                  # SQLite and PostgreSQL, ~3 minutes
     python bench/bench_scale.py --backends sqlite --users 20000
+    python bench/bench_scale.py --1.7.4-schema   # without README's lower(email) index
 
-For each backend, two databases get the schema of ``common.py`` (README's model:
-``email`` is ``unique``, so it has an index) by bulk insert: one with a single user,
-one with ``--users`` users, the bench user in the middle. Each library's app is
-pointed at both, on the ``plaintext`` scheme so that hashing does not hide the
-lookup, and a JSON login and a Basic request are timed in interleaved rounds. The
+For each backend, two databases get the schema of ``common.py`` by bulk insert: one
+with a single user, one with ``--users`` users, the bench user in the middle. It is
+README's model: ``email`` is ``unique``, so it has an index, and an index on
+``lower(email)`` serves the lookup of rows stored before emails were normalised.
+Each library's app is pointed at both, on the ``plaintext`` scheme so that hashing
+does not hide the lookup, and a JSON login, a Basic request and a JSON login with an
+unknown address (the lookup that finds nobody) are timed in interleaved rounds. The
 figure is cost(many users) / cost(one user): 1.0 means the lookup does not grow
 with the table.
 
@@ -30,14 +33,24 @@ LIBRARIES = ("lite", "fst", "login")
 
 
 def requests_of(app):
-    """A JSON login (fresh client) and a Basic request against ``app``."""
+    """A JSON login (fresh client), a Basic request and a login with an address
+    nobody has, against ``app``."""
     headers = common.basic_header()
 
     def basic():
         response = app.test_client().get("/basic", headers=headers)
         assert response.status_code == 200, response.status_code
 
-    return {"login": lambda: common.login(app.test_client()), "basic": basic}
+    def unknown():
+        body = {"email": "nobody@example.com", "password": common.PASSWORD}
+        response = app.test_client().post("/login", json=body)
+        assert response.status_code == 400, response.status_code
+
+    return {
+        "login": lambda: common.login(app.test_client()),
+        "basic": basic,
+        "unknown": unknown,
+    }
 
 
 def database_urls(backend, stack):
@@ -55,14 +68,14 @@ def database_urls(backend, stack):
     return f"{base}/one", f"{base}/many"
 
 
-def measure(backend, users, rounds, repeat):
-    """{(library, scenario, size): µs} for one backend."""
+def measure(backend, users, rounds, repeat, lower_index):
+    """The timings of ``(library, scenario, size)`` on one backend."""
     with contextlib.ExitStack() as stack:
         one_url, many_url = database_urls(backend, stack)
         started = time.perf_counter()
-        seeder = common.make_app("login", many_url, "plaintext")
-        common.seed(seeder, users=users)
-        common.seed(common.make_app("login", one_url, "plaintext"), users=1)
+        for url, count in ((many_url, users), (one_url, 1)):
+            seeder = common.make_app("login", url, "plaintext", None, lower_index)
+            common.seed(seeder, users=count)
         print(
             f"{backend}: seeded {users} users in {time.perf_counter() - started:.1f} s",
             flush=True,
@@ -70,7 +83,7 @@ def measure(backend, users, rounds, repeat):
         calls = {}
         for library in LIBRARIES:
             for size, url in (("one", one_url), ("many", many_url)):
-                app = common.make_app(library, url, "plaintext")
+                app = common.make_app(library, url, "plaintext", None, lower_index)
                 for scenario, call in requests_of(app).items():
                     calls[library, scenario, size] = call
         return common.interleaved(calls, rounds, repeat)
@@ -84,11 +97,19 @@ def main():
     parser.add_argument(
         "--backends", nargs="+", default=["sqlite", "postgres"], help="sqlite postgres"
     )
+    parser.add_argument(
+        "--1.7.4-schema",
+        dest="schema_174",
+        action="store_true",
+        help="without README's index on lower(email), as a 1.7.4 database",
+    )
     args = parser.parse_args()
     rows = []
     for backend in args.backends:
-        timings = measure(backend, args.users, args.rounds, args.repeat)
-        for scenario in ("login", "basic"):
+        timings = measure(
+            backend, args.users, args.rounds, args.repeat, not args.schema_174
+        )
+        for scenario in ("login", "basic", "unknown"):
             row = [backend, scenario]
             for library in LIBRARIES:
                 one, many = (library, scenario, "one"), (library, scenario, "many")
@@ -96,8 +117,9 @@ def main():
                 row.append(f"{ratio:.2f} ({timings[one]:.0f} → {timings[many]:.0f} µs)")
             rows.append(row)
     common.table(
-        f"cost with {args.users} users / cost with 1 user (plaintext scheme, "
-        f"median of {args.rounds} interleaved rounds)",
+        f"cost with {args.users} users / cost with 1 user "
+        f"({'1.7.4 schema' if args.schema_174 else 'README schema'}, plaintext "
+        f"scheme, median of {args.rounds} interleaved rounds)",
         ["backend", "request", *(common.TITLES[library] for library in LIBRARIES)],
         rows,
     )

@@ -56,8 +56,9 @@ EMAIL, PASSWORD = "bench@example.com", "bench password"
 ROUNDS = 1_000
 
 
-def _models(db, user_mixin, role_mixin):
-    """The schema of README's quick start, plus Flask-Security-Too's uniquifier."""
+def _models(db, user_mixin, role_mixin, lower_index=True):
+    """The schema of README's quick start (with its index on ``lower(email)``, or
+    without it as a 1.7.4 database has), plus Flask-Security-Too's uniquifier."""
     roles_users = db.Table(
         "roles_users",
         db.Column("user_id", db.Integer(), db.ForeignKey("user.id")),
@@ -78,6 +79,9 @@ def _models(db, user_mixin, role_mixin):
         fs_uniquifier = db.Column(db.String(64), unique=True)
         roles = db.relationship(Role, secondary=roles_users, backref="users")
 
+    if lower_index:
+        # README's model: serves lookups of rows stored before emails were normalised.
+        db.Index("ix_user_email_lower", db.func.lower(User.email))
     return User, Role
 
 
@@ -91,7 +95,7 @@ def _base_app(database_url):
     return app
 
 
-def _lite_app(database_url, scheme, options):
+def _lite_app(database_url, scheme, options, lower_index):
     import flask_security_lite as lite
 
     app = _base_app(database_url)
@@ -101,7 +105,7 @@ def _lite_app(database_url, scheme, options):
     if options is not None:
         app.config["SECURITY_PASSWORD_HASH_OPTIONS"] = {scheme: options}
     db = SQLAlchemy(app)
-    user_model, role_model = _models(db, lite.UserMixin, lite.RoleMixin)
+    user_model, role_model = _models(db, lite.UserMixin, lite.RoleMixin, lower_index)
     lite.Security(app, lite.SQLAlchemyUserDatastore(db, user_model, role_model))
     _routes(
         app,
@@ -113,7 +117,7 @@ def _lite_app(database_url, scheme, options):
     return app
 
 
-def _fst_app(database_url, scheme, options):
+def _fst_app(database_url, scheme, options, lower_index):
     import flask_security as fst
 
     app = _base_app(database_url)
@@ -128,7 +132,7 @@ def _fst_app(database_url, scheme, options):
             f"{scheme}__{name}": value for name, value in options.items()
         }
     db = SQLAlchemy(app)
-    user_model, role_model = _models(db, fst.UserMixin, fst.RoleMixin)
+    user_model, role_model = _models(db, fst.UserMixin, fst.RoleMixin, lower_index)
     fst.Security(app, fst.SQLAlchemyUserDatastore(db, user_model, role_model))
     _routes(
         app,
@@ -142,13 +146,13 @@ def _fst_app(database_url, scheme, options):
     return app
 
 
-def _login_app(database_url, scheme, options):
+def _login_app(database_url, scheme, options, lower_index):
     """Flask-Login alone: what an application writes by hand around it."""
     from passlib.context import CryptContext
 
     app = _base_app(database_url)
     db = SQLAlchemy(app)
-    user_model, _ = _models(db, flask_login.UserMixin, object)
+    user_model, _ = _models(db, flask_login.UserMixin, object, lower_index)
     settings = {f"{scheme}__{name}": value for name, value in (options or {}).items()}
     context = CryptContext(schemes=[scheme], **settings)
     tokens = URLSafeSerializer(app.secret_key, salt="auth token")
@@ -214,7 +218,7 @@ def _login_app(database_url, scheme, options):
     return app
 
 
-def _bare_app(database_url, scheme, options):
+def _bare_app(database_url, scheme, options, lower_index):
     app = _base_app(database_url)
     nothing = lambda view: view  # noqa: E731
     _routes(app, session=nothing, token=nothing, admin=nothing, basic=nothing)
@@ -250,14 +254,22 @@ _FACTORIES = {
 }
 
 
-def make_app(library, database_url="sqlite://", scheme="pbkdf2_sha512", options=None):
+def make_app(
+    library,
+    database_url="sqlite://",
+    scheme="pbkdf2_sha512",
+    options=None,
+    lower_index=True,
+):
     """The bench app of ``library`` on ``database_url``.
 
     :param scheme: the password scheme for new hashes and logins.
     :param options: passlib settings of ``scheme`` (``{"rounds": ...}``); None keeps
         the library's own defaults.
+    :param lower_index: declare README's index on ``lower(email)``; False gives the
+        schema of a 1.7.4 database.
     """
-    return _FACTORIES[library](database_url, scheme, options)
+    return _FACTORIES[library](database_url, scheme, options, lower_index)
 
 
 def database(app):
