@@ -73,7 +73,7 @@ import unicodedata
 from collections import defaultdict
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from functools import cached_property, wraps
+from functools import cached_property, partial, wraps
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
@@ -85,7 +85,6 @@ from blinker import Namespace
 from flask import (
     Blueprint,
     Response,
-    abort,
     current_app,
     flash,
     g,
@@ -102,7 +101,7 @@ from flask_wtf import FlaskForm
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from passlib.context import CryptContext
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import Forbidden, RequestEntityTooLarge, Unauthorized
 from werkzeug.local import LocalProxy
 from werkzeug.routing import BuildError
 from wtforms import (
@@ -564,7 +563,7 @@ def capture_passwordless_login_requests():
 
 
 # =============================================================================
-# 4. Helpers: config, messages, redirects, JSON
+# 4. Helpers: config, messages, redirects
 # =============================================================================
 
 #: The per-application state made by ``Security.init_app``.
@@ -751,22 +750,6 @@ def get_within_delta(key, app=None):
 def get_max_age(key, app=None):
     """Return the lifetime in seconds of ``SECURITY_<key>_WITHIN``."""
     return get_within_delta(key + "_WITHIN", app).total_seconds()
-
-
-def _wants_json():
-    """True for requests with a JSON body or asking for JSON before HTML."""
-    if request.is_json:
-        return True
-    best = request.accept_mimetypes.best_match(("text/html", "application/json"))
-    return best == "application/json"
-
-
-def _json_response(code, response):
-    return jsonify(meta={"code": code}, response=response), code
-
-
-def _json_error(code, message):
-    return _json_response(code, {"error": message})
 
 
 def _now():
@@ -1007,38 +990,65 @@ def _make_token(purpose, user):
     return _serializer(purpose).dumps([str(user.id), _binding(purpose, user)])
 
 
-def _load_token(token, purpose, max_age):
-    """Check a token of ``purpose`` at most ``max_age`` seconds old (None: any age);
-    return ``(expired, invalid, user)``."""
-    expired = False
+class _TokenCheck(NamedTuple):
+    """What checking a token found: ``status`` is ``"ok"``, ``"expired"`` (signed by
+    us but too old), ``"used"`` (the state it was bound to moved on: the password
+    changed, the address was confirmed) or ``"invalid"``; ``user`` is None only
+    when the token names nobody."""
+
+    status: str
+    user: object = None
+
+    @property
+    def ok(self):
+        return self.status == "ok"
+
+
+def _read_token(token, purpose, max_age):
+    """Check a token of ``purpose`` at most ``max_age`` seconds old (None: any age)."""
+    serializer = _serializer(purpose)
+    status = "ok"
     try:
-        data = _serializer(purpose).loads(token, max_age=max_age)
+        data = serializer.loads(token, max_age=max_age)
     except SignatureExpired as error:
         # The signature was good, only old: keep the payload to resend the link.
-        expired = True
-        data = _serializer(purpose).load_payload(error.payload)
+        status, data = "expired", serializer.load_payload(error.payload)
     except (BadSignature, TypeError, ValueError):
-        return False, True, None
+        return _TokenCheck("invalid")
     if not (isinstance(data, list) and len(data) == 2 and isinstance(data[1], str)):
-        return False, True, None
+        return _TokenCheck("invalid")
     user = _datastore.get_user_by_id(data[0])
     if user is None:
-        return False, True, None
+        return _TokenCheck("invalid")
     if not hmac.compare_digest(_binding(purpose, user), data[1]):
-        return False, True, user
-    return expired, False, user
+        return _TokenCheck("used", user)
+    return _TokenCheck(status, user)
 
 
-def get_token_status(token, serializer, max_age=None):
-    """Check a token; return ``(expired, invalid, user)``.
+def get_token_status(token, serializer, max_age=None, return_data=False):
+    """Check a token; return 1.7.4's triple ``(expired, invalid, user)``.
 
     :param token: the token from a link or request.
-    :param serializer: ``confirm``, ``login``, ``reset`` or ``remember``.
-    :param max_age: ``CONFIRM_EMAIL``, ``LOGIN``, ``RESET_PASSWORD``, or ``None``
-        for no expiry. A token whose user state moved on (password reset, address
-        confirmed) is invalid.
+    :param serializer: the token kind: ``confirm``, ``login``, ``reset`` or
+        ``remember``.
+    :param max_age: the lifetime setting's prefix (``CONFIRM_EMAIL``, ``LOGIN``,
+        ``RESET_PASSWORD``), or None for no expiry. A used token is invalid.
+    :param return_data: also return the token's payload, as 1.7.4 could.
     """
-    return _load_token(token, serializer, get_max_age(max_age) if max_age else None)
+    seconds = get_max_age(max_age) if max_age else None
+    check = _read_token(token, serializer, seconds)
+    invalid = check.status in ("invalid", "used")
+    triple = (check.status == "expired", invalid, check.user)
+    if return_data:
+        return (*triple, _token_payload(token, serializer))
+    return triple
+
+
+def _token_payload(token, purpose):
+    try:
+        return _serializer(purpose).loads_unsafe(token)[1]
+    except (TypeError, ValueError):
+        return None
 
 
 # =============================================================================
@@ -1858,80 +1868,110 @@ _default_forms = {
 }
 
 
-class _BadRequestBody(Exception):
-    """A JSON body that is not an object of plain values."""
-
-    def __init__(self, errors):
-        super().__init__(errors)
-        self.errors = errors
+# =============================================================================
+# 10. Answers: JSON or HTML, and every failure
+# =============================================================================
 
 
-def _is_utf8(text):
-    """False for JSON strings holding lone surrogates ("\\ud800"): no database
-    can store them."""
+def _wants_json():
+    """How this request wants its answer, decided in one place: JSON for a JSON body
+    or a client that prefers JSON to HTML, HTML otherwise."""
+    if request.is_json:
+        return True
+    best = request.accept_mimetypes.best_match(("text/html", "application/json"))
+    return best == "application/json"
+
+
+def _json_answer(code, response):
+    """1.7.4's envelope ``{"meta": {"code": ...}, "response": {...}}`` as a Response."""
+    answer = jsonify(meta={"code": code}, response=response)
+    answer.status_code = code
+    return answer
+
+
+def _json_error(code, message):
+    return _json_answer(code, {"error": message})
+
+
+def _fail_form(errors):
+    """400 with field errors, ``{"field": ["message", ...]}``, for JSON clients."""
+    return _json_answer(400, {"errors": errors})
+
+
+def _http_error(error):
+    """``error`` (a Werkzeug HTTPException) as a Response, through the app's own
+    error handler for its status when it has one."""
+    app = current_app._get_current_object()
+    return app.make_response(app.handle_user_exception(error))
+
+
+def _fail_login():
+    """401 for a view that needs a logged-in user: JSON clients get the envelope,
+    browsers the login page with a relative ``next`` back here."""
+    if _wants_json():
+        return _json_error(401, get_message("LOGIN")[0])
+    here = request.full_path if request.query_string else request.path
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+        login_url = url_for_security("login", next=request.script_root + here)
+    except BuildError:  # the app registered no security views
+        return _http_error(Unauthorized())
+    _flash_message("LOGIN")
+    return redirect(login_url)
 
 
-def _json_formdata(payload):
-    """Turn a JSON object into form data; booleans become what a checkbox sends."""
-    if not isinstance(payload, dict):
-        raise _BadRequestBody({"json": ["The body must be a JSON object."]})
-    formdata, errors = MultiDict(), {}
-    for name, value in payload.items():
-        if isinstance(value, bool):
-            formdata[name] = "y" if value else ""
-        elif isinstance(value, (str, int, float)) and _is_utf8(str(value)):
-            formdata[name] = str(value)
-        elif value is not None:
-            errors[name] = ["Expected a string, a number or a boolean."]
-    if errors:
-        raise _BadRequestBody(errors)
-    return formdata
+#: The body of a 401 for browsers, as 1.7.4 sent it: a heading and a hint.
+_UNAUTHORIZED_HTML = (
+    "<h1>Unauthorized</h1>\n"
+    "<p>This page needs valid credentials: a login, an auth token or a password.</p>"
+)
 
 
-def _build_form(name):
-    """The form ``name`` of this app, filled from the JSON or form body."""
-    form_class = _security.forms[name]
-    options = {}
-    if g.get("_security_auth_method") == "token":
-        options["meta"] = {"csrf": False}
-    if request.is_json and request.method == "POST":
-        formdata = _json_formdata(request.get_json(silent=True))
-        header_token = request.headers.get("X-CSRFToken") or request.headers.get(
-            "X-CSRF-Token"
-        )
-        if header_token and "csrf_token" not in formdata:
-            formdata["csrf_token"] = header_token
-        return form_class(formdata=formdata, **options)
-    return form_class(**options)
+def _fail_credentials(realm=None):
+    """401 for a request without valid token or Basic credentials; with ``realm``,
+    a ``WWW-Authenticate`` challenge asks the browser for Basic credentials."""
+    if _wants_json():
+        answer = _json_error(401, get_message("LOGIN")[0])
+    else:
+        answer = Response(_UNAUTHORIZED_HTML, 401, mimetype="text/html")
+    if realm is not None:
+        quoted = realm.replace("\\", "\\\\").replace('"', '\\"')
+        answer.headers["WWW-Authenticate"] = f'Basic realm="{quoted}"'
+    return answer
+
+
+def _fail_forbidden():
+    """403 for a user who lacks a role: JSON, a redirect to
+    ``SECURITY_UNAUTHORIZED_VIEW`` when set, else the app's 403 page."""
+    if _wants_json():
+        return _json_error(403, get_message("UNAUTHORIZED")[0])
+    view = config_value("UNAUTHORIZED_VIEW")
+    if view:
+        _flash_message("UNAUTHORIZED")
+        return redirect(get_url(view))
+    return _http_error(Forbidden())
 
 
 # =============================================================================
-# 10. Authentication and decorators
+# 11. Authentication and decorators
 # =============================================================================
 
 
-def _load_user_from_session(identity):
-    """Flask-Login's user loader: the id must still match the current password."""
-    user_id, _, binding = identity.rpartition("|")
-    if not user_id:
-        return None
-    user = _datastore.get_user_by_id(user_id)
-    if user is None or not user.is_active or requires_confirmation(user):
-        return None
-    if not hmac.compare_digest(binding, _binding("remember", user)):
-        return None
-    return user
+def _set_auth_method(method):
+    g.flask_security_auth_method = method
+
+
+def _auth_method():
+    """How this request's user was authenticated: ``"session"``, ``"token"``,
+    ``"basic"``, or None. Written only by the checks of :data:`_AUTH_CHECKS` and
+    :func:`login_user`; views read it (a token request needs no CSRF token)."""
+    return g.get("flask_security_auth_method")
 
 
 def _set_request_user(user, method):
-    """Make ``user`` the current user of this request only (no session)."""
-    g._login_user = user
-    g._security_auth_method = method
+    """Make ``user`` the current user of this request only (nothing in the session)."""
+    # Flask-Login's own setter of the request's user, as its request loaders use.
+    current_app.login_manager._update_request_context_with_user(user)
+    _set_auth_method(method)
     flask_login.user_loaded_from_request.send(
         current_app._get_current_object(), user=user
     )
@@ -1953,12 +1993,10 @@ def _check_token():
     token = _request_token()
     if not token:
         return False
-    expired, invalid, user = _load_token(
-        token, "remember", config_value("TOKEN_MAX_AGE")
-    )
-    if expired or invalid or not user.is_active or requires_confirmation(user):
+    check = _read_token(token, "remember", config_value("TOKEN_MAX_AGE"))
+    if not check.ok or not check.user.is_active or requires_confirmation(check.user):
         return False
-    _set_request_user(user, "token")
+    _set_request_user(check.user, "token")
     return True
 
 
@@ -1981,54 +2019,17 @@ def _check_http_auth():
 
 def _check_session():
     if current_user.is_authenticated:
-        g._security_auth_method = "session"
+        _set_auth_method("session")
         return True
     return False
 
 
+#: The ways a request can authenticate, by the names ``auth_required`` takes.
 _AUTH_CHECKS = {
     "token": _check_token,
     "basic": _check_http_auth,
     "session": _check_session,
 }
-
-
-def _basic_challenge(realm):
-    """401 asking for Basic credentials (with a JSON body for API clients)."""
-    message = get_message("LOGIN")[0]
-    if _wants_json():
-        response = jsonify(meta={"code": 401}, response={"error": message})
-    else:
-        response = Response(message, mimetype="text/plain")
-    response.status_code = 401
-    response.headers["WWW-Authenticate"] = f'Basic realm="{realm}"'
-    return response
-
-
-def _unauthorized_handler():
-    """Flask-Login's unauthorized callback: JSON 401, or the login page with next."""
-    if _wants_json():
-        return _json_error(401, get_message("LOGIN")[0])
-    next_url = request.script_root + (
-        request.full_path if request.query_string else request.path
-    )
-    try:
-        login_url = url_for_security("login", next=next_url)
-    except BuildError:  # the app registered no security views
-        abort(401)
-    _flash_message("LOGIN")
-    return redirect(login_url)
-
-
-def _forbidden():
-    """403, or a redirect to ``SECURITY_UNAUTHORIZED_VIEW`` when set."""
-    view = config_value("UNAUTHORIZED_VIEW")
-    if _wants_json():
-        return _json_error(403, get_message("UNAUTHORIZED")[0])
-    if view:
-        _flash_message("UNAUTHORIZED")
-        return redirect(get_url(view))
-    abort(403)
 
 
 def http_auth_required(realm):
@@ -2043,7 +2044,7 @@ def http_auth_required(realm):
         def wrapper(*args, **kwargs):
             if _check_http_auth():
                 return current_app.ensure_sync(view)(*args, **kwargs)
-            return _basic_challenge(
+            return _fail_credentials(
                 realm_name or config_value("DEFAULT_HTTP_AUTH_REALM")
             )
 
@@ -2061,14 +2062,15 @@ def auth_token_required(view):
     def wrapper(*args, **kwargs):
         if _check_token():
             return current_app.ensure_sync(view)(*args, **kwargs)
-        return _json_error(401, get_message("LOGIN")[0])
+        return _fail_credentials()
 
     return wrapper
 
 
 def auth_required(*methods):
     """Protect a view with any of ``'token'``, ``'basic'``, ``'session'``, tried in
-    the order given."""
+    the order given. A refusal challenges for Basic when it is listed, else sends
+    browsers to the login page when ``session`` is listed."""
     unknown = set(methods) - set(_AUTH_CHECKS)
     if unknown or not methods:
         raise ValueError(f"auth_required takes token, basic, session; not {unknown}")
@@ -2079,10 +2081,10 @@ def auth_required(*methods):
             if any(_AUTH_CHECKS[method]() for method in methods):
                 return current_app.ensure_sync(view)(*args, **kwargs)
             if "basic" in methods:
-                return _basic_challenge(config_value("DEFAULT_HTTP_AUTH_REALM"))
+                return _fail_credentials(config_value("DEFAULT_HTTP_AUTH_REALM"))
             if "session" in methods:
-                return _unauthorized_handler()
-            return _json_error(401, get_message("LOGIN")[0])
+                return _fail_login()
+            return _fail_credentials()
 
         return wrapper
 
@@ -2094,9 +2096,9 @@ def _roles_decorator(roles, allowed):
         @wraps(view)
         def wrapper(*args, **kwargs):
             if not current_user.is_authenticated:
-                return _unauthorized_handler()
+                return _fail_login()
             if not allowed(current_user.has_role(role) for role in roles):
-                return _forbidden()
+                return _fail_forbidden()
             return current_app.ensure_sync(view)(*args, **kwargs)
 
         return wrapper
@@ -2126,6 +2128,24 @@ def anonymous_user_required(view):
     return wrapper
 
 
+# =============================================================================
+# 12. Session login and logout
+# =============================================================================
+
+
+def _load_user_from_session(identity):
+    """Flask-Login's user loader: the id must still match the current password."""
+    user_id, _, binding = identity.rpartition("|")
+    if not user_id:
+        return None
+    user = _datastore.get_user_by_id(user_id)
+    if user is None or not user.is_active or requires_confirmation(user):
+        return None
+    if not hmac.compare_digest(binding, _binding("remember", user)):
+        return None
+    return user
+
+
 def _track_login(user):
     """Update the five trackable fields from this request."""
     now, address = _now(), request.remote_addr
@@ -2149,7 +2169,7 @@ def login_user(user, remember=None):
         return False
     session.clear()
     flask_login.login_user(user, remember=remember)
-    g._security_auth_method = "session"
+    _set_auth_method("session")
     if config_value("TRACKABLE"):
         _track_login(user)
         _datastore.put(user)
@@ -2166,12 +2186,12 @@ def logout_user():
 def _rebind_session(user):
     """Keep this session after the user's password changed (others stop working)."""
     remember = current_app.config.get("REMEMBER_COOKIE_NAME", "remember_token")
-    if g.get("_security_auth_method") == "session":
+    if _auth_method() == "session":
         flask_login.login_user(user, remember=remember in request.cookies)
 
 
 # =============================================================================
-# 11. Mail
+# 13. Mail
 # =============================================================================
 
 
@@ -2212,7 +2232,7 @@ def send_mail(subject, recipient, template, **context):
 
 
 # =============================================================================
-# 12. Account flows
+# 14. Account flows
 # =============================================================================
 
 
@@ -2285,6 +2305,7 @@ def confirm_user(user):
         return False
     user.confirmed_at = _now()
     _datastore.put(user)
+    _datastore.commit()
     _send_signal(user_confirmed, user=user)
     return True
 
@@ -2374,149 +2395,280 @@ def login_token_status(token):
 
 
 # =============================================================================
-# 13. Views and blueprint
+# 15. Views and blueprint
 # =============================================================================
 
 
-def _render(template_key, view, **context):
+# -- reading the body into a form --------------------------------------------------
+
+
+class _BadRequestBody(Exception):
+    """A JSON body that is not an object of plain values."""
+
+    def __init__(self, errors):
+        super().__init__(errors)
+        self.errors = errors
+
+
+def _is_utf8(text):
+    """False for JSON strings holding lone surrogates ("\\ud800"): no database
+    can store them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _json_formdata(payload):
+    """Turn a JSON object into form data; booleans become what a checkbox sends."""
+    if not isinstance(payload, dict):
+        raise _BadRequestBody({"json": ["The body must be a JSON object."]})
+    formdata, errors = MultiDict(), {}
+    for name, value in payload.items():
+        if isinstance(value, bool):
+            formdata[name] = "y" if value else ""
+        elif isinstance(value, (str, int, float)) and _is_utf8(str(value)):
+            formdata[name] = str(value)
+        elif value is not None:
+            errors[name] = ["Expected a string, a number or a boolean."]
+    if errors:
+        raise _BadRequestBody(errors)
+    return formdata
+
+
+def _build_form(name, csrf=True):
+    """The form ``name`` of this app, filled from the JSON or form body.
+
+    :param csrf: False for a request authenticated by its token alone, which
+        carries no ambient credential a forged request could use.
+    """
+    form_class = _security.forms[name]
+    options = {} if csrf else {"meta": {"csrf": False}}
+    if request.is_json and request.method == "POST":
+        formdata = _json_formdata(request.get_json(silent=True))
+        field = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+        headers = current_app.config.get("WTF_CSRF_HEADERS", _CSRF_HEADERS)
+        header_token = next(filter(None, map(request.headers.get, headers)), None)
+        if header_token and field not in formdata:
+            formdata[field] = header_token
+        return form_class(formdata=formdata, **options)
+    return form_class(**options)
+
+
+#: Where JSON clients send the CSRF token, when ``WTF_CSRF_HEADERS`` is not set
+#: (Flask-WTF's own default).
+_CSRF_HEADERS = ["X-CSRFToken", "X-CSRF-Token"]
+
+
+# -- the shape of a form view --------------------------------------------------------
+
+#: Each form view's template setting, and the name 1.7.4 gave its form there.
+_FORM_VIEWS = {
+    "login": ("LOGIN_USER_TEMPLATE", "login_user_form"),
+    "register": ("REGISTER_USER_TEMPLATE", "register_user_form"),
+    "forgot_password": ("FORGOT_PASSWORD_TEMPLATE", "forgot_password_form"),
+    "reset_password": ("RESET_PASSWORD_TEMPLATE", "reset_password_form"),
+    "change_password": ("CHANGE_PASSWORD_TEMPLATE", "change_password_form"),
+    "send_confirmation": ("SEND_CONFIRMATION_TEMPLATE", "send_confirmation_form"),
+    "send_login": ("SEND_LOGIN_TEMPLATE", "send_login_form"),
+}
+
+
+def _render(view, **context):
     """Render a view's template with the context processors of the docs."""
     processors = _security.security._context_processors
     values = _template_values(processors["all"] + processors[view], context)
-    return render_template(config_value(template_key), **values)
+    return render_template(config_value(_FORM_VIEWS[view][0]), **values)
 
 
-def _render_json(form, include_user=True, include_auth_token=False):
-    """1.7.4's envelope: field errors with 400, else the user's id (and token)."""
-    if form.errors:
-        return _json_response(400, {"errors": form.errors})
-    response = {}
-    if include_user and form.user is not None:
-        response["user"] = {"id": str(form.user.id)}
-        if include_auth_token:
-            response["user"]["authentication_token"] = form.user.get_auth_token()
-    return _json_response(200, response)
+class _Done(NamedTuple):
+    """What a form view did with a valid submit: whom its JSON answer names (with an
+    auth token when ``token``), the ``(text, category)`` flashed to browsers, and
+    where browsers go next (None: the form is shown again)."""
+
+    user: object = None
+    token: bool = False
+    message: tuple | None = None
+    next_url: str | None = None
 
 
-def _refuse_link(key, user, within_key, target):
-    """Answer a bad or expired emailed link: a 400 for JSON, else flash and go."""
-    email = getattr(user, "email", "")
-    text, category = get_message(key, email=email, within=config_value(within_key))
+def _form_view(view, form_name, act, csrf=True, **context):
+    """Every form view: on a valid submit ``act(form)`` does the view's own work and
+    returns a :class:`_Done` (None after adding a form error); then JSON clients get
+    1.7.4's envelope, browsers a flash and a redirect, or the form again."""
+    form = _build_form(form_name, csrf)
+    done = act(form) if form.validate_on_submit() else None
     if _wants_json():
-        return _json_response(400, {"errors": {"token": [text]}})
-    do_flash(text, category)
-    return redirect(target)
+        return _form_json(form, done)
+    if done is not None:
+        if done.message:
+            do_flash(*done.message)
+        if done.next_url:
+            return redirect(done.next_url)
+    return _render(view, **{_FORM_VIEWS[view][1]: form}, **context)
 
 
-def _instructions_view(form_name, send, message_key, template_key, view, tell_id):
-    """The three "email me a link" views: validate, send to a known user, say so.
+def _form_json(form, done):
+    """400 with field errors; after a valid submit the user's id (and token); else,
+    for a client about to fill the form, the CSRF token it needs."""
+    if form.errors:
+        return _fail_form(form.errors)
+    response = {}
+    if done is None and form.meta.csrf:
+        response["csrf_token"] = form[form.meta.csrf_field_name].current_token
+    elif done is not None and done.user is not None:
+        response["user"] = {"id": str(done.user.id)}
+        if done.token:
+            response["user"]["authentication_token"] = done.user.get_auth_token()
+    return _json_answer(200, response)
+
+
+def _instructions_view(view, form_name, send, message_key, tell_id):
+    """The three "email me a link" views: send to a known user, say so.
 
     :param tell_id: answer JSON with the user's id, as 1.7.4 did, unless generic
         responses must not reveal which addresses have accounts.
     """
-    form = _build_form(form_name)
-    if form.validate_on_submit():
+
+    def act(form):
         if form.user is not None:
             send(form.user)
-        if not request.is_json:
-            _flash_message(message_key, email=form.email.data)
-    if request.is_json:
         generic = config_value("RETURN_GENERIC_RESPONSES")
-        return _render_json(form, include_user=tell_id and not generic)
-    return _render(template_key, view, **{f"{view}_form": form})
+        named = form.user if tell_id and not generic else None
+        return _Done(named, message=get_message(message_key, email=form.email.data))
+
+    return _form_view(view, form_name, act)
+
+
+# -- the shape of an emailed-link view -----------------------------------------------
+
+
+class _EmailedLink(NamedTuple):
+    """One kind of emailed link: its token kind, its lifetime setting (without
+    ``_WITHIN``), the messages for a link that is invalid (or used) and one that
+    expired, how to send a fresh one, and where a refused visitor goes."""
+
+    purpose: str
+    within: str
+    invalid: str
+    expired: str
+    resend: object
+    retry_url: object
+
+
+def _read_link(link, token):
+    return _read_token(token, link.purpose, get_max_age(link.within))
+
+
+def _refuse_link(link, check, key=None, target=None):
+    """Refuse a link: an expired one is sent again; JSON clients get a 400, browsers
+    the message (``key``, default the invalid or expired one) and a redirect."""
+    if check.status == "expired":
+        link.resend(check.user)
+    if key is None:
+        key = link.expired if check.status == "expired" else link.invalid
+    email = getattr(check.user, "email", "")
+    within = config_value(link.within + "_WITHIN")
+    text, category = get_message(key, email=email, within=within)
+    if _wants_json():
+        return _fail_form({"token": [text]})
+    do_flash(text, category)
+    return redirect(target or link.retry_url())
+
+
+def _link_done(user, message_key, *view_keys):
+    """A link did its work: JSON clients get the user's id, browsers the message
+    and a safe ``next`` or the first configured view of ``view_keys``."""
+    if _wants_json():
+        return _json_answer(200, {"user": {"id": str(user.id)}})
+    _flash_message(message_key)
+    return _redirect_after(_next_argument(), *view_keys)
+
+
+# -- the views -----------------------------------------------------------------------
 
 
 def login():
     """Log in with a password (HTML form or JSON)."""
     if current_user.is_authenticated and request.method == "GET":
         return redirect(get_post_login_redirect())
-    form = _build_form("login_form")
-    if form.validate_on_submit():
+
+    def act(form):
         login_user(form.user, remember=form.remember.data)
-        if request.is_json:
-            return _render_json(form, include_auth_token=True)
-        return redirect(get_post_login_redirect(form.next.data))
-    if request.is_json:
-        return _render_json(form)
-    return _render("LOGIN_USER_TEMPLATE", "login", login_user_form=form)
+        next_url = get_post_login_redirect(form.next.data)
+        return _Done(form.user, token=True, next_url=next_url)
+
+    return _form_view("login", "login_form", act)
 
 
 def logout():
     """Log out (GET or POST) and go to a safe ``next`` or ``POST_LOGOUT_VIEW``."""
     if current_user.is_authenticated:
         logout_user()
-    if request.is_json:
-        return _json_response(200, {})
+    if _wants_json():
+        return _json_answer(200, {})
     return redirect(get_post_logout_redirect())
 
 
 @anonymous_user_required
 def register():
     """Create an account (HTML form or JSON)."""
-    confirming = config_value("CONFIRMABLE") or request.is_json
-    form = _build_form("confirm_register_form" if confirming else "register_form")
-    if form.validate_on_submit():
+
+    def act(form):
         fields = form.to_dict()
         try:
-            form.user = register_user(**fields)
+            user = register_user(**fields)
         except DatastoreConflictError:
             message = get_message("EMAIL_ALREADY_ASSOCIATED", email=fields["email"])
             form.email.errors.append(message[0])
-        else:
-            if not requires_confirmation(form.user):
-                login_user(form.user)
-            if request.is_json:
-                return _render_json(form, include_auth_token=True)
-            next_url = getattr(getattr(form, "next", None), "data", None)
-            return redirect(get_post_register_redirect(next_url))
-    if request.is_json:
-        return _render_json(form)
-    return _render("REGISTER_USER_TEMPLATE", "register", register_user_form=form)
+            return None
+        if not requires_confirmation(user):
+            login_user(user)
+        next_field = getattr(form, "next", None)
+        next_url = get_post_register_redirect(getattr(next_field, "data", None))
+        return _Done(user, token=True, next_url=next_url)
+
+    # JSON clients, like confirmable apps, send the password once.
+    confirming = config_value("CONFIRMABLE") or request.is_json
+    form_name = "confirm_register_form" if confirming else "register_form"
+    return _form_view("register", form_name, act)
 
 
 def send_confirmation():
     """Send the confirmation email again."""
     return _instructions_view(
+        "send_confirmation",
         "send_confirmation_form",
         send_confirmation_instructions,
         "CONFIRMATION_REQUEST",
-        "SEND_CONFIRMATION_TEMPLATE",
-        "send_confirmation",
         tell_id=True,
     )
 
 
 def confirm_email(token):
     """Confirm an address from an emailed link, and log its owner in."""
-    expired, invalid, user = confirm_email_token_status(token)
-    within = "CONFIRM_EMAIL_WITHIN"
-    if invalid and user is not None and user.confirmed_at is not None:
+    check = _read_link(_CONFIRM_LINK, token)
+    if check.status == "used" and check.user.confirmed_at is not None:
         done = _redirect_target(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
-        return _refuse_link("ALREADY_CONFIRMED", user, within, done)
-    error_view = config_value("CONFIRM_ERROR_VIEW")
-    retry = get_url(error_view) if error_view else url_for_security("send_confirmation")
-    if invalid:
-        return _refuse_link("INVALID_CONFIRMATION_TOKEN", user, within, retry)
-    if expired:
-        send_confirmation_instructions(user)
-        return _refuse_link("CONFIRMATION_EXPIRED", user, within, retry)
-    confirm_user(user)
-    _datastore.commit()
-    login_user(user)
-    if _wants_json():
-        return _json_response(200, {"user": {"id": str(user.id)}})
-    _flash_message("EMAIL_CONFIRMED")
-    return _redirect_after(_next_argument(), "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
+        return _refuse_link(_CONFIRM_LINK, check, "ALREADY_CONFIRMED", done)
+    if not check.ok:
+        return _refuse_link(_CONFIRM_LINK, check)
+    confirm_user(check.user)
+    login_user(check.user)
+    return _link_done(
+        check.user, "EMAIL_CONFIRMED", "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW"
+    )
 
 
 @anonymous_user_required
 def forgot_password():
     """Send password reset instructions."""
     return _instructions_view(
+        "forgot_password",
         "forgot_password_form",
         send_reset_password_instructions,
         "PASSWORD_RESET_REQUEST",
-        "FORGOT_PASSWORD_TEMPLATE",
-        "forgot_password",
         tell_id=False,
     )
 
@@ -2524,59 +2676,44 @@ def forgot_password():
 @anonymous_user_required
 def reset_password(token):
     """Choose a new password from an emailed link; the link works once."""
-    expired, invalid, user = reset_password_token_status(token)
-    retry, within = url_for_security("forgot_password"), "RESET_PASSWORD_WITHIN"
-    if invalid:
-        return _refuse_link("INVALID_RESET_PASSWORD_TOKEN", user, within, retry)
-    if expired:
-        send_reset_password_instructions(user)
-        return _refuse_link("PASSWORD_RESET_EXPIRED", user, within, retry)
-    form = _build_form("reset_password_form")
-    if form.validate_on_submit():
-        update_password(user, form.password.data)
-        login_user(user)
-        form.user = user
-        if request.is_json:
-            return _render_json(form, include_auth_token=True)
-        _flash_message("PASSWORD_RESET")
-        return _redirect_after(None, "POST_RESET_VIEW", "POST_LOGIN_VIEW")
-    if request.is_json:
-        return _render_json(form, include_user=False)
-    return _render(
-        "RESET_PASSWORD_TEMPLATE",
-        "reset_password",
-        reset_password_form=form,
-        reset_password_token=token,
+    check = _read_link(_RESET_LINK, token)
+    if not check.ok:
+        return _refuse_link(_RESET_LINK, check)
+
+    def act(form):
+        update_password(check.user, form.password.data)
+        login_user(check.user)
+        next_url = _redirect_target(None, "POST_RESET_VIEW", "POST_LOGIN_VIEW")
+        message = get_message("PASSWORD_RESET")
+        return _Done(check.user, token=True, message=message, next_url=next_url)
+
+    return _form_view(
+        "reset_password", "reset_password_form", act, reset_password_token=token
     )
 
 
 @auth_required("session", "token")
 def change_password():
     """Change the password of the logged-in user."""
-    form = _build_form("change_password_form")
-    if form.validate_on_submit():
+
+    def act(form):
         user = current_user._get_current_object()
         change_user_password(user, form.new_password.data)
-        form.user = user
-        if request.is_json:
-            return _render_json(form, include_auth_token=True)
-        _flash_message("PASSWORD_CHANGE")
-        return _redirect_after(None, "POST_CHANGE_VIEW", "POST_LOGIN_VIEW")
-    if request.is_json:
-        return _render_json(form, include_user=False)
-    return _render(
-        "CHANGE_PASSWORD_TEMPLATE", "change_password", change_password_form=form
-    )
+        next_url = _redirect_target(None, "POST_CHANGE_VIEW", "POST_LOGIN_VIEW")
+        message = get_message("PASSWORD_CHANGE")
+        return _Done(user, token=True, message=message, next_url=next_url)
+
+    csrf = _auth_method() != "token"
+    return _form_view("change_password", "change_password_form", act, csrf)
 
 
 def send_login():
     """Send a passwordless login link."""
     return _instructions_view(
+        "send_login",
         "passwordless_login_form",
         send_login_instructions,
         "LOGIN_EMAIL_SENT",
-        "SEND_LOGIN_TEMPLATE",
-        "send_login",
         tell_id=True,
     )
 
@@ -2584,18 +2721,47 @@ def send_login():
 @anonymous_user_required
 def token_login(token):
     """Log in from a passwordless login link."""
-    expired, invalid, user = login_token_status(token)
-    retry, within = url_for_security("login"), "LOGIN_WITHIN"
-    if invalid or not user.is_active:
-        return _refuse_link("INVALID_LOGIN_TOKEN", user, within, retry)
-    if expired:
-        send_login_instructions(user)
-        return _refuse_link("LOGIN_EXPIRED", user, within, retry)
-    login_user(user)
-    if _wants_json():
-        return _json_response(200, {"user": {"id": str(user.id)}})
-    _flash_message("PASSWORDLESS_LOGIN_SUCCESSFUL")
-    return redirect(get_post_login_redirect())
+    check = _read_link(_LOGIN_LINK, token)
+    if check.user is not None and not check.user.is_active:
+        check = _TokenCheck("invalid", check.user)
+    if not check.ok:
+        return _refuse_link(_LOGIN_LINK, check)
+    login_user(check.user)
+    return _link_done(check.user, "PASSWORDLESS_LOGIN_SUCCESSFUL", "POST_LOGIN_VIEW")
+
+
+def _confirm_retry_url():
+    """A refused confirmation link goes to ``CONFIRM_ERROR_VIEW`` when set, else to
+    the view that sends a new one."""
+    error_view = config_value("CONFIRM_ERROR_VIEW")
+    return get_url(error_view) if error_view else url_for_security("send_confirmation")
+
+
+#: The three kinds of emailed link.
+_CONFIRM_LINK = _EmailedLink(
+    "confirm",
+    "CONFIRM_EMAIL",
+    "INVALID_CONFIRMATION_TOKEN",
+    "CONFIRMATION_EXPIRED",
+    send_confirmation_instructions,
+    _confirm_retry_url,
+)
+_RESET_LINK = _EmailedLink(
+    "reset",
+    "RESET_PASSWORD",
+    "INVALID_RESET_PASSWORD_TOKEN",
+    "PASSWORD_RESET_EXPIRED",
+    send_reset_password_instructions,
+    partial(url_for_security, "forgot_password"),
+)
+_LOGIN_LINK = _EmailedLink(
+    "login",
+    "LOGIN",
+    "INVALID_LOGIN_TOKEN",
+    "LOGIN_EXPIRED",
+    send_login_instructions,
+    partial(url_for_security, "login"),
+)
 
 
 def _limit_body():
@@ -2610,7 +2776,7 @@ def _no_store(response):
 
 
 def _bad_body(error):
-    return _json_response(400, {"errors": error.errors})
+    return _fail_form(error.errors)
 
 
 def _too_large(error):
@@ -2685,7 +2851,7 @@ def _templates_folder():
 
 
 # =============================================================================
-# 14. Command line
+# 16. Command line
 # =============================================================================
 
 
@@ -2782,7 +2948,7 @@ def _roles_remove(email, role):
 
 
 # =============================================================================
-# 15. The Security extension
+# 17. The Security extension
 # =============================================================================
 
 
@@ -2919,7 +3085,7 @@ class Security:
             app.config["SECURITY_MSG_REFRESH"]
         )
         manager.user_loader(_load_user_from_session)
-        manager.unauthorized_handler(_unauthorized_handler)
+        manager.unauthorized_handler(_fail_login)
         manager.init_app(app)
         return manager
 

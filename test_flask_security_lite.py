@@ -29,7 +29,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 from flask_mail import Mail
 from itsdangerous import TimestampSigner
 
@@ -1377,6 +1377,51 @@ def test_login_page_renders_a_form_with_csrf_token(make_app):
     assert response.headers["Cache-Control"] == "no-store"
 
 
+@pytest.mark.parametrize("path", ["/login", "/register", "/reset", "/confirm"])
+def test_json_get_of_a_form_view_answers_the_csrf_token(make_app, path):
+    app = make_app(
+        WTF_CSRF_ENABLED=True,
+        SECURITY_REGISTERABLE=True,
+        SECURITY_RECOVERABLE=True,
+        SECURITY_CHANGEABLE=True,
+        SECURITY_CONFIRMABLE=True,
+    )
+    add_user(app, confirmed_at=datetime(2020, 1, 1))
+    client = app.test_client()
+    answer = client.get(path, headers={"Accept": "application/json"})
+    assert answer.status_code == 200
+    csrf_token = answer.json["response"]["csrf_token"]
+    login_answer = client.post(
+        "/login",
+        json={"email": "matt@lp.com", "password": PASSWORD},
+        headers={"X-CSRFToken": csrf_token},
+    )
+    assert login_answer.status_code == 200
+
+
+def test_json_get_of_change_by_token_needs_no_csrf_token(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True, SECURITY_CHANGEABLE=True)
+    add_user(app)
+    with app.test_request_context():
+        token = get_user(app).get_auth_token()
+    headers = {"Accept": "application/json", "Authentication-Token": token}
+    answer = app.test_client().get("/change", headers=headers)
+    assert answer.json == {"meta": {"code": 200}, "response": {}}
+
+
+def test_csrf_header_names_come_from_flask_wtf_settings(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True, WTF_CSRF_HEADERS=["X-My-Csrf"])
+    add_user(app)
+    client = app.test_client()
+    token = client.get("/login", headers={"Accept": "application/json"}).json
+    token = token["response"]["csrf_token"]
+    payload = {"email": "matt@lp.com", "password": PASSWORD}
+    refused = client.post("/login", json=payload, headers={"X-CSRFToken": token})
+    assert refused.status_code == 400
+    accepted = client.post("/login", json=payload, headers={"X-My-Csrf": token})
+    assert accepted.status_code == 200
+
+
 def test_html_login_redirects_to_post_login_view(store, make_app):
     app = make_app(store)
     add_user(app)
@@ -1806,6 +1851,41 @@ def test_role_failure_is_json_403_for_api_clients(app):
     assert response.status_code == 403 and response.json["meta"]["code"] == 403
 
 
+def test_role_failure_goes_through_the_apps_own_403_handler(app):
+    app.register_error_handler(403, lambda error: ("custom forbidden page", 403))
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    response = client.get("/admin")
+    assert response.status_code == 403 and response.text == "custom forbidden page"
+
+
+@pytest.mark.parametrize(
+    "decorator",
+    [
+        fsl.login_required,
+        auth_token_required,
+        http_auth_required,
+        fsl.auth_required("token", "session"),
+        roles_required("admin"),
+        roles_accepted("admin"),
+    ],
+)
+@pytest.mark.parametrize("accept", ["text/html", "application/json"])
+def test_every_decorator_refusal_is_a_response_object(app, decorator, accept):
+    with app.test_request_context("/", headers={"Accept": accept}):
+        answer = decorator(lambda: "never")()
+    assert isinstance(answer, Response) and answer.status_code in (302, 401)
+
+
+def test_role_refusal_of_a_logged_in_user_is_a_response_object(app):
+    add_user(app)
+    with app.test_request_context("/"):
+        fsl.login_user(get_user(app))
+        answer = roles_required("admin")(lambda: "never")()
+    assert isinstance(answer, Response) and answer.status_code == 403
+
+
 def test_role_failure_redirects_to_unauthorized_view_when_set(make_app):
     app = make_app(SECURITY_UNAUTHORIZED_VIEW="unauthorized")
     add_user(app)
@@ -1850,10 +1930,17 @@ def test_token_auth_does_not_create_a_session(app):
     assert client.get("/profile").status_code == 302
 
 
-def test_missing_token_is_401_json(app):
-    response = app.test_client().get("/token")
+def test_missing_token_is_401_json_for_api_clients(app):
+    response = app.test_client().get("/token", headers={"Accept": "application/json"})
     assert response.status_code == 401
     assert response.json["meta"]["code"] == 401
+
+
+def test_missing_token_is_an_html_401_for_browsers(app):
+    response = app.test_client().get("/token", headers={"Accept": "text/html"})
+    assert response.status_code == 401
+    assert "<h1>Unauthorized</h1>" in response.text
+    assert "WWW-Authenticate" not in response.headers
 
 
 def test_tampered_token_is_refused(store, make_app):
@@ -1931,6 +2018,23 @@ def test_basic_auth_failure_is_json_for_api_clients(app):
     assert response.status_code == 401
     assert response.json["meta"]["code"] == 401
     assert response.headers["WWW-Authenticate"] == 'Basic realm="Login Required"'
+
+
+def test_basic_auth_failure_is_an_html_page_for_browsers(app):
+    response = app.test_client().get("/basic", headers={"Accept": "text/html"})
+    assert response.status_code == 401
+    assert response.mimetype == "text/html"
+    assert "<h1>Unauthorized</h1>" in response.text
+
+
+def test_basic_auth_realm_quotes_are_escaped(app):
+    @app.route("/quoted-realm")
+    @http_auth_required('Say "hi"')
+    def quoted_realm():
+        return "never"
+
+    response = app.test_client().get("/quoted-realm")
+    assert response.headers["WWW-Authenticate"] == 'Basic realm="Say \\"hi\\""'
 
 
 def test_basic_auth_announces_the_given_realm(app):
