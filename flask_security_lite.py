@@ -88,6 +88,7 @@ from flask import (
     current_app,
     flash,
     g,
+    has_app_context,
     jsonify,
     redirect,
     render_template,
@@ -502,6 +503,11 @@ _default_messages = {
     #: A view needs a fresh login.
     "REFRESH": ("Please log in again to see this page.", "info"),
 }
+
+
+#: Other names of a message: 1.7.4's changelog calls ``PASSWORD_IS_THE_SAME``
+#: ``PASSWORD_IS_SAME``; either key works, and the alias wins when both are set.
+_message_aliases = {"PASSWORD_IS_SAME": "PASSWORD_IS_THE_SAME"}
 
 
 # =============================================================================
@@ -1145,8 +1151,15 @@ class UserDatastore:
     """The user and role operations every adapter shares.
 
     An adapter maps ``put``, ``delete``, ``commit``, ``find_user``, ``find_role``,
-    ``get_user_by_id`` and the role links onto its ORM. Changes are written by
-    ``put`` and made durable by ``commit``, which the caller runs.
+    ``get_user_by_id`` and the role links onto its ORM.
+
+    Who commits: these methods only write (``put``); whoever calls them makes the
+    writes durable with ``commit``. The library's own flows (``register_user``,
+    ``confirm_user``, ``update_password``, ``change_user_password``, ``login_user``
+    with tracking, a rehash at login) and the CLI commit what they changed; your code
+    that calls ``create_user`` or ``add_role_to_user`` calls ``commit`` itself.
+    Every adapter reports a broken uniqueness rule at ``put``, as
+    :class:`DatastoreConflictError`.
 
     :param user_model: the user model class.
     :param role_model: the role model class.
@@ -1340,7 +1353,14 @@ class SQLAlchemyUserDatastore(UserDatastore):
         self.db = db
 
     def put(self, model):
+        """Add ``model`` to the session and flush, so a conflict shows here as on
+        the other stores; ``commit`` makes it durable."""
         self.db.session.add(model)
+        try:
+            self.db.session.flush()
+        except self._sa.exc.IntegrityError as error:
+            self.db.session.rollback()
+            raise DatastoreConflictError(str(error.orig)) from error
         return model
 
     def delete(self, model):
@@ -2236,6 +2256,9 @@ def send_mail(subject, recipient, template, **context):
 # =============================================================================
 
 
+# -- registration -------------------------------------------------------------------
+
+
 def register_user(**kwargs):
     """Create a user from registration fields, send the welcome email and signal.
 
@@ -2259,6 +2282,9 @@ def register_user(**kwargs):
             confirmation_link=confirmation_link,
         )
     return user
+
+
+# -- confirmation -------------------------------------------------------------------
 
 
 def generate_confirmation_token(user):
@@ -2310,6 +2336,9 @@ def confirm_user(user):
     return True
 
 
+# -- recovery -----------------------------------------------------------------------
+
+
 def generate_reset_password_token(user):
     """Return a reset token, valid until the password changes."""
     return _make_token("reset", user)
@@ -2350,6 +2379,9 @@ def update_password(user, password):
     _send_signal(password_reset, user=user)
 
 
+# -- change password ----------------------------------------------------------------
+
+
 def send_password_changed_notice(user):
     """Tell ``user`` their password changed, if that email is on."""
     if config_value("SEND_PASSWORD_CHANGE_EMAIL"):
@@ -2368,6 +2400,9 @@ def change_user_password(user, password):
     _rebind_session(user)
     send_password_changed_notice(user)
     _send_signal(password_changed, user=user)
+
+
+# -- passwordless login -------------------------------------------------------------
 
 
 def generate_login_token(user):
@@ -2953,119 +2988,131 @@ def _roles_remove(email, role):
 
 
 class _SecurityState:
-    """What ``init_app`` set up for one application; templates see it as
-    ``security``, and ``security.<setting>`` reads ``SECURITY_<SETTING>``."""
+    """What ``init_app`` set up for one application. Templates see it as
+    ``security``; besides the attributes below, each setting is an attribute named
+    like its key, lower-case and without the prefix (``security.registerable``), as
+    in 1.7.4.
+    """
 
     def __init__(self, app, security, datastore, forms, login_manager):
+        #: The application.
         self.app = app
+        #: The :class:`Security` object that set this application up.
         self.security = security
+        #: The :class:`UserDatastore` of the application.
         self.datastore = datastore
+        #: The form class of each ``init_app`` keyword (``login_form``, ...).
         self.forms = forms
+        #: Flask-Login's manager, with our user loader and unauthorized handler.
         self.login_manager = login_manager
+        #: The passlib context that hashes and verifies passwords.
         self.pwd_context = _build_password_context(app.config)
+        for key in _default_config:
+            setattr(self, key.lower(), app.config["SECURITY_" + key])
 
     @cached_property
     def dummy_hash(self):
         """A hash in the default scheme, verified when no real one exists."""
         return hash_password("a password nobody has")
 
-    def __getattr__(self, name):
-        key = "SECURITY_" + name.upper()
-        if key in self.app.config:
-            return self.app.config[key]
-        raise AttributeError(name)
+
+def _set_config_defaults(app):
+    """Every ``SECURITY_*`` setting and message, where the app has not set it."""
+    for key, value in _default_config.items():
+        app.config.setdefault("SECURITY_" + key, value)
+    for key, value in _default_messages.items():
+        app.config.setdefault("SECURITY_MSG_" + key, value)
+    for alias, key in _message_aliases.items():
+        app.config.setdefault(
+            "SECURITY_MSG_" + alias, app.config["SECURITY_MSG_" + key]
+        )
+    # Remember cookies are not sent on cross-site requests unless the app says so.
+    app.config.setdefault("REMEMBER_COOKIE_SAMESITE", "Lax")
+    app.config.setdefault("REMEMBER_COOKIE_HTTPONLY", True)
+
+
+def _check_form_names(names):
+    unknown = set(names) - set(_default_forms)
+    if unknown:
+        raise TypeError(f"Security got unknown form arguments: {sorted(unknown)}")
+
+
+def _make_login_manager(app):
+    """Flask-Login for ``app``, loading users through their session identity."""
+    manager = flask_login.LoginManager()
+    manager.anonymous_user = AnonymousUser
+    # Not get_id: ORMs such as peewee define their own get_id on models.
+    manager.id_attribute = "get_session_identity"
+    manager.login_view = f"{app.config['SECURITY_BLUEPRINT_NAME']}.login"
+    manager.refresh_view = manager.login_view
+    manager.needs_refresh_message, manager.needs_refresh_message_category = app.config[
+        "SECURITY_MSG_REFRESH"
+    ]
+    manager.user_loader(_load_user_from_session)
+    manager.unauthorized_handler(_fail_login)
+    manager.init_app(app)
+    return manager
+
+
+def _add_views_and_commands(app, with_views):
+    """The security views (or only our templates, for the emails) and the CLI."""
+    if with_views:
+        app.register_blueprint(create_blueprint(app))
+    else:
+        templates = Blueprint(
+            "security_templates", __name__, template_folder=_templates_folder()
+        )
+        app.register_blueprint(templates)
+    app.cli.add_command(users_cli)
+    app.cli.add_command(roles_cli)
 
 
 class Security:
     """The extension: ``Security(app, datastore)`` or ``init_app`` later.
 
     One object may serve several applications, each with its own config and
-    datastore. Attributes not found here are read from the current app's state
-    (``security.datastore``, ``security.login_manager``, settings).
+    datastore: inside an application context it answers for the current app;
+    outside one, for the only app it was bound to (as 1.7.4 did).
 
     :param app: the application.
     :param datastore: a :class:`UserDatastore`.
     :param kwargs: ``register_blueprint`` and the form overrides of ``init_app``.
     """
 
-    def __init__(self, app=None, datastore=None, **kwargs):
-        unknown = set(kwargs) - set(_default_forms) - {"register_blueprint"}
-        if unknown:
-            raise TypeError(f"Security() got unknown arguments: {sorted(unknown)}")
+    def __init__(self, app=None, datastore=None, register_blueprint=True, **forms):
+        _check_form_names(forms)
         self._datastore = datastore
-        self._options = kwargs
+        self._register_blueprint = register_blueprint
+        self._forms = forms
+        self._states = []
         self._context_processors = defaultdict(list)
         self._mail_context_processors = []
         self._send_mail_task = None
         if app is not None:
             self.init_app(app, datastore)
 
-    def init_app(
-        self,
-        app,
-        datastore=None,
-        register_blueprint=None,
-        login_form=None,
-        confirm_register_form=None,
-        register_form=None,
-        forgot_password_form=None,
-        reset_password_form=None,
-        change_password_form=None,
-        send_confirmation_form=None,
-        passwordless_login_form=None,
-    ):
-        """Set up security on ``app``: config defaults, Flask-Login, the blueprint
-        and the ``flask users`` / ``flask roles`` commands.
+    def init_app(self, app, datastore=None, register_blueprint=None, **forms):
+        """Set up security on ``app``: settings, Flask-Login, the views and the
+        ``flask users`` / ``flask roles`` commands.
 
         :param datastore: the datastore for this app (default: the constructor's).
         :param register_blueprint: add the security views (default True).
-        :param login_form: and the other ``*_form`` keywords replace a form class.
+        :param forms: form classes replacing ours, by the keys of ``_default_forms``
+            (``login_form``, ``register_form``, ...).
         """
-        given = {
-            "login_form": login_form,
-            "confirm_register_form": confirm_register_form,
-            "register_form": register_form,
-            "forgot_password_form": forgot_password_form,
-            "reset_password_form": reset_password_form,
-            "change_password_form": change_password_form,
-            "send_confirmation_form": send_confirmation_form,
-            "passwordless_login_form": passwordless_login_form,
-        }
-        forms = {
-            name: given[name] or self._options.get(name) or default
-            for name, default in _default_forms.items()
-        }
+        _check_form_names(forms)
         datastore = datastore or self._datastore
         if datastore is None:
             raise ValueError("Security needs a datastore, e.g. SQLAlchemyUserDatastore")
-        for key, value in _default_config.items():
-            app.config.setdefault("SECURITY_" + key, value)
-        for key, value in _default_messages.items():
-            app.config.setdefault("SECURITY_MSG_" + key, value)
-        # Remember cookies are not sent on cross-site requests unless the app says so.
-        app.config.setdefault("REMEMBER_COOKIE_SAMESITE", "Lax")
-        app.config.setdefault("REMEMBER_COOKIE_HTTPONLY", True)
-        # 1.7.4's changelog names this message PASSWORD_IS_SAME: either key works.
-        app.config.setdefault(
-            "SECURITY_MSG_PASSWORD_IS_SAME",
-            app.config["SECURITY_MSG_PASSWORD_IS_THE_SAME"],
-        )
-        state = _SecurityState(
-            app, self, datastore, forms, self._make_login_manager(app)
-        )
+        _set_config_defaults(app)
+        chosen = {**_default_forms, **self._forms, **forms}
+        state = _SecurityState(app, self, datastore, chosen, _make_login_manager(app))
         app.extensions["security"] = state
+        self._states = [known for known in self._states if known.app is not app]
+        self._states.append(state)
         if register_blueprint is None:
-            register_blueprint = self._options.get("register_blueprint", True)
-        if register_blueprint:
-            app.register_blueprint(create_blueprint(app))
-        else:
-            # No views, but emails still need our templates.
-            templates = Blueprint(
-                "security_templates", __name__, template_folder=_templates_folder()
-            )
-            app.register_blueprint(templates)
-        app.cli.add_command(users_cli)
-        app.cli.add_command(roles_cli)
+            register_blueprint = self._register_blueprint
+        _add_views_and_commands(app, register_blueprint)
         if app.config["SECURITY_PASSWORD_HASH"] == "plaintext" and not app.testing:
             _log.warning(
                 "SECURITY_PASSWORD_HASH is 'plaintext': passwords are stored "
@@ -3073,26 +3120,53 @@ class Security:
             )
         return state
 
-    @staticmethod
-    def _make_login_manager(app):
-        manager = flask_login.LoginManager()
-        manager.anonymous_user = AnonymousUser
-        # Not get_id: ORMs such as peewee define their own get_id on models.
-        manager.id_attribute = "get_session_identity"
-        manager.login_view = f"{app.config['SECURITY_BLUEPRINT_NAME']}.login"
-        manager.refresh_view = manager.login_view
-        manager.needs_refresh_message, manager.needs_refresh_message_category = (
-            app.config["SECURITY_MSG_REFRESH"]
+    def _state(self):
+        """The state of the current app, or outside an app context the state of
+        the only app this object was bound to."""
+        if has_app_context():
+            state = current_app.extensions.get("security")
+            if state is not None and state.security is self:
+                return state
+        if len(self._states) == 1:
+            return self._states[0]
+        raise RuntimeError(
+            "this Security object serves several apps: use it in an app context"
+            if self._states
+            else "this Security object is not bound to an app yet: call init_app"
         )
-        manager.user_loader(_load_user_from_session)
-        manager.unauthorized_handler(_fail_login)
-        manager.init_app(app)
-        return manager
+
+    @property
+    def app(self):
+        """The current (or only) application."""
+        return self._state().app
+
+    @property
+    def datastore(self):
+        """The datastore of the current (or only) app."""
+        if not self._states:
+            return self._datastore
+        return self._state().datastore
+
+    @property
+    def login_manager(self):
+        """Flask-Login's manager of the current (or only) app."""
+        return self._state().login_manager
+
+    @property
+    def pwd_context(self):
+        """The passlib context of the current (or only) app."""
+        return self._state().pwd_context
+
+    @property
+    def forms(self):
+        """The form classes of the current (or only) app."""
+        return self._state().forms
 
     def __getattr__(self, name):
-        if name.startswith("_"):
+        """``security.<setting>``: a setting of the current (or only) app."""
+        if name.startswith("_") or name.upper() not in _default_config:
             raise AttributeError(name)
-        return getattr(current_app.extensions["security"], name)
+        return getattr(self._state(), name)
 
     # -- customisation points of the docs ----------------------------------------
 

@@ -535,6 +535,33 @@ def test_one_security_serves_two_apps_with_different_config(make_app):
     assert first.test_client().get("/register").status_code == 404
 
 
+def test_security_object_answers_for_its_only_app_outside_a_context(make_app):
+    app = make_app(SECURITY_CONFIRMABLE=True)
+    security = app.security
+    assert security.datastore is app.datastore
+    assert security.login_manager is app.login_manager
+    assert security.pwd_context is app.extensions["security"].pwd_context
+    assert security.confirmable is True
+    assert hasattr(security, "registerable") and not hasattr(security, "no_such")
+
+
+def test_security_object_of_two_apps_needs_a_context(make_app):
+    security = Security()
+    first, second = make_app(security=security), make_app(security=security)
+    with second.app_context():
+        assert security.datastore is second.datastore
+    with first.app_context():
+        assert security.datastore is first.datastore
+    with pytest.raises(RuntimeError, match="several apps"):
+        assert security.login_manager is None
+
+
+def test_state_attributes_are_real_attributes(app):
+    state = app.extensions["security"]
+    assert vars(state)["login_url"] == "/login"
+    assert vars(state)["datastore"] is app.datastore
+
+
 def test_unknown_security_argument_is_refused():
     with pytest.raises(TypeError):
         Security(datastore=object(), login_from=object())
