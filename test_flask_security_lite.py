@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -3402,17 +3403,28 @@ def test_readme_quick_start_runs(heading, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def installed_wheel(tmp_path_factory):
-    """Build a wheel and install it into a fresh virtual environment that sees the
+def built_distributions(tmp_path_factory):
+    """``python -m build`` of this checkout: the wheel, the sdist and what it said."""
+    out = tmp_path_factory.mktemp("dist")
+    result = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", out, HERE],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = out.glob("flask_security_lite-*.whl")
+    (sdist,) = out.glob("flask_security_lite-*.tar.gz")
+    return {"wheel": wheel, "sdist": sdist, "output": result.stdout + result.stderr}
+
+
+@pytest.fixture(scope="session", params=["wheel", "sdist"])
+def installed_distribution(request, built_distributions, tmp_path_factory):
+    """Install the wheel or the sdist into a fresh virtual environment that sees the
     running environment's packages (Flask and the rest) but not this checkout."""
     import site
     import sysconfig
 
-    work = tmp_path_factory.mktemp("wheel")
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
-    subprocess.run([*build, "-w", work, HERE], check=True, capture_output=True)
-    (wheel,) = work.glob("flask_security_lite-*.whl")
-    venv = work / "venv"
+    venv = tmp_path_factory.mktemp(request.param) / "venv"
     subprocess.run([sys.executable, "-m", "venv", venv], check=True)
     python = venv / "bin" / "python"
     inner = subprocess.run(
@@ -3425,16 +3437,43 @@ def installed_wheel(tmp_path_factory):
     # of this checkout among them) are not run, so only the wheel provides the module.
     outer = {sysconfig.get_paths()["purelib"], *site.getsitepackages()}
     Path(inner, "outer-environment.pth").write_text("\n".join(sorted(outer)) + "\n")
+    install = [python, "-m", "pip", "install", "--no-deps", "--no-index"]
     subprocess.run(
-        [python, "-m", "pip", "install", "--no-deps", "--no-index", wheel],
+        [*install, "--no-build-isolation", built_distributions[request.param]],
         check=True,
         capture_output=True,
     )
     return python
 
 
-def test_installed_wheel_renders_login_page_and_email_outside_checkout(
-    installed_wheel, tmp_path
+@pytest.mark.slow
+def test_build_gives_no_legacy_or_deprecation_warning(built_distributions):
+    output = built_distributions["output"].lower()
+    assert "deprecat" not in output and "legacy" not in output, output
+
+
+@pytest.mark.slow
+def test_sdist_carries_tests_example_and_documents(built_distributions):
+    with tarfile.open(built_distributions["sdist"]) as sdist:
+        names = {name.split("/", 1)[-1] for name in sdist.getnames()}
+    expected = {
+        "flask_security_lite.py",
+        "test_flask_security_lite.py",
+        "example_app.py",
+        "LICENSE",
+        "README.md",
+        "CHANGELOG.md",
+        "pyproject.toml",
+        "setup.py",
+        "templates/security/login_user.html",
+        "templates/security/email/welcome.txt",
+    }
+    assert expected <= names, expected - names
+
+
+@pytest.mark.slow
+def test_installed_distribution_renders_login_page_and_email_outside_checkout(
+    installed_distribution, tmp_path
 ):
     script = tmp_path / "check.py"
     script.write_text(
@@ -3476,7 +3515,7 @@ print("ok")
 """
     )
     result = subprocess.run(
-        [installed_wheel, script], cwd=tmp_path, capture_output=True, text=True
+        [installed_distribution, script], cwd=tmp_path, capture_output=True, text=True
     )
     assert result.stdout.strip() == "ok", result.stderr
 
@@ -3569,6 +3608,7 @@ def browser():
         browser.close()
 
 
+@pytest.mark.slow
 def test_example_app_demo_user_flow_with_curl_like_requests(
     example_site_started_each_way,
 ):
@@ -3602,6 +3642,7 @@ def test_example_app_demo_user_flow_with_curl_like_requests(
     assert json.load(urllib.request.urlopen(api))["email"] == "demo@example.com"
 
 
+@pytest.mark.slow
 def test_example_app_in_a_browser(example_site, browser):
     url, lines = example_site
     page = browser.new_page()
@@ -3660,6 +3701,7 @@ def test_example_app_in_a_browser(example_site, browser):
     page.screenshot(path=str(Path(tempfile.gettempdir()) / "fsl-example.png"))
 
 
+@pytest.mark.slow
 def test_example_app_passwordless_login_in_a_browser(
     passwordless_example_site, browser
 ):
@@ -3713,6 +3755,7 @@ def _submit_unchecked(page):
     page.click("main form input[type=submit]")
 
 
+@pytest.mark.slow
 def test_every_default_page_passes_axe(
     example_site, passwordless_example_site, axe_page
 ):
