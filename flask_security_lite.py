@@ -1031,7 +1031,7 @@ def _read_token(token, purpose, max_age):
     return _TokenCheck(status, user)
 
 
-def get_token_status(token, serializer, max_age=None, return_data=False):
+def get_token_status(token, serializer, max_age=None):
     """Check a token; return 1.7.4's triple ``(expired, invalid, user)``.
 
     :param token: the token from a link or request.
@@ -1039,22 +1039,10 @@ def get_token_status(token, serializer, max_age=None, return_data=False):
         ``remember``.
     :param max_age: the lifetime setting's prefix (``CONFIRM_EMAIL``, ``LOGIN``,
         ``RESET_PASSWORD``), or None for no expiry. A used token is invalid.
-    :param return_data: also return the token's payload, as 1.7.4 could.
     """
     seconds = get_max_age(max_age) if max_age else None
     check = _read_token(token, serializer, seconds)
-    invalid = check.status in ("invalid", "used")
-    triple = (check.status == "expired", invalid, check.user)
-    if return_data:
-        return (*triple, _token_payload(token, serializer))
-    return triple
-
-
-def _token_payload(token, purpose):
-    try:
-        return _serializer(purpose).loads_unsafe(token)[1]
-    except (TypeError, ValueError):
-        return None
+    return check.status == "expired", check.status in ("invalid", "used"), check.user
 
 
 # =============================================================================
@@ -2205,7 +2193,7 @@ def logout_user():
 
 def _rebind_session(user):
     """Keep this session after the user's password changed (others stop working)."""
-    remember = current_app.config.get("REMEMBER_COOKIE_NAME", "remember_token")
+    remember = current_app.config.get("REMEMBER_COOKIE_NAME", flask_login.COOKIE_NAME)
     if _auth_method() == "session":
         flask_login.login_user(user, remember=remember in request.cookies)
 
@@ -3067,6 +3055,17 @@ def _add_views_and_commands(app, with_views):
     app.cli.add_command(roles_cli)
 
 
+class _StateAttribute:
+    """An attribute of :class:`Security` read from the state of the current app, or
+    outside an app context from the only app it was bound to."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, security, owner=None):
+        return self if security is None else getattr(security._state(), self.name)
+
+
 class Security:
     """The extension: ``Security(app, datastore)`` or ``init_app`` later.
 
@@ -3135,32 +3134,11 @@ class Security:
             else "this Security object is not bound to an app yet: call init_app"
         )
 
-    @property
-    def app(self):
-        """The current (or only) application."""
-        return self._state().app
-
-    @property
-    def datastore(self):
-        """The datastore of the current (or only) app."""
-        if not self._states:
-            return self._datastore
-        return self._state().datastore
-
-    @property
-    def login_manager(self):
-        """Flask-Login's manager of the current (or only) app."""
-        return self._state().login_manager
-
-    @property
-    def pwd_context(self):
-        """The passlib context of the current (or only) app."""
-        return self._state().pwd_context
-
-    @property
-    def forms(self):
-        """The form classes of the current (or only) app."""
-        return self._state().forms
+    app = _StateAttribute()
+    datastore = _StateAttribute()
+    login_manager = _StateAttribute()
+    pwd_context = _StateAttribute()
+    forms = _StateAttribute()
 
     def __getattr__(self, name):
         """``security.<setting>``: a setting of the current (or only) app."""
