@@ -1419,7 +1419,11 @@ def test_json_get_of_a_form_view_answers_the_csrf_token(make_app, path):
     answer = client.get(path, headers={"Accept": "application/json"})
     assert answer.status_code == 200
     csrf_token = answer.json["response"]["csrf_token"]
-    assert json_login(client, headers={"X-CSRFToken": csrf_token}).status_code == 200
+    credentials = {"email": "matt@lp.com", "password": PASSWORD}
+    logged_in = client.post(
+        "/login", json=credentials, headers={"X-CSRFToken": csrf_token}
+    )
+    assert logged_in.status_code == 200
 
 
 def test_json_get_of_change_by_token_needs_no_csrf_token(make_app):
