@@ -77,10 +77,11 @@ from functools import cached_property, partial, wraps
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
+# email_validator, flask_mail and passlib.context are imported by the functions that
+# use them, and each ORM by its adapter: `import flask_security_lite` stays light for
+# processes that never send mail or check an address (bench/bench_import.py).
 import click
-import email_validator as _email_validator
 import flask_login
-import flask_mail
 from blinker import Namespace
 from flask import (
     Blueprint,
@@ -100,7 +101,6 @@ from flask.cli import AppGroup
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from passlib.context import CryptContext
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import Forbidden, RequestEntityTooLarge, Unauthorized
 from werkzeug.local import LocalProxy
@@ -927,6 +927,8 @@ def _burn_a_verify():
 
 
 def _build_password_context(config):
+    from passlib.context import CryptContext
+
     scheme = config["SECURITY_PASSWORD_HASH"]
     schemes = list(config["SECURITY_PASSWORD_SCHEMES"])
     if scheme not in schemes:
@@ -1112,11 +1114,12 @@ def normalize_email(address):
     an address is only stripped, NFC-normalised and lowercased, so a lookup by it
     still behaves the same on every store.
     """
+    from email_validator import EmailNotValidError, validate_email
+
     address = address.strip()
     try:
-        result = _email_validator.validate_email(address, check_deliverability=False)
-        address = result.normalized
-    except _email_validator.EmailNotValidError:
+        address = validate_email(address, check_deliverability=False).normalized
+    except EmailNotValidError:
         pass
     return unicodedata.normalize("NFC", address.lower())
 
@@ -1411,7 +1414,20 @@ class SQLAlchemyUserDatastore(UserDatastore):
             )
         except (NotImplementedError, TypeError, ValueError, AttributeError):
             return None
-        return self.db.session.get(self.user_model, key)
+        return self.db.session.scalars(self._by_id, {"key": key}).unique().first()
+
+    @cached_property
+    def _by_id(self):
+        """The user by primary key with its roles, in one query: every protected
+        request runs it, and ``roles_required`` then needs no second one."""
+        mapper = self._sa.inspect(self.user_model)
+        key = mapper.primary_key[0]
+        query = self._sa.select(self.user_model).where(key == self._sa.bindparam("key"))
+        roles = mapper.relationships.get("roles")
+        # A dynamic or write-only relationship is a query of its own: leave it be.
+        if roles is not None and roles.lazy not in ("dynamic", "write_only"):
+            query = query.options(self._sa.orm.joinedload(roles.class_attribute))
+        return query
 
 
 class MongoEngineUserDatastore(UserDatastore):
@@ -1583,9 +1599,11 @@ class _Required:
 
 def email_validator(form, field):
     """Validator: the field must hold an email address (syntax only, no DNS)."""
+    from email_validator import EmailNotValidError, validate_email
+
     try:
-        _email_validator.validate_email(field.data, check_deliverability=False)
-    except _email_validator.EmailNotValidError:
+        validate_email(field.data, check_deliverability=False)
+    except EmailNotValidError:
         raise ValidationError(get_message("INVALID_EMAIL_ADDRESS")[0]) from None
 
 
@@ -2220,9 +2238,11 @@ def send_mail(subject, recipient, template, **context):
 
     :param context: template values, merged over the mail context processors'.
     """
+    from flask_mail import Message
+
     security = _security.security
     values = _template_values(security._mail_context_processors, context)
-    message = flask_mail.Message(
+    message = Message(
         subject, sender=config_value("EMAIL_SENDER"), recipients=[recipient]
     )
     message.body = render_template(f"security/email/{template}.txt", **values)
@@ -2910,9 +2930,11 @@ def _cli_commit(message):
 @click.option("--active/--inactive", default=True, help="Whether the user can log in.")
 def _users_create(email, password, active):
     """Create a user with EMAIL."""
+    from email_validator import EmailNotValidError, validate_email
+
     try:
-        _email_validator.validate_email(email, check_deliverability=False)
-    except _email_validator.EmailNotValidError as error:
+        validate_email(email, check_deliverability=False)
+    except EmailNotValidError as error:
         raise click.BadParameter(str(error), param_hint="EMAIL") from None
     minimum = config_value("PASSWORD_LENGTH_MIN")
     if len(password) < minimum:

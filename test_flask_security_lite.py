@@ -397,11 +397,11 @@ def clock(monkeypatch):
 # =============================================================================
 
 
-def test_importing_the_module_imports_no_orm():
+def _modules_loaded_by_import(*candidates):
+    """Which of ``candidates`` a fresh ``import flask_security_lite`` loads."""
     code = (
         "import sys, flask_security_lite; "
-        "print([m for m in ('sqlalchemy', 'flask_sqlalchemy', 'mongoengine', 'peewee')"
-        " if m in sys.modules])"
+        f"print([m for m in {candidates!r} if m in sys.modules])"
     )
     output = subprocess.run(
         [sys.executable, "-c", code],
@@ -410,7 +410,17 @@ def test_importing_the_module_imports_no_orm():
         text=True,
         check=True,
     )
-    assert output.stdout.strip() == "[]"
+    return output.stdout.strip()
+
+
+def test_importing_the_module_imports_no_orm():
+    orms = ("sqlalchemy", "flask_sqlalchemy", "mongoengine", "peewee")
+    assert _modules_loaded_by_import(*orms) == "[]"
+
+
+def test_importing_the_module_leaves_email_mail_and_hashing_for_first_use():
+    optional = ("email_validator", "flask_mail", "passlib.context")
+    assert _modules_loaded_by_import(*optional) == "[]"
 
 
 def test_all_lists_every_public_name_and_each_exists():
@@ -2149,6 +2159,42 @@ def test_current_user_is_loaded_with_one_query(app):
     finally:
         event.remove(engine, "before_cursor_execute", listener)
     assert len(statements) == 1
+
+
+def _statements_of(app, client, path, **kwargs):
+    """The SQL statements ``client.get(path)`` runs, after checking it answers 200."""
+    from sqlalchemy import event
+
+    statements = []
+    with app.app_context():
+        engine = app.datastore.db.engine
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        assert client.get(path, **kwargs).status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    return statements
+
+
+@pytest.mark.parametrize("page", ["session", "token", "roles_required"])
+def test_protected_pages_run_one_query_roles_included(app, page):
+    add_user(app, roles=["admin"])
+    client, headers = app.test_client(), {}
+    if page == "token":
+        headers["Authentication-Token"] = auth_token(app.test_client())
+    else:
+        login(client)
+    path = "/admin" if page == "roles_required" else "/token" if headers else "/profile"
+    assert len(_statements_of(app, client, path, headers=headers)) == 1
+
+
+def test_a_user_without_roles_loads_with_one_query_and_has_none(app):
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    assert len(_statements_of(app, client, "/profile")) == 1
+    assert client.get("/admin").status_code == 403
 
 
 def test_login_disabled_turns_off_login_required(make_app):
