@@ -16,7 +16,8 @@ Environment: ``DATABASE_URL`` (default ``sqlite:///example.db`` in Flask's insta
 folder), ``PORT`` (5000, for ``python example_app.py``), ``SECRET_KEY`` (a fixed demo
 key: set your own outside a demo), and ``PASSWORDLESS=1`` to turn /login into
 passwordless login (a link by mail), which takes the place of the password form as in
-Flask-Security 1.7.4.
+Flask-Security 1.7.4. Any other setting comes from ``FLASK_<KEY>``
+(``FLASK_SECURITY_LOCKOUT_ATTEMPTS=3``).
 """
 
 import logging
@@ -48,6 +49,9 @@ app.config.update(
     SECURITY_TRACKABLE=True,
     SECURITY_PASSWORDLESS=os.environ.get("PASSWORDLESS") == "1",
 )
+# Any other setting from the environment: FLASK_SECURITY_LOCKOUT_ATTEMPTS=5 sets
+# SECURITY_LOCKOUT_ATTEMPTS (values are read as JSON when they parse as JSON).
+app.config.from_prefixed_env()
 db = SQLAlchemy(app)
 
 roles_users = db.Table(
@@ -74,6 +78,8 @@ class User(db.Model, UserMixin):
     last_login_ip = db.Column(db.String(100))
     current_login_ip = db.Column(db.String(100))
     login_count = db.Column(db.Integer)
+    failed_login_count = db.Column(db.Integer)
+    locked_until = db.Column(db.DateTime())
     roles = db.relationship("Role", secondary=roles_users, backref="users")
 
 

@@ -3833,3 +3833,279 @@ def test_every_default_page_passes_axe(
     page.goto(passwordless_example_site[0] + "/login")
     found += page.check()
     assert found == []
+
+
+# =============================================================================
+# Under load: the example app on gunicorn (4 workers) and PostgreSQL
+# =============================================================================
+
+#: Users registered by the load test; a few register twice at once, in two cases.
+LOAD_USERS = 24
+#: Wrong passwords that lock an account in the load test.
+LOAD_LOCKOUT_ATTEMPTS = 5
+
+
+def _fresh_database(postgres_url):
+    """A new, empty database on the test server; returns its SQLAlchemy URL."""
+    import psycopg2
+
+    name = f"load_{uuid.uuid4().hex[:12]}"
+    connection = psycopg2.connect(postgres_url.replace("+psycopg2", ""))
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {name}")
+    connection.close()
+    return postgres_url.rsplit("/", 1)[0] + "/" + name
+
+
+def _query(database_url, sql):
+    import psycopg2
+
+    with psycopg2.connect(database_url.replace("+psycopg2", "")) as connection:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+            return cursor.fetchall()
+
+
+class _Visitor:
+    """One browser on the load-tested site: its own cookies and CSRF token."""
+
+    def __init__(self, base, statuses):
+        import http.cookiejar
+        import urllib.request
+
+        self.base, self.statuses, self.csrf = base, statuses, None
+        jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(jar)
+        )
+
+    def send(self, method, path, body=None, **headers):
+        """Send one request (JSON unless told); return (status, parsed body)."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        headers = {"Accept": "application/json", **headers}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.csrf:
+            headers["X-CSRFToken"] = self.csrf
+        url = path if path.startswith("http") else self.base + path
+        request = urllib.request.Request(url, data, headers, method=method)
+        try:
+            with self.opener.open(request, timeout=30) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, raw = error.code, error.read()
+        self.statuses.append((status, method, path))
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode("utf-8", "replace")
+
+    def take_csrf(self, path):
+        """Open a form page as a browser does and keep its CSRF token."""
+        self.csrf = None
+        _, page = self.send("GET", path, Accept="text/html")
+        field = re.search(r'<input[^>]*name="csrf_token"[^>]*>', page).group(0)
+        self.csrf = re.search(r'value="([^"]+)"', field).group(1)
+        return self
+
+
+def _mailed_links(log_path, email, path):
+    """Every ``path`` link mailed to ``email`` so far, oldest first."""
+    text = Path(log_path).read_text()
+    links = []
+    for block in re.split(r"(?=Mail to \[)", text):
+        if block.startswith(f"Mail to ['{email}']"):
+            links += re.findall(rf"http://\S+?({path}/[\w.-]+)", block)
+    return links
+
+
+def _wait_for_link(log_path, email, path, after=0):
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        links = _mailed_links(log_path, email, path)
+        if len(links) > after:
+            return links[-1]
+        time.sleep(0.05)
+    raise AssertionError(f"no {path} link for {email}:\n{Path(log_path).read_text()}")
+
+
+@pytest.fixture
+def gunicorn_site(postgres_url, tmp_path):
+    """The example app under gunicorn, 4 workers, on a fresh PostgreSQL database."""
+    database = _fresh_database(postgres_url)
+    env = dict(
+        os.environ,
+        DATABASE_URL=database,
+        SECRET_KEY="load test secret",
+        FLASK_SECURITY_PASSWORD_HASH_OPTIONS='{"pbkdf2_sha512": {"rounds": 1000}}',
+        FLASK_SECURITY_LOCKOUT_ATTEMPTS=str(LOAD_LOCKOUT_ATTEMPTS),
+        FLASK_SECURITY_LOCKOUT_WITHIN='"15 minutes"',
+    )
+    setup = [sys.executable, "-c", "import example_app"]  # tables and demo users
+    subprocess.run(setup, cwd=HERE, env=env, check=True, capture_output=True)
+    port = _free_port()
+    log_path = tmp_path / "gunicorn.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--workers", "4", "--timeout", "60"]
+            + ["--bind", f"127.0.0.1:{port}", "example_app:app"],
+            cwd=HERE,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log_path.read_text()
+                assert server.poll() is None, log_path.read_text()
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", log_path, database
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _at_once(calls, workers=16):
+    """Run the zero-argument ``calls`` concurrently; return their results in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda call: call(), calls))
+
+
+@pytest.mark.slow
+def test_example_app_under_gunicorn_and_postgresql_keeps_its_promises(gunicorn_site):
+    base, log_path, database = gunicorn_site
+    statuses = []
+
+    def visitor():
+        return _Visitor(base, statuses)
+
+    password = "load password"
+    emails = [f"user{i}@load.example" for i in range(LOAD_USERS)]
+
+    # Register everyone at once; four addresses also arrive a second time, upper case.
+    def register(email):
+        body = {"email": email, "password": password}
+        return email, visitor().take_csrf("/register").send("POST", "/register", body)
+
+    doubles = [email.upper() for email in emails[:4]]
+    registered = _at_once([lambda e=e: register(e) for e in emails + doubles])
+    for email in emails:
+        wins = [
+            answer
+            for typed, answer in registered
+            if typed.lower() == email and answer[0] == 200
+        ]
+        assert len(wins) == 1, email
+        assert "authentication_token" not in str(wins[0][1]), "token before confirming"
+
+    # Each confirmation link opened twice at once: one of the two logs in.
+    links = {email: _wait_for_link(log_path, email, "/confirm") for email in emails}
+    opened = _at_once(
+        [lambda link=link: visitor().send("GET", link) for link in links.values()] * 2
+    )
+    assert sum(status == 200 for status, _ in opened) == len(emails)
+
+    # Everyone logs in and calls the API with their token.
+    def login_and_call(email, secret=password):
+        status, body = (
+            visitor()
+            .take_csrf("/login")
+            .send("POST", "/login", {"email": email, "password": secret})
+        )
+        assert status == 200, (email, body)
+        token = body["response"]["user"]["authentication_token"]
+        for _ in range(3):
+            whoami = visitor().send(
+                "GET", "/api/whoami", **{"Authentication-Token": token}
+            )
+            assert whoami[1]["email"] == email
+        return token
+
+    tokens = dict(
+        zip(
+            emails,
+            _at_once([lambda e=e: login_and_call(e) for e in emails]),
+            strict=True,
+        )
+    )
+
+    # Half of them change their password by token; the old token stops working.
+    changers = emails[: LOAD_USERS // 2]
+
+    def change(email):
+        body = {
+            "password": password,
+            "new_password": "changed password",
+            "new_password_confirm": "changed password",
+        }
+        headers = {"Authentication-Token": tokens[email]}
+        return visitor().send("POST", "/change", body, **headers)[0]
+
+    assert _at_once([lambda e=e: change(e) for e in changers]) == [200] * len(changers)
+    for email in changers:
+        old = visitor().send(
+            "GET", "/api/whoami", **{"Authentication-Token": tokens[email]}
+        )
+        assert old[0] == 401
+    _at_once([lambda e=e: login_and_call(e, "changed password") for e in changers])
+
+    # Wrong passwords at once, through every worker, lock the account.
+    victim = emails[-1]
+
+    def wrong_login():
+        body = {"email": victim, "password": "wrong password"}
+        return visitor().take_csrf("/login").send("POST", "/login", body)[0]
+
+    failures = _at_once([wrong_login] * LOAD_LOCKOUT_ATTEMPTS)
+    assert failures == [400] * LOAD_LOCKOUT_ATTEMPTS
+    (count,) = _query(
+        database, f"SELECT failed_login_count FROM \"user\" WHERE email = '{victim}'"
+    )[0]
+    assert count == LOAD_LOCKOUT_ATTEMPTS
+    status, body = (
+        visitor()
+        .take_csrf("/login")
+        .send("POST", "/login", {"email": victim, "password": password})
+    )
+    assert status == 400 and "locked" in str(body).lower()
+
+    # Each reset link posted twice at once: one of the two resets the password.
+    resetters = emails[LOAD_USERS // 2 : LOAD_USERS // 2 + 6]
+    for email in resetters:
+        body = {"email": email}
+        assert visitor().take_csrf("/reset").send("POST", "/reset", body)[0] == 200
+    reset_links = [_wait_for_link(log_path, email, "/reset") for email in resetters]
+    new = {"password": "reset password", "password_confirm": "reset password"}
+    pairs = [
+        (visitor().take_csrf(link), visitor().take_csrf(link)) for link in reset_links
+    ]
+    posted = _at_once(
+        [
+            lambda v=v, link=link: v.send("POST", link, new)[0]
+            for (a, b), link in zip(pairs, reset_links, strict=True)
+            for v in (a, b)
+        ]
+    )
+    assert sorted(posted) == sorted([200, 400] * len(resetters))
+
+    # No server error anywhere; every address is stored exactly once.
+    assert [s for s in statuses if s[0] >= 500] == []
+    assert "Traceback" not in Path(log_path).read_text()
+    stored = _query(database, 'SELECT email, count(*) FROM "user" GROUP BY email')
+    counts = dict(stored)
+    assert all(counts.get(email) == 1 for email in emails), counts
+    assert max(counts.values()) == 1
+    assert len(statuses) > 300
