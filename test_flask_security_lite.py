@@ -3155,6 +3155,122 @@ def test_a_174_style_page_imports_our_macros_and_includes(make_app, tmp_path):
     assert 'href="/register"' in page
 
 
+#: Field names the views read, and a few they do not.
+FUZZ_FIELDS = ["email", "password", "password_confirm", "new_password"]
+FUZZ_FIELDS += ["new_password_confirm", "remember", "next", "auth_token", "csrf_token"]
+FUZZ_FIELDS += ["username", "id", "__proto__"]
+#: Statuses a view may answer; anything else (a 5xx above all) is a bug.
+FUZZ_STATUSES = {200, 302, 303, 400, 401, 403, 404, 413}
+
+
+def _fuzz_strategies():
+    from hypothesis import strategies as st
+
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats()
+        | st.text()
+        | st.sampled_from(["", "\x00", "x" * 5000, "\ud800", "matt@lp.com", PASSWORD])
+    )
+    values = st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+        ),
+        max_leaves=8,
+    )
+    keys = st.sampled_from(FUZZ_FIELDS) | st.text(max_size=10)
+    json_bodies = st.dictionaries(keys, values, max_size=6) | values
+    raw = st.binary(max_size=40) | st.sampled_from([b"\xff\xfe", b"\x00", b"%"])
+    form_bodies = st.dictionaries(keys.map(str.encode) | raw, raw, max_size=6)
+    return json_bodies, form_bodies
+
+
+def _nested(depth):
+    return "[" * depth + "]" * depth
+
+
+def _fuzz_site(make_app, **extra):
+    """Every feature on; a confirmed user; reset and confirm links for the paths."""
+    app = make_app(
+        **ALL_FLOWS,
+        SECURITY_TRACKABLE=True,
+        SECURITY_SEND_REGISTER_EMAIL=False,
+        **extra,
+    )
+    add_user(app, confirmed_at=datetime.now())
+    add_user(app, email="new@lp.com")
+    with app.test_request_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        pending = app.datastore.find_user(email="new@lp.com")
+        reset = fsl.generate_reset_password_token(user)
+        confirm = fsl.generate_confirmation_token(pending)
+    paths = ["/login", "/register", "/reset", f"/reset/{reset}", "/confirm"]
+    paths += [f"/confirm/{confirm}", "/change", "/logout", "/token", "/any"]
+    return app, paths
+
+
+def _user_rows(app):
+    with app.test_request_context():
+        model = app.datastore.user_model
+        return [(u.email, u.password) for u in app.datastore.db.session.query(model)]
+
+
+@pytest.mark.parametrize("logged_in", [False, True])
+def test_fuzzed_bodies_never_cause_a_server_error_or_a_partial_row(make_app, logged_in):
+    from urllib.parse import quote_from_bytes
+
+    from hypothesis import HealthCheck, example, given, settings
+    from hypothesis import strategies as st
+
+    app, paths = _fuzz_site(make_app)
+    client = app.test_client()
+    json_bodies, form_bodies = _fuzz_strategies()
+    registered = []
+    fsl.user_registered.connect(
+        lambda sender, user, **kw: registered.append(user.email), app, weak=False
+    )
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(
+        path=st.sampled_from(paths),
+        body=json_bodies | form_bodies | st.sampled_from([_nested(1000), "x" * 70000]),
+    )
+    @example(path="/login", body=_nested(1000))
+    @example(path="/token", body=_nested(1000))
+    @example(path="/register", body={"email": "a@lp.com", "password": "p" * 5000})
+    def post(path, body):
+        if logged_in:
+            login(client)
+        if isinstance(body, dict) and all(isinstance(k, bytes) for k in body):
+            data = b"&".join(
+                quote_from_bytes(k).encode() + b"=" + quote_from_bytes(v).encode()
+                for k, v in body.items()
+            )
+            response = client.post(
+                path, data=data, content_type="application/x-www-form-urlencoded"
+            )
+        elif isinstance(body, str) and body.startswith("["):
+            response = client.post(path, data=body, content_type="application/json")
+        else:
+            response = client.post(path, json=body)
+        assert response.status_code in FUZZ_STATUSES, (path, response.status_code)
+        rows = _user_rows(app)
+        assert len(rows) == 2 + len(registered)
+        assert all(email == fsl.normalize_email(email) for email, _ in rows)
+        assert all(password and password.startswith("$") for _, password in rows)
+
+    post()
+
+
 # =============================================================================
 # 14. Command line
 # =============================================================================
