@@ -86,10 +86,13 @@ from blinker import Namespace
 from flask import (
     Blueprint,
     Response,
+    after_this_request,
+    copy_current_request_context,
     current_app,
     flash,
     g,
     has_app_context,
+    has_request_context,
     jsonify,
     redirect,
     render_template,
@@ -102,9 +105,15 @@ from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import Forbidden, RequestEntityTooLarge, Unauthorized
+from werkzeug.exceptions import (
+    BadRequest,
+    Forbidden,
+    RequestEntityTooLarge,
+    Unauthorized,
+)
 from werkzeug.local import LocalProxy
 from werkzeug.routing import BuildError
+from werkzeug.sansio.utils import host_is_trusted
 from wtforms import (
     BooleanField,
     Field,
@@ -213,6 +222,7 @@ __all__ = (
     "password_reset",
     "password_changed",
     "reset_password_instructions_sent",
+    "login_failed",
     # account flows
     "register_user",
     "generate_confirmation_link",
@@ -397,10 +407,22 @@ _default_config = {
     "REMEMBER_SALT": "remember-salt",
     #: Remember-me value when a login does not say.
     "DEFAULT_REMEMBER_ME": False,
+    #: Scheme and host of the links in emails, e.g. ``"https://www.example.com"``.
+    #: ``None``: Flask's ``SERVER_NAME``, else the request's host when
+    #: ``TRUSTED_HOSTS`` lists it; with none of the three, links are mailed only
+    #: for requests to localhost, never to a host a request merely claims.
+    "LINK_BASE_URL": None,
+    #: Consecutive wrong passwords that lock an account (``None``: no lockout). The
+    #: user model then needs ``failed_login_count`` and ``locked_until`` fields.
+    "LOCKOUT_ATTEMPTS": None,
+    #: How long a locked account stays locked ("<amount> <unit>").
+    "LOCKOUT_WITHIN": "15 minutes",
 }
 
 #: Largest request body the security views read; larger ones get 413.
 _MAX_BODY_BYTES = 64 * 1024
+#: Longest new password, in UTF-8 bytes: passlib refuses to hash longer ones.
+_MAX_PASSWORD_BYTES = 4096
 
 
 # =============================================================================
@@ -502,6 +524,19 @@ _default_messages = {
     "LOGIN": ("Please log in to see this page.", "info"),
     #: A view needs a fresh login.
     "REFRESH": ("Please log in again to see this page.", "info"),
+    #: Login refused: too many wrong passwords; the lock ends by itself.
+    "ACCOUNT_LOCKED": (
+        "This account is locked after too many failed logins. Try again later.",
+        "error",
+    ),
+    #: A new password is longer than can be hashed.
+    "PASSWORD_TOO_LONG": ("Passwords can have at most %(length)s bytes.", "error"),
+    #: No link can be emailed: the application has not declared its host.
+    "LINK_HOST_NOT_DECLARED": (
+        "This site cannot email links until it declares its host name: set "
+        "SERVER_NAME, TRUSTED_HOSTS or SECURITY_LINK_BASE_URL.",
+        "error",
+    ),
 }
 
 
@@ -531,6 +566,12 @@ password_reset = _signals.signal("password-reset")
 password_changed = _signals.signal("password-changed")
 #: Reset instructions were sent; kwargs ``user`` and ``token``.
 reset_password_instructions_sent = _signals.signal("password-reset-instructions-sent")
+#: A password login failed (form, JSON, Basic, or a wrong current password on
+#: change); kwargs ``user`` (None when nobody matched), ``identifier`` (what was
+#: typed), ``reason`` (``unknown_user``, ``no_password``, ``locked``,
+#: ``invalid_password``, ``unconfirmed``, ``disabled``) and ``remote_addr``. It
+#: never carries the password.
+login_failed = _signals.signal("login-failed")
 
 
 def _send_signal(signal, **kwargs):
@@ -615,6 +656,48 @@ def url_for_security(endpoint, **values):
     :param values: URL arguments, and ``_external``, ``_anchor``, ``_method``.
     """
     return url_for(get_security_endpoint_name(endpoint), **values)
+
+
+#: Hosts that get links to themselves when the application declared none: the
+#: developer's own machine (tests and debugging).
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+class _UndeclaredHost(BadRequest):
+    """A link would be emailed for a request to a host the application never
+    declared: the ``Host`` header is the client's to choose."""
+
+
+def _request_host_declared():
+    """True if a link built for this request goes where the application means."""
+    config = current_app.config
+    if config.get("SERVER_NAME"):
+        return True  # Flask builds external URLs on it, whatever the request said
+    if not has_request_context():
+        return False
+    if config.get("TRUSTED_HOSTS"):
+        return host_is_trusted(request.host, config["TRUSTED_HOSTS"])
+    try:
+        return urlsplit("//" + request.host).hostname in _LOCAL_HOSTS
+    except ValueError:
+        return False
+
+
+def _require_declared_host():
+    """Refuse, with a 400 naming the settings, to email links for this request
+    unless the application declared the host they point to."""
+    if not config_value("LINK_BASE_URL") and not _request_host_declared():
+        raise _UndeclaredHost(get_message("LINK_HOST_NOT_DECLARED")[0])
+
+
+def _link_url(endpoint, **values):
+    """The absolute URL of a security view for an email, on the declared host:
+    ``SECURITY_LINK_BASE_URL``, ``SERVER_NAME``, or a trusted request host."""
+    base = config_value("LINK_BASE_URL")
+    if base:
+        return base.rstrip("/") + url_for_security(endpoint, **values)
+    _require_declared_host()
+    return url_for_security(endpoint, _external=True, **values)
 
 
 def get_config(app):
@@ -1560,6 +1643,109 @@ class PeeweeUserDatastore(UserDatastore):
 # still apply.
 
 
+# -- checking a password login (the forms and HTTP Basic share it) -----------------
+
+#: How many times a lockout count is retried when other requests wrote first.
+_COUNT_RETRIES = 50
+
+
+def _lockout_on():
+    return bool(config_value("LOCKOUT_ATTEMPTS"))
+
+
+def _is_locked(user):
+    """True while ``user`` is locked out after too many wrong passwords."""
+    if not _lockout_on():
+        return False
+    until = user.locked_until
+    return until is not None and until > _now()
+
+
+def _after_a_wrong_password(user):
+    """The lockout fields once one more wrong password is counted: a lapsed lock
+    starts the count again, a running one is not extended."""
+    now, count = _now(), (user.failed_login_count or 0) + 1
+    if user.locked_until is not None and user.locked_until > now:
+        return {"failed_login_count": count}
+    if user.locked_until is not None:
+        count = 1
+    locked = count >= config_value("LOCKOUT_ATTEMPTS")
+    until = now + get_within_delta("LOCKOUT_WITHIN") if locked else None
+    return {"failed_login_count": count, "locked_until": until}
+
+
+def _count_wrong_password(user):
+    """Count a wrong password on the user's row with a compare-and-set, retried
+    when another request wrote first: failures on every worker and host count."""
+    for _ in range(_COUNT_RETRIES):
+        seen = {"failed_login_count": user.failed_login_count}
+        if _datastore.compare_and_set(user, seen, _after_a_wrong_password(user)):
+            return
+
+
+def _clear_wrong_passwords(user):
+    """Forget the wrong passwords of ``user`` (after a login or a reset)."""
+    if _lockout_on() and (user.failed_login_count or user.locked_until is not None):
+        cleared = {"failed_login_count": 0, "locked_until": None}
+        _datastore.compare_and_set(user, {}, cleared)
+
+
+def _check_login(identifier, password, user=None):
+    """Check a password login; return ``(user, reason)``, reason None if it passed.
+
+    Every outcome costs one password check (a dummy one when there is no hash to
+    check), so the time taken does not tell whether the account exists or is
+    locked. A wrong password counts toward the lockout (a locked account's too);
+    every failure sends ``login_failed``.
+
+    :param user: the user to check (default: the one ``identifier`` names).
+    """
+    if user is None:
+        user = _datastore.find_user_by_identity(identifier)
+    reason = None
+    if user is None or not user.password:
+        _burn_a_verify()
+        reason = "unknown_user" if user is None else "no_password"
+    elif _is_locked(user):
+        verify_password(password, user.password)
+        reason = "locked"
+    elif not verify_and_update_password(password, user):
+        reason = "invalid_password"
+    elif requires_confirmation(user):
+        reason = "unconfirmed"
+    elif not user.is_active:
+        reason = "disabled"
+    if reason is None:
+        _clear_wrong_passwords(user)
+        return user, None
+    if reason in ("locked", "invalid_password") and _lockout_on():
+        _count_wrong_password(user)
+    _send_signal(
+        login_failed,
+        user=user,
+        identifier=identifier,
+        reason=reason,
+        remote_addr=request.remote_addr,
+    )
+    return user, reason
+
+
+#: The field and message of each reason a password login fails.
+_LOGIN_REFUSALS = {
+    "unknown_user": ("email", "USER_DOES_NOT_EXIST"),
+    "no_password": ("password", "PASSWORD_NOT_SET"),
+    "locked": ("email", "ACCOUNT_LOCKED"),
+    "invalid_password": ("password", "INVALID_PASSWORD"),
+    "unconfirmed": ("email", "CONFIRMATION_REQUIRED"),
+    "disabled": ("email", "DISABLED_ACCOUNT"),
+}
+#: The reasons generic responses answer alike: each would tell something about an
+#: account to someone who has not shown its password.
+_HIDDEN_BY_GENERIC = ("unknown_user", "no_password", "locked", "invalid_password")
+
+
+# -- the forms -----------------------------------------------------------------------
+
 #: The label of each form field, by key.
 _default_field_labels = {
     "email": "Email address",
@@ -1608,10 +1794,14 @@ def email_validator(form, field):
 
 
 def password_length(form, field):
-    """Validator: a new password needs ``SECURITY_PASSWORD_LENGTH_MIN`` characters."""
+    """Validator: a new password needs ``SECURITY_PASSWORD_LENGTH_MIN`` characters,
+    and at most 4096 bytes (passlib hashes no longer secret)."""
     minimum = config_value("PASSWORD_LENGTH_MIN")
     if len(field.data) < minimum:
         raise ValidationError(get_message("PASSWORD_INVALID_LENGTH", length=minimum)[0])
+    if len(_to_bytes(field.data)) > _MAX_PASSWORD_BYTES:
+        message = get_message("PASSWORD_TOO_LONG", length=_MAX_PASSWORD_BYTES)
+        raise ValidationError(message[0])
 
 
 def unique_user_email(form, field):
@@ -1764,6 +1954,16 @@ class RegisterFormMixin:
         }
 
 
+def _refuse_known_address(form, key):
+    """Refuse a known address with message ``key``; with generic responses, act as
+    for an unknown one instead (no error, nobody to send to)."""
+    if config_value("RETURN_GENERIC_RESPONSES"):
+        form.user = None
+        return True
+    form.email.errors.append(get_message(key)[0])
+    return False
+
+
 class SendConfirmationForm(Form, UserEmailFormMixin):
     """Ask for the confirmation email again."""
 
@@ -1773,8 +1973,7 @@ class SendConfirmationForm(Form, UserEmailFormMixin):
         if not super().validate(extra_validators):
             return False
         if self.user is not None and self.user.confirmed_at is not None:
-            self.email.errors.append(get_message("ALREADY_CONFIRMED")[0])
-            return False
+            return _refuse_known_address(self, "ALREADY_CONFIRMED")
         return True
 
 
@@ -1793,8 +1992,7 @@ class PasswordlessLoginForm(Form, UserEmailFormMixin):
         if not super().validate(extra_validators):
             return False
         if self.user is not None and not self.user.is_active:
-            self.email.errors.append(get_message("DISABLED_ACCOUNT")[0])
-            return False
+            return _refuse_known_address(self, "DISABLED_ACCOUNT")
         return True
 
 
@@ -1817,27 +2015,13 @@ class LoginForm(Form, NextFormMixin):
     def validate(self, extra_validators=None):
         if not super().validate(extra_validators):
             return False
-        self.user = _datastore.find_user_by_identity(self.email.data)
-        if self.user is None or not self.user.password:
-            _burn_a_verify()
-            if self.user is None:
-                return self._fail(self.email, "USER_DOES_NOT_EXIST")
-            return self._fail(self.password, "PASSWORD_NOT_SET")
-        if not verify_and_update_password(self.password.data, self.user):
-            return self._fail(self.password, "INVALID_PASSWORD")
-        if requires_confirmation(self.user):
-            return self._fail(self.email, "CONFIRMATION_REQUIRED")
-        if not self.user.is_active:
-            return self._fail(self.email, "DISABLED_ACCOUNT")
-        return True
-
-    def _fail(self, field, key):
-        if config_value("RETURN_GENERIC_RESPONSES") and key in (
-            "USER_DOES_NOT_EXIST",
-            "INVALID_PASSWORD",
-        ):
-            field, key = self.password, "GENERIC_AUTHN_FAILED"
-        field.errors.append(get_message(key)[0])
+        self.user, reason = _check_login(self.email.data, self.password.data)
+        if reason is None:
+            return True
+        field, key = _LOGIN_REFUSALS[reason]
+        if config_value("RETURN_GENERIC_RESPONSES") and reason in _HIDDEN_BY_GENERIC:
+            field, key = "password", "GENERIC_AUTHN_FAILED"
+        self[field].errors.append(get_message(key)[0])
         return False
 
 
@@ -1872,8 +2056,11 @@ class ChangePasswordForm(Form, PasswordFormMixin):
     def validate(self, extra_validators=None):
         if not super().validate(extra_validators):
             return False
-        if not verify_and_update_password(self.password.data, current_user):
-            self.password.errors.append(get_message("INVALID_PASSWORD")[0])
+        user = current_user._get_current_object()
+        _, reason = _check_login(user.email, self.password.data, user=user)
+        if reason is not None:
+            key = "ACCOUNT_LOCKED" if reason == "locked" else "INVALID_PASSWORD"
+            self.password.errors.append(get_message(key)[0])
             return False
         if self.password.data == self.new_password.data:
             self.new_password.errors.append(get_message("PASSWORD_IS_SAME")[0])
@@ -2003,13 +2190,22 @@ def _set_request_user(user, method):
     )
 
 
+def _json_body():
+    """The request's JSON body; None when it is not valid JSON, or is nested deeper
+    than Python's parser can go (a 1,000-deep array is, and must not be a 500)."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        return None
+
+
 def _request_token():
     token = request.headers.get(config_value("TOKEN_AUTHENTICATION_HEADER"))
     key = config_value("TOKEN_AUTHENTICATION_KEY")
     if not token:
         token = request.args.get(key)
     if not token and request.is_json:
-        body = request.get_json(silent=True)
+        body = _json_body()
         token = body.get(key) if isinstance(body, dict) else None
     return token if isinstance(token, str) else None
 
@@ -2031,13 +2227,8 @@ def _check_http_auth():
     credentials = request.authorization
     if credentials is None or credentials.type != "basic":
         return False
-    user = _datastore.find_user_by_identity(credentials.username)
-    if user is None or not user.password:
-        _burn_a_verify()
-        return False
-    if not verify_and_update_password(credentials.password or "", user):
-        return False
-    if not user.is_active or requires_confirmation(user):
+    user, reason = _check_login(credentials.username, credentials.password or "")
+    if reason is not None:
         return False
     _set_request_user(user, "basic")
     return True
@@ -2259,6 +2450,24 @@ def send_mail(subject, recipient, template, **context):
     mail.send(message)
 
 
+def _send_after_response(send, user):
+    """Run ``send(user)`` once this request's answer has gone out, in a copy of its
+    context, so the answer takes the same time whether or not a mail is due."""
+    user_id = user.id
+
+    @copy_current_request_context
+    def deliver():
+        try:
+            send(_datastore.get_user_by_id(user_id))
+        except Exception:  # the answer is gone: nobody else can hear of it
+            _log.exception("a security email could not be sent")
+
+    @after_this_request
+    def schedule(response):
+        response.call_on_close(deliver)
+        return response
+
+
 # =============================================================================
 # 14. Account flows
 # =============================================================================
@@ -2273,6 +2482,8 @@ def register_user(**kwargs):
     :returns: the new user.
     :raises DatastoreConflictError: the identifier was taken meanwhile.
     """
+    if config_value("CONFIRMABLE"):
+        _require_declared_host()
     kwargs["password"] = hash_password(kwargs["password"])
     user = _datastore.create_user(**kwargs)
     _datastore.commit()
@@ -2303,7 +2514,7 @@ def generate_confirmation_token(user):
 def generate_confirmation_link(user):
     """Return ``(link, token)`` for confirming ``user``'s address."""
     token = generate_confirmation_token(user)
-    return url_for_security("confirm_email", token=token, _external=True), token
+    return _link_url("confirm_email", token=token), token
 
 
 def send_confirmation_instructions(user):
@@ -2334,12 +2545,13 @@ def confirm_email_token_status(token):
 
 
 def confirm_user(user):
-    """Mark ``user`` confirmed; False if they already were."""
+    """Mark ``user`` confirmed; False if they already were. A compare-and-set: of
+    several requests confirming at once (one link opened twice), one succeeds."""
     if user.confirmed_at is not None:
         return False
-    user.confirmed_at = _now()
-    _datastore.put(user)
-    _datastore.commit()
+    unconfirmed, confirmed = {"confirmed_at": None}, {"confirmed_at": _now()}
+    if not _datastore.compare_and_set(user, unconfirmed, confirmed):
+        return False
     _send_signal(user_confirmed, user=user)
     return True
 
@@ -2355,7 +2567,7 @@ def generate_reset_password_token(user):
 def send_reset_password_instructions(user):
     """Email ``user`` a password reset link."""
     token = generate_reset_password_token(user)
-    link = url_for_security("reset_password", token=token, _external=True)
+    link = _link_url("reset_password", token=token)
     send_mail(
         config_value("EMAIL_SUBJECT_PASSWORD_RESET"),
         user.email,
@@ -2379,12 +2591,21 @@ def reset_password_token_status(token):
 
 
 def update_password(user, password):
-    """Set a new password from a reset link, commit, notify and signal."""
-    user.password = hash_password(password)
-    _datastore.put(user)
-    _datastore.commit()
+    """Set a new password from a reset link, notify and signal; a lockout ends.
+
+    A compare-and-set on the password the link was bound to: of two requests
+    using one link at once, one succeeds.
+
+    :returns: False if the password had changed since ``user`` was read.
+    """
+    changes = {"password": hash_password(password)}
+    if _lockout_on():
+        changes.update(failed_login_count=0, locked_until=None)
+    if not _datastore.compare_and_set(user, {"password": user.password}, changes):
+        return False
     send_password_reset_notice(user)
     _send_signal(password_reset, user=user)
+    return True
 
 
 # -- change password ----------------------------------------------------------------
@@ -2421,7 +2642,7 @@ def generate_login_token(user):
 def send_login_instructions(user):
     """Email ``user`` a passwordless login link."""
     token = generate_login_token(user)
-    link = url_for_security("token_login", token=token, _external=True)
+    link = _link_url("token_login", token=token)
     send_mail(
         config_value("EMAIL_SUBJECT_PASSWORDLESS"),
         user.email,
@@ -2489,7 +2710,7 @@ def _build_form(name, csrf=True):
     form_class = _security.forms[name]
     options = {} if csrf else {"meta": {"csrf": False}}
     if request.is_json and request.method == "POST":
-        formdata = _json_formdata(request.get_json(silent=True))
+        formdata = _json_formdata(_json_body())
         field = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
         headers = current_app.config.get("WTF_CSRF_HEADERS", _CSRF_HEADERS)
         header_token = next(filter(None, map(request.headers.get, headers)), None)
@@ -2549,7 +2770,13 @@ def _form_view(view, form_name, act, csrf=True, **context):
             do_flash(*done.message)
         if done.next_url:
             return redirect(done.next_url)
-    return _render(view, **{_FORM_VIEWS[view][1]: form}, **context)
+    page = _render(view, **{_FORM_VIEWS[view][1]: form}, **context)
+    return page, 400 if _csrf_refused(form) else 200
+
+
+def _csrf_refused(form):
+    """True if ``form`` was refused for its CSRF token: a 400, as for JSON."""
+    return bool(form.meta.csrf) and form.meta.csrf_field_name in form.errors
 
 
 def _form_json(form, done):
@@ -2575,9 +2802,12 @@ def _instructions_view(view, form_name, send, message_key, tell_id):
     """
 
     def act(form):
-        if form.user is not None:
-            send(form.user)
+        _require_declared_host()
         generic = config_value("RETURN_GENERIC_RESPONSES")
+        if form.user is not None and generic:
+            _send_after_response(send, form.user)
+        elif form.user is not None:
+            send(form.user)
         named = form.user if tell_id and not generic else None
         return _Done(named, message=get_message(message_key, email=form.email.data))
 
@@ -2666,11 +2896,11 @@ def register():
             message = get_message("EMAIL_ALREADY_ASSOCIATED", email=fields["email"])
             form.email.errors.append(message[0])
             return None
-        if not requires_confirmation(user):
-            login_user(user)
+        # Until the address is confirmed: no session, and no token to keep.
+        logged_in = not requires_confirmation(user) and login_user(user)
         next_field = getattr(form, "next", None)
         next_url = get_post_register_redirect(getattr(next_field, "data", None))
-        return _Done(user, token=True, next_url=next_url)
+        return _Done(user, token=logged_in, next_url=next_url)
 
     # JSON clients, like confirmable apps, send the password once.
     confirming = config_value("CONFIRMABLE") or request.is_json
@@ -2697,7 +2927,9 @@ def confirm_email(token):
         return _refuse_link(_CONFIRM_LINK, check, "ALREADY_CONFIRMED", done)
     if not check.ok:
         return _refuse_link(_CONFIRM_LINK, check)
-    confirm_user(check.user)
+    if not confirm_user(check.user):  # another request used the link first
+        done = _redirect_target(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
+        return _refuse_link(_CONFIRM_LINK, check, "ALREADY_CONFIRMED", done)
     login_user(check.user)
     return _link_done(
         check.user, "EMAIL_CONFIRMED", "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW"
@@ -2724,7 +2956,11 @@ def reset_password(token):
         return _refuse_link(_RESET_LINK, check)
 
     def act(form):
-        update_password(check.user, form.password.data)
+        if not update_password(check.user, form.password.data):
+            # Another request used the link first.
+            message = get_message("INVALID_RESET_PASSWORD_TOKEN")[0]
+            form.password.errors.append(message)
+            return None
         login_user(check.user)
         next_url = _redirect_target(None, "POST_RESET_VIEW", "POST_LOGIN_VIEW")
         message = get_message("PASSWORD_RESET")
@@ -2807,14 +3043,22 @@ _LOGIN_LINK = _EmailedLink(
 )
 
 
-def _limit_body():
+def _limit_body(endpoint, values):
+    """Cap the body of a security request before anything reads it: URL value
+    preprocessors run before every ``before_request`` function of the app, so an
+    app-wide ``CSRFProtect`` cannot parse a huge body first."""
     request.max_content_length = min(
         request.max_content_length or _MAX_BODY_BYTES, _MAX_BODY_BYTES
     )
 
 
-def _no_store(response):
+def _security_headers(response):
+    """Security pages are not cached, not framed (clickjacking), and not named in
+    the ``Referer`` of what they link to: their URLs may carry a token."""
     response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
     return response
 
 
@@ -2824,6 +3068,12 @@ def _bad_body(error):
 
 def _too_large(error):
     return _json_error(413, "The request body is too large.")
+
+
+def _undeclared_host(error):
+    if _wants_json():
+        return _json_error(400, error.description)
+    return _http_error(BadRequest(error.description))  # the app's own 400 page
 
 
 def create_blueprint(app, import_name=__name__):
@@ -2872,10 +3122,11 @@ def create_blueprint(app, import_name=__name__):
         bp.add_url_rule(
             slash_url_suffix(confirm_url, "<token>"), "confirm_email", confirm_email
         )
-    bp.before_request(_limit_body)
-    bp.after_request(_no_store)
+    bp.url_value_preprocessor(_limit_body)
+    bp.after_request(_security_headers)
     bp.register_error_handler(_BadRequestBody, _bad_body)
     bp.register_error_handler(RequestEntityTooLarge, _too_large)
+    bp.register_error_handler(_UndeclaredHost, _undeclared_host)
     return bp
 
 
@@ -2898,7 +3149,7 @@ def _templates_folder():
 # =============================================================================
 
 
-users_cli = AppGroup("users", help="Create, activate and deactivate users.")
+users_cli = AppGroup("users", help="Create, activate, deactivate and unlock users.")
 roles_cli = AppGroup("roles", help="Create roles and give them to users.")
 
 
@@ -2940,6 +3191,9 @@ def _users_create(email, password, active):
     if len(password) < minimum:
         message = get_message("PASSWORD_INVALID_LENGTH", length=minimum)[0]
         raise click.BadParameter(message, param_hint="--password")
+    if len(_to_bytes(password)) > _MAX_PASSWORD_BYTES:
+        message = get_message("PASSWORD_TOO_LONG", length=_MAX_PASSWORD_BYTES)[0]
+        raise click.BadParameter(message, param_hint="--password")
     if _datastore.find_user(email=email) is not None:
         message = get_message("EMAIL_ALREADY_ASSOCIATED", email=email)[0]
         raise click.ClickException(message)
@@ -2961,6 +3215,19 @@ def _users_deactivate(email):
     """Stop the user with EMAIL from logging in (sessions and tokens too)."""
     changed = _datastore.deactivate_user(_cli_user(email))
     _cli_commit(f"deactivated {email}" if changed else f"{email} was already inactive")
+
+
+@users_cli.command("unlock")
+@click.argument("email")
+def _users_unlock(email):
+    """End the lockout of the user with EMAIL after too many wrong passwords."""
+    user = _cli_user(email)
+    missing = [name for name in _LOCKOUT_FIELDS if not hasattr(user, name)]
+    if missing:
+        raise click.ClickException(f"the user model has no {', '.join(missing)}")
+    cleared = {"failed_login_count": 0, "locked_until": None}
+    _datastore.compare_and_set(user, {}, cleared)
+    click.echo(f"unlocked {email}")
 
 
 @roles_cli.command("create")
@@ -3039,6 +3306,42 @@ def _set_config_defaults(app):
     # Remember cookies are not sent on cross-site requests unless the app says so.
     app.config.setdefault("REMEMBER_COOKIE_SAMESITE", "Lax")
     app.config.setdefault("REMEMBER_COOKIE_HTTPONLY", True)
+
+
+#: The user model fields the lockout keeps its count and its end in.
+_LOCKOUT_FIELDS = ("failed_login_count", "locked_until")
+
+
+def _check_lockout_fields(app, datastore):
+    """With ``SECURITY_LOCKOUT_ATTEMPTS`` set, the user model must have the
+    lockout fields: say so at start-up rather than at the first wrong password."""
+    if not app.config["SECURITY_LOCKOUT_ATTEMPTS"]:
+        return
+    model = datastore.user_model
+    missing = [name for name in _LOCKOUT_FIELDS if not hasattr(model, name)]
+    if missing:
+        raise ValueError(
+            f"SECURITY_LOCKOUT_ATTEMPTS needs these fields on {model.__name__}: "
+            f"{', '.join(missing)} (failed_login_count an integer, locked_until a "
+            "datetime, both empty by default)"
+        )
+
+
+def _warn_if_links_have_no_host(app):
+    """Warn when emailed links are on but no host is declared for them: links
+    are then refused for every request not made to localhost."""
+    config = app.config
+    mails_links = any(
+        config["SECURITY_" + feature]
+        for feature in ("CONFIRMABLE", "RECOVERABLE", "PASSWORDLESS")
+    )
+    declared = config.get("SERVER_NAME") or config.get("TRUSTED_HOSTS")
+    if mails_links and not (declared or config["SECURITY_LINK_BASE_URL"]):
+        _log.warning(
+            "flask-security-lite emails links, but the app declares no host for "
+            "them: set SECURITY_LINK_BASE_URL, SERVER_NAME or TRUSTED_HOSTS. Until "
+            "then links are only sent for requests to localhost."
+        )
 
 
 def _check_form_names(names):
@@ -3126,6 +3429,8 @@ class Security:
         if datastore is None:
             raise ValueError("Security needs a datastore, e.g. SQLAlchemyUserDatastore")
         _set_config_defaults(app)
+        _check_lockout_fields(app, datastore)
+        _warn_if_links_have_no_host(app)
         chosen = {**_default_forms, **self._forms, **forms}
         state = _SecurityState(app, self, datastore, chosen, _make_login_manager(app))
         app.extensions["security"] = state

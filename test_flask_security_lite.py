@@ -11,6 +11,7 @@ import glob
 import hashlib
 import hmac
 import importlib
+import io
 import itertools
 import logging
 import os
@@ -85,6 +86,8 @@ def _sqlalchemy_store(app, uri):
         last_login_ip = db.Column(db.String(100))
         current_login_ip = db.Column(db.String(100))
         login_count = db.Column(db.Integer)
+        failed_login_count = db.Column(db.Integer)
+        locked_until = db.Column(db.DateTime())
         roles = db.relationship(
             "Role", secondary=roles_users, backref=db.backref("users", lazy="dynamic")
         )
@@ -127,6 +130,8 @@ def _peewee_store(app, path):
         last_login_ip = peewee.TextField(null=True)
         current_login_ip = peewee.TextField(null=True)
         login_count = peewee.IntegerField(null=True)
+        failed_login_count = peewee.IntegerField(null=True)
+        locked_until = peewee.DateTimeField(null=True)
 
     class UserRoles(Base):
         user = peewee.ForeignKeyField(User, backref="roles")
@@ -173,6 +178,8 @@ def _mongo_store(app, path):
         last_login_ip = mongoengine.StringField()
         current_login_ip = mongoengine.StringField()
         login_count = mongoengine.IntField()
+        failed_login_count = mongoengine.IntField()
+        locked_until = mongoengine.DateTimeField()
         roles = mongoengine.ListField(mongoengine.ReferenceField(Role), default=[])
         meta = {"db_alias": alias}
 
@@ -1828,6 +1835,181 @@ def test_hostile_input_never_causes_a_server_error(make_app, logged_in):
 
 
 # =============================================================================
+# 9. Forms: checking a password login, and the lockout
+# =============================================================================
+
+LOCKOUT = dict(SECURITY_LOCKOUT_ATTEMPTS=3, SECURITY_LOCKOUT_WITHIN="15 minutes")
+
+
+def _lockout_site(make_app, store="sqlite", **extra):
+    app = make_app(store, **LOCKOUT, **CHANGE, **extra)
+    add_user(app)
+    return app
+
+
+def _fail_logins(app, count, email="matt@lp.com"):
+    for _ in range(count):
+        assert json_login(app.test_client(), email, "wrong password").status_code == 400
+
+
+def test_lockout_is_off_by_default(app):
+    add_user(app)
+    _fail_logins(app, 20)
+    assert json_login(app.test_client()).status_code == 200
+
+
+def test_failed_logins_lock_the_account_even_for_the_right_password(store, make_app):
+    app = _lockout_site(make_app, store)
+    _fail_logins(app, 3)
+    assert get_user(app).failed_login_count == 3
+    response = json_login(app.test_client())
+    assert response.status_code == 400
+    assert "locked" in response.json["response"]["errors"]["email"][0]
+
+
+def test_html_login_of_a_locked_account_says_it_is_locked(make_app):
+    app = _lockout_site(make_app)
+    _fail_logins(app, 3)
+    assert b"locked" in login(app.test_client()).data
+
+
+def test_lock_ends_after_lockout_within(make_app, monkeypatch):
+    app = _lockout_site(make_app)
+    _fail_logins(app, 3)
+    later = fsl._now() + fsl.timedelta(minutes=16)
+    monkeypatch.setattr(fsl, "_now", lambda: later)
+    assert json_login(app.test_client()).status_code == 200
+    assert get_user(app).failed_login_count == 0
+
+
+def test_a_successful_login_clears_the_count(make_app):
+    app = _lockout_site(make_app)
+    _fail_logins(app, 2)
+    assert json_login(app.test_client()).status_code == 200
+    _fail_logins(app, 2)
+    assert json_login(app.test_client()).status_code == 200
+
+
+def test_a_password_reset_clears_the_lock(make_app):
+    app = _lockout_site(make_app, **RECOVER)
+    _fail_logins(app, 3)
+    link = _reset_link(app)
+    new = {"password": "new password", "password_confirm": "new password"}
+    assert app.test_client().post(link, json=new).status_code == 200
+    assert json_login(app.test_client(), password="new password").status_code == 200
+
+
+def test_basic_auth_failures_count_and_a_locked_account_gets_401(make_app):
+    app = _lockout_site(make_app)
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/basic", headers=_basic(password="wrong")).status_code == 401
+    assert get_user(app).failed_login_count == 3
+    assert client.get("/basic", headers=_basic()).status_code == 401
+
+
+def test_a_wrong_current_password_on_change_counts(make_app):
+    app = _lockout_site(make_app)
+    client = app.test_client()
+    login(client)
+    wrong = {"password": "wrong password", "new_password": "new password"}
+    wrong["new_password_confirm"] = "new password"
+    for _ in range(3):
+        assert client.post("/change", json=wrong).status_code == 400
+    assert get_user(app).failed_login_count == 3
+    assert json_login(app.test_client()).status_code == 400
+
+
+def test_a_locked_account_costs_one_password_check_like_a_wrong_password(make_app):
+    app = _lockout_site(make_app)
+    _fail_logins(app, 3)
+    context = app.extensions["security"].pwd_context
+    checked = []
+    verify = context.verify
+    context.verify = lambda secret, hashed: (
+        checked.append(hashed) or verify(secret, hashed)
+    )
+    json_login(app.test_client())
+    assert len(checked) == 1
+
+
+def test_with_generic_responses_a_locked_account_answers_as_a_wrong_password(
+    make_app,
+):
+    app = _lockout_site(make_app, SECURITY_RETURN_GENERIC_RESPONSES=True)
+    add_user(app, email="other@lp.com")
+    _fail_logins(app, 3)
+    locked = json_login(app.test_client())
+    wrong = json_login(app.test_client(), "other@lp.com", "wrong password")
+    assert locked.status_code == wrong.status_code == 400
+    assert locked.json == wrong.json
+
+
+def test_login_failed_signal_names_the_reason_but_never_the_password(make_app):
+    app = _lockout_site(make_app)
+    add_user(app, email="off@lp.com", active=False)
+    failures = []
+    fsl.login_failed.connect(lambda sender, **kw: failures.append(kw), app, weak=False)
+    json_login(app.test_client(), "nobody@lp.com", "secret one")
+    _fail_logins(app, 3)
+    json_login(app.test_client())
+    json_login(app.test_client(), "off@lp.com")
+    reasons = [failure["reason"] for failure in failures]
+    assert reasons == ["unknown_user"] + ["invalid_password"] * 3 + ["locked"] + [
+        "disabled"
+    ]
+    assert failures[0]["user"] is None and failures[0]["identifier"] == "nobody@lp.com"
+    assert failures[1]["user"].email == "matt@lp.com"
+    assert all(failure["remote_addr"] == "127.0.0.1" for failure in failures)
+    assert "secret one" not in str(failures) and PASSWORD not in str(failures)
+
+
+def test_cli_unlock_clears_the_lock(make_app):
+    app = _lockout_site(make_app)
+    _fail_logins(app, 3)
+    result = _cli(app, "users", "unlock", "MATT@lp.com")
+    assert result.exit_code == 0 and "unlocked" in result.output
+    assert json_login(app.test_client()).status_code == 200
+    assert _cli(app, "users", "unlock", "nobody@lp.com").exit_code != 0
+
+
+def test_lockout_needs_its_fields_on_the_user_model(make_app):
+    from flask_sqlalchemy import SQLAlchemy
+
+    with pytest.raises(ValueError, match="failed_login_count"):
+        app = Flask(__name__)
+        app.config.update(
+            SECRET_KEY="x", SQLALCHEMY_DATABASE_URI="sqlite://", **LOCKOUT
+        )
+        db = SQLAlchemy(app)
+
+        class User(db.Model, fsl.UserMixin):
+            id = db.Column(db.Integer, primary_key=True)
+            email = db.Column(db.String(255), unique=True)
+            password = db.Column(db.String(255))
+            active = db.Column(db.Boolean())
+
+        class Role(db.Model, fsl.RoleMixin):
+            id = db.Column(db.Integer, primary_key=True)
+            name = db.Column(db.String(80), unique=True)
+
+        Security(app, fsl.SQLAlchemyUserDatastore(db, User, Role))
+
+
+def test_readme_per_ip_limit_with_flask_limiter_works(make_app):
+    """The Flask-Limiter recipe of README's production checklist, as written."""
+    app = make_app()
+    add_user(app)
+    recipe = _readme_program("Per-address limits with Flask-Limiter")
+    namespace = {"app": app}
+    exec(recipe, namespace)
+    client = app.test_client()
+    statuses = [json_login(client, password="wrong").status_code for _ in range(12)]
+    assert 429 in statuses and statuses[0] == 400
+    assert client.get("/").status_code == 200
+
+
+# =============================================================================
 # 10. Authentication and decorators
 # =============================================================================
 
@@ -3208,9 +3390,31 @@ def _fuzz_site(make_app, **extra):
         pending = app.datastore.find_user(email="new@lp.com")
         reset = fsl.generate_reset_password_token(user)
         confirm = fsl.generate_confirmation_token(pending)
-    paths = ["/login", "/register", "/reset", f"/reset/{reset}", "/confirm"]
-    paths += [f"/confirm/{confirm}", "/change", "/logout", "/token", "/any"]
-    return app, paths
+    posts = ["/login", "/register", "/reset", f"/reset/{reset}", "/confirm"]
+    posts += ["/change", "/logout", "/token"]
+    gets = [f"/confirm/{confirm}", "/logout", "/token", "/basic", "/any"]
+    return app, [("POST", path) for path in posts] + [("GET", path) for path in gets]
+
+
+def _fuzz_request(client, method, path, body):
+    """Send ``body`` as a form (a dict of bytes), raw JSON text, or JSON; a GET
+    carries it in the query string instead."""
+    from urllib.parse import quote_from_bytes
+
+    if isinstance(body, dict) and all(isinstance(k, bytes) for k in body):
+        data = b"&".join(
+            quote_from_bytes(k).encode() + b"=" + quote_from_bytes(v).encode()
+            for k, v in body.items()
+        )
+        if method == "GET":
+            return client.get(path + "?" + data.decode())
+        form = "application/x-www-form-urlencoded"
+        return client.post(path, data=data, content_type=form)
+    if method == "GET":
+        return client.get(path, query_string={"next": str(body)[:2000]})
+    if isinstance(body, str) and body.startswith("["):
+        return client.post(path, data=body, content_type="application/json")
+    return client.post(path, json=body)
 
 
 def _user_rows(app):
@@ -3221,12 +3425,10 @@ def _user_rows(app):
 
 @pytest.mark.parametrize("logged_in", [False, True])
 def test_fuzzed_bodies_never_cause_a_server_error_or_a_partial_row(make_app, logged_in):
-    from urllib.parse import quote_from_bytes
-
     from hypothesis import HealthCheck, example, given, settings
     from hypothesis import strategies as st
 
-    app, paths = _fuzz_site(make_app)
+    app, endpoints = _fuzz_site(make_app)
     client = app.test_client()
     json_bodies, form_bodies = _fuzz_strategies()
     registered = []
@@ -3241,34 +3443,353 @@ def test_fuzzed_bodies_never_cause_a_server_error_or_a_partial_row(make_app, log
         suppress_health_check=[HealthCheck.function_scoped_fixture],
     )
     @given(
-        path=st.sampled_from(paths),
+        endpoint=st.sampled_from(endpoints),
         body=json_bodies | form_bodies | st.sampled_from([_nested(1000), "x" * 70000]),
     )
-    @example(path="/login", body=_nested(1000))
-    @example(path="/token", body=_nested(1000))
-    @example(path="/register", body={"email": "a@lp.com", "password": "p" * 5000})
-    def post(path, body):
+    @example(endpoint=("POST", "/login"), body=_nested(1000))
+    @example(endpoint=("POST", "/token"), body=_nested(1000))
+    @example(
+        endpoint=("POST", "/register"),
+        body={"email": "a@lp.com", "password": "p" * 5000},
+    )
+    def send(endpoint, body):
         if logged_in:
             login(client)
-        if isinstance(body, dict) and all(isinstance(k, bytes) for k in body):
-            data = b"&".join(
-                quote_from_bytes(k).encode() + b"=" + quote_from_bytes(v).encode()
-                for k, v in body.items()
-            )
-            response = client.post(
-                path, data=data, content_type="application/x-www-form-urlencoded"
-            )
-        elif isinstance(body, str) and body.startswith("["):
-            response = client.post(path, data=body, content_type="application/json")
-        else:
-            response = client.post(path, json=body)
-        assert response.status_code in FUZZ_STATUSES, (path, response.status_code)
+        response = _fuzz_request(client, *endpoint, body)
+        assert response.status_code in FUZZ_STATUSES, (endpoint, response.status_code)
         rows = _user_rows(app)
         assert len(rows) == 2 + len(registered)
         assert all(email == fsl.normalize_email(email) for email, _ in rows)
         assert all(password and password.startswith("$") for _, password in rows)
 
-    post()
+    send()
+
+
+# =============================================================================
+# 15. Views: what the attack review found
+# =============================================================================
+
+#: The requests that email a link, each with the config that offers it.
+LINK_MAILERS = {
+    "forgot password": ("/reset", {"email": "matt@lp.com"}, RECOVER),
+    "resend confirmation": ("/confirm", {"email": "new@lp.com"}, CONFIRM),
+    "passwordless": ("/login", {"email": "matt@lp.com"}, PASSWORDLESS),
+    "register": ("/register", {"email": "x@lp.com", "password": PASSWORD}, CONFIRM),
+}
+
+
+def _link_site(make_app, config, **extra):
+    app = make_app(**config, **extra)
+    add_user(app, confirmed_at=datetime.now())
+    add_user(app, email="new@lp.com")
+    return app
+
+
+@pytest.mark.parametrize("mailer", list(LINK_MAILERS))
+def test_no_link_is_mailed_to_a_host_the_app_did_not_declare(make_app, mailer):
+    path, body, config = LINK_MAILERS[mailer]
+    app = _link_site(make_app, config)
+    with app.mail.record_messages() as outbox:
+        response = app.test_client().post(
+            path, json=body, headers={"Host": "evil.example"}
+        )
+    assert response.status_code == 400
+    assert "SERVER_NAME" in response.json["response"]["error"]
+    assert outbox == []
+    with app.test_request_context():
+        assert app.datastore.find_user(email="x@lp.com") is None
+
+
+@pytest.mark.parametrize(
+    "kind, make_token, config",
+    [
+        ("reset", fsl.generate_reset_password_token, RECOVER),
+        ("confirm", fsl.generate_confirmation_token, CONFIRM),
+        ("login", fsl.generate_login_token, PASSWORDLESS),
+    ],
+)
+def test_an_expired_link_opened_on_another_host_mails_nothing(
+    make_app, clock, kind, make_token, config
+):
+    app = _link_site(make_app, config)
+    with app.test_request_context():
+        token = make_token(app.datastore.find_user(email="new@lp.com"))
+    clock.advance(days=6)
+    path = {"reset": "/reset/", "confirm": "/confirm/", "login": "/login/"}[kind]
+    with app.mail.record_messages() as outbox:
+        response = app.test_client().get(path + token, headers={"Host": "evil.example"})
+    assert response.status_code == 400 and outbox == []
+
+
+@pytest.mark.parametrize(
+    "declared, expected",
+    [
+        ({"SERVER_NAME": "example.com"}, "http://example.com/reset/"),
+        (
+            {"SECURITY_LINK_BASE_URL": "https://example.com"},
+            "https://example.com/reset/",
+        ),
+    ],
+)
+def test_links_are_built_for_the_declared_host(make_app, declared, expected):
+    app = _link_site(make_app, RECOVER, **declared)
+    for host in ("evil.example", "example.com"):
+        with app.mail.record_messages() as outbox:
+            response = app.test_client().post(
+                "/reset", json={"email": "matt@lp.com"}, headers={"Host": host}
+            )
+        assert response.status_code == 200
+        assert expected in outbox[0].body and "evil" not in outbox[0].body
+
+
+def test_trusted_hosts_refuse_other_hosts_and_build_links_for_their_own(make_app):
+    app = _link_site(make_app, RECOVER, TRUSTED_HOSTS=["example.com"])
+    client = app.test_client()
+    with app.mail.record_messages() as outbox:
+        refused = client.post(
+            "/reset", json={"email": "matt@lp.com"}, headers={"Host": "evil.example"}
+        )
+        sent = client.post(
+            "/reset", json={"email": "matt@lp.com"}, headers={"Host": "example.com"}
+        )
+    assert refused.status_code == 400 and sent.status_code == 200
+    assert len(outbox) == 1 and "http://example.com/reset/" in outbox[0].body
+
+
+def test_init_app_warns_when_links_are_mailed_and_no_host_is_declared(make_app, caplog):
+    with caplog.at_level(logging.WARNING, "flask_security_lite"):
+        make_app(**RECOVER)
+    assert "SERVER_NAME" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "flask_security_lite"):
+        make_app(**RECOVER, SECURITY_LINK_BASE_URL="https://example.com")
+    assert "SERVER_NAME" not in caplog.text
+
+
+def _hold_token_readers(app, count):
+    """Make ``count`` requests read the user of their link before any goes on."""
+    everyone_read = threading.Barrier(count, timeout=5)
+    get_user_by_id = app.datastore.get_user_by_id
+
+    def read_then_wait(user_id):
+        user = get_user_by_id(user_id)
+        try:
+            everyone_read.wait()
+        except threading.BrokenBarrierError:
+            pass
+        return user
+
+    app.datastore.get_user_by_id = read_then_wait
+
+
+def _in_threads(call, count):
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(call())) for _ in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_one_reset_link_posted_twice_at_once_resets_once(make_app):
+    app = make_app("postgres", **RECOVER)
+    add_user(app)
+    link = _reset_link(app)
+    _hold_token_readers(app, 2)
+    new = {"password": "new password", "password_confirm": "new password"}
+    statuses = _in_threads(
+        lambda: app.test_client().post(link, json=new).status_code, 2
+    )
+    assert sorted(statuses) == [200, 400]
+
+
+def test_one_confirmation_link_opened_four_times_at_once_logs_in_once(make_app):
+    app = make_app("postgres", **CONFIRM)
+    link = _register_and_capture_link(app)
+    _hold_token_readers(app, 4)
+    confirmed = []
+    fsl.user_confirmed.connect(
+        lambda sender, user: confirmed.append(user), app, weak=False
+    )
+
+    def open_link():
+        client = app.test_client()
+        client.get(link, headers={"Accept": "application/json"})
+        return client.get("/profile").status_code
+
+    assert sorted(_in_threads(open_link, 4)) == [200, 302, 302, 302]
+    assert len(confirmed) == 1
+
+
+def test_generic_responses_answer_alike_for_every_kind_of_account(make_app):
+    app = make_app(
+        **ALL_FLOWS, SECURITY_RETURN_GENERIC_RESPONSES=True, SECURITY_PASSWORDLESS=False
+    )
+    add_user(app, confirmed_at=datetime.now())
+    add_user(app, email="nopassword@lp.com", password=None, confirmed_at=datetime.now())
+    client = app.test_client()
+    answers = {
+        email: json_login(client, email=email, password="wrong password").json
+        for email in ("nobody@lp.com", "matt@lp.com", "nopassword@lp.com")
+    }
+    assert len({str(answer) for answer in answers.values()}) == 1
+    resend = [
+        client.post("/confirm", json={"email": email}).json
+        for email in ("nobody@lp.com", "matt@lp.com")
+    ]
+    assert resend[0] == resend[1]
+
+
+def test_generic_passwordless_answers_alike_for_disabled_accounts(make_app):
+    app = make_app(SECURITY_RETURN_GENERIC_RESPONSES=True, **PASSWORDLESS)
+    add_user(app, active=False)
+    disabled = app.test_client().post("/login", json={"email": "matt@lp.com"})
+    unknown = app.test_client().post("/login", json={"email": "nobody@lp.com"})
+    assert disabled.status_code == unknown.status_code == 200
+    assert disabled.json == unknown.json
+
+
+@pytest.mark.parametrize(
+    "path, config",
+    [("/reset", RECOVER), ("/login", PASSWORDLESS), ("/confirm", CONFIRM)],
+)
+def test_generic_responses_send_mail_only_after_the_answer(make_app, path, config):
+    """Known and unknown addresses do the same work before the answer; the mail
+    to a known one is rendered and sent once the answer has gone out."""
+    app = make_app(SECURITY_RETURN_GENERIC_RESPONSES=True, **config)
+    add_user(app, email="new@lp.com")
+    rendered = []
+    from flask import template_rendered
+
+    template_rendered.connect(
+        lambda sender, template, context: rendered.append(template.name),
+        app,
+        weak=False,
+    )
+    answers = []
+    for email in ("new@lp.com", "nobody@lp.com"):
+        with app.mail.record_messages() as outbox:
+            response = app.test_client().post(path, json={"email": email})
+            answers.append((response.status_code, response.json, list(rendered)))
+            response.close()
+            answers.append(len(outbox))
+        rendered.clear()
+    known, known_mail, unknown, unknown_mail = answers
+    assert known == unknown and known[2] == []
+    assert (known_mail, unknown_mail) == (1, 0)
+
+
+def test_body_limit_holds_with_app_wide_csrf_protect(make_app):
+    from flask_wtf.csrf import CSRFProtect
+
+    app = make_app(WTF_CSRF_ENABLED=True)
+    CSRFProtect(app)
+    add_user(app)
+    big = {
+        "email": "matt@lp.com",
+        "password": PASSWORD,
+        "f": (io.BytesIO(b"x" * 2_000_000), "f"),
+    }
+    response = app.test_client().post(
+        "/login", data=big, content_type="multipart/form-data"
+    )
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize(
+    "path, config, fields",
+    [
+        ("/register", REGISTER, {"email": "long@lp.com", "password_confirm": None}),
+        ("RESET_LINK", RECOVER, {"password_confirm": None}),
+        ("/change", CHANGE, {"password": PASSWORD, "new_password_confirm": None}),
+    ],
+)
+def test_a_password_over_4096_bytes_is_a_form_error(make_app, path, config, fields):
+    app = make_app(**config)
+    add_user(app)
+    client = app.test_client()
+    if path == "/change":
+        login(client)
+    if path == "RESET_LINK":
+        path = _reset_link(app)
+    huge = "\u00e9" * 2100
+    new_field = "new_password" if path == "/change" else "password"
+    body = {name: value or huge for name, value in fields.items()}
+    body[new_field] = huge
+    response = client.post(path, json=body)
+    assert response.status_code == 400
+    assert "4096" in str(response.json["response"]["errors"])
+
+
+@pytest.mark.parametrize("path", ["/login", "/register", "/reset", "/change", "/token"])
+def test_json_nested_1000_deep_is_a_400(make_app, path):
+    app = make_app(**ALL_FLOWS)
+    add_user(app, confirmed_at=datetime.now())
+    client = app.test_client()
+    if path == "/change":
+        login(client)
+    body = "[" * 1000 + "]" * 1000
+    response = client.post(path, data=body, content_type="application/json")
+    # A token route reads no token from it: 401, as for any request without one.
+    assert response.status_code == (401 if path == "/token" else 400)
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    ["m\u00e4tt@lp.com:p\u00e4ssword".encode(), b"matt\xff@lp.com:\xfe", b"a\x00b:c"],
+)
+def test_non_ascii_basic_credentials_are_a_401(app, credentials):
+    add_user(app)
+    header = "Basic " + base64.b64encode(credentials).decode()
+    response = app.test_client().get("/basic", headers={"Authorization": header})
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize("path_kind", ["reset", "confirm", "login"])
+def test_pages_carrying_a_token_send_no_referrer(make_app, path_kind):
+    config = {"reset": RECOVER, "confirm": CONFIRM, "login": PASSWORDLESS}[path_kind]
+    app = _link_site(make_app, config)
+    with app.test_request_context():
+        user = app.datastore.find_user(email="new@lp.com")
+        token = {
+            "reset": fsl.generate_reset_password_token,
+            "confirm": fsl.generate_confirmation_token,
+            "login": fsl.generate_login_token,
+        }[path_kind](user)
+    response = app.test_client().get(f"/{path_kind}/{token}")
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+@pytest.mark.parametrize("path", ["/login", "/register", "/reset", "/confirm"])
+def test_security_pages_cannot_be_framed(make_app, path):
+    response = make_app(**ALL_FLOWS).test_client().get(path)
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+
+
+@pytest.mark.parametrize("path", ["/login", "/register", "/reset", "/confirm"])
+def test_html_form_refused_for_its_csrf_token_answers_400(make_app, path):
+    app = make_app(**ALL_FLOWS, WTF_CSRF_ENABLED=True)
+    response = app.test_client().post(
+        path, data={"email": "matt@lp.com", "password": PASSWORD}
+    )
+    assert response.status_code == 400
+    assert b"<form" in response.data
+
+
+def test_registration_with_confirmation_gives_no_token_and_no_session(make_app):
+    app = make_app(**CONFIRM)
+    client = app.test_client()
+    response = _register(client, "new@lp.com")
+    assert response.status_code == 200
+    assert "authentication_token" not in response.json["response"].get("user", {})
+    assert (
+        client.get("/profile", headers={"Accept": "application/json"}).status_code
+        == 401
+    )
 
 
 # =============================================================================
