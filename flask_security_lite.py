@@ -497,7 +497,7 @@ _default_messages = {
     "PASSWORD_NOT_SET": ("This account has no password set.", "error"),
     #: A new password is too short.
     "PASSWORD_INVALID_LENGTH": (
-        "Passwords need at least %(length)s characters.",
+        "This password is too short.",
         "error",
     ),
     #: No account has this identifier.
@@ -556,7 +556,7 @@ _signals = Namespace()
 user_registered = _signals.signal("user-registered")
 #: A user confirmed their email; kwarg ``user``.
 user_confirmed = _signals.signal("user-confirmed")
-#: Confirmation instructions were sent; kwargs ``user`` and ``token``.
+#: Confirmation instructions were sent; kwarg ``user``.
 confirm_instructions_sent = _signals.signal("confirm-instructions-sent")
 #: A passwordless login link was sent; kwargs ``user`` and ``login_token``.
 login_instructions_sent = _signals.signal("login-instructions-sent")
@@ -1010,12 +1010,15 @@ def _burn_a_verify():
 
 
 def _build_password_context(config):
+    """The passlib context of ``SECURITY_PASSWORD_*``. The hash in use is always
+    among the schemes verified: 1.7.4 apps list e.g. ``["bcrypt", "plaintext"]``
+    and keep the default hash, which is ours now."""
     from passlib.context import CryptContext
 
     scheme = config["SECURITY_PASSWORD_HASH"]
     schemes = list(config["SECURITY_PASSWORD_SCHEMES"])
     if scheme not in schemes:
-        raise ValueError(f"SECURITY_PASSWORD_HASH {scheme!r} is not a known scheme")
+        schemes.insert(0, scheme)
     settings = {}
     for name, options in config["SECURITY_PASSWORD_HASH_OPTIONS"].items():
         for option, value in options.items():
@@ -1024,12 +1027,16 @@ def _build_password_context(config):
                 settings[f"{name}__min_rounds"] = value
             else:
                 settings[f"{name}__{option}"] = value
-    context = CryptContext(
-        schemes=schemes,
-        default=scheme,
-        deprecated=config["SECURITY_DEPRECATED_PASSWORD_SCHEMES"],
-        **settings,
-    )
+    try:
+        context = CryptContext(
+            schemes=schemes,
+            default=scheme,
+            deprecated=config["SECURITY_DEPRECATED_PASSWORD_SCHEMES"],
+            **settings,
+        )
+    except KeyError as error:
+        message = f"unknown password scheme in SECURITY_PASSWORD_*: {error}"
+        raise ValueError(message) from None
     if scheme in ("argon2", "bcrypt"):
         try:
             context.handler(scheme).get_backend()
@@ -1978,9 +1985,22 @@ class SendConfirmationForm(Form, UserEmailFormMixin):
 
 
 class ForgotPasswordForm(Form, UserEmailFormMixin):
-    """Ask for password reset instructions."""
+    """Ask for password reset instructions; an account that must confirm its
+    address first is told so (as in 1.7.4), unless generic responses are on: then
+    it is answered like an unknown address, and nothing is sent."""
 
     submit = SubmitField(get_form_field_label("recover_password"))
+
+    def validate(self, extra_validators=None):
+        if not super().validate(extra_validators):
+            return False
+        if self.user is None or not requires_confirmation(self.user):
+            return True
+        if config_value("RETURN_GENERIC_RESPONSES"):
+            self.user = None
+            return True
+        self.email.errors.append(get_message("CONFIRMATION_REQUIRED")[0])
+        return False
 
 
 class PasswordlessLoginForm(Form, UserEmailFormMixin):
@@ -2364,8 +2384,9 @@ def _load_user_from_session(identity):
 
 
 def _track_login(user):
-    """Update the five trackable fields from this request."""
-    now, address = _now(), request.remote_addr
+    """Update the five trackable fields from this request (1.7.4's
+    ``'untrackable'`` when the server gives no remote address)."""
+    now, address = _now(), request.remote_addr or "untrackable"
     user.last_login_at = user.current_login_at or now
     user.current_login_at = now
     user.last_login_ip = user.current_login_ip or address
@@ -2518,7 +2539,8 @@ def generate_confirmation_link(user):
 
 
 def send_confirmation_instructions(user):
-    """Email ``user`` a confirmation link."""
+    """Email ``user`` a confirmation link; return its token. The signal carries
+    the user alone, as in 1.7.4."""
     link, token = generate_confirmation_link(user)
     send_mail(
         config_value("EMAIL_SUBJECT_CONFIRM"),
@@ -2527,7 +2549,8 @@ def send_confirmation_instructions(user):
         user=user,
         confirmation_link=link,
     )
-    _send_signal(confirm_instructions_sent, user=user, token=token)
+    _send_signal(confirm_instructions_sent, user=user)
+    return token
 
 
 def requires_confirmation(user):
@@ -2740,10 +2763,11 @@ _FORM_VIEWS = {
 
 
 def _render(view, **context):
-    """Render a view's template with the context processors of the docs."""
+    """Render a view's template with the context processors of the docs, through
+    ``security.render_template`` (an app may replace it, as in 1.7.4)."""
     processors = _security.security._context_processors
     values = _template_values(processors["all"] + processors[view], context)
-    return render_template(config_value(_FORM_VIEWS[view][0]), **values)
+    return _security.render_template(config_value(_FORM_VIEWS[view][0]), **values)
 
 
 class _Done(NamedTuple):
@@ -2862,10 +2886,9 @@ def _link_done(user, message_key, *view_keys):
 # -- the views -----------------------------------------------------------------------
 
 
+@anonymous_user_required
 def login():
     """Log in with a password (HTML form or JSON)."""
-    if current_user.is_authenticated and request.method == "GET":
-        return redirect(get_post_login_redirect())
 
     def act(form):
         login_user(form.user, remember=form.remember.data)
@@ -2936,7 +2959,6 @@ def confirm_email(token):
     )
 
 
-@anonymous_user_required
 def forgot_password():
     """Send password reset instructions."""
     return _instructions_view(
@@ -3292,6 +3314,15 @@ class _SecurityState:
         """A hash in the default scheme, verified when no real one exists."""
         return hash_password("a password nobody has")
 
+    def render_template(self, *args, **kwargs):
+        """Render a security view: :meth:`Security.render_template`, unless this
+        attribute is replaced for this app."""
+        return self.security.render_template(*args, **kwargs)
+
+    def send_mail_task(self, function):
+        """1.7.4 offered this on the state too: :meth:`Security.send_mail_task`."""
+        return self.security.send_mail_task(function)
+
 
 def _set_config_defaults(app):
     """Every ``SECURITY_*`` setting and message, where the app has not set it."""
@@ -3367,6 +3398,15 @@ def _make_login_manager(app):
     return manager
 
 
+def _template_globals():
+    """``url_for_security`` and ``security`` in every template of the app, its own
+    pages included, as 1.7.4 gave them."""
+    return {
+        "url_for_security": url_for_security,
+        "security": _security._get_current_object(),
+    }
+
+
 def _add_views_and_commands(app, with_views):
     """The security views (or only our templates, for the emails) and the CLI."""
     if with_views:
@@ -3439,6 +3479,7 @@ class Security:
         if register_blueprint is None:
             register_blueprint = self._register_blueprint
         _add_views_and_commands(app, register_blueprint)
+        app.context_processor(_template_globals)
         if app.config["SECURITY_PASSWORD_HASH"] == "plaintext" and not app.testing:
             _log.warning(
                 "SECURITY_PASSWORD_HASH is 'plaintext': passwords are stored "
@@ -3522,9 +3563,15 @@ class Security:
         self._send_mail_task = function
         return function
 
+    def render_template(self, *args, **kwargs):
+        """Render a security view's template: Flask's ``render_template``. Replace
+        it (``security.render_template = f``, or in a subclass) to render the views
+        your way, e.g. inside an admin layout."""
+        return render_template(*args, **kwargs)
+
 
 # =============================================================================
-# 16. Flask-Security 1.7.4's module names
+# 18. Flask-Security 1.7.4's module names
 # =============================================================================
 # 1.7.4 was a package, and its applications import from its submodules
 # (``from flask_security.utils import encrypt_password``). This module answers to

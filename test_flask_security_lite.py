@@ -30,6 +30,7 @@ from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
+import flask
 import pytest
 from flask import Flask, Response, jsonify
 from flask_mail import Mail
@@ -585,6 +586,13 @@ def test_unknown_security_argument_is_refused():
         Security(datastore=object(), login_from=object())
 
 
+def test_password_hash_is_always_among_the_schemes(make_app):
+    app = make_app(SECURITY_PASSWORD_SCHEMES=["bcrypt", "plaintext"])
+    add_user(app)
+    assert get_user(app).password.startswith("$pbkdf2-sha512$")
+    assert json_login(app.test_client()).status_code == 200
+
+
 # =============================================================================
 # 2. Messages
 # =============================================================================
@@ -619,6 +627,27 @@ def test_flash_messages_can_be_turned_off(make_app):
     client.get("/profile")
     with client.session_transaction() as session:
         assert "_flashes" not in session
+
+
+#: The placeholders each 1.7.4 message used; apps format them with these alone.
+PLACEHOLDERS_174 = {
+    "CONFIRM_REGISTRATION": {"email"},
+    "EMAIL_ALREADY_ASSOCIATED": {"email"},
+    "PASSWORD_RESET_REQUEST": {"email"},
+    "PASSWORD_RESET_EXPIRED": {"within", "email"},
+    "CONFIRMATION_REQUEST": {"email"},
+    "CONFIRMATION_EXPIRED": {"within", "email"},
+    "LOGIN_EXPIRED": {"within", "email"},
+    "LOGIN_EMAIL_SENT": {"email"},
+}
+
+
+@pytest.mark.parametrize("key", DOCUMENTED_MESSAGES)
+def test_default_message_needs_only_the_placeholders_of_174(app, key):
+    values = {name: "x" for name in PLACEHOLDERS_174.get(key, ())}
+    with app.test_request_context():
+        text, _ = fsl.get_message(key, **values)
+    assert "%(" not in text
 
 
 # =============================================================================
@@ -1834,6 +1863,27 @@ def test_hostile_input_never_causes_a_server_error(make_app, logged_in):
     assert server_errors == []
 
 
+def test_login_post_by_a_logged_in_user_goes_to_post_login_view(app):
+    add_user(app)
+    add_user(app, "other@lp.com")
+    client = app.test_client()
+    login(client)
+    response = login(client, "other@lp.com")
+    assert response.status_code == 302 and response.location == "/"
+    assert client.get("/profile").data == b"profile of matt@lp.com"
+
+
+def test_trackable_records_untrackable_without_a_remote_address(make_app):
+    app = make_app(SECURITY_TRACKABLE=True)
+    add_user(app)
+    app.test_client().post(
+        "/login",
+        data={"email": "matt@lp.com", "password": PASSWORD},
+        environ_overrides={"REMOTE_ADDR": ""},
+    )
+    assert get_user(app).current_login_ip == "untrackable"
+
+
 # =============================================================================
 # 9. Forms: checking a password login, and the lockout
 # =============================================================================
@@ -2435,6 +2485,16 @@ def test_send_mail_without_flask_mail_says_what_to_do(app):
         fsl.send_mail("Hi", "matt@lp.com", "reset_notice", user=None)
 
 
+def test_send_mail_task_can_be_registered_on_the_state_as_in_174(app):
+    add_user(app)
+    queued = []
+    app.extensions["security"].send_mail_task(queued.append)
+    with app.test_request_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        fsl.send_mail("Hi", "matt@lp.com", "reset_notice", user=user)
+    assert queued[0].recipients == ["matt@lp.com"]
+
+
 # =============================================================================
 # 12. Account flows: registration (every store)
 # =============================================================================
@@ -2482,7 +2542,7 @@ def test_json_register_returns_id_and_token(store, make_app):
     [
         ({"email": "matt@LP.com", "password": PASSWORD}, "email", "already belongs"),
         ({"email": "not-an-email", "password": PASSWORD}, "email", "not a valid email"),
-        ({"email": "new@lp.com", "password": "short"}, "password", "at least 8"),
+        ({"email": "new@lp.com", "password": "short"}, "password", "too short"),
         ({"email": "new@lp.com"}, "password", "enter your password"),
     ],
 )
@@ -2713,7 +2773,7 @@ def test_resend_confirmation(make_app):
     _register_and_capture_link(app)
     sent = []
     fsl.confirm_instructions_sent.connect(
-        lambda sender, user, token: sent.append(user.email), app, weak=False
+        lambda sender, user: sent.append(user.email), app, weak=False
     )
     with app.mail.record_messages() as outbox:
         response = app.test_client().post("/confirm", json={"email": "new@lp.com"})
@@ -2769,6 +2829,16 @@ def test_confirmation_email_over_real_smtp(make_app):
     link = re.search(r"http://localhost(/confirm/\S+)", body).group(1)
     assert app.test_client().get(link).location == "/"
     assert get_user(app, "smtp@lp.com").confirmed_at is not None
+
+
+def test_logged_in_user_can_ask_for_confirmation_instructions(make_app):
+    app = make_app(SECURITY_LOGIN_WITHOUT_CONFIRMATION=True, **CONFIRM)
+    _register_and_capture_link(app)
+    client = app.test_client()
+    login(client, "new@lp.com")
+    with app.mail.record_messages() as outbox:
+        response = client.post("/confirm", json={"email": "new@lp.com"})
+    assert response.status_code == 200 and len(outbox) == 1
 
 
 # =============================================================================
@@ -2914,6 +2984,38 @@ def test_reset_ends_other_sessions_and_tokens(make_app):
     )
 
 
+def test_logged_in_user_can_ask_for_reset_instructions(make_app):
+    app = make_app(**RECOVER)
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    with app.mail.record_messages() as outbox:
+        response = client.post("/reset", json={"email": "matt@lp.com"})
+    assert response.status_code == 200 and len(outbox) == 1
+
+
+def test_forgot_password_of_an_unconfirmed_account_says_confirm_first(make_app):
+    app = make_app(**RECOVER, **CONFIRM)
+    _register_and_capture_link(app)
+    with app.mail.record_messages() as outbox:
+        response = app.test_client().post("/reset", json={"email": "new@lp.com"})
+    assert response.status_code == 400 and outbox == []
+    assert response.json["response"]["errors"]["email"] == [
+        "Please confirm your email address first."
+    ]
+
+
+def test_forgot_password_of_an_unconfirmed_account_is_generic_when_asked(make_app):
+    app = make_app(SECURITY_RETURN_GENERIC_RESPONSES=True, **RECOVER, **CONFIRM)
+    _register_and_capture_link(app)
+    with app.mail.record_messages() as outbox:
+        unconfirmed = app.test_client().post("/reset", json={"email": "new@lp.com"})
+        unknown = app.test_client().post("/reset", json={"email": "nobody@lp.com"})
+    assert outbox == []
+    assert unconfirmed.status_code == unknown.status_code == 200
+    assert unconfirmed.json == unknown.json
+
+
 # =============================================================================
 # 12. Account flows: change password
 # =============================================================================
@@ -2966,7 +3068,7 @@ def test_change_password_changes_notifies_and_signals(make_app):
         (
             dict(NEW, new_password="short", new_password_confirm="short"),
             "new_password",
-            "at least 8",
+            "too short",
         ),
     ],
 )
@@ -3118,6 +3220,15 @@ def test_passwordless_refuses_disabled_accounts(make_app):
     add_user(app, active=False)
     response = app.test_client().post("/login", json={"email": "matt@lp.com"})
     assert response.json["response"]["errors"]["email"] == ["This account is disabled."]
+
+
+def test_logged_in_user_sees_the_passwordless_form(make_app):
+    app = make_app(**PASSWORDLESS)
+    add_user(app)
+    client = app.test_client()
+    client.get(_login_link(app))
+    assert client.get("/profile").status_code == 200
+    assert client.get("/login").status_code == 200
 
 
 # =============================================================================
@@ -3792,6 +3903,32 @@ def test_registration_with_confirmation_gives_no_token_and_no_session(make_app):
     )
 
 
+def test_app_templates_see_url_for_security_and_security(make_app, tmp_path):
+    (tmp_path / "home.html").write_text(
+        "{{ url_for_security('login') }} {{ security.registerable }}"
+    )
+    app = make_app(template_folder=str(tmp_path), SECURITY_REGISTERABLE=True)
+
+    @app.route("/home")
+    def home():
+        return flask.render_template("home.html")
+
+    assert app.test_client().get("/home").data == b"/login True"
+
+
+def test_views_render_through_security_render_template(app):
+    rendered = []
+
+    def render_template(template, **context):
+        rendered.append(template)
+        return f"rendered {template} with {sorted(context)[0]}"
+
+    app.security.render_template = render_template
+    page = app.test_client().get("/login").get_data(as_text=True)
+    assert rendered == ["security/login_user.html"]
+    assert page.startswith("rendered security/login_user.html")
+
+
 # =============================================================================
 # 14. Command line
 # =============================================================================
@@ -3842,7 +3979,7 @@ def test_cli_normalises_emails_like_the_views(app):
     "args, fragment",
     [
         (("users", "create", "not-an-email", "--password", PASSWORD), "EMAIL"),
-        (("users", "create", "a@lp.com", "--password", "short"), "at least 8"),
+        (("users", "create", "a@lp.com", "--password", "short"), "too short"),
         (("users", "create", "matt@lp.com", "--password", PASSWORD), "already belongs"),
         (("users", "activate", "nobody@lp.com"), "no user"),
         (("roles", "add", "matt@lp.com", "ghost"), "no role"),
@@ -3857,7 +3994,7 @@ def test_cli_bad_input_is_a_clear_error_and_nonzero_exit(app, args, fragment):
 
 
 # =============================================================================
-# 16. Flask-Security 1.7.4's module names, and a 1.7.4 application
+# 18. Flask-Security 1.7.4's module names, and a 1.7.4 application
 # =============================================================================
 
 
