@@ -136,6 +136,10 @@ __all__ = (
     "AnonymousUser",
     "current_user",
     # datastores
+    "Datastore",
+    "SQLAlchemyDatastore",
+    "MongoEngineDatastore",
+    "PeeweeDatastore",
     "UserDatastore",
     "SQLAlchemyUserDatastore",
     "MongoEngineUserDatastore",
@@ -1228,11 +1232,36 @@ def _storable(value):
     return True
 
 
+class Datastore:
+    """How models are saved: 1.7.4's base of every datastore, kept for stores
+    written against it (``class MyStore(Datastore, UserDatastore)``). A store gives
+    ``put`` and ``delete``; ``commit`` does nothing unless the store stages writes.
+
+    :param db: whatever the store saves through.
+    """
+
+    def __init__(self, db):
+        self.db = db
+
+    def put(self, model):
+        """Save (or stage) ``model`` and return it."""
+        raise NotImplementedError
+
+    def delete(self, model):
+        """Delete ``model``."""
+        raise NotImplementedError
+
+    def commit(self):
+        """Make staged writes durable: nothing to do unless a store stages them."""
+
+
 class UserDatastore:
     """The user and role operations every adapter shares.
 
     An adapter maps ``put``, ``delete``, ``commit``, ``find_user``, ``find_role``,
-    ``get_user_by_id`` and the role links onto its ORM.
+    ``get_user_by_id`` and the role links onto its ORM. A store written for 1.7.4
+    (``put``, ``delete``, ``find_user(**fields)`` and ``find_role(name)``, perhaps
+    ``commit``) works as it is.
 
     Who commits: these methods only write (``put``); whoever calls them makes the
     writes durable with ``commit``. The library's own flows (``register_user``,
@@ -1261,8 +1290,8 @@ class UserDatastore:
         raise NotImplementedError
 
     def commit(self):
-        """Make staged writes durable; raise DatastoreConflictError on a duplicate."""
-        raise NotImplementedError
+        """Make staged writes durable (raise DatastoreConflictError on a
+        duplicate); nothing to do for a store that writes at ``put``."""
 
     def _find_user(self, fields):
         """Return the user whose columns equal every value of ``fields``, or None."""
@@ -1284,16 +1313,31 @@ class UserDatastore:
         :param expected: ``{field: value}`` the row must hold (``None``: empty).
         :param changes: ``{field: value}`` to write.
         :returns: True if this call made the change.
-        """
-        raise NotImplementedError
 
-    def find_role(self, role):
+        The adapters write in one statement; this default, for stores written for
+        1.7.4, compares and writes in two steps, so it is atomic only within one
+        process.
+        """
+        current = self.get_user_by_id(user.id) or user
+        if any(getattr(current, name) != value for name, value in expected.items()):
+            return False
+        for name, value in changes.items():
+            setattr(user, name, value)
+        self.put(user)
+        self.commit()
+        return True
+
+    def find_role(self, *args, **kwargs):
         """Return the role named ``role``, or None."""
         raise NotImplementedError
 
     def get_user_by_id(self, user_id):
-        """Return the user with primary key ``user_id`` (any type), or None."""
-        raise NotImplementedError
+        """Return the user with primary key ``user_id`` (any type), or None.
+
+        The adapters look the key up; this default asks ``find_user(id=...)``, as
+        1.7.4 did, for stores written then.
+        """
+        return self.find_user(id=user_id)
 
     def _link_role(self, user, role):
         user.roles.append(role)
@@ -1305,13 +1349,15 @@ class UserDatastore:
 
     # -- shared logic --------------------------------------------------------------
 
-    def find_user(self, **kwargs):
+    def find_user(self, *args, **kwargs):
         """Return the user matching every keyword, or None.
 
         ``email`` is compared by :func:`normalize_email` with an equality on the
         column (an index serves it); when that finds nobody, rows stored before
         emails were normalised are matched case-insensitively.
         """
+        if args:  # 1.7.4's signature; only a store's own find_user reads them
+            raise NotImplementedError("find_user here takes field=value keywords")
         if not all(_storable(value) for value in kwargs.values()):
             return None
         email = kwargs.get("email")
@@ -1399,9 +1445,9 @@ class UserDatastore:
         return True
 
     def toggle_active(self, user):
-        """Flip ``user.active``. Always returns True."""
+        """Flip ``user.active``. Always returns True. As in 1.7.4 only the user
+        object changes; the ORM adapters also save it."""
         user.active = not user.active
-        self.put(user)
         return True
 
     def deactivate_user(self, user):
@@ -1422,16 +1468,25 @@ class UserDatastore:
 # =============================================================================
 
 
-class SQLAlchemyUserDatastore(UserDatastore):
-    """The datastore on Flask-SQLAlchemy.
+class _AdapterDatastore(UserDatastore):
+    """What the three ORM adapters add to the shared logic: an activity change is
+    saved at once."""
+
+    def toggle_active(self, user):
+        super().toggle_active(user)
+        self.put(user)
+        return True
+
+
+class SQLAlchemyDatastore(Datastore):
+    """Saving through Flask-SQLAlchemy's session (1.7.4's class of that name).
 
     :param db: the ``flask_sqlalchemy.SQLAlchemy`` object.
     """
 
-    def __init__(self, db, user_model, role_model):
+    def __init__(self, db):
         self._sa = _require("sqlalchemy", "sqlalchemy")
-        super().__init__(user_model, role_model)
-        self.db = db
+        super().__init__(db)
 
     def put(self, model):
         """Add ``model`` to the session and flush, so a conflict shows here as on
@@ -1453,6 +1508,17 @@ class SQLAlchemyUserDatastore(UserDatastore):
         except self._sa.exc.IntegrityError as error:
             self.db.session.rollback()
             raise DatastoreConflictError(str(error.orig)) from error
+
+
+class SQLAlchemyUserDatastore(SQLAlchemyDatastore, _AdapterDatastore):
+    """The datastore on Flask-SQLAlchemy.
+
+    :param db: the ``flask_sqlalchemy.SQLAlchemy`` object.
+    """
+
+    def __init__(self, db, user_model, role_model):
+        SQLAlchemyDatastore.__init__(self, db)
+        UserDatastore.__init__(self, user_model, role_model)
 
     def _select_user(self, conditions):
         query = self._sa.select(self.user_model).where(*conditions).limit(1)
@@ -1520,16 +1586,15 @@ class SQLAlchemyUserDatastore(UserDatastore):
         return query
 
 
-class MongoEngineUserDatastore(UserDatastore):
-    """The datastore on MongoEngine.
+class MongoEngineDatastore(Datastore):
+    """Saving MongoEngine documents (1.7.4's class of that name).
 
     :param db: the ``mongoengine`` module or a Flask-MongoEngine object.
     """
 
-    def __init__(self, db, user_model, role_model):
+    def __init__(self, db):
         self._mongoengine = _require("mongoengine", "mongoengine")
-        super().__init__(user_model, role_model)
-        self.db = db
+        super().__init__(db)
 
     def put(self, model):
         try:
@@ -1541,8 +1606,17 @@ class MongoEngineUserDatastore(UserDatastore):
     def delete(self, model):
         model.delete()
 
-    def commit(self):
-        """MongoDB writes are durable on ``put``: nothing is left to commit."""
+
+class MongoEngineUserDatastore(MongoEngineDatastore, _AdapterDatastore):
+    """The datastore on MongoEngine; writes are durable at ``put``, so ``commit``
+    has nothing to do.
+
+    :param db: the ``mongoengine`` module or a Flask-MongoEngine object.
+    """
+
+    def __init__(self, db, user_model, role_model):
+        MongoEngineDatastore.__init__(self, db)
+        UserDatastore.__init__(self, user_model, role_model)
 
     def _query(self, model, **kwargs):
         try:
@@ -1571,19 +1645,16 @@ class MongoEngineUserDatastore(UserDatastore):
         return self._query(self.user_model, pk=str(user_id))
 
 
-class PeeweeUserDatastore(UserDatastore):
-    """The datastore on peewee 3.
+class PeeweeDatastore(Datastore):
+    """Saving peewee models (1.7.4's class of that name).
 
     :param db: a ``peewee.Database`` or an object with a ``.database``.
-    :param role_link: the model linking users to roles (fields ``user``, ``role``).
     """
 
-    def __init__(self, db, user_model, role_model, role_link):
+    def __init__(self, db):
         self._peewee = _require("peewee", "peewee")
-        super().__init__(user_model, role_model)
         # A peewee.Database has a .database too: its name, so test the type first.
-        self.db = db if isinstance(db, self._peewee.Database) else db.database
-        self.role_link = role_link
+        super().__init__(db if isinstance(db, self._peewee.Database) else db.database)
 
     def put(self, model):
         try:
@@ -1595,8 +1666,19 @@ class PeeweeUserDatastore(UserDatastore):
     def delete(self, model):
         model.delete_instance(recursive=True)
 
-    def commit(self):
-        """peewee writes outside a transaction are committed on ``put``."""
+
+class PeeweeUserDatastore(PeeweeDatastore, _AdapterDatastore):
+    """The datastore on peewee 3; writes outside a transaction are committed at
+    ``put``, so ``commit`` has nothing to do.
+
+    :param db: a ``peewee.Database`` or an object with a ``.database``.
+    :param role_link: the model linking users to roles (fields ``user``, ``role``).
+    """
+
+    def __init__(self, db, user_model, role_model, role_link):
+        PeeweeDatastore.__init__(self, db)
+        UserDatastore.__init__(self, user_model, role_model)
+        self.role_link = role_link
 
     def _equal(self, fields):
         return [getattr(self.user_model, name) == v for name, v in fields.items()]
@@ -3582,8 +3664,10 @@ class Security:
 _SUBMODULES = {
     "core": """Security UserMixin RoleMixin AnonymousUser AnonymousUserMixin
         LoginManager current_user _security _datastore""",
-    "datastore": """UserDatastore SQLAlchemyUserDatastore MongoEngineUserDatastore
-        PeeweeUserDatastore DatastoreConflictError get_identity_attributes""",
+    "datastore": """Datastore SQLAlchemyDatastore MongoEngineDatastore
+        PeeweeDatastore UserDatastore SQLAlchemyUserDatastore
+        MongoEngineUserDatastore PeeweeUserDatastore DatastoreConflictError
+        get_identity_attributes normalize_email""",
     "decorators": """login_required roles_required roles_accepted
         http_auth_required auth_token_required auth_required
         anonymous_user_required BasicAuth _security""",

@@ -1437,6 +1437,119 @@ def test_peewee_datastore_accepts_an_object_with_a_database(make_app):
         assert datastore.find_user(email="wrapped@lp.com") is not None
 
 
+class _Person(fsl.UserMixin):
+    """A user of the custom store below: a plain object."""
+
+    def __init__(self, **fields):
+        self.id, self.roles, self.active, self.confirmed_at = None, [], True, None
+        self.__dict__.update(fields)
+
+
+class _Group(fsl.RoleMixin):
+    def __init__(self, name, description=None):
+        self.id, self.name, self.description = None, name, description
+
+
+class _MemoryDatastore(fsl.Datastore, fsl.UserDatastore):
+    """A store written for 1.7.4: a subclass giving ``put``, ``delete``,
+    ``find_user`` and ``find_role``, and nothing else."""
+
+    def __init__(self):
+        fsl.Datastore.__init__(self, db={})
+        fsl.UserDatastore.__init__(self, _Person, _Group)
+        self.puts = 0
+
+    def put(self, model):
+        self.puts += 1
+        if model.id is None:
+            model.id = len(self.db) + 1
+            self.db[model.id] = model
+        return model
+
+    def delete(self, model):
+        del self.db[model.id]
+
+    def find_user(self, *args, **kwargs):
+        for model in self.db.values():
+            if isinstance(model, _Person) and all(
+                str(getattr(model, name, None)) == str(value)
+                for name, value in kwargs.items()
+            ):
+                return model
+        return None
+
+    def find_role(self, role):
+        groups = [m for m in self.db.values() if isinstance(m, _Group)]
+        return next((group for group in groups if group.name == role), None)
+
+
+def test_abstract_datastore_leaves_storage_to_subclasses():
+    store = fsl.UserDatastore(_Person, _Group)
+    for call in (
+        lambda: store.find_user("positional", email="a@lp.com"),
+        lambda: store.find_user(email="a@lp.com"),
+        lambda: store.find_role("admin"),
+        lambda: store.put(_Person()),
+        lambda: store.delete(_Person()),
+        lambda: fsl.Datastore(None).put(_Person()),
+        lambda: fsl.Datastore(None).delete(_Person()),
+    ):
+        with pytest.raises(NotImplementedError):
+            call()
+
+
+def test_abstract_datastore_commit_does_nothing():
+    assert fsl.UserDatastore(_Person, _Group).commit() is None
+    assert fsl.Datastore(None).commit() is None
+
+
+def test_base_activation_changes_the_user_without_saving_it():
+    store = fsl.UserDatastore(_Person, _Group)
+    user = _Person(active=True)
+    assert store.deactivate_user(user) is True and user.active is False
+    assert store.deactivate_user(user) is False
+    assert store.activate_user(user) is True and user.active is True
+    assert store.toggle_active(user) is True and user.active is False
+
+
+def test_orm_datastores_are_174s_persistence_classes(app):
+    assert isinstance(app.datastore, fsl.SQLAlchemyDatastore)
+    assert issubclass(fsl.MongoEngineUserDatastore, fsl.MongoEngineDatastore)
+    assert issubclass(fsl.PeeweeUserDatastore, fsl.PeeweeDatastore)
+
+
+def _memory_app():
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY="memory secret",
+        TESTING=True,
+        WTF_CSRF_ENABLED=False,
+        SECURITY_PASSWORD_HASH_OPTIONS=FAST_HASHING,
+    )
+    store = _MemoryDatastore()
+    Security(app, store)
+    _add_test_views(app)
+    with app.app_context():
+        store.create_user(email="matt@lp.com", password=PASSWORD, roles=[])
+        store.add_role_to_user("matt@lp.com", store.create_role(name="admin"))
+    return app
+
+
+def test_custom_174_datastore_serves_session_logins_and_roles():
+    client = _memory_app().test_client()
+    assert login(client).status_code == 302
+    assert client.get("/profile").data == b"profile of matt@lp.com"
+    assert client.get("/admin").data == b"admin"
+
+
+def test_custom_174_datastore_serves_tokens():
+    client = _memory_app().test_client()
+    token = auth_token(client)
+    client.get("/logout")
+    response = client.get("/token", headers={"Authentication-Token": token})
+    assert response.json == {"email": "matt@lp.com"}
+
+
 # =============================================================================
 # 9. Forms and the login view (every store)
 # =============================================================================
@@ -4003,8 +4116,9 @@ def test_cli_bad_input_is_a_clear_error_and_nonzero_exit(app, args, fragment):
 NAMES_174 = {
     "core": """Security UserMixin RoleMixin AnonymousUser AnonymousUserMixin
         LoginManager current_user""",
-    "datastore": """UserDatastore SQLAlchemyUserDatastore MongoEngineUserDatastore
-        PeeweeUserDatastore get_identity_attributes""",
+    "datastore": """Datastore SQLAlchemyDatastore MongoEngineDatastore
+        PeeweeDatastore UserDatastore SQLAlchemyUserDatastore
+        MongoEngineUserDatastore PeeweeUserDatastore get_identity_attributes""",
     "decorators": """login_required roles_required roles_accepted
         http_auth_required auth_token_required auth_required
         anonymous_user_required BasicAuth""",
