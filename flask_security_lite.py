@@ -60,9 +60,11 @@ Contents (``grep -n '^# [0-9]' flask_security_lite.py``):
 """
 
 import base64
+import difflib
 import hashlib
 import hmac
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -850,13 +852,15 @@ def _now():
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def _require(module, extra):
-    """Import an optional dependency, or say which extra installs it."""
+def _require(module, package, extra=None):
+    """Import an optional dependency, or say how to install it: the package by
+    name (works for a vendored copy too), and the extra where there is one."""
     try:
         return importlib.import_module(module)
     except ImportError as error:
+        also = f" (or pip install 'flask-security-lite[{extra}]')" if extra else ""
         raise ImportError(
-            f"{module} is needed here: pip install flask-security-lite[{extra}]"
+            f"{module} is needed here: pip install {package}{also}"
         ) from error
 
 
@@ -1013,6 +1017,10 @@ def _burn_a_verify():
     verify_password("not the password", _security.dummy_hash)
 
 
+#: The package each optional hashing scheme needs (its extra has the same name).
+_SCHEME_PACKAGES = {"argon2": "argon2-cffi", "bcrypt": "bcrypt"}
+
+
 def _build_password_context(config):
     """The passlib context of ``SECURITY_PASSWORD_*``. The hash in use is always
     among the schemes verified: 1.7.4 apps list e.g. ``["bcrypt", "plaintext"]``
@@ -1041,14 +1049,39 @@ def _build_password_context(config):
     except KeyError as error:
         message = f"unknown password scheme in SECURITY_PASSWORD_*: {error}"
         raise ValueError(message) from None
-    if scheme in ("argon2", "bcrypt"):
+    if scheme in _SCHEME_PACKAGES:
         try:
             context.handler(scheme).get_backend()
         except Exception as error:
-            raise RuntimeError(
-                f"{scheme} hashing needs: pip install flask-security-lite[{scheme}]"
-            ) from error
+            package = _SCHEME_PACKAGES[scheme]
+            fix = (scheme == "bcrypt" and _dead_passlib()) or (
+                f"{scheme} hashing needs {package}: pip install {package} "
+                f"(or pip install 'flask-security-lite[{scheme}]')"
+            )
+            raise RuntimeError(fix) from error
     return context
+
+
+def _dead_passlib():
+    """The fix when passlib 1.7.4 (unmaintained, and unable to use bcrypt >= 4.1)
+    was installed in place of libpass next to a modern bcrypt; else None."""
+    import passlib
+
+    def version(text):
+        return tuple(int(part) for part in re.findall(r"\d+", text)[:2])
+
+    try:
+        bcrypt_version = importlib.metadata.version("bcrypt")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if version(passlib.__version__) >= (1, 9) or version(bcrypt_version) < (4, 1):
+        return None
+    return (
+        f"passlib {passlib.__version__} is installed: it is unmaintained and cannot "
+        f"use bcrypt {bcrypt_version}. Replace it with libpass, its maintained fork "
+        "(same import name): pip uninstall -y passlib && pip install "
+        "--force-reinstall 'libpass>=1.9'"
+    )
 
 
 def _fingerprint(value):
@@ -1485,7 +1518,7 @@ class SQLAlchemyDatastore(Datastore):
     """
 
     def __init__(self, db):
-        self._sa = _require("sqlalchemy", "sqlalchemy")
+        self._sa = _require("sqlalchemy", "Flask-SQLAlchemy", "sqlalchemy")
         super().__init__(db)
 
     def put(self, model):
@@ -1593,7 +1626,7 @@ class MongoEngineDatastore(Datastore):
     """
 
     def __init__(self, db):
-        self._mongoengine = _require("mongoengine", "mongoengine")
+        self._mongoengine = _require("mongoengine", "mongoengine", "mongoengine")
         super().__init__(db)
 
     def put(self, model):
@@ -1652,7 +1685,7 @@ class PeeweeDatastore(Datastore):
     """
 
     def __init__(self, db):
-        self._peewee = _require("peewee", "peewee")
+        self._peewee = _require("peewee", "peewee", "peewee")
         # A peewee.Database has a .database too: its name, so test the type first.
         super().__init__(db if isinstance(db, self._peewee.Database) else db.database)
 
@@ -3388,6 +3421,8 @@ class _SecurityState:
         self.login_manager = login_manager
         #: The passlib context that hashes and verifies passwords.
         self.pwd_context = _build_password_context(app.config)
+        #: Whether the first request found a way to send mail.
+        self.mail_checked = False
         for key in _default_config:
             setattr(self, key.lower(), app.config["SECURITY_" + key])
 
@@ -3455,6 +3490,160 @@ def _warn_if_links_have_no_host(app):
             "them: set SECURITY_LINK_BASE_URL, SERVER_NAME or TRUSTED_HOSTS. Until "
             "then links are only sent for requests to localhost."
         )
+
+
+#: The switches that turn a feature on: a misspelt one leaves the feature off.
+_FEATURE_SWITCHES = (
+    "CONFIRMABLE",
+    "REGISTERABLE",
+    "RECOVERABLE",
+    "TRACKABLE",
+    "PASSWORDLESS",
+    "CHANGEABLE",
+)
+
+#: Fields of the user model, by the feature that reads them (``None``: always).
+_USER_FIELDS = {
+    None: ("email", "password", "active", "roles"),
+    "CONFIRMABLE": ("confirmed_at",),
+    "TRACKABLE": (
+        "last_login_at",
+        "current_login_at",
+        "last_login_ip",
+        "current_login_ip",
+        "login_count",
+    ),
+}
+
+#: Features that send mail, each with the setting that can turn its mail off.
+_MAIL_FEATURES = {
+    "REGISTERABLE": "SEND_REGISTER_EMAIL",
+    "CONFIRMABLE": None,
+    "RECOVERABLE": None,
+    "PASSWORDLESS": None,
+    "CHANGEABLE": "SEND_PASSWORD_CHANGE_EMAIL",
+}
+
+
+def _check_setup(app, datastore):
+    """Refuse, at startup, a setup that would fail on a visitor's request: each
+    problem is named with its fix. Unknown ``SECURITY_*`` keys only warn."""
+    config = app.config
+    problems = [
+        *_misspelt_settings(config),
+        *_unparsable_lifetimes(app),
+        *_missing_user_fields(app, datastore.user_model),
+    ]
+    if "bcrypt" in list(config["SECURITY_PASSWORD_SCHEMES"]) and _dead_passlib():
+        _log.warning("%s; until then bcrypt hashes may fail", _dead_passlib())
+    if problems:
+        raise RuntimeError(
+            "flask-security-lite cannot start:\n- " + "\n- ".join(problems)
+        )
+
+
+def _known_settings():
+    """Every ``SECURITY_*`` key this module reads."""
+    messages = [*_default_messages, *_message_aliases]
+    return [f"SECURITY_{key}" for key in _default_config] + [
+        f"SECURITY_MSG_{key}" for key in messages
+    ]
+
+
+def _misspelt_settings(config):
+    """Warn about each unknown ``SECURITY_*`` key with the closest real one; a
+    misspelt feature switch is a problem, since its feature is silently off."""
+    known = _known_settings()
+    for key in sorted(k for k in config if k.startswith("SECURITY_")):
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        if close and close[0].removeprefix("SECURITY_") in _FEATURE_SWITCHES:
+            yield f"{key} is not a setting: did you mean {close[0]}?"
+        else:
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            _log.warning("%s is not a flask-security-lite setting%s", key, hint)
+
+
+def _unparsable_lifetimes(app):
+    """Each ``*_WITHIN`` lifetime must parse, or its emailed links would all fail."""
+    for key in _default_config:
+        if key.endswith("_WITHIN"):
+            try:
+                get_within_delta(key, app)
+            except ValueError as error:
+                yield str(error)
+
+
+def _missing_user_fields(app, user_model):
+    """The fields the enabled features read, missing from the user model."""
+    if user_model is None:  # a custom datastore without a model class
+        return []
+    wanted = [*_USER_FIELDS[None], *get_identity_attributes(app)]
+    for feature, fields in _USER_FIELDS.items():
+        if feature is not None and app.config["SECURITY_" + feature]:
+            wanted += [f for f in fields if f not in wanted]
+    if getattr(user_model, "is_active", None) is not UserMixin.is_active:
+        wanted.remove("active")  # the model decides activity its own way
+    missing = [
+        name for name in dict.fromkeys(wanted) if not _has_field(user_model, name)
+    ]
+    return [
+        f"the user model {user_model.__name__} has no {name!r} field"
+        f"{_needed_by(name)}: add it (README, Quick start, shows every field)"
+        for name in missing
+    ]
+
+
+def _has_field(model, name):
+    """``model`` has the attribute ``name``; SQLAlchemy adds relationship backrefs
+    only when its mappers are configured, so configure them before giving up."""
+    if hasattr(model, name):
+        return True
+    if hasattr(model, "__mapper__"):
+        from sqlalchemy.orm import configure_mappers
+
+        try:
+            configure_mappers()
+        except Exception:  # another model is unfinished: the query will tell
+            return True
+    return hasattr(model, name)
+
+
+def _needed_by(name):
+    for feature, fields in _USER_FIELDS.items():
+        if feature is not None and name in fields:
+            return f" (needed by SECURITY_{feature})"
+    return ""
+
+
+def _check_mail_on_first_request(app):
+    """Mail-sending features need ``Mail(app)`` or ``@security.send_mail_task``.
+    Apps set up either after ``Security(app)``, so the check waits for the first
+    request, where it fails loudly instead of when a visitor's mail is due."""
+    state = app.extensions["security"]
+    needing = [
+        f"SECURITY_{feature}"
+        for feature, switch in _MAIL_FEATURES.items()
+        if app.config["SECURITY_" + feature]
+        and (switch is None or app.config["SECURITY_" + switch])
+    ]
+    if not needing:
+        return
+
+    def check_mail():
+        if state.mail_checked:
+            return
+        if "mail" not in app.extensions and state.security._send_mail_task is None:
+            raise RuntimeError(
+                f"{', '.join(needing)} send mail, but this app has no Flask-Mail "
+                "and no @security.send_mail_task: add Mail(app) (pip install "
+                "Flask-Mail) with your MAIL_* settings, or register a function "
+                "with @security.send_mail_task"
+            )
+        state.mail_checked = True
+
+    app.before_request(check_mail)
 
 
 def _check_form_names(names):
@@ -3553,6 +3742,7 @@ class Security:
         _set_config_defaults(app)
         _check_lockout_fields(app, datastore)
         _warn_if_links_have_no_host(app)
+        _check_setup(app, datastore)
         chosen = {**_default_forms, **self._forms, **forms}
         state = _SecurityState(app, self, datastore, chosen, _make_login_manager(app))
         app.extensions["security"] = state
@@ -3562,6 +3752,7 @@ class Security:
             register_blueprint = self._register_blueprint
         _add_views_and_commands(app, register_blueprint)
         app.context_processor(_template_globals)
+        _check_mail_on_first_request(app)
         if app.config["SECURITY_PASSWORD_HASH"] == "plaintext" and not app.testing:
             _log.warning(
                 "SECURITY_PASSWORD_HASH is 'plaintext': passwords are stored "

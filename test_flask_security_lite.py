@@ -880,8 +880,8 @@ def test_get_within_delta_parses_amount_and_unit(make_app):
         assert fsl.get_within_delta("CONFIRM_EMAIL_WITHIN") == timedelta(days=5)
 
 
-def test_get_within_delta_rejects_nonsense(make_app):
-    app = make_app(SECURITY_LOGIN_WITHIN="soon")
+def test_get_within_delta_rejects_nonsense(app):
+    app.config["SECURITY_LOGIN_WITHIN"] = "soon"
     with app.app_context(), pytest.raises(ValueError, match="SECURITY_LOGIN_WITHIN"):
         fsl.get_within_delta("LOGIN_WITHIN")
 
@@ -1406,18 +1406,22 @@ def test_mongo_get_user_accepts_object_ids_and_their_strings(make_app):
 
 
 @pytest.mark.parametrize(
-    "adapter, module, extra",
+    "adapter, module, package",
     [
-        ("SQLAlchemyUserDatastore", "sqlalchemy", "sqlalchemy"),
+        ("SQLAlchemyUserDatastore", "sqlalchemy", "Flask-SQLAlchemy"),
         ("MongoEngineUserDatastore", "mongoengine", "mongoengine"),
         ("PeeweeUserDatastore", "peewee", "peewee"),
     ],
 )
-def test_adapter_without_its_orm_names_the_extra(monkeypatch, adapter, module, extra):
+def test_adapter_without_its_orm_names_the_package_and_the_extra(
+    monkeypatch, adapter, module, package
+):
     monkeypatch.setitem(sys.modules, module, None)
     arguments = [None] * (4 if adapter == "PeeweeUserDatastore" else 3)
-    with pytest.raises(ImportError, match=rf"flask-security-lite\[{extra}\]"):
+    with pytest.raises(ImportError) as error:
         getattr(fsl, adapter)(*arguments)
+    assert f"pip install {package} " in str(error.value)
+    assert f"pip install 'flask-security-lite[{module}]'" in str(error.value)
 
 
 def test_peewee_datastore_accepts_an_object_with_a_database(make_app):
@@ -4298,6 +4302,191 @@ def test_install_as_flask_security_refuses_when_another_is_imported(
     with pytest.raises(RuntimeError, match="flask_security is imported already"):
         fsl.install_as_flask_security()
     assert sys.modules["flask_security"] is real
+
+
+# =============================================================================
+# 17. The Security extension: mistakes caught at startup
+# =============================================================================
+
+
+def _app_with_user_fields(fields, roles_on_role_side=False, **config):
+    """An app whose user model has only ``fields`` (and an id); not yet secured."""
+    from flask_sqlalchemy import SQLAlchemy
+
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="k", SQLALCHEMY_DATABASE_URI="sqlite://", **config)
+    db = SQLAlchemy(app)
+    link = db.Table(
+        "roles_users",
+        db.Column("user_id", db.ForeignKey("user.id")),
+        db.Column("role_id", db.ForeignKey("role.id")),
+    )
+    columns = {"id": db.Column(db.Integer, primary_key=True)}
+    for name in fields:
+        if name == "roles":
+            if not roles_on_role_side:
+                columns["roles"] = db.relationship("Role", secondary=link)
+        else:
+            columns[name] = db.Column(db.String(255))
+    role_columns = {
+        "id": db.Column(db.Integer, primary_key=True),
+        "name": db.Column(db.String(80)),
+    }
+    if roles_on_role_side:
+        role_columns["users"] = db.relationship("User", secondary=link, backref="roles")
+    role = type("Role", (db.Model, fsl.RoleMixin), role_columns)
+    user = type("User", (db.Model, fsl.UserMixin), columns)
+    return app, fsl.SQLAlchemyUserDatastore(db, user, role)
+
+
+ALWAYS_NEEDED = ["email", "password", "active", "roles"]
+
+
+@pytest.mark.parametrize(
+    "missing, config, needed_by",
+    [
+        ("active", {}, ""),
+        ("roles", {}, ""),
+        ("confirmed_at", {"SECURITY_CONFIRMABLE": True}, "SECURITY_CONFIRMABLE"),
+        ("login_count", {"SECURITY_TRACKABLE": True}, "SECURITY_TRACKABLE"),
+        ("current_login_ip", {"SECURITY_TRACKABLE": True}, "SECURITY_TRACKABLE"),
+    ],
+)
+def test_user_model_missing_a_needed_field_is_refused_at_init_app(
+    missing, config, needed_by
+):
+    fields = ALWAYS_NEEDED + list(fsl._USER_FIELDS["TRACKABLE"]) + ["confirmed_at"]
+    fields.remove(missing)
+    app, datastore = _app_with_user_fields(fields, **config)
+    with pytest.raises(RuntimeError) as error:
+        Security(app, datastore)
+    message = str(error.value)
+    assert f"the user model User has no {missing!r} field" in message
+    assert needed_by in message and "add it" in message
+
+
+def test_fields_of_features_that_are_off_are_not_needed():
+    app, datastore = _app_with_user_fields(ALWAYS_NEEDED)
+    Security(app, datastore)  # no confirmed_at, no trackable fields: both off
+
+
+def test_roles_made_by_a_backref_on_the_role_model_count():
+    app, datastore = _app_with_user_fields(ALWAYS_NEEDED, roles_on_role_side=True)
+    Security(app, datastore)
+
+
+def test_username_login_needs_a_username_field():
+    app, datastore = _app_with_user_fields(
+        ALWAYS_NEEDED, SECURITY_USER_IDENTITY_ATTRIBUTES="email, username"
+    )
+    with pytest.raises(RuntimeError, match="has no 'username' field"):
+        Security(app, datastore)
+
+
+@pytest.mark.parametrize("value", ["soon", "5 dayz", "five days", 5])
+def test_unparsable_link_lifetime_is_refused_at_init_app(make_app, value):
+    with pytest.raises(RuntimeError) as error:
+        make_app(SECURITY_RESET_PASSWORD_WITHIN=value)
+    assert "SECURITY_RESET_PASSWORD_WITHIN must look like '5 days'" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "key, real",
+    [("SECURITY_REGISTRABLE", "SECURITY_REGISTERABLE")]
+    + [
+        (f"SECURITY_{switch}S", f"SECURITY_{switch}")
+        for switch in fsl._FEATURE_SWITCHES
+    ],
+)
+def test_misspelt_feature_switch_is_refused_with_the_right_key(make_app, key, real):
+    with pytest.raises(RuntimeError) as error:
+        make_app(**{key: True})
+    assert f"{key} is not a setting: did you mean {real}?" in str(error.value)
+
+
+def test_unknown_setting_warns_with_the_closest_key(make_app, caplog):
+    make_app(SECURITY_POST_LOGIN_VEIW="/home", SECURITY_COLOUR_SCHEME="dark")
+    assert (
+        "SECURITY_POST_LOGIN_VEIW is not a flask-security-lite setting "
+        "(did you mean SECURITY_POST_LOGIN_VIEW?)"
+    ) in caplog.text
+    assert "SECURITY_COLOUR_SCHEME is not a flask-security-lite setting\n" in (
+        caplog.text + "\n"
+    )
+
+
+def test_known_settings_and_messages_do_not_warn(make_app, caplog):
+    make_app(SECURITY_MSG_PASSWORD_IS_SAME=("Same.", "error"), **ALL_FLOWS)
+    assert "not a flask-security-lite setting" not in caplog.text
+
+
+@pytest.mark.parametrize("feature", ["REGISTERABLE", "RECOVERABLE", "PASSWORDLESS"])
+def test_mail_feature_without_mail_fails_on_the_first_request(make_app, feature):
+    app = make_app(**{f"SECURITY_{feature}": True})
+    del app.extensions["mail"]
+    with pytest.raises(RuntimeError) as error:
+        app.test_client().get("/")
+    assert f"SECURITY_{feature} send mail" in str(error.value)
+    assert "Mail(app)" in str(error.value) and "@security.send_mail_task" in str(
+        error.value
+    )
+
+
+def test_a_send_mail_task_registered_after_init_app_is_enough(make_app):
+    app = make_app(**ALL_FLOWS)
+    del app.extensions["mail"]
+    app.security.send_mail_task(lambda message: None)
+    assert app.test_client().get("/").status_code == 200
+
+
+def test_mail_features_whose_mail_is_off_need_no_mail(make_app):
+    app = make_app(
+        SECURITY_REGISTERABLE=True,
+        SECURITY_SEND_REGISTER_EMAIL=False,
+        SECURITY_CHANGEABLE=True,
+        SECURITY_SEND_PASSWORD_CHANGE_EMAIL=False,
+    )
+    del app.extensions["mail"]
+    assert app.test_client().get("/").status_code == 200
+
+
+def test_dead_passlib_beside_modern_bcrypt_is_named_with_its_fix(
+    make_app, monkeypatch, caplog
+):
+    import passlib
+    import passlib.handlers.bcrypt
+
+    monkeypatch.setattr(passlib, "__version__", "1.7.4")
+    make_app()  # bcrypt is among the schemes verified: a warning
+    assert "passlib 1.7.4 is installed" in caplog.text
+    assert "pip install --force-reinstall 'libpass>=1.9'" in caplog.text
+
+    def broken_backend(*args, **kwargs):
+        raise ValueError("password cannot be longer than 72 bytes")
+
+    monkeypatch.setattr(passlib.handlers.bcrypt.bcrypt, "get_backend", broken_backend)
+    with pytest.raises(RuntimeError, match="pip uninstall -y passlib"):
+        make_app(SECURITY_PASSWORD_HASH="bcrypt")
+
+
+@pytest.mark.parametrize(
+    "scheme, package", [("argon2", "argon2-cffi"), ("bcrypt", "bcrypt")]
+)
+def test_missing_hashing_backend_names_the_package_and_the_extra(
+    make_app, monkeypatch, scheme, package
+):
+    import passlib.hash
+
+    def no_backend(*args, **kwargs):
+        raise passlib.exc.MissingBackendError(f"{scheme}: no backends available")
+
+    monkeypatch.setattr(getattr(passlib.hash, scheme), "get_backend", no_backend)
+    with pytest.raises(RuntimeError) as error:
+        make_app(SECURITY_PASSWORD_HASH=scheme)
+    assert (
+        f"pip install {package} (or pip install 'flask-security-lite[{scheme}]')"
+        in (str(error.value))
+    )
 
 
 # =============================================================================
