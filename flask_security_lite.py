@@ -3577,7 +3577,7 @@ def _unparsable_lifetimes(app):
 
 def _missing_user_fields(app, user_model):
     """The fields the enabled features read, missing from the user model."""
-    if user_model is None:  # a custom datastore without a model class
+    if not _declares_fields(user_model):  # a custom store's plain objects
         return []
     wanted = [*_USER_FIELDS[None], *get_identity_attributes(app)]
     for feature, fields in _USER_FIELDS.items():
@@ -3593,6 +3593,12 @@ def _missing_user_fields(app, user_model):
         f"{_needed_by(name)}: add it (README, Quick start, shows every field)"
         for name in missing
     ]
+
+
+def _declares_fields(model):
+    """True for a SQLAlchemy, mongoengine or peewee model: their fields are class
+    attributes, so a missing one is known before any object exists."""
+    return any(hasattr(model, marker) for marker in ("__mapper__", "_fields", "_meta"))
 
 
 def _has_field(model, name):
