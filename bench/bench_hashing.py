@@ -9,8 +9,9 @@ default parameters (printed, beside Flask-Security-Too's), into in-memory SQLite
 Then, in interleaved rounds, the bench times a JSON login through the test client
 and one bare ``verify`` of the same hash by the library's own password context
 (passlib's ``CryptContext.verify``; Flask-Login alone uses a one-scheme context with
-passlib's defaults). The figure is login / verify: 1.00 means a login costs the
-hash and nothing more.
+passlib's defaults). The figure is login / verify, by this process's CPU time (all
+its threads: argon2 hashes on several): 1.00 means a login costs the hash and
+nothing more.
 """
 
 import argparse

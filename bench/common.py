@@ -345,6 +345,36 @@ def login(client, email=EMAIL, password=PASSWORD):
     return response.json["response"]["user"]["authentication_token"]
 
 
+def wsgi_request(app, path, headers=None):
+    """A function sending ``GET path`` straight to the WSGI app, as a server does,
+    and returning the status code: no test client, whose own cost (building the
+    environ, the cookie jar, wrapping the response) would dilute every ratio."""
+    from werkzeug.test import EnvironBuilder
+
+    environ = EnvironBuilder(path=path, headers=headers).get_environ()
+    found = []
+
+    def start_response(status, response_headers, exc_info=None):
+        found.append(int(status.split(" ", 1)[0]))
+
+    def call():
+        found.clear()
+        body = app(dict(environ), start_response)
+        try:
+            for _ in body:
+                pass
+        finally:
+            getattr(body, "close", lambda: None)()
+        return found[0]
+
+    return call
+
+
+def session_cookie(client):
+    """The Cookie header of ``client``'s session (after ``login(client)``)."""
+    return {"Cookie": f"session={client.get_cookie('session').value}"}
+
+
 def basic_header(email=EMAIL, password=PASSWORD):
     import base64
 
@@ -372,21 +402,23 @@ class Timings:
         return statistics.median(own / theirs for own, theirs in pairs)
 
 
-def interleaved(calls, rounds, repeat):
+def interleaved(calls, rounds, repeat, clock=time.process_time):
     """Time each of ``calls`` (a dict of functions) in interleaved rounds.
 
     Each round times ``repeat`` calls of every function in turn, so a slow moment
-    of the machine falls on all of them alike.
+    of the machine falls on all of them alike. The default clock is this process's
+    CPU time, which other processes on a busy machine do not inflate; work done in
+    another process (a PostgreSQL server) needs ``time.perf_counter``.
     """
     samples = defaultdict(list)
     for call in calls.values():
         call()
     for _ in range(rounds):
         for key, call in calls.items():
-            started = time.perf_counter()
+            started = clock()
             for _ in range(repeat):
                 call()
-            samples[key].append((time.perf_counter() - started) / repeat * 1e6)
+            samples[key].append((clock() - started) / repeat * 1e6)
     return Timings(dict(samples))
 
 
