@@ -302,8 +302,15 @@ _default_config = {
     #: Schemes rehashed on the next successful login (``auto``: all but the default).
     "DEPRECATED_PASSWORD_SCHEMES": ["auto"],
     #: Per-scheme passlib settings; ``rounds`` is both the cost of new hashes and the
-    #: minimum below which a stored hash is rehashed at login.
-    "PASSWORD_HASH_OPTIONS": {"pbkdf2_sha512": {"rounds": 210_000}},
+    #: minimum below which a stored hash is rehashed at login. pbkdf2_sha512 and
+    #: bcrypt follow OWASP's Password Storage Cheat Sheet (210,000 iterations; a cost
+    #: of at least 10), argon2id RFC 9106's second recommended option (t=3, 64 MiB,
+    #: p=4).
+    "PASSWORD_HASH_OPTIONS": {
+        "pbkdf2_sha512": {"rounds": 210_000},
+        "bcrypt": {"rounds": 12},
+        "argon2": {"rounds": 3, "memory_cost": 65_536, "parallelism": 4},
+    },
     #: Shortest password accepted by the register, reset and change forms.
     "PASSWORD_LENGTH_MIN": 8,
     #: Sender of every security email.

@@ -1057,6 +1057,21 @@ def test_optional_schemes_hash_and_verify(make_app, scheme):
     assert json_login(app.test_client()).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "scheme, prefix",
+    [("argon2", "$argon2id$v=19$m=65536,t=3,p=4$"), ("bcrypt", "$2b$12$")],
+)
+def test_default_argon2_and_bcrypt_costs_are_rfc_9106_and_owasp(
+    make_app, scheme, prefix
+):
+    defaults = fsl._default_config["PASSWORD_HASH_OPTIONS"]
+    app = make_app(
+        SECURITY_PASSWORD_HASH=scheme, SECURITY_PASSWORD_HASH_OPTIONS=defaults
+    )
+    with app.test_request_context():
+        assert fsl.hash_password(PASSWORD).startswith(prefix)
+
+
 def test_bcrypt_never_truncates_a_long_raw_password(make_app):
     app = make_app(SECURITY_PASSWORD_HASH="bcrypt")
     long_password = "é" * 40 + "tail-one"
