@@ -952,15 +952,19 @@ def _is_password_hash(value):
 
 
 #: Shapes of stored hashes of any library, listed or not: modular crypt
-#: (``$1$``, ``$2b$``, ``$argon2id$``), LDAP (``{SSHA}``), Werkzeug and Django
-#: (``pbkdf2:sha256:600000$salt$hash``, ``md5$salt$hash``), des_crypt and BSDi,
-#: and bare hex digests (MD5, SHA-1, SHA-256, SHA-512).
+#: (``$1$``, ``$2b$``, ``$argon2id$``, ``$P$``), LDAP (``{SSHA}``), Werkzeug and
+#: Django (``pbkdf2:sha256:600000$salt$hash``, ``md5$salt$hash``), MySQL
+#: (``*`` and 40 hex digits), des_crypt and BSDi, and bare digests in hex (MD5 to
+#: SHA-512) or base64 (MD5, SHA-1, SHA-256, SHA-512).
 _HASH_SHAPES = re.compile(
     r"""\$[\w.-]+\$.*
     | \{[\w.-]+\}.*
     | [a-z][\w.-]*(:[\w.-]+)*\$[^$]*\$.*
+    | \*[0-9a-f]{40}
     | [./0-9a-z]{13} | _[./0-9a-z]{19}
-    | [0-9a-f]{32} | [0-9a-f]{40} | [0-9a-f]{64} | [0-9a-f]{128}""",
+    | [0-9a-f]{16} | [0-9a-f]{32} | [0-9a-f]{40} | [0-9a-f]{56}
+    | [0-9a-f]{64} | [0-9a-f]{96} | [0-9a-f]{128}
+    | [a-z0-9+/]{22}== | [a-z0-9+/]{27}= | [a-z0-9+/]{43}= | [a-z0-9+/]{86}==""",
     re.IGNORECASE | re.VERBOSE | re.DOTALL,
 )
 

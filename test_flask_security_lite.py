@@ -1005,6 +1005,11 @@ def _unlisted_hashes():
         "ldap": "{SSHA}" + base64.b64encode(b"x" * 24).decode(),
         "hex md5": hashlib.md5(PASSWORD.encode()).hexdigest(),
         "hex sha256": hashlib.sha256(PASSWORD.encode()).hexdigest(),
+        "base64 sha1": base64.b64encode(
+            hashlib.sha1(PASSWORD.encode()).digest()
+        ).decode(),
+        "mysql41": "*" + hashlib.sha1(hashlib.sha1(b"x").digest()).hexdigest(),
+        "phpass": "$P$B" + "a" * 30,
     }
 
 
