@@ -1883,6 +1883,7 @@ _HIDDEN_BY_GENERIC = ("unknown_user", "no_password", "locked", "invalid_password
 _default_field_labels = {
     "email": "Email address",
     "password": "Password",
+    "current_password": "Current password",
     "register": "Register",
     "send_confirmation": "Resend confirmation instructions",
     "recover_password": "Recover password",
@@ -2040,7 +2041,9 @@ class UniqueEmailFormMixin:
 class PasswordFormMixin:
     """The current password."""
 
-    password = PasswordField(get_form_field_label("password"), [password_required])
+    password = PasswordField(
+        get_form_field_label("current_password"), [password_required]
+    )
 
 
 class NewPasswordFormMixin:
@@ -3279,17 +3282,31 @@ def create_blueprint(app, import_name=__name__):
 
 
 def _templates_folder():
-    """Our templates: beside this file (checkout, vendored copy) or installed."""
-    beside = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
-    if os.path.isdir(os.path.join(beside, "security")):
-        return beside
+    """Our templates, from the first of: ``flask_security_lite_templates/`` beside
+    this file (a vendored copy), ``templates/`` beside it (a checkout), the
+    installed package. A folder counts only when it holds every default page, so
+    an app's own ``templates/security/`` with a few overrides is not taken for ours
+    (Flask looks in the app's folder first: that is how its pages override ours).
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in ("flask_security_lite_templates", "templates"):
+        if _holds_our_templates(os.path.join(here, name)):
+            return os.path.join(here, name)
     spec = importlib.util.find_spec("flask_security_lite_templates")
-    if spec is not None and spec.submodule_search_locations:
-        return list(spec.submodule_search_locations)[0]
+    for folder in spec.submodule_search_locations if spec else []:
+        if _holds_our_templates(folder):
+            return folder
     raise RuntimeError(
-        "flask-security-lite cannot find its templates: copy the 'templates' folder "
-        f"of the distribution to {beside}, or install the package with pip"
+        "flask-security-lite cannot find its templates: install it with pip, or "
+        "copy the 'templates' folder of the distribution to "
+        f"{os.path.join(here, 'flask_security_lite_templates')}"
     )
+
+
+def _holds_our_templates(folder):
+    pages = [v for k, v in _default_config.items() if k.endswith("_TEMPLATE")]
+    names = [*pages, "security/base.html", "security/email/welcome.txt"]
+    return all(os.path.isfile(os.path.join(folder, name)) for name in names)
 
 
 # =============================================================================
@@ -3327,7 +3344,13 @@ def _cli_commit(message):
 @click.argument("email")
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
 @click.option("--active/--inactive", default=True, help="Whether the user can log in.")
-def _users_create(email, password, active):
+@click.option(
+    "--confirmed",
+    is_flag=True,
+    help="Mark the email address confirmed, so the user of a CONFIRMABLE app can "
+    "log in without the emailed link.",
+)
+def _users_create(email, password, active, confirmed):
     """Create a user with EMAIL."""
     from email_validator import EmailNotValidError, validate_email
 
@@ -3345,7 +3368,14 @@ def _users_create(email, password, active):
     if _datastore.find_user(email=email) is not None:
         message = get_message("EMAIL_ALREADY_ASSOCIATED", email=email)[0]
         raise click.ClickException(message)
-    _datastore.create_user(email=email, password=password, active=active)
+    fields = {"email": email, "password": password, "active": active}
+    if confirmed:
+        if not hasattr(_datastore.user_model, "confirmed_at"):
+            raise click.UsageError("--confirmed needs a confirmed_at field on the user")
+        fields["confirmed_at"] = _now()
+    _datastore.create_user(**fields)
+    if config_value("CONFIRMABLE") and not confirmed:
+        click.echo(f"{email} must confirm the address before logging in (--confirmed)")
     _cli_commit(f"created user {email}")
 
 

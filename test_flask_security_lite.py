@@ -3519,6 +3519,12 @@ def test_password_fields_tell_current_from_new(make_app):
     assert autocomplete(reset_path)["password_confirm"] == "new-password"
 
 
+def test_change_password_form_labels_the_current_password(make_app):
+    page = _default_pages(make_app)["/change"]
+    assert '<label for="password">Current password</label>' in page
+    assert '<label for="new_password">New password</label>' in page
+
+
 def test_email_fields_are_email_inputs(make_app):
     pages = _default_pages(make_app)
     for path in ("/login", "/register", "/reset", "/confirm", "passwordless"):
@@ -3562,6 +3568,44 @@ def test_menu_names_the_current_page_without_linking_to_it(make_app):
     assert '<span aria-current="page">Register</span>' in menu
     links = [a["href"] for a in _Tags(menu, "a").found]
     assert links == ["/login", "/reset", "/confirm"]
+
+
+@pytest.mark.parametrize(
+    "module_folder, our_templates",
+    [
+        ("", "flask_security_lite_templates"),  # vendored at the project root
+        ("vendor", "templates"),  # vendored in a folder of its own
+        ("vendor", "flask_security_lite_templates"),
+    ],
+)
+def test_an_app_page_overrides_ours_in_each_vendored_layout(
+    make_app, tmp_path, monkeypatch, module_folder, our_templates
+):
+    module = tmp_path / module_folder / "flask_security_lite.py"
+    shutil.copytree(HERE / "templates", module.parent / our_templates)
+    monkeypatch.setattr(fsl, "__file__", str(module))
+    app_templates = tmp_path / "templates"  # the app's, at the project root
+    (app_templates / "security").mkdir(parents=True)
+    (app_templates / "security" / "login_user.html").write_text("<h1>Ours now</h1>")
+    app = make_app(template_folder=str(app_templates), **ALL_FLOWS)
+    client = app.test_client()
+    assert client.get("/login").data == b"<h1>Ours now</h1>"
+    assert b"<h1>Register</h1>" in client.get("/register").data
+
+
+def test_an_app_folder_with_a_few_overrides_is_not_taken_for_ours(
+    make_app, tmp_path, monkeypatch
+):
+    (tmp_path / "templates" / "security").mkdir(parents=True)
+    (tmp_path / "templates" / "security" / "login_user.html").write_text("mine")
+    monkeypatch.setattr(fsl, "__file__", str(tmp_path / "flask_security_lite.py"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RuntimeError) as error:
+        make_app()
+    expected = tmp_path / "flask_security_lite_templates"
+    assert f"copy the 'templates' folder of the distribution to {expected}" in str(
+        error.value
+    )
 
 
 def test_a_174_style_page_imports_our_macros_and_includes(make_app, tmp_path):
@@ -4101,6 +4145,22 @@ def test_cli_creates_inactive_users(app):
         == 0
     )
     assert get_user(app, "off@lp.com").active is False
+
+
+def test_cli_confirmed_user_of_a_confirmable_app_can_log_in(make_app):
+    app = make_app(SECURITY_CONFIRMABLE=True)
+    result = _cli(
+        app, "users", "create", "new@lp.com", "--password", PASSWORD, "--confirmed"
+    )
+    assert result.exit_code == 0 and "must confirm" not in result.output
+    assert json_login(app.test_client(), "new@lp.com").status_code == 200
+
+
+def test_cli_says_an_unconfirmed_user_must_confirm_first(make_app):
+    app = make_app(SECURITY_CONFIRMABLE=True)
+    result = _cli(app, "users", "create", "new@lp.com", "--password", PASSWORD)
+    assert "new@lp.com must confirm the address before logging in" in result.output
+    assert json_login(app.test_client(), "new@lp.com").status_code == 400
 
 
 def test_cli_normalises_emails_like_the_views(app):
