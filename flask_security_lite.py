@@ -430,6 +430,9 @@ _default_config = {
     "LOCKOUT_ATTEMPTS": None,
     #: How long a locked account stays locked ("<amount> <unit>").
     "LOCKOUT_WITHIN": "15 minutes",
+    #: Load Flask-Principal identities as 1.7.4 did (a ``UserNeed``, a ``RoleNeed``
+    #: per role) when flask_principal is installed; False: never touch it.
+    "FLASK_PRINCIPAL": True,
 }
 
 #: Largest request body the security views read; larger ones get 413.
@@ -2329,6 +2332,66 @@ def _auth_method():
     return g.get("flask_security_auth_method")
 
 
+# -- Flask-Principal, when the app has it -------------------------------------------
+
+
+def _principal():
+    """The flask_principal module; imported only where it was found at setup."""
+    return importlib.import_module("flask_principal")
+
+
+def _setup_principal(app):
+    """Flask-Principal as 1.7.4 set it up, when it is installed and
+    ``SECURITY_FLASK_PRINCIPAL`` is on; otherwise None, and no code of it runs.
+
+    Each request's identity then carries a ``UserNeed`` and one ``RoleNeed`` per
+    role, so ``Permission(RoleNeed("admin")).require()`` works.
+    """
+    if not app.config["SECURITY_FLASK_PRINCIPAL"]:
+        return None
+    try:
+        principal = _principal()
+    except ImportError:
+        return None
+    manager = principal.Principal(app, use_sessions=False, skip_static=True)
+    manager.identity_loader(_session_identity)
+    principal.identity_loaded.connect(_add_needs, app)
+    return manager
+
+
+def _session_identity():
+    """Flask-Principal's identity loader: the session's user, if any."""
+    if current_user.is_authenticated:
+        return _principal().Identity(current_user.id)
+    return None
+
+
+def _add_needs(app, identity):
+    """Give ``identity`` the needs of the current user, as 1.7.4 did."""
+    user = current_user._get_current_object()
+    if not user.is_authenticated:
+        return
+    principal = _principal()
+    identity.user = user
+    identity.provides.add(principal.UserNeed(user.id))
+    for role in user.roles:
+        identity.provides.add(principal.RoleNeed(role.name))
+
+
+def _announce_identity(user):
+    """Tell Flask-Principal, when it is set up, who this request's user now is
+    (None: nobody)."""
+    if _security.principal is None:
+        return
+    principal = _principal()
+    if user is None:
+        identity = principal.AnonymousIdentity()
+    else:
+        identity = principal.Identity(user.id)
+    app = current_app._get_current_object()
+    principal.identity_changed.send(app, identity=identity)
+
+
 def _set_request_user(user, method):
     """Make ``user`` the current user of this request only (nothing in the session)."""
     # Flask-Login's own setter of the request's user, as its request loaders use.
@@ -2337,6 +2400,7 @@ def _set_request_user(user, method):
     flask_login.user_loaded_from_request.send(
         current_app._get_current_object(), user=user
     )
+    _announce_identity(user)
 
 
 def _json_body():
@@ -2537,6 +2601,7 @@ def login_user(user, remember=None):
     session.clear()
     flask_login.login_user(user, remember=remember)
     _set_auth_method("session")
+    _announce_identity(user)
     if config_value("TRACKABLE"):
         _track_login(user)
         _datastore.put(user)
@@ -2548,6 +2613,7 @@ def logout_user():
     """Log the current user out and forget the remember-me cookie."""
     session.clear()
     flask_login.logout_user()
+    _announce_identity(None)
 
 
 def _rebind_session(user):
@@ -3464,6 +3530,10 @@ class _SecurityState:
         self.pwd_context = _build_password_context(app.config)
         #: Whether the first request found a way to send mail.
         self.mail_checked = False
+
+        #: Flask-Principal's ``Principal`` for the app, or None (see
+        #: ``SECURITY_FLASK_PRINCIPAL``).
+        self.principal = _setup_principal(app)
         for key in _default_config:
             setattr(self, key.lower(), app.config["SECURITY_" + key])
 

@@ -4384,6 +4384,355 @@ def test_install_as_flask_security_refuses_when_another_is_imported(
     assert sys.modules["flask_security"] is real
 
 
+#: A Flask-Security 1.7.4 application (a book catalogue), ported only as any move to
+#: today's stack needs (Python 3, ``flask_x`` imports, Flask-SQLAlchemy 3) and with
+#: the one added line. Its own templates follow 1.7.4's.
+APP_174 = '''
+import json
+from functools import wraps
+
+import flask_security_lite
+
+flask_security_lite.install_as_flask_security()
+
+from flask import Flask, Response, render_template
+from flask_principal import Permission, RoleNeed
+from flask_sqlalchemy import SQLAlchemy
+from flask_security import RoleMixin, Security, UserMixin, login_required
+from flask_security.core import current_user
+from flask_security.datastore import SQLAlchemyUserDatastore
+from flask_security.decorators import auth_token_required, http_auth_required
+from flask_security.forms import RegisterForm, Required, TextField
+from flask_security.signals import password_changed, user_registered
+from flask_security.utils import encrypt_password, verify_password
+
+app = Flask(__name__)
+app.config.update(
+    SECRET_KEY="catalogue secret",
+    TESTING=True,
+    WTF_CSRF_ENABLED=False,
+    SQLALCHEMY_DATABASE_URI="sqlite://",
+    SECURITY_PASSWORD_SCHEMES=["bcrypt", "plaintext"],
+    SECURITY_REGISTERABLE=True,
+    SECURITY_CHANGEABLE=True,
+    SECURITY_SEND_REGISTER_EMAIL=False,
+    SECURITY_SEND_PASSWORD_CHANGE_EMAIL=False,
+)
+db = SQLAlchemy(app)
+
+roles_users = db.Table(
+    "roles_users",
+    db.Column("user_id", db.Integer(), db.ForeignKey("user.id")),
+    db.Column("role_id", db.Integer(), db.ForeignKey("role.id")),
+)
+
+
+class Role(db.Model, RoleMixin):
+    id = db.Column(db.Integer(), primary_key=True)
+    name = db.Column(db.String(80), unique=True)
+    description = db.Column(db.String(255))
+
+
+class User(db.Model, UserMixin):
+    id = db.Column(db.Integer, primary_key=True)
+    email = db.Column(db.String(255), unique=True)
+    password = db.Column(db.String(255))
+    first_name = db.Column(db.String(255))
+    active = db.Column(db.Boolean())
+    confirmed_at = db.Column(db.DateTime())
+    roles = db.relationship(
+        "Role", secondary=roles_users, backref=db.backref("users", lazy="dynamic")
+    )
+
+
+class ExtendedRegisterForm(RegisterForm):
+    first_name = TextField("First name", [Required()])
+
+
+class CatalogueDatastore(SQLAlchemyUserDatastore):
+    """Every new account starts as a reader."""
+
+    def create_user(self, **kwargs):
+        kwargs.setdefault("roles", ["reader"])
+        return super().create_user(**kwargs)
+
+
+user_datastore = CatalogueDatastore(db, User, Role)
+security = Security(app, user_datastore, register_form=ExtendedRegisterForm)
+
+with app.app_context():
+    db.create_all()
+    user_datastore.find_or_create_role("reader")
+    user_datastore.find_or_create_role("admin")
+    user_datastore.create_user(
+        email="admin@catalogue.org",
+        password=encrypt_password("admin password"),
+        first_name="Ada",
+        roles=["admin"],
+    )
+    db.session.commit()
+
+events = []
+
+
+@user_registered.connect_via(app)
+def on_user_registered(app, user, confirm_token):
+    events.append(("registered", user.email, confirm_token))
+
+
+@password_changed.connect_via(app)
+def on_password_changed(app, user):
+    events.append(("password changed", user.email))
+
+
+admin_permission = Permission(RoleNeed("admin"))
+
+
+def restful(method):
+    """What Flask-RESTful's Resource does with what a decorated method returns."""
+
+    @wraps(method)
+    def dispatch(*args, **kwargs):
+        result = method(*args, **kwargs)
+        if isinstance(result, Response):
+            return result
+        data, code = result if isinstance(result, tuple) else (result, 200)
+        return Response(json.dumps(data), code, mimetype="application/json")
+
+    return dispatch
+
+
+@app.route("/")
+def index():
+    return render_template("index.html")
+
+
+@app.route("/admin")
+@login_required
+@admin_permission.require(http_exception=403)
+def admin():
+    return "catalogue admin"
+
+
+@app.route("/api/books")
+@restful
+@auth_token_required
+def books():
+    return {"reader": current_user.email, "books": []}
+
+
+@app.route("/api/admin")
+@http_auth_required
+@admin_permission.require(http_exception=403)
+def api_admin():
+    return "api admin"
+
+
+@app.route("/api/admin-by-token")
+@auth_token_required
+@admin_permission.require(http_exception=403)
+def api_admin_by_token():
+    return "api admin by token"
+
+
+@app.route("/check-password/<password>")
+@login_required
+def check_password(password):
+    return str(verify_password(password, current_user.password))
+'''
+
+#: The catalogue's templates, written the way 1.7.4 applications copied theirs.
+TEMPLATES_174 = {
+    "index.html": """
+{% include "security/_messages.html" %}
+<h1>The catalogue</h1>
+{% if current_user.is_authenticated %}<p>Hello {{ current_user.first_name }}</p>
+{% else %}<a href="{{ url_for_security('login') }}">Sign in</a>{% endif %}
+{% if security.registerable %}
+<a href="{{ url_for_security('register') }}">Join the catalogue</a>
+{% endif %}
+{% include "security/_menu.html" %}
+""",
+    "security/login_user.html": """
+{% from "security/_macros.html" import render_field_with_errors, render_field %}
+{% include "security/_messages.html" %}
+<h1>Sign in to the catalogue</h1>
+<form action="{{ url_for_security('login') }}" method="POST" name="login_user_form">
+  {{ login_user_form.hidden_tag() }}
+  {{ render_field_with_errors(login_user_form.email) }}
+  {{ render_field_with_errors(login_user_form.password) }}
+  {{ render_field_with_errors(login_user_form.remember) }}
+  {{ render_field(login_user_form.next) }}
+  {{ render_field(login_user_form.submit) }}
+</form>
+{% if security.registerable %}
+<a href="{{ url_for_security('register') }}">No account yet?</a>
+{% endif %}
+{% include "security/_menu.html" %}
+""",
+    "security/register_user.html": """
+{% from "security/_macros.html" import render_field_with_errors, render_field %}
+{% include "security/_messages.html" %}
+<h1>Join the catalogue</h1>
+<form action="{{ url_for_security('register') }}" method="POST"
+      name="register_user_form">
+  {{ register_user_form.hidden_tag() }}
+  {{ render_field_with_errors(register_user_form.first_name) }}
+  {{ render_field_with_errors(register_user_form.email) }}
+  {{ render_field_with_errors(register_user_form.password) }}
+  {{ render_field_with_errors(register_user_form.password_confirm) }}
+  {{ render_field(register_user_form.submit) }}
+</form>
+{% include "security/_menu.html" %}
+""",
+}
+
+
+@pytest.fixture
+def app_174(tmp_path, monkeypatch, forget_modules):
+    """The 1.7.4 catalogue, imported as its users run it."""
+    name = f"catalogue_{uuid.uuid4().hex}"
+    forget_modules.add(name)
+    (tmp_path / f"{name}.py").write_text(APP_174)
+    for path, text in TEMPLATES_174.items():
+        (tmp_path / "templates" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "templates" / path).write_text(text)
+    # Fast hashing for the test run only: the catalogue keeps the default scheme.
+    monkeypatch.setitem(fsl._default_config, "PASSWORD_HASH_OPTIONS", FAST_HASHING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    catalogue = importlib.import_module(name)
+    yield catalogue
+    with catalogue.app.app_context():
+        catalogue.db.session.remove()
+        catalogue.db.engine.dispose()
+
+
+def _login_174(client, email="admin@catalogue.org", password="admin password"):
+    return client.post("/login", data={"email": email, "password": password})
+
+
+def test_174_app_starts_with_its_imports_and_password_schemes(app_174):
+    assert app_174.security.datastore is app_174.user_datastore
+    with app_174.app.app_context():
+        admin = app_174.user_datastore.find_user(email="admin@catalogue.org")
+        assert app_174.verify_password("admin password", admin.password)
+
+
+def test_174_app_login_page_is_its_own_template_with_macros_and_menu(app_174):
+    page = app_174.app.test_client().get("/login").get_data(as_text=True)
+    assert "<h1>Sign in to the catalogue</h1>" in page
+    assert 'action="/login"' in page and 'name="email"' in page
+    assert 'href="/register"' in page
+    assert 'class="security-menu"' in page
+
+
+def test_174_app_own_pages_see_url_for_security_and_security(app_174):
+    page = app_174.app.test_client().get("/").get_data(as_text=True)
+    assert '<a href="/login">Sign in</a>' in page
+    assert '<a href="/register">Join the catalogue</a>' in page
+
+
+def test_174_app_logs_in_through_its_template(app_174):
+    client = app_174.app.test_client()
+    assert _login_174(client).status_code == 302
+    assert "Hello Ada" in client.get("/").get_data(as_text=True)
+
+
+def test_174_app_registers_with_its_extended_form_and_signal(app_174):
+    client = app_174.app.test_client()
+    form = {"email": "reader@catalogue.org", "password": "reader password"}
+    form["password_confirm"] = form["password"]
+    refused = client.post("/register", data=form)
+    assert "This field is required." in refused.get_data(as_text=True)
+    response = client.post("/register", data={**form, "first_name": "Rea"})
+    assert response.status_code == 302
+    assert app_174.events == [("registered", "reader@catalogue.org", None)]
+    with app_174.app.app_context():
+        user = app_174.user_datastore.find_user(email="reader@catalogue.org")
+        assert user.first_name == "Rea" and user.has_role("reader")
+
+
+def test_174_app_password_change_reaches_a_two_argument_receiver(app_174):
+    client = app_174.app.test_client()
+    _login_174(client)
+    change = {
+        "password": "admin password",
+        "new_password": "new admin password",
+        "new_password_confirm": "new admin password",
+    }
+    assert client.post("/change", data=change).status_code == 302
+    assert app_174.events == [("password changed", "admin@catalogue.org")]
+
+
+def test_174_app_restful_consumer_gets_a_response_on_refusal(app_174):
+    client = app_174.app.test_client()
+    refused = client.get("/api/books", headers={"Accept": "application/json"})
+    assert refused.status_code == 401
+    assert refused.json["meta"]["code"] == 401
+    token = client.post(
+        "/login", json={"email": "admin@catalogue.org", "password": "admin password"}
+    ).json["response"]["user"]["authentication_token"]
+    answer = client.get("/api/books", headers={"Authentication-Token": token})
+    assert answer.json == {"reader": "admin@catalogue.org", "books": []}
+
+
+def test_174_app_principal_permission_admits_a_session_admin(app_174):
+    client = app_174.app.test_client()
+    _login_174(client)
+    assert client.get("/admin").get_data(as_text=True) == "catalogue admin"
+
+
+def test_174_app_principal_permission_refuses_a_reader(app_174):
+    with app_174.app.app_context():
+        app_174.user_datastore.create_user(
+            email="reader@catalogue.org", password="reader password"
+        )
+        app_174.db.session.commit()
+    client = app_174.app.test_client()
+    _login_174(client, "reader@catalogue.org", "reader password")
+    assert client.get("/admin").status_code == 403
+
+
+def test_174_app_principal_identity_is_cleared_on_logout(app_174):
+    client = app_174.app.test_client()
+    _login_174(client)
+    client.get("/logout")
+    assert client.get("/admin").status_code == 302
+
+
+def test_174_app_principal_permission_admits_token_and_basic_users(app_174):
+    client = app_174.app.test_client()
+    token = client.post(
+        "/login", json={"email": "admin@catalogue.org", "password": "admin password"}
+    ).json["response"]["user"]["authentication_token"]
+    client.get("/logout")
+    by_token = client.get(
+        "/api/admin-by-token", headers={"Authentication-Token": token}
+    )
+    assert by_token.get_data(as_text=True) == "api admin by token"
+    basic = base64.b64encode(b"admin@catalogue.org:admin password").decode()
+    by_basic = client.get("/api/admin", headers={"Authorization": f"Basic {basic}"})
+    assert by_basic.get_data(as_text=True) == "api admin"
+
+
+def test_principal_switched_off_is_never_set_up(make_app):
+    app = make_app(SECURITY_FLASK_PRINCIPAL=False)
+    assert app.extensions["security"].principal is None
+    with app.test_request_context():
+        app.preprocess_request()
+        assert "identity" not in flask.g
+
+
+def test_principal_absent_leaves_roles_working(make_app, monkeypatch):
+    monkeypatch.setitem(sys.modules, "flask_principal", None)
+    app = make_app()
+    assert app.extensions["security"].principal is None
+    add_user(app, roles=["admin"])
+    client = app.test_client()
+    login(client)
+    assert client.get("/admin").data == b"admin"
+
+
 # =============================================================================
 # 17. The Security extension: mistakes caught at startup
 # =============================================================================
