@@ -3530,7 +3530,6 @@ class _SecurityState:
         self.pwd_context = _build_password_context(app.config)
         #: Whether the first request found a way to send mail.
         self.mail_checked = False
-
         #: Flask-Principal's ``Principal`` for the app, or None (see
         #: ``SECURITY_FLASK_PRINCIPAL``).
         self.principal = _setup_principal(app)
