@@ -2648,7 +2648,10 @@ def send_mail(subject, recipient, template, **context):
     from flask_mail import Message
 
     security = _security.security
-    values = _template_values(security._mail_context_processors, context)
+    values = {
+        "url_for": _mail_url_for,
+        **_template_values(security._mail_context_processors, context),
+    }
     message = Message(
         subject, sender=config_value("EMAIL_SENDER"), recipients=[recipient]
     )
@@ -2664,6 +2667,19 @@ def send_mail(subject, recipient, template, **context):
             "or register a function with @security.send_mail_task"
         )
     mail.send(message)
+
+
+def _mail_url_for(endpoint, **values):
+    """``url_for`` as email templates see it: an external URL is built on the
+    declared host (``SECURITY_LINK_BASE_URL``, ``SERVER_NAME``, a trusted host),
+    never on the ``Host`` a request claimed."""
+    if not values.pop("_external", False):
+        return url_for(endpoint, **values)
+    base = config_value("LINK_BASE_URL")
+    if base:
+        return base.rstrip("/") + url_for(endpoint, **values)
+    _require_declared_host()
+    return url_for(endpoint, _external=True, **values)
 
 
 def _send_after_response(send, user):
@@ -2841,6 +2857,8 @@ def change_user_password(user, password):
 
     Every other session, remember cookie and token of the user stops working.
     """
+    if config_value("SEND_PASSWORD_CHANGE_EMAIL"):
+        _require_declared_host()  # before the change: the notice may carry links
     user.password = hash_password(password)
     _datastore.put(user)
     _datastore.commit()
@@ -3591,7 +3609,7 @@ def _warn_if_links_have_no_host(app):
     config = app.config
     mails_links = any(
         config["SECURITY_" + feature]
-        for feature in ("CONFIRMABLE", "RECOVERABLE", "PASSWORDLESS")
+        for feature in ("CONFIRMABLE", "RECOVERABLE", "PASSWORDLESS", "CHANGEABLE")
     )
     declared = config.get("SERVER_NAME") or config.get("TRUSTED_HOSTS")
     if mails_links and not (declared or config["SECURITY_LINK_BASE_URL"]):

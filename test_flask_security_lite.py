@@ -3834,6 +3834,39 @@ def test_links_are_built_for_the_declared_host(make_app, declared, expected):
         assert expected in outbox[0].body and "evil" not in outbox[0].body
 
 
+def test_a_password_change_from_an_undeclared_host_changes_and_mails_nothing(
+    make_app,
+):
+    app = _link_site(make_app, {**CHANGE, **RECOVER})
+    headers = {
+        "Host": "evil.example",
+        "Authentication-Token": auth_token(app.test_client()),
+    }
+    new = {"password": PASSWORD, "new_password": "new password"}
+    new["new_password_confirm"] = "new password"
+    with app.mail.record_messages() as outbox:
+        response = app.test_client().post("/change", json=new, headers=headers)
+    assert response.status_code == 400 and outbox == []
+    assert json_login(app.test_client()).status_code == 200
+
+
+def test_email_templates_build_external_urls_on_the_declared_host(make_app):
+    app = _link_site(
+        make_app, {**CHANGE, **RECOVER}, SECURITY_LINK_BASE_URL="https://example.com"
+    )
+    headers = {
+        "Host": "evil.example",
+        "Authentication-Token": auth_token(app.test_client()),
+    }
+    new = {"password": PASSWORD, "new_password": "new password"}
+    new["new_password_confirm"] = "new password"
+    with app.mail.record_messages() as outbox:
+        response = app.test_client().post("/change", json=new, headers=headers)
+    assert response.status_code == 200
+    assert "https://example.com/reset" in outbox[0].body
+    assert "evil" not in outbox[0].body + outbox[0].html
+
+
 def test_trusted_hosts_refuse_other_hosts_and_build_links_for_their_own(make_app):
     app = _link_site(make_app, RECOVER, TRUSTED_HOSTS=["example.com"])
     client = app.test_client()
