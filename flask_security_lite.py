@@ -2128,11 +2128,7 @@ class ForgotPasswordForm(Form, UserEmailFormMixin):
             return False
         if self.user is None or not requires_confirmation(self.user):
             return True
-        if config_value("RETURN_GENERIC_RESPONSES"):
-            self.user = None
-            return True
-        self.email.errors.append(get_message("CONFIRMATION_REQUIRED")[0])
-        return False
+        return _refuse_known_address(self, "CONFIRMATION_REQUIRED")
 
 
 class PasswordlessLoginForm(Form, UserEmailFormMixin):
