@@ -2,21 +2,24 @@
 
 Run by hand (from the repository root; needs gunicorn and PostgreSQL's binaries)::
 
-    python bench/bench_workers.py                # 30 s per phase, ~4 minutes
-    python bench/bench_workers.py --seconds 10 --libraries lite fst
+    python bench/bench_workers.py                # 30 s per library and phase, ~7 min
+    python bench/bench_workers.py --seconds 9 --libraries lite fst
 
 A throwaway PostgreSQL server (started as in ``common.postgres``) gets the schema of
 ``common.py`` and ``--users`` users by bulk insert, once: every library runs on the
-same tables. For each library in turn, ``gunicorn -w 4`` serves ``common:wsgi_app()``
-on 127.0.0.1 (every library hashing with pbkdf2_sha512 at lite's default 210,000
-rounds), and a bounded client drives it: ``--clients`` connections at a time (split
-over two client processes, so the client is not held back by one GIL), each sending
-its next request as soon as the last one is answered, for ``--seconds`` per phase
-(after ``--warmup`` seconds of the same load, not counted).
-Phases: session pages (``/page`` with a logged-in cookie), token calls (``/api``
-with ``Authentication-Token``) and JSON logins. Printed: requests per second,
-p50 and p99 latency, and the count of 5xx answers (and of any other unexpected
-status).
+same tables. ``gunicorn -w 4`` serves ``common:wsgi_app()`` for each library on its
+own port on 127.0.0.1 (every library hashing with pbkdf2_sha512 at lite's default
+210,000 rounds), all started before the load. A bounded client drives them:
+``--clients`` connections at a time (split over two client processes, so the client
+is not held back by one GIL), each sending its next request as soon as the last one
+is answered. Phases: session pages (``/page`` with a logged-in cookie), token calls
+(``/api`` with ``Authentication-Token``) and JSON logins. Within a phase, after
+``--warmup`` seconds per library not counted, the libraries take turns in slices of
+``--slice`` seconds until each had ``--seconds``, so a busy moment of the machine
+falls on all of them alike. Printed: requests per second (median over slices), p50
+and p99 latency (over every request), the count of 5xx answers and of any other
+unexpected status, and lite / Flask-Security-Too throughput (median over rounds of
+the ratio of neighbouring slices).
 """
 
 import argparse
@@ -161,25 +164,55 @@ def drive(port, plan, clients, seconds):
     return samples
 
 
-def summarise(samples, seconds, expected):
+def summarise(slices, expected):
+    """Requests/s (median over the slices), p50 and p99 latency (over every
+    request) and the count of 5xx and of other unexpected answers."""
+    samples = [sample for _, found in slices for sample in found]
     latencies = sorted(latency for latency, _ in samples)
     statuses = [status for _, status in samples]
-
-    def percentile(fraction):
-        return latencies[min(len(latencies) - 1, int(fraction * len(latencies)))]
-
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
     return {
-        "rps": len(samples) / seconds,
+        "rps": statistics.median(len(found) / seconds for seconds, found in slices),
         "p50": statistics.median(latencies) * 1e3,
-        "p99": percentile(0.99) * 1e3,
+        "p99": p99 * 1e3,
         "5xx": sum(1 for status in statuses if status >= 500),
         "other": sum(1 for status in statuses if status != expected and status < 500),
     }
 
 
+def throughput_ratio(slices, library, other):
+    """Median over rounds of library / other requests per second, each pair of
+    slices taken one right after the other."""
+    pairs = zip(slices[library], slices[other], strict=True)
+    return statistics.median(
+        (len(own) / own_seconds) / (len(theirs) / their_seconds)
+        for (own_seconds, own), (their_seconds, theirs) in pairs
+    )
+
+
+def run_phase(phase, servers, args):
+    """Drive every server in interleaved slices until each had ``--seconds``."""
+    slices = {library: [] for library in servers}
+    plans = {
+        library: phase_request(phase, *credentials)
+        for library, (port, credentials) in servers.items()
+    }
+    for library, (port, _) in servers.items():
+        drive(port, plans[library], args.clients, args.warmup)
+    rounds = max(1, round(args.seconds / args.slice))
+    for _ in range(rounds):
+        for library, (port, _) in servers.items():
+            found = drive(port, plans[library], args.clients, args.slice)
+            slices[library].append((args.slice, found))
+    return slices
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--seconds", type=float, default=30, help="per library")
+    parser.add_argument(
+        "--slice", type=float, default=3, help="seconds of one interleaved slice"
+    )
     parser.add_argument(
         "--warmup", type=float, default=3, help="seconds of load before each phase"
     )
@@ -190,27 +223,36 @@ def main():
         "--libraries", nargs="+", default=["lite", "fst", "login", "bare"]
     )
     args = parser.parse_args()
-    results = {}
+    results, ratios, processes = {}, {}, []
     with common.postgres() as database_url:
         seeder = common.make_app("login", database_url)
         stored = common.password_hash("pbkdf2_sha512", {"rounds": ROUNDS})
         common.seed(seeder, users=args.users, stored_hash=stored)
-        for library in args.libraries:
-            port = common.free_port()
-            server = serve(library, database_url, port, args.workers)
-            try:
-                cookie, token = log_in(port) if library != "bare" else ("", "")
-                for phase in PHASES:
-                    if library == "bare" and phase == "login":
-                        continue
-                    plan = phase_request(phase, cookie, token)
-                    drive(port, plan, args.clients, args.warmup)
-                    samples = drive(port, plan, args.clients, args.seconds)
-                    results[library, phase] = summarise(samples, args.seconds, plan[4])
+        try:
+            servers = {}
+            for library in args.libraries:
+                port = common.free_port()
+                processes.append(serve(library, database_url, port, args.workers))
+                credentials = log_in(port) if library != "bare" else ("", "")
+                servers[library] = (port, credentials)
+            for phase in PHASES:
+                driven = {
+                    library: server
+                    for library, server in servers.items()
+                    if not (library == "bare" and phase == "login")
+                }
+                slices = run_phase(phase, driven, args)
+                for library, found in slices.items():
+                    expected = phase_request(phase, "", "")[4]
+                    results[library, phase] = summarise(found, expected)
                     print(library, phase, results[library, phase], flush=True)
-            finally:
-                server.terminate()
-                server.wait(timeout=30)
+                if "lite" in slices and "fst" in slices:
+                    ratios[phase] = throughput_ratio(slices, "lite", "fst")
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(timeout=30)
     rows = []
     for phase in PHASES:
         for library in args.libraries:
@@ -230,14 +272,12 @@ def main():
             )
     common.table(
         f"gunicorn -w {args.workers}, PostgreSQL, {args.clients} concurrent clients, "
-        f"{args.seconds:.0f} s per phase",
+        f"{args.seconds:.0f} s per library and phase in {args.slice:.0f} s slices",
         ["phase", "library", "requests/s", "p50 ms", "p99 ms", "5xx", "other"],
         rows,
     )
-    for phase in ("session", "token"):
-        if ("lite", phase) in results and ("fst", phase) in results:
-            ratio = results["lite", phase]["rps"] / results["fst", phase]["rps"]
-            print(f"{phase}: lite / Flask-Security-Too throughput {ratio:.2f}")
+    for phase, ratio in ratios.items():
+        print(f"{phase}: lite / Flask-Security-Too throughput {ratio:.2f}")
 
 
 if __name__ == "__main__":
