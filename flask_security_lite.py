@@ -73,7 +73,7 @@ import sys
 import types
 import unicodedata
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
 from functools import cached_property, partial, wraps
 from typing import NamedTuple
@@ -920,9 +920,10 @@ def _secret_for(password, scheme):
 
 
 def hash_password(password):
-    """Hash ``password`` with ``SECURITY_PASSWORD_HASH`` (and the pepper, if set)."""
+    """Hash ``password`` with ``SECURITY_PASSWORD_HASH`` (and the pepper, if set).
+    None stays None: an account without a password, as 1.7.4 passed it through."""
     scheme = config_value("PASSWORD_HASH")
-    if scheme == "plaintext":
+    if scheme == "plaintext" or password is None:
         return password
     return _security.pwd_context.hash(_secret_for(password, scheme))
 
@@ -1457,11 +1458,27 @@ class UserDatastore:
     def create_user(self, **kwargs):
         """Create and return a user; a plaintext ``password`` is hashed, and
         ``roles`` may hold role names or Role objects."""
-        fields, roles = self._prepare_user_fields(kwargs)
+        with self._app_context():
+            fields, roles = self._prepare_user_fields(kwargs)
         user = self.put(self.user_model(**fields))
         for role in roles:
             self.add_role_to_user(user, role)
         return user
+
+    def _bind(self, app):
+        """Remember that ``app`` uses this store (``init_app`` says so)."""
+        known = [other for other in getattr(self, "_apps", []) if other is not app]
+        self._apps = [*known, app]
+
+    def _app_context(self):
+        """Outside any app context, the context of the one app this store serves:
+        hashing reads that app's settings, so a script may call ``create_user``
+        without a context, as under 1.7.4. (Flask-SQLAlchemy 3 itself still needs
+        one.)"""
+        apps = getattr(self, "_apps", [])
+        if has_app_context() or len(apps) != 1:
+            return nullcontext()
+        return apps[0].app_context()
 
     def delete_user(self, user):
         """Delete ``user``."""
@@ -3873,6 +3890,7 @@ class Security:
         _check_lockout_fields(app, datastore)
         _warn_if_links_have_no_host(app)
         _check_setup(app, datastore)
+        datastore._bind(app)
         chosen = {**_default_forms, **self._forms, **forms}
         state = _SecurityState(app, self, datastore, chosen, _make_login_manager(app))
         app.extensions["security"] = state

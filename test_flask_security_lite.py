@@ -926,6 +926,13 @@ def test_default_hash_uses_210000_rounds(make_app):
         assert fsl.hash_password("x").startswith("$pbkdf2-sha512$210000$")
 
 
+def test_hashing_no_password_gives_no_password(app):
+    with app.test_request_context():
+        assert fsl.encrypt_password(None) is None
+        user = app.datastore.create_user(email="nopw@lp.com", password=None)
+        assert user.password is None
+
+
 def test_encrypt_password_is_hash_password(app):
     assert fsl.encrypt_password is fsl.hash_password
 
@@ -1412,6 +1419,14 @@ def test_delete_user(store, make_app):
         app.datastore.commit()
         assert app.datastore.find_user(email="matt@lp.com") is None
         assert app.datastore.find_role("admin") is not None
+
+
+@pytest.mark.parametrize("store", ["peewee", "mongo"])
+def test_create_user_works_outside_an_app_context(store, make_app):
+    app = make_app(store)
+    user = app.security.datastore.create_user(email="script@lp.com", password=PASSWORD)
+    assert user.password.startswith("$pbkdf2-sha512$")
+    assert json_login(app.test_client(), "script@lp.com").status_code == 200
 
 
 def test_mongo_get_user_accepts_object_ids_and_their_strings(make_app):
