@@ -20,7 +20,8 @@
 
 Session login and logout, roles, password hashing, HTTP Basic and token authentication,
 registration, email confirmation, password reset, change password, passwordless login
-and login tracking, each in HTML and JSON, with safe defaults.
+and login tracking, each in HTML and JSON, with safe defaults; and, off by default,
+two-factor login with an authenticator app and recovery codes.
 
 Quick start::
 
@@ -45,18 +46,22 @@ Contents (``grep -n '^# [0-9]' flask_security_lite.py``):
      1. Configuration defaults
      2. Messages
      3. Signals
-     4. Helpers: config, messages, redirects, JSON
+     4. Helpers: config, messages, redirects
      5. Passwords and tokens
      6. Model mixins
      7. The datastore
      8. ORM adapters
      9. Forms
-    10. Authentication and decorators
-    11. Mail
-    12. Account flows
-    13. Views and blueprint
-    14. Command line
-    15. The Security extension
+    10. Answers: JSON or HTML, and every failure
+    11. Authentication and decorators
+    12. Session login and logout
+    13. Mail
+    14. Account flows
+    15. Two-factor login
+    16. Views and blueprint
+    17. Command line
+    18. The Security extension
+    19. Flask-Security 1.7.4's module names
 """
 
 import base64
@@ -69,7 +74,10 @@ import importlib.util
 import logging
 import os
 import re
+import secrets
+import struct
 import sys
+import time
 import types
 import unicodedata
 from collections import defaultdict
@@ -77,7 +85,7 @@ from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
 from functools import cached_property, partial, wraps
 from typing import NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 # email_validator, flask_mail and passlib.context are imported by the functions that
 # use them, and each ORM by its adapter: `import flask_security_lite` stays light for
@@ -229,6 +237,9 @@ __all__ = (
     "password_changed",
     "reset_password_instructions_sent",
     "login_failed",
+    "tf_enrolled",
+    "tf_disabled",
+    "tf_code_confirmed",
     # account flows
     "register_user",
     "generate_confirmation_link",
@@ -259,6 +270,18 @@ __all__ = (
     "forgot_password",
     "reset_password",
     "change_password",
+    # two-factor login
+    "totp_code",
+    "disable_two_factor",
+    "reset_recovery_codes",
+    "TwoFactorCodeForm",
+    "TwoFactorRescueForm",
+    "TwoFactorPasswordForm",
+    "tf_setup",
+    "tf_validate",
+    "tf_rescue",
+    "tf_disable",
+    "tf_recovery_codes",
     # command line
     "users_cli",
     "roles_cli",
@@ -384,6 +407,38 @@ _default_config = {
     "PASSWORDLESS": False,
     #: Offer the change-password view.
     "CHANGEABLE": False,
+    #: Ask users who set up an authenticator app for a code after their password.
+    "TWO_FACTOR": False,
+    #: Every user must set up two-factor login at their next login.
+    "TWO_FACTOR_REQUIRED": False,
+    #: Let two-factor users authenticate by HTTP Basic, which checks the password only.
+    "TWO_FACTOR_ALLOW_BASIC": False,
+    #: Name authenticator apps show beside the account (``None``: the site's host).
+    "TWO_FACTOR_ISSUER": None,
+    #: Time allowed between the password and the code.
+    "TWO_FACTOR_LOGIN_WITHIN": "5 minutes",
+    #: itsdangerous salt of the "password verified, code due" marker.
+    "TWO_FACTOR_SALT": "tf-salt",
+    #: URL of the two-factor set-up view.
+    "TWO_FACTOR_SETUP_URL": "/tf-setup",
+    #: URL of the code step of a login.
+    "TWO_FACTOR_VALIDATE_URL": "/tf-validate",
+    #: URL of the recovery-code step of a login.
+    "TWO_FACTOR_RESCUE_URL": "/tf-rescue",
+    #: URL of the view turning two-factor login off.
+    "TWO_FACTOR_DISABLE_URL": "/tf-disable",
+    #: URL of the view replacing the recovery codes.
+    "TWO_FACTOR_RECOVERY_CODES_URL": "/tf-recovery-codes",
+    #: Template of the two-factor set-up page.
+    "TWO_FACTOR_SETUP_TEMPLATE": "security/tf_setup.html",
+    #: Template of the code step of a login.
+    "TWO_FACTOR_VALIDATE_TEMPLATE": "security/tf_validate.html",
+    #: Template of the recovery-code step of a login.
+    "TWO_FACTOR_RESCUE_TEMPLATE": "security/tf_rescue.html",
+    #: Template of the page turning two-factor login off.
+    "TWO_FACTOR_DISABLE_TEMPLATE": "security/tf_disable.html",
+    #: Template of the page showing (and replacing) recovery codes.
+    "TWO_FACTOR_RECOVERY_CODES_TEMPLATE": "security/tf_recovery_codes.html",
     #: Subject of the welcome email.
     "EMAIL_SUBJECT_REGISTER": "Welcome",
     #: Subject of the passwordless login email.
@@ -536,6 +591,25 @@ _default_messages = {
     ),
     #: A password change worked.
     "PASSWORD_CHANGE": ("Your password has been changed.", "success"),
+    #: The password was right; the authenticator code is due.
+    "TF_REQUIRED": ("Enter the code from your authenticator app.", "info"),
+    #: The password was right; two-factor login must be set up first.
+    "TF_SETUP_REQUIRED": ("Set up two-factor login to continue.", "info"),
+    #: The code field is empty.
+    "TF_CODE_NOT_PROVIDED": ("Please enter the code.", "error"),
+    #: A wrong, used or expired code.
+    "TF_INVALID_CODE": ("This code is not valid.", "error"),
+    #: The code step came too late, or without a password first.
+    "TF_LOGIN_EXPIRED": ("Please log in again.", "error"),
+    #: Two-factor login was set up.
+    "TF_ENABLED": ("Two-factor login is on.", "success"),
+    #: Two-factor login was turned off.
+    "TF_DISABLED": ("Two-factor login is off.", "success"),
+    #: A recovery code was used.
+    "TF_RECOVERY_CODES_LEFT": (
+        "You logged in with a recovery code; %(count)s are left.",
+        "info",
+    ),
     #: A view needs a logged-in user.
     "LOGIN": ("Please log in to see this page.", "info"),
     #: A view needs a fresh login.
@@ -580,13 +654,20 @@ login_instructions_sent = _signals.signal("login-instructions-sent")
 password_reset = _signals.signal("password-reset")
 #: A password change completed; kwarg ``user``.
 password_changed = _signals.signal("password-changed")
+#: Two-factor login was set up; kwarg ``user``.
+tf_enrolled = _signals.signal("tf-enrolled")
+#: Two-factor login was turned off; kwarg ``user``.
+tf_disabled = _signals.signal("tf-disabled")
+#: A login passed its second step; kwargs ``user`` and ``method``
+#: (``authenticator`` or ``recovery_code``).
+tf_code_confirmed = _signals.signal("tf-code-confirmed")
 #: Reset instructions were sent; kwargs ``user`` and ``token``.
 reset_password_instructions_sent = _signals.signal("password-reset-instructions-sent")
 #: A password login failed (form, JSON, Basic, or a wrong current password on
 #: change); kwargs ``user`` (None when nobody matched), ``identifier`` (what was
 #: typed), ``reason`` (``unknown_user``, ``no_password``, ``locked``,
-#: ``invalid_password``, ``unconfirmed``, ``disabled``) and ``remote_addr``. It
-#: never carries the password.
+#: ``invalid_password``, ``unconfirmed``, ``disabled``, or ``invalid_code`` for a
+#: wrong two-factor code) and ``remote_addr``. It never carries the password.
 login_failed = _signals.signal("login-failed")
 
 
@@ -1109,7 +1190,10 @@ def _fingerprint(value):
 
 
 def _password_state(user):
-    return "password:" + (user.password or "")
+    # A two-factor key joins the password: setting one up or turning it off ends
+    # the user's other sessions and tokens too.
+    key = (getattr(user, "tf_totp_secret", None) or "").partition(":")[0]
+    return "password:" + (user.password or "") + (f"|tf:{key}" if key else "")
 
 
 def _confirmation_state(user):
@@ -1122,6 +1206,7 @@ _TOKEN_BINDINGS = {
     "reset": _password_state,
     "login": _password_state,
     "confirm": _confirmation_state,
+    "two_factor": _password_state,
 }
 
 
@@ -1843,6 +1928,18 @@ def _clear_wrong_passwords(user):
         _datastore.compare_and_set(user, {}, cleared)
 
 
+def _has_second_factor(user):
+    """True if ``user`` has a key (set up by enrolment, or given in the datastore)."""
+    return bool(getattr(user, "tf_totp_secret", None))
+
+
+def _needs_second_factor(user):
+    """True if a password (or an emailed link) alone may not log ``user`` in."""
+    return bool(config_value("TWO_FACTOR")) and bool(
+        config_value("TWO_FACTOR_REQUIRED") or _has_second_factor(user)
+    )
+
+
 def _check_login(identifier, password, user=None):
     """Check a password login; return ``(user, reason)``, reason None if it passed.
 
@@ -1869,7 +1966,9 @@ def _check_login(identifier, password, user=None):
     elif not user.is_active:
         reason = "disabled"
     if reason is None:
-        _clear_wrong_passwords(user)
+        # With a code still due, wrong codes keep counting until it is right.
+        if not _needs_second_factor(user):
+            _clear_wrong_passwords(user)
         return user, None
     if reason in ("locked", "invalid_password") and _lockout_on():
         _count_wrong_password(user)
@@ -1915,6 +2014,11 @@ _default_field_labels = {
     "change_password": "Change password",
     "retype_password": "Retype password",
     "retype_new_password": "Retype new password",
+    "tf_code": "Authentication code",
+    "tf_verify": "Verify",
+    "tf_recovery_code": "Recovery code",
+    "tf_rescue": "Use recovery code",
+    "tf_continue": "Continue",
 }
 
 
@@ -2233,6 +2337,40 @@ class ChangePasswordForm(Form, PasswordFormMixin):
         return True
 
 
+class TwoFactorCodeForm(Form):
+    """A six-digit code from an authenticator app."""
+
+    code = StringField(
+        get_form_field_label("tf_code"),
+        [_Required("TF_CODE_NOT_PROVIDED")],
+    )
+    submit = SubmitField(get_form_field_label("tf_verify"))
+
+
+class TwoFactorRescueForm(Form):
+    """One of the recovery codes handed out at enrolment."""
+
+    code = StringField(
+        get_form_field_label("tf_recovery_code"),
+        [_Required("TF_CODE_NOT_PROVIDED")],
+    )
+    submit = SubmitField(get_form_field_label("tf_rescue"))
+
+
+class TwoFactorPasswordForm(Form, PasswordFormMixin):
+    """The current password, asked again before two-factor settings change."""
+
+    submit = SubmitField(get_form_field_label("tf_continue"))
+
+    def validate(self, extra_validators=None):
+        if not super().validate(extra_validators):
+            return False
+        if not verify_and_update_password(self.password.data, current_user):
+            self.password.errors.append(get_message("INVALID_PASSWORD")[0])
+            return False
+        return True
+
+
 #: The form each ``init_app`` keyword replaces.
 _default_forms = {
     "login_form": LoginForm,
@@ -2243,6 +2381,9 @@ _default_forms = {
     "change_password_form": ChangePasswordForm,
     "send_confirmation_form": SendConfirmationForm,
     "passwordless_login_form": PasswordlessLoginForm,
+    "tf_code_form": TwoFactorCodeForm,
+    "tf_rescue_form": TwoFactorRescueForm,
+    "tf_password_form": TwoFactorPasswordForm,
 }
 
 
@@ -2455,6 +2596,8 @@ def _check_http_auth():
         return False
     user, reason = _check_login(credentials.username, credentials.password or "")
     if reason is not None:
+        return False
+    if _needs_second_factor(user) and not config_value("TWO_FACTOR_ALLOW_BASIC"):
         return False
     _set_request_user(user, "basic")
     return True
@@ -2908,7 +3051,283 @@ def login_token_status(token):
 
 
 # =============================================================================
-# 15. Views and blueprint
+# 15. Two-factor login
+# =============================================================================
+# A second factor after the password: a six-digit code from an authenticator app
+# (TOTP, RFC 6238), or one of ten single-use recovery codes. Off unless
+# SECURITY_TWO_FACTOR is set; when off, nothing below runs.
+
+#: Seconds a code lasts (RFC 6238's time step).
+_TOTP_PERIOD = 30
+#: Digits of a code.
+_TOTP_DIGITS = 6
+#: Time steps of clock drift accepted each way.
+_TOTP_DRIFT = 1
+#: Random bytes of a new key: 160 bits, as RFC 4226 recommends for HMAC-SHA-1.
+_TOTP_KEY_BYTES = 20
+#: How many recovery codes enrolment hands out.
+_RECOVERY_CODE_COUNT = 10
+
+
+def _hotp(key, counter, digits=_TOTP_DIGITS, digest=hashlib.sha1):
+    """RFC 4226's one-time password for ``counter`` under the raw ``key``."""
+    mac = hmac.new(key, struct.pack(">Q", counter), digest).digest()
+    offset = mac[-1] & 0x0F
+    number = struct.unpack(">I", mac[offset : offset + 4])[0] & 0x7FFFFFFF
+    return str(number % 10**digits).zfill(digits)
+
+
+def _totp_step(at=None):
+    """The RFC 6238 time step of the Unix time ``at`` (default: now)."""
+    return int((time.time() if at is None else at) // _TOTP_PERIOD)
+
+
+def _new_totp_key():
+    """A fresh key in base32, the form authenticator apps take."""
+    return base64.b32encode(secrets.token_bytes(_TOTP_KEY_BYTES)).decode("ascii")
+
+
+def _decode_totp_key(key):
+    """The raw bytes of a base32 key, forgiving spaces, case and missing padding."""
+    cleaned = "".join(key.split()).upper().rstrip("=")
+    try:
+        return base64.b32decode(cleaned + "=" * (-len(cleaned) % 8))
+    except ValueError:
+        raise ValueError("tf_totp_secret does not hold a base32 key") from None
+
+
+def _split_totp_secret(stored):
+    """The key and the last time step used, from ``tf_totp_secret``.
+
+    The column holds the base32 key, then ``:<step>`` once a code was accepted:
+    keeping the step beside the key refuses a replayed code with no extra column.
+    """
+    key, _, step = stored.partition(":")
+    return key, int(step) if step.isdigit() else -1
+
+
+def totp_code(key, at=None):
+    """Return the six-digit code an authenticator app shows for ``key``.
+
+    :param key: the base32 key (as enrolment shows it, or ``tf_totp_secret``).
+    :param at: a Unix time (default: now); for tests and support tools.
+    """
+    return _hotp(_decode_totp_key(_split_totp_secret(key)[0]), _totp_step(at))
+
+
+def _accept_totp(stored, code, at=None):
+    """Check ``code`` against ``tf_totp_secret``; return the value to store back
+    (the key and the step the code belongs to), or None if it is wrong or used.
+
+    A code of the previous or the next step is accepted too (clock drift), but
+    never one of a step at or before the last one accepted.
+    """
+    if not isinstance(code, str):
+        return None
+    code = "".join(code.split())
+    if len(code) != _TOTP_DIGITS or not code.isascii() or not code.isdigit():
+        return None
+    key, last_step = _split_totp_secret(stored)
+    try:
+        raw_key = _decode_totp_key(key)
+    except ValueError:
+        _log.error("a tf_totp_secret is not a base32 key: no code can match it")
+        return None
+    now = _totp_step(at)
+    for step in range(now - _TOTP_DRIFT, now + _TOTP_DRIFT + 1):
+        if step > last_step and hmac.compare_digest(_hotp(raw_key, step), code):
+            return f"{key}:{step}"
+    return None
+
+
+def _totp_uri(key, account, issuer):
+    """The ``otpauth://`` URI an authenticator app reads from a QR code."""
+    label = quote(f"{issuer}:{account}", safe=":@")
+    query = urlencode(
+        {
+            "secret": key,
+            "issuer": issuer,
+            "algorithm": "SHA1",
+            "digits": _TOTP_DIGITS,
+            "period": _TOTP_PERIOD,
+        },
+        quote_via=quote,
+    )
+    return f"otpauth://totp/{label}?{query}"
+
+
+def _qr_svg(uri):
+    """The URI as an inline SVG QR code, or None when segno is not installed."""
+    try:
+        import segno
+    except ImportError:
+        return None
+    title = "QR code for your authenticator app"
+    return segno.make(uri, error="m").svg_inline(scale=5, title=title)
+
+
+def _key_in_groups(key):
+    """The key in groups of four characters, easier to type in by hand."""
+    return " ".join(key[start : start + 4] for start in range(0, len(key), 4))
+
+
+def _new_recovery_codes():
+    """Ten random codes of 80 bits, shown as ``abcd-efgh-ijkl-mnop``."""
+    codes = []
+    for _ in range(_RECOVERY_CODE_COUNT):
+        text = base64.b32encode(secrets.token_bytes(10)).decode("ascii").lower()
+        codes.append("-".join(text[start : start + 4] for start in range(0, 16, 4)))
+    return codes
+
+
+def _recovery_code_hash(code):
+    """The stored form of a recovery code.
+
+    A fast hash is enough: the codes are 80 random bits, too many to guess even
+    offline, unlike passwords people choose.
+    """
+    normal = "".join(code.split()).replace("-", "").lower()
+    digest = hashlib.sha256(normal.encode("utf-8")).digest()[:16]
+    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+
+
+def _stored_recovery_codes(codes):
+    """What ``tf_recovery_codes`` holds for ``codes``: their hashes, space-separated."""
+    return " ".join(_recovery_code_hash(code) for code in codes)
+
+
+def _use_recovery_code(stored, code):
+    """Return ``tf_recovery_codes`` without ``code``, or None if it is not there."""
+    if not isinstance(code, str) or not _is_utf8(code) or not stored:
+        return None
+    wanted = _recovery_code_hash(code)
+    hashes = stored.split()
+    matches = [hmac.compare_digest(wanted, candidate) for candidate in hashes]
+    if not any(matches):
+        return None
+    hashes.pop(matches.index(True))
+    return " ".join(hashes)
+
+
+# -- the second step of a login -------------------------------------------------
+
+#: Session key of the marker "password verified for this user, code still due".
+_TF_PENDING_KEY = "_security_tf_pending"
+#: Session key of a key being set up, until a first code confirms it.
+_TF_NEW_KEY = "_security_tf_new_key"
+
+
+def _begin_second_factor(user, remember, next_url):
+    """Note that ``user`` passed the first step; nobody is logged in yet.
+
+    The marker is a signed token bound to the password, so it expires after
+    ``SECURITY_TWO_FACTOR_LOGIN_WITHIN`` and dies with a password change.
+    """
+    session.clear()
+    session[_TF_PENDING_KEY] = {
+        "token": _make_token("two_factor", user),
+        "remember": bool(remember),
+        "next": next_url or "",
+    }
+
+
+def _pending_user():
+    """The active user who passed the first step in this session lately, or None."""
+    pending = session.get(_TF_PENDING_KEY)
+    if not isinstance(pending, dict):
+        return None
+    max_age = get_max_age("TWO_FACTOR_LOGIN")
+    check = _read_token(pending.get("token"), "two_factor", max_age)
+    if not check.ok or not check.user.is_active:
+        return None
+    return check.user
+
+
+def _complete_second_factor(user, method):
+    """Log ``user`` in, with remember-me as asked at the first step; return the
+    ``next`` given then.
+
+    :param method: ``authenticator`` or ``recovery_code``, for the signal.
+    """
+    pending = session[_TF_PENDING_KEY]
+    login_user(user, remember=pending["remember"])
+    if method == "recovery_code":
+        left = len(user.tf_recovery_codes.split())
+        _flash_message("TF_RECOVERY_CODES_LEFT", count=left)
+    _send_signal(tf_code_confirmed, user=user, method=method)
+    return pending["next"]
+
+
+def _save(user):
+    _datastore.put(user)
+    _datastore.commit()
+
+
+def _consume(user, field, new_value):
+    """Store ``new_value`` in ``field`` only if no other request changed it since it
+    was read: of two requests with the same code, exactly one gets in."""
+    if new_value is None:
+        return False
+    expected = {field: getattr(user, field)}
+    return _datastore.compare_and_set(user, expected, {field: new_value})
+
+
+def _use_totp(user, code):
+    """Accept ``code`` from the authenticator app once; True if it was right."""
+    return _consume(user, "tf_totp_secret", _accept_totp(user.tf_totp_secret, code))
+
+
+def _use_rescue_code(user, code):
+    """Accept one of ``user``'s recovery codes once; True if it was one."""
+    left = _use_recovery_code(user.tf_recovery_codes, code)
+    return _consume(user, "tf_recovery_codes", left)
+
+
+def _count_wrong_code(user):
+    """A wrong code counts toward the lockout as a wrong password does, and is
+    reported by ``login_failed``."""
+    if _lockout_on():
+        _count_wrong_password(user)
+    _send_signal(
+        login_failed,
+        user=user,
+        identifier=user.email,
+        reason="invalid_code",
+        remote_addr=request.remote_addr,
+    )
+
+
+def _enrol(user, stored_secret):
+    """Turn two-factor login on with a confirmed key; return new recovery codes."""
+    codes = _new_recovery_codes()
+    user.tf_totp_secret = stored_secret
+    user.tf_recovery_codes = _stored_recovery_codes(codes)
+    _save(user)
+    _rebind_session(user)
+    _send_signal(tf_enrolled, user=user)
+    return codes
+
+
+def disable_two_factor(user):
+    """Turn two-factor login off for ``user``: key and recovery codes are deleted,
+    and the user's other sessions and tokens end."""
+    user.tf_totp_secret = None
+    user.tf_recovery_codes = None
+    _save(user)
+    _rebind_session(user)
+    _send_signal(tf_disabled, user=user)
+
+
+def reset_recovery_codes(user):
+    """Replace ``user``'s recovery codes; return the new ones (shown once only)."""
+    codes = _new_recovery_codes()
+    user.tf_recovery_codes = _stored_recovery_codes(codes)
+    _save(user)
+    return codes
+
+
+# =============================================================================
+# 16. Views and blueprint
 # =============================================================================
 
 
@@ -2985,6 +3404,11 @@ _FORM_VIEWS = {
     "change_password": ("CHANGE_PASSWORD_TEMPLATE", "change_password_form"),
     "send_confirmation": ("SEND_CONFIRMATION_TEMPLATE", "send_confirmation_form"),
     "send_login": ("SEND_LOGIN_TEMPLATE", "send_login_form"),
+    "tf_setup": ("TWO_FACTOR_SETUP_TEMPLATE", "tf_password_form"),
+    "tf_validate": ("TWO_FACTOR_VALIDATE_TEMPLATE", "tf_code_form"),
+    "tf_rescue": ("TWO_FACTOR_RESCUE_TEMPLATE", "tf_rescue_form"),
+    "tf_disable": ("TWO_FACTOR_DISABLE_TEMPLATE", "tf_password_form"),
+    "tf_recovery_codes": ("TWO_FACTOR_RECOVERY_CODES_TEMPLATE", "tf_password_form"),
 }
 
 
@@ -2998,13 +3422,15 @@ def _render(view, **context):
 
 class _Done(NamedTuple):
     """What a form view did with a valid submit: whom its JSON answer names (with an
-    auth token when ``token``), the ``(text, category)`` flashed to browsers, and
-    where browsers go next (None: the form is shown again)."""
+    auth token when ``token``), the ``(text, category)`` flashed to browsers, where
+    browsers go next (None: the form is shown again), and more of the JSON answer
+    (``{"tf_required": True}``)."""
 
     user: object = None
     token: bool = False
     message: tuple | None = None
     next_url: str | None = None
+    json: dict | None = None
 
 
 def _form_view(view, form_name, act, csrf=True, **context):
@@ -3041,6 +3467,8 @@ def _form_json(form, done):
         response["user"] = {"id": str(done.user.id)}
         if done.token:
             response["user"]["authentication_token"] = done.user.get_auth_token()
+    if done is not None and done.json:
+        response.update(done.json)
     return _json_answer(200, response)
 
 
@@ -3117,6 +3545,8 @@ def login():
     """Log in with a password (HTML form or JSON)."""
 
     def act(form):
+        if _needs_second_factor(form.user):
+            return _second_factor_done(form.user, form.remember.data, form.next.data)
         login_user(form.user, remember=form.remember.data)
         next_url = get_post_login_redirect(form.next.data)
         return _Done(form.user, token=True, next_url=next_url)
@@ -3148,6 +3578,11 @@ def register():
         # Until the address is confirmed: no session, and no token to keep.
         logged_in = not requires_confirmation(user) and login_user(user)
         next_field = getattr(form, "next", None)
+        next_field = getattr(form, "next", None)
+        if _needs_second_factor(user):
+            return _second_factor_done(user, False, getattr(next_field, "data", None))
+        if not requires_confirmation(user):
+            login_user(user)
         next_url = get_post_register_redirect(getattr(next_field, "data", None))
         return _Done(user, token=logged_in, next_url=next_url)
 
@@ -3179,6 +3614,9 @@ def confirm_email(token):
     if not confirm_user(check.user):  # another request used the link first
         done = _redirect_target(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
         return _refuse_link(_CONFIRM_LINK, check, "ALREADY_CONFIRMED", done)
+    confirm_user(check.user)
+    if _needs_second_factor(check.user):
+        return _second_factor_due(check.user, _next_argument())
     login_user(check.user)
     return _link_done(
         check.user, "EMAIL_CONFIRMED", "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW"
@@ -3209,6 +3647,8 @@ def reset_password(token):
             message = get_message("INVALID_RESET_PASSWORD_TOKEN")[0]
             form.password.errors.append(message)
             return None
+        if _needs_second_factor(check.user):
+            return _second_factor_done(check.user, False, None)
         login_user(check.user)
         next_url = _redirect_target(None, "POST_RESET_VIEW", "POST_LOGIN_VIEW")
         message = get_message("PASSWORD_RESET")
@@ -3253,6 +3693,8 @@ def token_login(token):
         check = _TokenCheck("invalid", check.user)
     if not check.ok:
         return _refuse_link(_LOGIN_LINK, check)
+    if _needs_second_factor(check.user):
+        return _second_factor_due(check.user, None)
     login_user(check.user)
     return _link_done(check.user, "PASSWORDLESS_LOGIN_SUCCESSFUL", "POST_LOGIN_VIEW")
 
@@ -3289,6 +3731,191 @@ _LOGIN_LINK = _EmailedLink(
     send_login_instructions,
     partial(url_for_security, "login"),
 )
+
+
+# -- two-factor login ------------------------------------------------------------------
+
+
+def _second_factor_done(user, remember, next_url):
+    """A passed first step, as a form view's outcome: nobody is logged in; browsers
+    go to the code page (or to set-up, for users without a key), JSON clients get
+    ``tf_required`` and no token."""
+    _begin_second_factor(user, remember, next_url)
+    has_key = _has_second_factor(user)
+    return _Done(
+        message=get_message("TF_REQUIRED" if has_key else "TF_SETUP_REQUIRED"),
+        next_url=url_for_security("tf_validate" if has_key else "tf_setup"),
+        json={"tf_required": True, "tf_setup_required": not has_key},
+    )
+
+
+def _second_factor_due(user, next_url):
+    """The same for the emailed-link views, which log in without a form."""
+    done = _second_factor_done(user, False, next_url)
+    if _wants_json():
+        return _json_answer(200, done.json)
+    do_flash(*done.message)
+    return redirect(done.next_url)
+
+
+def _tf_start_over():
+    """No password was verified lately in this session: back to the login page."""
+    message = get_message("TF_LOGIN_EXPIRED")
+    if _wants_json():
+        return _fail_form({"code": [message[0]]})
+    do_flash(*message)
+    return redirect(url_for_security("login"))
+
+
+def _tf_code_view(view, form_name, use_code, method):
+    """The code and the recovery-code steps of a login: a right code logs the
+    user in, and the answer is the login's."""
+    user = _pending_user()
+    if user is None:
+        return _tf_start_over()
+    if not _has_second_factor(user):
+        return redirect(url_for_security("tf_setup"))
+
+    def act(form):
+        if _is_locked(user):
+            form.code.errors.append(get_message("ACCOUNT_LOCKED")[0])
+            return None
+        if not use_code(user, form.code.data):
+            _count_wrong_code(user)
+            form.code.errors.append(get_message("TF_INVALID_CODE")[0])
+            return None
+        _clear_wrong_passwords(user)
+        next_url = _complete_second_factor(user, method)
+        return _Done(user, token=True, next_url=get_post_login_redirect(next_url))
+
+    return _form_view(view, form_name, act)
+
+
+def tf_validate():
+    """The second step of a login: a code from the authenticator app."""
+    return _tf_code_view("tf_validate", "tf_code_form", _use_totp, "authenticator")
+
+
+def tf_rescue():
+    """The second step of a login with a recovery code instead of the app."""
+    return _tf_code_view(
+        "tf_rescue", "tf_rescue_form", _use_rescue_code, "recovery_code"
+    )
+
+
+def _issuer():
+    """The name authenticator apps show beside the account."""
+    return config_value("TWO_FACTOR_ISSUER") or urlsplit("//" + request.host).hostname
+
+
+def _tf_show_key(user, key, form):
+    """The set-up page with the key as a QR code and in groups of four."""
+    uri = _totp_uri(key, user.email, _issuer())
+    if _wants_json():
+        if form.errors:
+            return _fail_form(form.errors)
+        return _json_answer(200, {"tf_key": key, "tf_uri": uri})
+    return _render(
+        "tf_setup",
+        tf_key=key,
+        tf_key_groups=_key_in_groups(key),
+        tf_qr_svg=_qr_svg(uri),
+        tf_code_form=form,
+    )
+
+
+def _tf_show_codes(codes, continue_url, user=None):
+    """New recovery codes, shown this once; a JSON login answer too for ``user``."""
+    if _wants_json():
+        response = {"recovery_codes": codes}
+        if user is not None:
+            token = user.get_auth_token()
+            response["user"] = {"id": str(user.id), "authentication_token": token}
+        return _json_answer(200, response)
+    return _render("tf_recovery_codes", recovery_codes=codes, continue_url=continue_url)
+
+
+def _tf_confirm_key(user, key, pending):
+    """Check the first code of a key being set up; a right one turns it on (and
+    completes the login of a user sent here by ``TWO_FACTOR_REQUIRED``)."""
+    form = _build_form("tf_code_form")
+    if not form.validate_on_submit():
+        return _tf_show_key(user, key, form)
+    stored = _accept_totp(key, form.code.data)
+    if stored is None:
+        form.code.errors.append(get_message("TF_INVALID_CODE")[0])
+        return _tf_show_key(user, key, form)
+    codes = _enrol(user, stored)
+    session.pop(_TF_NEW_KEY, None)
+    if pending is None:
+        _flash_message("TF_ENABLED")
+        return _tf_show_codes(codes, url_for_security("tf_setup"))
+    next_url = _complete_second_factor(user, "authenticator")
+    _flash_message("TF_ENABLED")
+    return _tf_show_codes(codes, get_post_login_redirect(next_url), user)
+
+
+def _tf_new_key(form):
+    """The password was right: choose a key, and show it (browsers by a redirect,
+    so a reload does not post the password again)."""
+    key = session[_TF_NEW_KEY] = _new_totp_key()
+    uri = _totp_uri(key, current_user.email, _issuer())
+    setup_url = url_for_security("tf_setup")
+    return _Done(next_url=setup_url, json={"tf_key": key, "tf_uri": uri})
+
+
+def tf_setup():
+    """Set up two-factor login: the password again, then the key, then one code.
+
+    A user sent here at login by ``SECURITY_TWO_FACTOR_REQUIRED`` gave the password
+    a moment ago, and is logged in once the code is right.
+    """
+    logged_in = _check_session()
+    pending = None if logged_in else _pending_user()
+    if pending is None and not logged_in:
+        return _fail_login()
+    user = pending or current_user._get_current_object()
+    if _has_second_factor(user):
+        if pending is not None:
+            return redirect(url_for_security("tf_validate"))
+        if _wants_json():
+            return _json_answer(200, {"tf_enabled": True})
+        return _render("tf_setup", tf_enabled=True)
+    key = session.get(_TF_NEW_KEY)
+    if key is not None and request.method == "POST":
+        return _tf_confirm_key(user, key, pending)
+    if key is None and pending is not None:
+        key = session[_TF_NEW_KEY] = _new_totp_key()
+    if key is not None:
+        return _tf_show_key(user, key, _security.forms["tf_code_form"](formdata=None))
+    return _form_view("tf_setup", "tf_password_form", _tf_new_key)
+
+
+@auth_required("session")
+def tf_disable():
+    """Turn two-factor login off, after the password again."""
+
+    def act(form):
+        disable_two_factor(current_user._get_current_object())
+        message = get_message("TF_DISABLED")
+        return _Done(message=message, next_url=url_for_security("tf_setup"))
+
+    return _form_view("tf_disable", "tf_password_form", act)
+
+
+@auth_required("session")
+def tf_recovery_codes():
+    """Replace the recovery codes, after the password again; show the new ones."""
+    user = current_user._get_current_object()
+    if not _has_second_factor(user):
+        return redirect(url_for_security("tf_setup"))
+    form = _build_form("tf_password_form")
+    if form.validate_on_submit():
+        codes = reset_recovery_codes(user)
+        return _tf_show_codes(codes, url_for_security("tf_setup"))
+    if _wants_json():
+        return _form_json(form, None)
+    return _render("tf_recovery_codes", tf_password_form=form)
 
 
 def _limit_body(endpoint, values):
@@ -3370,6 +3997,16 @@ def create_blueprint(app, import_name=__name__):
         bp.add_url_rule(
             slash_url_suffix(confirm_url, "<token>"), "confirm_email", confirm_email
         )
+    if setting("TWO_FACTOR"):
+        for name, view in (
+            ("setup", tf_setup),
+            ("validate", tf_validate),
+            ("rescue", tf_rescue),
+            ("disable", tf_disable),
+            ("recovery_codes", tf_recovery_codes),
+        ):
+            url = setting(f"TWO_FACTOR_{name.upper()}_URL")
+            bp.add_url_rule(url, f"tf_{name}", view, methods=post)
     bp.url_value_preprocessor(_limit_body)
     bp.after_request(_security_headers)
     bp.register_error_handler(_BadRequestBody, _bad_body)
@@ -3407,7 +4044,7 @@ def _holds_our_templates(folder):
 
 
 # =============================================================================
-# 16. Command line
+# 17. Command line
 # =============================================================================
 
 
@@ -3505,6 +4142,19 @@ def _users_unlock(email):
     click.echo(f"unlocked {email}")
 
 
+@users_cli.command("tf-reset")
+@click.argument("email")
+def _users_tf_reset(email):
+    """Turn two-factor login off for the user with EMAIL (lost phone and codes)."""
+    if not hasattr(_datastore.user_model, "tf_totp_secret"):
+        raise click.ClickException("the user model has no two-factor fields")
+    user = _cli_user(email)
+    if not _has_second_factor(user):
+        raise click.ClickException(f"{email} has no two-factor login to reset")
+    disable_two_factor(user)
+    click.echo(f"turned two-factor login off for {email}")
+
+
 @roles_cli.command("create")
 @click.argument("name")
 @click.option("--description", default=None, help="What the role allows.")
@@ -3535,7 +4185,7 @@ def _roles_remove(email, role):
 
 
 # =============================================================================
-# 17. The Security extension
+# 18. The Security extension
 # =============================================================================
 
 
@@ -3654,6 +4304,7 @@ _USER_FIELDS = {
         "current_login_ip",
         "login_count",
     ),
+    "TWO_FACTOR": ("tf_totp_secret", "tf_recovery_codes"),
 }
 
 #: Features that send mail, each with the setting that can turn its mail off.
@@ -3973,6 +4624,26 @@ class Security:
         """Add template values to the passwordless login view."""
         return self._add_context_processor("send_login", function)
 
+    def tf_setup_context_processor(self, function):
+        """Add template values to the two-factor set-up view."""
+        return self._add_context_processor("tf_setup", function)
+
+    def tf_validate_context_processor(self, function):
+        """Add template values to the code step of a login."""
+        return self._add_context_processor("tf_validate", function)
+
+    def tf_rescue_context_processor(self, function):
+        """Add template values to the recovery-code step of a login."""
+        return self._add_context_processor("tf_rescue", function)
+
+    def tf_disable_context_processor(self, function):
+        """Add template values to the page turning two-factor login off."""
+        return self._add_context_processor("tf_disable", function)
+
+    def tf_recovery_codes_context_processor(self, function):
+        """Add template values to the recovery-codes page."""
+        return self._add_context_processor("tf_recovery_codes", function)
+
     def mail_context_processor(self, function):
         """Add template values to every security email."""
         self._mail_context_processors.append(function)
@@ -3992,7 +4663,7 @@ class Security:
 
 
 # =============================================================================
-# 18. Flask-Security 1.7.4's module names
+# 19. Flask-Security 1.7.4's module names
 # =============================================================================
 # 1.7.4 was a package, and its applications import from its submodules
 # (``from flask_security.utils import encrypt_password``). This module answers to

@@ -89,6 +89,8 @@ def _sqlalchemy_store(app, uri):
         login_count = db.Column(db.Integer)
         failed_login_count = db.Column(db.Integer)
         locked_until = db.Column(db.DateTime())
+        tf_totp_secret = db.Column(db.String(64))
+        tf_recovery_codes = db.Column(db.Text)
         roles = db.relationship(
             "Role", secondary=roles_users, backref=db.backref("users", lazy="dynamic")
         )
@@ -133,6 +135,8 @@ def _peewee_store(app, path):
         login_count = peewee.IntegerField(null=True)
         failed_login_count = peewee.IntegerField(null=True)
         locked_until = peewee.DateTimeField(null=True)
+        tf_totp_secret = peewee.TextField(null=True)
+        tf_recovery_codes = peewee.TextField(null=True)
 
     class UserRoles(Base):
         user = peewee.ForeignKeyField(User, backref="roles")
@@ -181,6 +185,8 @@ def _mongo_store(app, path):
         login_count = mongoengine.IntField()
         failed_login_count = mongoengine.IntField()
         locked_until = mongoengine.DateTimeField()
+        tf_totp_secret = mongoengine.StringField()
+        tf_recovery_codes = mongoengine.StringField()
         roles = mongoengine.ListField(mongoengine.ReferenceField(Role), default=[])
         meta = {"db_alias": alias}
 
@@ -3384,7 +3390,863 @@ def test_logged_in_user_sees_the_passwordless_form(make_app):
 
 
 # =============================================================================
-# 13. Views: templates and per-view context processors
+# 15. Two-factor login: codes
+# =============================================================================
+
+#: RFC 4226, Appendix D: HOTP values of counters 0..9 for this ASCII key.
+RFC4226_KEY = b"12345678901234567890"
+RFC4226_VALUES = [
+    "755224",
+    "287082",
+    "359152",
+    "969429",
+    "338314",
+    "254676",
+    "287922",
+    "162583",
+    "399871",
+    "520489",
+]
+
+#: RFC 6238, Appendix B: (Unix time, eight-digit code) for SHA-1, SHA-256, SHA-512.
+RFC6238_KEYS = {
+    "sha1": b"12345678901234567890",
+    "sha256": b"12345678901234567890123456789012",
+    "sha512": b"1234567890123456789012345678901234567890123456789012345678901234",
+}
+RFC6238_VECTORS = [
+    (59, ("94287082", "46119246", "90693936")),
+    (1111111109, ("07081804", "68084774", "25091201")),
+    (1111111111, ("14050471", "67062674", "99943326")),
+    (1234567890, ("89005924", "91819424", "93441116")),
+    (2000000000, ("69279037", "90698825", "38618901")),
+    (20000000000, ("65353130", "77737706", "47863826")),
+]
+
+
+@pytest.mark.parametrize("counter", range(10))
+def test_hotp_matches_rfc4226_vectors(counter):
+    assert fsl._hotp(RFC4226_KEY, counter) == RFC4226_VALUES[counter]
+
+
+@pytest.mark.parametrize("at, codes", RFC6238_VECTORS)
+def test_totp_matches_rfc6238_vectors_for_every_hash(at, codes):
+    for name, code in zip(("sha1", "sha256", "sha512"), codes, strict=True):
+        digest = getattr(hashlib, name)
+        step = fsl._totp_step(at)
+        assert fsl._hotp(RFC6238_KEYS[name], step, 8, digest) == code
+
+
+@pytest.mark.parametrize("at, codes", RFC6238_VECTORS)
+def test_six_digit_code_is_the_rfc_code_cut_to_six(at, codes):
+    key = base64.b32encode(RFC6238_KEYS["sha1"]).decode()
+    assert fsl.totp_code(key, at) == codes[0][-6:]
+
+
+def test_new_key_is_160_bits_of_base32():
+    key = fsl._new_totp_key()
+    assert len(base64.b32decode(key)) == 20
+    assert key != fsl._new_totp_key()
+
+
+def test_key_is_read_forgiving_spaces_case_and_padding():
+    key = base64.b32encode(b"0123456789").decode()
+    sloppy = " ".join(key.lower()[i : i + 4] for i in range(0, 16, 4))
+    assert fsl._decode_totp_key(sloppy) == b"0123456789"
+
+
+def test_code_of_this_step_is_accepted_and_step_recorded():
+    key, at = fsl._new_totp_key(), 1_700_000_000
+    stored = fsl._accept_totp(key, fsl.totp_code(key, at), at)
+    assert stored == f"{key}:{fsl._totp_step(at)}"
+
+
+@pytest.mark.parametrize("drift", [-30, 30])
+def test_code_one_step_early_or_late_is_accepted(drift):
+    key, at = fsl._new_totp_key(), 1_700_000_000
+    assert fsl._accept_totp(key, fsl.totp_code(key, at + drift), at) is not None
+
+
+@pytest.mark.parametrize("drift", [-60, 60, -3600])
+def test_code_two_or_more_steps_away_is_refused(drift):
+    key, at = fsl._new_totp_key(), 1_700_000_000
+    assert fsl._accept_totp(key, fsl.totp_code(key, at + drift), at) is None
+
+
+def test_used_code_is_refused_within_its_window():
+    key, at = fsl._new_totp_key(), 1_700_000_000
+    code = fsl.totp_code(key, at)
+    stored = fsl._accept_totp(key, code, at)
+    assert fsl._accept_totp(stored, code, at) is None
+    assert fsl._accept_totp(stored, code, at + 29) is None
+
+
+def test_code_older_than_the_last_used_one_is_refused():
+    key, at = fsl._new_totp_key(), 1_700_000_000
+    stored = fsl._accept_totp(key, fsl.totp_code(key, at + 30), at)
+    assert fsl._accept_totp(stored, fsl.totp_code(key, at), at) is None
+    assert fsl._accept_totp(stored, fsl.totp_code(key, at + 60), at + 60) is not None
+
+
+@pytest.mark.parametrize("code", ["", "12345", "1234567", "abcdef", "١٢٣٤٥٦", None, 7])
+def test_malformed_code_is_refused(code):
+    assert fsl._accept_totp(fsl._new_totp_key(), code) is None
+
+
+def test_code_may_be_typed_with_spaces():
+    key = fsl._new_totp_key()
+    code = fsl.totp_code(key)
+    assert fsl._accept_totp(key, f" {code[:3]} {code[3:]} ") is not None
+
+
+def test_damaged_stored_key_refuses_codes_and_logs(caplog):
+    assert fsl._accept_totp("not base32 at all!", "123456") is None
+    assert "tf_totp_secret" in caplog.text
+
+
+def test_otpauth_uri_names_issuer_account_and_parameters():
+    uri = fsl._totp_uri("JBSWY3DPEHPK3PXP", "matt@lp.com", "Example Co")
+    assert uri == (
+        "otpauth://totp/Example%20Co:matt@lp.com?secret=JBSWY3DPEHPK3PXP"
+        "&issuer=Example%20Co&algorithm=SHA1&digits=6&period=30"
+    )
+
+
+def test_qr_code_is_an_svg_with_a_title():
+    svg = fsl._qr_svg("otpauth://totp/x:y?secret=JBSWY3DPEHPK3PXP")
+    assert svg.startswith("<svg") and "<title>" in svg
+
+
+def test_without_segno_there_is_no_qr_code(monkeypatch):
+    monkeypatch.setitem(sys.modules, "segno", None)
+    assert fsl._qr_svg("otpauth://totp/x:y?secret=JBSWY3DPEHPK3PXP") is None
+
+
+def test_key_is_shown_in_groups_of_four():
+    assert fsl._key_in_groups("JBSWY3DPEHPK3PXP") == "JBSW Y3DP EHPK 3PXP"
+
+
+def test_ten_distinct_recovery_codes_of_80_bits():
+    codes = fsl._new_recovery_codes()
+    assert len(set(codes)) == 10
+    assert all(re.fullmatch(r"[a-z2-7]{4}(-[a-z2-7]{4}){3}", code) for code in codes)
+
+
+def test_only_hashes_of_recovery_codes_are_stored():
+    codes = fsl._new_recovery_codes()
+    stored = fsl._stored_recovery_codes(codes)
+    assert len(stored.split()) == 10
+    assert not any(code.replace("-", "") in stored for code in codes)
+
+
+def test_recovery_code_works_once():
+    codes = fsl._new_recovery_codes()
+    stored = fsl._stored_recovery_codes(codes)
+    left = fsl._use_recovery_code(stored, codes[3])
+    assert len(left.split()) == 9
+    assert fsl._use_recovery_code(left, codes[3]) is None
+    assert fsl._use_recovery_code(left, codes[4]) is not None
+
+
+def test_recovery_code_may_be_typed_in_capitals_without_dashes():
+    codes = fsl._new_recovery_codes()
+    stored = fsl._stored_recovery_codes(codes)
+    typed = codes[0].replace("-", " ").upper()
+    assert fsl._use_recovery_code(stored, typed) is not None
+
+
+@pytest.mark.parametrize("code", ["", "nope", "\ud800", None])
+def test_unknown_recovery_code_is_refused(code):
+    stored = fsl._stored_recovery_codes(fsl._new_recovery_codes())
+    assert fsl._use_recovery_code(stored, code) is None
+
+
+def test_last_recovery_code_leaves_an_empty_list():
+    codes = fsl._new_recovery_codes()[:1]
+    assert fsl._use_recovery_code(fsl._stored_recovery_codes(codes), codes[0]) == ""
+
+
+# =============================================================================
+# 15. Two-factor login: enrolment and the login step
+# =============================================================================
+
+TWO_FACTOR = dict(SECURITY_TWO_FACTOR=True)
+
+
+def give_key(app, email="matt@lp.com"):
+    """Set a two-factor key straight in the datastore, as an admin could; return it."""
+    key = fsl._new_totp_key()
+    with app.test_request_context():
+        user = app.datastore.find_user(email=email)
+        user.tf_totp_secret = key
+        app.datastore.put(user)
+        app.datastore.commit()
+    return key
+
+
+def next_code(key, steps=0):
+    """The code of the current time step (or ``steps`` later)."""
+    return fsl.totp_code(key, time.time() + 30 * steps)
+
+
+def shown_key(page):
+    """The key as the set-up page shows it, in groups of four."""
+    return re.search(r'id="tf-key"[^>]*>([A-Z2-7 ]+)<', page).group(1)
+
+
+def test_two_factor_is_off_by_default(app):
+    assert app.config["SECURITY_TWO_FACTOR"] is False
+    assert app.test_client().get("/tf-setup").status_code == 404
+
+
+@pytest.mark.parametrize("missing", ["tf_totp_secret", "tf_recovery_codes"])
+def test_init_app_names_missing_two_factor_fields(missing):
+    fields = ALWAYS_NEEDED + ["tf_totp_secret", "tf_recovery_codes"]
+    fields.remove(missing)
+    app, datastore = _app_with_user_fields(fields, SECURITY_TWO_FACTOR=True)
+    with pytest.raises(RuntimeError) as error:
+        Security(app, datastore)
+    message = str(error.value)
+    assert f"has no {missing!r} field (needed by SECURITY_TWO_FACTOR)" in message
+
+
+def test_enrolment_in_html_then_login_needs_a_code(store, make_app):
+    app = make_app(store, **TWO_FACTOR)
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    assert b'name="password"' in client.get("/tf-setup").data
+    page = client.post(
+        "/tf-setup", data={"password": PASSWORD}, follow_redirects=True
+    ).get_data(True)
+    key = shown_key(page).replace(" ", "")
+    assert "<svg" in page and "otpauth://" not in page.split("<svg")[0][-20:]
+    page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
+    assert len(re.findall(r"<li><code>[a-z2-7-]{19}</code></li>", page)) == 10
+    assert get_user(app).tf_totp_secret.startswith(key + ":")
+
+    client.get("/logout")
+    response = login(client)
+    assert response.headers["Location"] == "/tf-validate"
+    assert client.get("/profile").status_code == 302
+    response = client.post("/tf-validate", data={"code": next_code(key, 1)})
+    assert response.headers["Location"] == "/"
+    assert client.get("/profile").status_code == 200
+
+
+def test_enrolment_over_json(make_app):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    client = app.test_client()
+    json_login(client)
+    answer = client.post("/tf-setup", json={"password": PASSWORD}).json["response"]
+    key = answer["tf_key"]
+    assert answer["tf_uri"].startswith("otpauth://totp/localhost:matt@lp.com?secret=")
+    response = client.post("/tf-setup", json={"code": next_code(key)})
+    assert len(response.json["response"]["recovery_codes"]) == 10
+    answer = client_get_json(client, "/tf-setup").json["response"]
+    assert answer == {"tf_enabled": True}
+    assert get_user(app).tf_totp_secret.startswith(key)
+
+
+def test_enrolment_needs_the_password_again(make_app):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    page = client.post("/tf-setup", data={"password": "wrong one"}).get_data(True)
+    assert "The password is wrong." in page and 'id="tf-key"' not in page
+
+
+def test_enrolment_needs_a_right_first_code(make_app):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    key = shown_key(
+        client.post(
+            "/tf-setup", data={"password": PASSWORD}, follow_redirects=True
+        ).get_data(True)
+    )
+    page = client.post("/tf-setup", data={"code": "000000"}).get_data(True)
+    assert "This code is not valid." in page
+    assert get_user(app).tf_totp_secret is None
+    assert shown_key(page) == key
+
+
+def test_set_up_page_needs_a_login(make_app):
+    app = make_app(**TWO_FACTOR)
+    assert client_get_json(app.test_client(), "/tf-setup").status_code == 401
+
+
+def client_get_json(client, path):
+    return client.get(path, headers={"Accept": "application/json"})
+
+
+def test_without_segno_the_key_is_shown_in_groups(make_app, monkeypatch):
+    monkeypatch.setitem(sys.modules, "segno", None)
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    page = client.post(
+        "/tf-setup", data={"password": PASSWORD}, follow_redirects=True
+    ).get_data(True)
+    assert "<svg" not in page
+    assert re.fullmatch(r"([A-Z2-7]{4} ){7}[A-Z2-7]{4}", shown_key(page))
+
+
+def test_code_page_is_accessible_to_autofill_and_keypads(make_app):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    give_key(app)
+    client = app.test_client()
+    login(client)
+    page = client.get("/tf-validate").get_data(True)
+    assert '<label for="code">Authentication code</label>' in page
+    assert 'autocomplete="one-time-code"' in page and 'inputmode="numeric"' in page
+
+
+def test_wrong_code_is_refused(store, make_app):
+    app = make_app(store, **TWO_FACTOR)
+    add_user(app)
+    give_key(app)
+    client = app.test_client()
+    login(client)
+    page = client.post("/tf-validate", data={"code": "123456"}).get_data(True)
+    assert "This code is not valid." in page
+    assert client.get("/profile").status_code == 302
+
+
+def test_replayed_code_is_refused(make_app):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    key = give_key(app)
+    code = next_code(key)
+    first, second = app.test_client(), app.test_client()
+    login(first)
+    assert first.post("/tf-validate", data={"code": code}).status_code == 302
+    login(second)
+    page = second.post("/tf-validate", data={"code": code}).get_data(True)
+    assert "This code is not valid." in page
+
+
+def test_same_code_in_two_racing_requests_gets_in_once(store, make_app):
+    app = make_app(store, **TWO_FACTOR)
+    add_user(app)
+    key = give_key(app)
+    code = next_code(key)
+    with app.test_request_context():
+        slow = app.datastore.find_user(email="matt@lp.com")
+        with app.test_request_context():
+            fast = app.datastore.find_user(email="matt@lp.com")
+            assert fsl._use_totp(fast, code)
+        assert not fsl._use_totp(slow, code)
+
+
+def test_code_of_two_steps_ago_is_refused(make_app):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    key = give_key(app)
+    client = app.test_client()
+    login(client)
+    response = client.post("/tf-validate", data={"code": next_code(key, -2)})
+    assert response.status_code == 200
+    assert client.get("/profile").status_code == 302
+
+
+def test_code_step_expires_after_two_factor_login_within(make_app, clock):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    key = give_key(app)
+    client = app.test_client()
+    login(client)
+    clock.advance(minutes=6)
+    response = client.post("/tf-validate", data={"code": next_code(key)})
+    assert response.headers["Location"] == "/login"
+    assert client.get("/profile").status_code == 302
+
+
+def test_code_step_without_a_password_first_goes_to_login(make_app):
+    app = make_app(**TWO_FACTOR)
+    response = app.test_client().post("/tf-validate", json={"code": "123456"})
+    assert response.status_code == 400
+    assert response.json["response"]["errors"]["code"] == ["Please log in again."]
+
+
+LOCKOUT_3 = dict(SECURITY_LOCKOUT_ATTEMPTS=3, **TWO_FACTOR)
+
+
+def test_wrong_codes_count_toward_the_lockout(store, make_app):
+    app = make_app(store, **LOCKOUT_3)
+    add_user(app)
+    key = give_key(app)
+    client = app.test_client()
+    login(client)
+    for _ in range(3):
+        client.post("/tf-validate", data={"code": "000000"})
+    assert get_user(app).locked_until is not None
+    page = client.post("/tf-validate", data={"code": next_code(key)}).get_data(True)
+    assert "This account is locked" in page
+    assert client.get("/profile").status_code == 302
+
+
+def test_a_right_password_does_not_reset_the_count_of_wrong_codes(make_app):
+    app = make_app(**LOCKOUT_3)
+    add_user(app)
+    give_key(app)
+    client = app.test_client()
+    for _ in range(3):
+        login(client)
+        client.post("/tf-validate", data={"code": "000000"})
+    assert get_user(app).locked_until is not None
+
+
+def test_a_right_code_clears_the_count_of_wrong_ones(make_app):
+    app = make_app(**LOCKOUT_3)
+    add_user(app)
+    key = give_key(app)
+    client = app.test_client()
+    login(client)
+    client.post("/tf-validate", data={"code": "000000"})
+    client.post("/tf-validate", data={"code": next_code(key)})
+    assert get_user(app).failed_login_count == 0
+
+
+def test_wrong_code_sends_login_failed(make_app):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    give_key(app)
+    client = app.test_client()
+    login(client)
+    failures = []
+    receiver = lambda sender, **kwargs: failures.append(kwargs)  # noqa: E731
+    fsl.login_failed.connect(receiver)
+    try:
+        client.post("/tf-rescue", data={"code": "nope-nope"})
+    finally:
+        fsl.login_failed.disconnect(receiver)
+    assert [(f["reason"], f["identifier"]) for f in failures] == [
+        ("invalid_code", "matt@lp.com")
+    ]
+
+
+def test_recovery_code_logs_in_once(store, make_app):
+    app = make_app(store, **TWO_FACTOR)
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    key = shown_key(
+        client.post(
+            "/tf-setup", data={"password": PASSWORD}, follow_redirects=True
+        ).get_data(True)
+    )
+    page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
+    code = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page)[0]
+    client.get("/logout")
+
+    login(client)
+    assert client.post("/tf-rescue", data={"code": code}).status_code == 302
+    assert "9 are left" in client.get("/tf-setup").get_data(True)
+    assert client.get("/profile").status_code == 200
+    client.get("/logout")
+    login(client)
+    page = client.post("/tf-rescue", data={"code": code}).get_data(True)
+    assert "This code is not valid." in page
+    assert client.get("/profile").status_code == 302
+
+
+def test_json_login_asks_for_the_code_then_answers_like_a_login(store, make_app):
+    app = make_app(store, **TWO_FACTOR)
+    user_id = add_user(app)
+    key = give_key(app)
+    client = app.test_client()
+    response = json_login(client)
+    assert response.status_code == 200
+    assert response.json["response"] == {
+        "tf_required": True,
+        "tf_setup_required": False,
+    }
+    assert (
+        client.get("/profile", headers={"Accept": "application/json"}).status_code
+        == 401
+    )
+
+    response = client.post("/tf-validate", json={"code": next_code(key)})
+    assert response.status_code == 200
+    user = response.json["response"]["user"]
+    assert user["id"] == user_id
+    token = user["authentication_token"]
+    assert app.test_client().get("/token", headers={"Authentication-Token": token}).json
+
+
+def test_json_wrong_code_is_a_400_field_error(make_app):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    give_key(app)
+    client = app.test_client()
+    json_login(client)
+    response = client.post("/tf-validate", json={"code": "12345x"})
+    assert response.status_code == 400
+    assert response.json["response"]["errors"] == {"code": ["This code is not valid."]}
+
+
+def test_remember_cookie_is_set_only_after_the_second_step(make_app):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    key = give_key(app)
+    client = app.test_client()
+    response = login(client, remember="y")
+    assert "remember_token" not in response.headers.get("Set-Cookie", "")
+    response = client.post("/tf-validate", data={"code": next_code(key)})
+    assert "remember_token=" in ";".join(response.headers.getlist("Set-Cookie"))
+
+
+def test_no_token_before_the_second_step(make_app):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    give_key(app)
+    response = json_login(app.test_client())
+    assert "authentication_token" not in str(response.json)
+
+
+def test_setting_up_a_key_ends_tokens_issued_before(make_app):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    token = auth_token(app.test_client())
+    give_key(app)
+    response = app.test_client().get("/token", headers={"Authentication-Token": token})
+    assert response.status_code == 401
+
+
+def test_enrolling_keeps_the_current_session(make_app):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    key = shown_key(
+        client.post(
+            "/tf-setup", data={"password": PASSWORD}, follow_redirects=True
+        ).get_data(True)
+    )
+    client.post("/tf-setup", data={"code": next_code(key)})
+    assert client.get("/profile").status_code == 200
+
+
+def test_basic_auth_is_refused_for_two_factor_users(make_app):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    give_key(app)
+    credentials = base64.b64encode(f"matt@lp.com:{PASSWORD}".encode()).decode()
+    headers = {"Authorization": f"Basic {credentials}"}
+    assert app.test_client().get("/basic", headers=headers).status_code == 401
+
+
+def test_basic_auth_for_two_factor_users_when_allowed(make_app):
+    app = make_app(SECURITY_TWO_FACTOR_ALLOW_BASIC=True, **TWO_FACTOR)
+    add_user(app)
+    give_key(app)
+    credentials = base64.b64encode(f"matt@lp.com:{PASSWORD}".encode()).decode()
+    headers = {"Authorization": f"Basic {credentials}"}
+    assert app.test_client().get("/basic", headers=headers).status_code == 200
+
+
+def test_users_without_a_key_log_in_with_the_password_alone(make_app):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    client = app.test_client()
+    assert login(client).headers["Location"] == "/"
+    assert client.get("/profile").status_code == 200
+
+
+def test_required_two_factor_makes_users_set_it_up_at_login(store, make_app):
+    app = make_app(store, SECURITY_TWO_FACTOR_REQUIRED=True, **TWO_FACTOR)
+    add_user(app)
+    client = app.test_client()
+    response = login(client, next="/profile")
+    assert response.headers["Location"] == "/tf-setup"
+    assert client.get("/profile").status_code == 302
+    key = shown_key(client.get("/tf-setup").get_data(True)).replace(" ", "")
+    page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
+    assert len(re.findall(r"<li><code>", page)) == 10
+    assert 'href="/profile"' in page
+    assert client.get("/profile").status_code == 200
+
+
+def test_required_two_factor_over_json(make_app):
+    app = make_app(SECURITY_TWO_FACTOR_REQUIRED=True, **TWO_FACTOR)
+    add_user(app)
+    client = app.test_client()
+    response = json_login(client)
+    assert response.json["response"] == {"tf_required": True, "tf_setup_required": True}
+    key = client.post("/tf-setup", json={}).json["response"]["tf_key"]
+    response = client.post("/tf-setup", json={"code": next_code(key)})
+    assert len(response.json["response"]["recovery_codes"]) == 10
+    assert response.json["response"]["user"]["authentication_token"]
+
+
+def test_passwordless_link_needs_the_second_factor(make_app):
+    app = make_app(SECURITY_PASSWORDLESS=True, **TWO_FACTOR)
+    add_user(app)
+    key = give_key(app)
+    client = app.test_client()
+    with fsl.capture_passwordless_login_requests() as requests:
+        client.post("/login", data={"email": "matt@lp.com"})
+    response = client.get(f"/login/{requests[0]['login_token']}")
+    assert response.headers["Location"] == "/tf-validate"
+    assert client.get("/profile").status_code == 302
+    client.post("/tf-validate", data={"code": next_code(key)})
+    assert client.get("/profile").status_code == 200
+
+
+def test_reset_link_needs_the_second_factor_to_log_in(make_app):
+    app = make_app(SECURITY_RECOVERABLE=True, **TWO_FACTOR)
+    add_user(app)
+    give_key(app)
+    client = app.test_client()
+    with fsl.capture_reset_password_requests() as requests:
+        client.post("/reset", data={"email": "matt@lp.com"})
+    new = {"password": "a new password", "password_confirm": "a new password"}
+    response = client.post(f"/reset/{requests[0]['token']}", data=new)
+    assert response.headers["Location"] == "/tf-validate"
+    assert client.get("/profile").status_code == 302
+
+
+def test_disabling_needs_the_password_and_ends_the_code_step(store, make_app):
+    app = make_app(store, **TWO_FACTOR)
+    add_user(app)
+    key = give_key(app)
+    client = app.test_client()
+    login(client)
+    client.post("/tf-validate", data={"code": next_code(key)})
+    assert (
+        b"The password is wrong."
+        in client.post("/tf-disable", data={"password": "wrong one"}).data
+    )
+    assert client.post("/tf-disable", data={"password": PASSWORD}).status_code == 302
+    assert client.get("/profile").status_code == 200
+    user = get_user(app)
+    assert user.tf_totp_secret is None and user.tf_recovery_codes is None
+    client.get("/logout")
+    assert login(client).headers["Location"] == "/"
+
+
+def test_new_recovery_codes_replace_the_old_ones(make_app):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    key = shown_key(
+        client.post(
+            "/tf-setup", data={"password": PASSWORD}, follow_redirects=True
+        ).get_data(True)
+    )
+    page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
+    old = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page)
+    page = client.post("/tf-recovery-codes", data={"password": PASSWORD})
+    new = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page.get_data(True))
+    assert len(new) == 10 and not set(old) & set(new)
+    client.get("/logout")
+    login(client)
+    assert client.post("/tf-rescue", data={"code": old[0]}).status_code == 200
+    assert client.post("/tf-rescue", data={"code": new[0]}).status_code == 302
+
+
+def test_two_factor_signals(make_app):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    client = app.test_client()
+    seen = []
+
+    def record(name):
+        return lambda sender, **kwargs: seen.append((name, kwargs))
+
+    receivers = [
+        (fsl.tf_enrolled, record("enrolled")),
+        (fsl.tf_code_confirmed, record("confirmed")),
+        (fsl.tf_disabled, record("disabled")),
+    ]
+    for signal, receiver in receivers:
+        signal.connect(receiver)
+    try:
+        login(client)
+        page = client.post(
+            "/tf-setup", data={"password": PASSWORD}, follow_redirects=True
+        ).get_data(True)
+        key = shown_key(page).replace(" ", "")
+        client.post("/tf-setup", data={"code": next_code(key)})
+        client.get("/logout")
+        login(client)
+        client.post("/tf-validate", data={"code": next_code(key, 1)})
+        client.post("/tf-disable", data={"password": PASSWORD})
+    finally:
+        for signal, receiver in receivers:
+            signal.disconnect(receiver)
+    assert [name for name, _ in seen] == ["enrolled", "confirmed", "disabled"]
+    assert seen[1][1]["method"] == "authenticator"
+    assert all(kwargs["user"].email == "matt@lp.com" for _, kwargs in seen)
+
+
+def test_disabled_feature_adds_no_query_to_a_login(make_app):
+    from sqlalchemy import event
+
+    counts = []
+    for config in ({}, TWO_FACTOR):
+        app = make_app(**config)
+        add_user(app)
+        statements = []
+        with app.app_context():
+            engine = app.datastore.db.engine
+        listener = lambda *args, found=statements: found.append(args[2])  # noqa: E731
+        event.listen(engine, "before_cursor_execute", listener)
+        try:
+            client = app.test_client()
+            login(client)
+            client.get("/profile")
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+        counts.append(len(statements))
+    assert counts[0] == counts[1]
+
+
+def test_disabled_feature_imports_nothing_for_it(tmp_path):
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import sys\n"
+        "from test_flask_security_lite import _sqlalchemy_store, add_user, login\n"
+        "from flask import Flask\nimport flask_security_lite as fsl\n"
+        "app = Flask('x')\n"
+        "app.config.update(SECRET_KEY='s', TESTING=True, WTF_CSRF_ENABLED=False)\n"
+        "datastore, _ = _sqlalchemy_store(app, 'sqlite://')\n"
+        "app.datastore = datastore\n"
+        "fsl.Security(app, datastore)\n"
+        "add_user(app)\n"
+        "assert login(app.test_client()).status_code == 302\n"
+        "print('segno' in sys.modules)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(HERE))
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env
+    )
+    assert result.stdout.strip() == "False", result.stderr
+
+
+TF_PATHS = ["/tf-setup", "/tf-validate", "/tf-rescue", "/tf-disable"]
+TF_PATHS += ["/tf-recovery-codes"]
+TF_HOSTILE_JSON = HOSTILE_JSON + [
+    {"code": ["123456"]},
+    {"code": "\ud800\x00"},
+    {"code": "9" * 5000},
+    {"code": 123456},
+    {"code": "١٢٣٤٥٦"},
+    {"password": None, "code": None},
+]
+
+
+@pytest.mark.parametrize("state", ["anonymous", "pending", "logged in", "enrolling"])
+def test_hostile_input_to_two_factor_views_never_causes_a_server_error(make_app, state):
+    app = make_app(SECURITY_TWO_FACTOR_REQUIRED=(state == "enrolling"), **TWO_FACTOR)
+    add_user(app)
+    if state != "enrolling":
+        key = give_key(app)
+    client = app.test_client()
+    if state != "anonymous":
+        login(client)
+    if state == "logged in":
+        client.post("/tf-validate", data={"code": next_code(key)})
+    for path in TF_PATHS:
+        responses = [client.post(path, json=body) for body in TF_HOSTILE_JSON]
+        for body, content_type in itertools.product(
+            HOSTILE_BODIES, ["application/json", "application/x-www-form-urlencoded"]
+        ):
+            responses.append(client.post(path, data=body, content_type=content_type))
+        responses.append(client.get(path, headers={"Accept": "application/json"}))
+        assert all(response.status_code < 500 for response in responses), path
+
+
+@pytest.fixture
+def two_factor_site(make_app):
+    """A live server of a two-factor app (CSRF on) with one user, for the browser."""
+    from werkzeug.serving import make_server
+
+    app = make_app(WTF_CSRF_ENABLED=True, SECURITY_RECOVERABLE=True, **TWO_FACTOR)
+    add_user(app)
+    server = make_server("127.0.0.1", _free_port(), app)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+def _browser_login(page, url):
+    page.goto(url + "/login")
+    page.fill("input[name=email]", "matt@lp.com")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("input[type=submit]")
+
+
+def test_browser_enrols_with_a_code_from_the_shown_key(two_factor_site, browser):
+    url, page = two_factor_site, browser.new_page()
+    _browser_login(page, url)
+    page.goto(url + "/tf-setup")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("input[type=submit]")
+    key = page.inner_text("#tf-key").replace(" ", "")
+    assert page.locator("figure.tf-qr svg").count() == 1
+    page.fill("input[name=code]", next_code(key))
+    page.click("input[type=submit]")
+    recovery = page.locator("ul.tf-recovery-codes code").all_inner_texts()
+    assert len(recovery) == 10
+
+    page.goto(url + "/logout")
+    _browser_login(page, url)
+    assert page.url == url + "/tf-validate"
+    page.fill("input[name=code]", next_code(key, 1))
+    page.click("input[type=submit]")
+    page.goto(url + "/profile")
+    assert "profile of matt@lp.com" in page.content()
+
+    page.goto(url + "/logout")
+    _browser_login(page, url)
+    page.click("text=Use a recovery code")
+    page.fill("input[name=code]", recovery[0])
+    page.click("input[type=submit]")
+    page.goto(url + "/profile")
+    assert "profile of matt@lp.com" in page.content()
+
+
+def test_two_factor_pages_pass_axe(two_factor_site, axe_page):
+    url, page, found = two_factor_site, axe_page, []
+    _browser_login(page, url)
+    page.goto(url + "/tf-setup")
+    found += page.check()  # the password form
+    _submit_unchecked(page)
+    found += page.check()  # and its error
+    page.fill("input[name=password]", PASSWORD)
+    page.click("input[type=submit]")
+    found += page.check()  # the key and the QR code
+    key = page.inner_text("#tf-key").replace(" ", "")
+    _submit_unchecked(page)
+    found += page.check()  # the code's error
+    page.fill("input[name=code]", next_code(key))
+    page.click("input[type=submit]")
+    found += page.check()  # the recovery codes
+    for path in ("/tf-setup", "/tf-recovery-codes", "/tf-disable"):
+        page.goto(url + path)
+        found += page.check()
+    page.goto(url + "/logout")
+    _browser_login(page, url)
+    for path in ("/tf-validate", "/tf-rescue"):
+        page.goto(url + path)
+        found += page.check()
+        _submit_unchecked(page)
+        found += page.check()
+    assert found == []
+
+
+# =============================================================================
+# 16. Views: templates and per-view context processors
 # =============================================================================
 
 ALL_FLOWS = dict(
@@ -4159,7 +5021,7 @@ def test_views_render_through_security_render_template(app):
 
 
 # =============================================================================
-# 14. Command line
+# 17. Command line
 # =============================================================================
 
 
@@ -4238,8 +5100,31 @@ def test_cli_bad_input_is_a_clear_error_and_nonzero_exit(app, args, fragment):
     assert fragment in result.output
 
 
+def test_cli_tf_reset_turns_two_factor_off_for_support_staff(store, make_app):
+    app = make_app(store, **TWO_FACTOR)
+    add_user(app)
+    give_key(app)
+    result = _cli(app, "users", "tf-reset", "matt@lp.com")
+    assert result.exit_code == 0, result.output
+    assert "turned two-factor login off for matt@lp.com" in result.output
+    assert get_user(app).tf_totp_secret is None
+    assert login(app.test_client()).headers["Location"] == "/"
+
+
+@pytest.mark.parametrize(
+    "email, fragment",
+    [("nobody@lp.com", "no user"), ("matt@lp.com", "has no two-factor login")],
+)
+def test_cli_tf_reset_bad_input_is_a_clear_error(make_app, email, fragment):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    result = _cli(app, "users", "tf-reset", email)
+    assert result.exit_code != 0
+    assert fragment in result.output
+
+
 # =============================================================================
-# 18. Flask-Security 1.7.4's module names, and a 1.7.4 application
+# 19. Flask-Security 1.7.4's module names, and a 1.7.4 application
 # =============================================================================
 
 
@@ -5002,6 +5887,29 @@ def test_readme_quick_start_runs(heading, monkeypatch):
         assert client.get("/").data == b"Hello matt@nobien.net"
     finally:
         mongoengine.disconnect()
+
+
+def test_readme_two_factor_program_runs():
+    readme = (HERE / "README.md").read_text()
+    section = readme.split("## Two-factor login\n", 1)[1]
+    program = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace = {"__name__": "readme_two_factor"}
+    exec(compile(program, "README two-factor", "exec"), namespace)
+    app = namespace["app"]
+    app.config["WTF_CSRF_ENABLED"] = False
+    client = app.test_client()
+    credentials = {"email": "matt@nobien.net", "password": "password"}
+    client.post("/login", data=credentials)
+    page = client.post(
+        "/tf-setup", data={"password": "password"}, follow_redirects=True
+    ).get_data(True)
+    assert "<svg" in page
+    key = shown_key(page).replace(" ", "")
+    client.post("/tf-setup", data={"code": next_code(key)})
+    client.get("/logout")
+    assert client.post("/login", data=credentials).headers["Location"] == "/tf-validate"
+    client.post("/tf-validate", data={"code": next_code(key, 1)})
+    assert client.get("/").data == b"Hello matt@nobien.net"
 
 
 @pytest.fixture(scope="session")
