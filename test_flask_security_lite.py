@@ -4067,8 +4067,8 @@ def test_two_factor_signals(make_app):
         (fsl.tf_code_confirmed, record("confirmed")),
         (fsl.tf_disabled, record("disabled")),
     ]
-    for signal, receiver in receivers:
-        signal.connect(receiver)
+    for tf_signal, receiver in receivers:
+        tf_signal.connect(receiver)
     try:
         login(client)
         page = client.post(
@@ -4081,8 +4081,8 @@ def test_two_factor_signals(make_app):
         client.post("/tf-validate", data={"code": next_code(key, 1)})
         client.post("/tf-disable", data={"password": PASSWORD})
     finally:
-        for signal, receiver in receivers:
-            signal.disconnect(receiver)
+        for tf_signal, receiver in receivers:
+            tf_signal.disconnect(receiver)
     assert [name for name, _ in seen] == ["enrolled", "confirmed", "disabled"]
     assert seen[1][1]["method"] == "authenticator"
     assert all(kwargs["user"].email == "matt@lp.com" for _, kwargs in seen)
