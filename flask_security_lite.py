@@ -475,7 +475,7 @@ _default_config = {
     "REMEMBER_SALT": "remember-salt",
     #: Remember-me value when a login does not say.
     "DEFAULT_REMEMBER_ME": False,
-    #: Scheme and host of the links in emails, e.g. ``"https://www.example.com"``.
+    #: Scheme and host (no path) of the links in emails: ``"https://www.example.com"``.
     #: ``None``: Flask's ``SERVER_NAME``, else the request's host when
     #: ``TRUSTED_HOSTS`` lists it; with none of the three, links are mailed only
     #: for requests to localhost, never to a host a request merely claims.
@@ -4266,10 +4266,24 @@ def _check_lockout_fields(app, datastore):
         )
 
 
-def _warn_if_links_have_no_host(app):
-    """Warn when emailed links are on but no host is declared for them: links
-    are then refused for every request not made to localhost."""
+def _check_link_host(app):
+    """``SECURITY_LINK_BASE_URL`` must be a scheme and a host (links get their
+    path from the view), and emailed links on with no host declared for them is
+    worth a warning: they are then refused for requests not made to localhost."""
     config = app.config
+    base = config["SECURITY_LINK_BASE_URL"]
+    if base:
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                "SECURITY_LINK_BASE_URL must look like 'https://www.example.com', "
+                f"not {base!r}"
+            )
+        if parts.path.strip("/") or parts.query or parts.fragment:
+            raise ValueError(
+                "SECURITY_LINK_BASE_URL is a scheme and a host only: the path of an "
+                "app mounted under a prefix comes from its SCRIPT_NAME"
+            )
     mails_links = any(
         config["SECURITY_" + feature]
         for feature in ("CONFIRMABLE", "RECOVERABLE", "PASSWORDLESS", "CHANGEABLE")
@@ -4539,7 +4553,7 @@ class Security:
             raise ValueError("Security needs a datastore, e.g. SQLAlchemyUserDatastore")
         _set_config_defaults(app)
         _check_lockout_fields(app, datastore)
-        _warn_if_links_have_no_host(app)
+        _check_link_host(app)
         _check_setup(app, datastore)
         datastore._bind(app)
         chosen = {**_default_forms, **self._forms, **forms}

@@ -4776,6 +4776,14 @@ def test_trusted_hosts_refuse_other_hosts_and_build_links_for_their_own(make_app
     assert len(outbox) == 1 and "http://example.com/reset/" in outbox[0].body
 
 
+@pytest.mark.parametrize(
+    "base", ["example.com", "ftp://example.com", "https://example.com/app"]
+)
+def test_link_base_url_must_be_a_scheme_and_a_host(make_app, base):
+    with pytest.raises(ValueError, match="SECURITY_LINK_BASE_URL"):
+        make_app(**RECOVER, SECURITY_LINK_BASE_URL=base)
+
+
 def test_init_app_warns_when_links_are_mailed_and_no_host_is_declared(make_app, caplog):
     with caplog.at_level(logging.WARNING, "flask_security_lite"):
         make_app(**RECOVER)
