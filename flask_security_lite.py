@@ -274,6 +274,7 @@ __all__ = (
     "totp_code",
     "disable_two_factor",
     "reset_recovery_codes",
+    "send_two_factor_notice",
     "TwoFactorCodeForm",
     "TwoFactorRescueForm",
     "TwoFactorPasswordForm",
@@ -439,6 +440,11 @@ _default_config = {
     "TWO_FACTOR_DISABLE_TEMPLATE": "security/tf_disable.html",
     #: Template of the page showing (and replacing) recovery codes.
     "TWO_FACTOR_RECOVERY_CODES_TEMPLATE": "security/tf_recovery_codes.html",
+    #: Email a notice when two-factor login is turned on or off, or a recovery code
+    #: is used.
+    "SEND_TWO_FACTOR_NOTICE_EMAIL": True,
+    #: Subject of the two-factor notice.
+    "EMAIL_SUBJECT_TWO_FACTOR_NOTICE": "Two-factor login on your account",
     #: Subject of the welcome email.
     "EMAIL_SUBJECT_REGISTER": "Welcome",
     #: Subject of the passwordless login email.
@@ -3254,6 +3260,7 @@ def _complete_second_factor(user, method):
     if method == "recovery_code":
         left = len(user.tf_recovery_codes.split())
         _flash_message("TF_RECOVERY_CODES_LEFT", count=left)
+        send_two_factor_notice(user, "recovery_code_used")
     _send_signal(tf_code_confirmed, user=user, method=method)
     return pending["next"]
 
@@ -3297,6 +3304,17 @@ def _count_wrong_code(user):
     )
 
 
+def send_two_factor_notice(user, event):
+    """Tell ``user`` that two-factor login changed on their account, if that email
+    is on.
+
+    :param event: ``enabled``, ``disabled`` or ``recovery_code_used``.
+    """
+    if config_value("SEND_TWO_FACTOR_NOTICE_EMAIL"):
+        subject = config_value("EMAIL_SUBJECT_TWO_FACTOR_NOTICE")
+        send_mail(subject, user.email, "two_factor_notice", user=user, event=event)
+
+
 def _enrol(user, stored_secret):
     """Turn two-factor login on with a confirmed key; return new recovery codes."""
     codes = _new_recovery_codes()
@@ -3304,6 +3322,7 @@ def _enrol(user, stored_secret):
     user.tf_recovery_codes = _stored_recovery_codes(codes)
     _save(user)
     _rebind_session(user)
+    send_two_factor_notice(user, "enabled")
     _send_signal(tf_enrolled, user=user)
     return codes
 
@@ -3315,6 +3334,7 @@ def disable_two_factor(user):
     user.tf_recovery_codes = None
     _save(user)
     _rebind_session(user)
+    send_two_factor_notice(user, "disabled")
     _send_signal(tf_disabled, user=user)
 
 
@@ -4328,6 +4348,7 @@ _MAIL_FEATURES = {
     "RECOVERABLE": None,
     "PASSWORDLESS": None,
     "CHANGEABLE": "SEND_PASSWORD_CHANGE_EMAIL",
+    "TWO_FACTOR": "SEND_TWO_FACTOR_NOTICE_EMAIL",
 }
 
 

@@ -4053,6 +4053,38 @@ def test_new_recovery_codes_replace_the_old_ones(make_app):
     assert client.post("/tf-rescue", data={"code": new[0]}).status_code == 302
 
 
+def test_two_factor_changes_are_emailed_to_the_user(make_app):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    with app.mail.record_messages() as outbox:
+        page = client.post(
+            "/tf-setup", data={"password": PASSWORD}, follow_redirects=True
+        ).get_data(True)
+        key = shown_key(page).replace(" ", "")
+        page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
+        code = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page)[0]
+        client.get("/logout")
+        login(client)
+        client.post("/tf-rescue", data={"code": code})
+        client.post("/tf-disable", data={"password": PASSWORD})
+    assert [message.recipients for message in outbox] == [["matt@lp.com"]] * 3
+    assert outbox[0].subject == "Two-factor login on your account"
+    assert "turned on" in outbox[0].body
+    assert "recovery codes" in outbox[1].body and "<p>" in outbox[1].html
+    assert "turned off" in outbox[2].body
+
+
+def test_two_factor_notice_can_be_turned_off(make_app):
+    app = make_app(SECURITY_SEND_TWO_FACTOR_NOTICE_EMAIL=False, **TWO_FACTOR)
+    add_user(app)
+    give_key(app)
+    with app.mail.record_messages() as outbox:
+        assert _cli(app, "users", "tf-reset", "matt@lp.com").exit_code == 0
+    assert outbox == []
+
+
 def test_two_factor_signals(make_app):
     app = make_app(**TWO_FACTOR)
     add_user(app)
