@@ -5955,6 +5955,7 @@ def test_readme_two_factor_program_runs():
     exec(compile(program, "README two-factor", "exec"), namespace)
     app = namespace["app"]
     app.config["WTF_CSRF_ENABLED"] = False
+    app.extensions["mail"].suppress = True
     client = app.test_client()
     credentials = {"email": "matt@nobien.net", "password": "password"}
     client.post("/login", data=credentials)
