@@ -5269,6 +5269,23 @@ def test_every_174_name_imports_from_its_submodule(submodule):
         assert getattr(module, name) is namespace[name]
 
 
+#: What 1.7.4's ``flask_security`` package itself offered.
+TOP_LEVEL_174 = """Security RoleMixin UserMixin AnonymousUser current_user
+    SQLAlchemyUserDatastore MongoEngineUserDatastore PeeweeUserDatastore
+    auth_token_required http_auth_required login_required roles_accepted
+    roles_required ForgotPasswordForm LoginForm RegisterForm ResetPasswordForm
+    PasswordlessLoginForm ConfirmRegisterForm confirm_instructions_sent
+    password_reset reset_password_instructions_sent user_confirmed user_registered
+    login_user logout_user url_for_security""".split()
+
+
+def test_every_174_top_level_name_imports():
+    namespace = {}
+    exec(f"from flask_security_lite import {', '.join(TOP_LEVEL_174)}", namespace)
+    for name in TOP_LEVEL_174:
+        assert namespace[name] is _object_174(name), name
+
+
 def test_signals_submodule_holds_the_namespace_of_every_signal():
     from flask_security_lite.signals import signals
 
