@@ -4236,6 +4236,9 @@ class _SecurityState:
         self.principal = _setup_principal(app)
         for key in _default_config:
             setattr(self, key.lower(), app.config["SECURITY_" + key])
+        # 1.7.4's custom views read the form classes as ``security.login_form``.
+        for name, form in forms.items():
+            setattr(self, name, form)
 
     @cached_property
     def dummy_hash(self):
@@ -4616,8 +4619,11 @@ class Security:
     forms = _StateAttribute()
 
     def __getattr__(self, name):
-        """``security.<setting>``: a setting of the current (or only) app."""
-        if name.startswith("_") or name.upper() not in _default_config:
+        """``security.<setting>`` and ``security.<name>_form``: a setting or form
+        class of the current (or only) app, as 1.7.4 answered them."""
+        if name.startswith("_") or (
+            name.upper() not in _default_config and name not in _default_forms
+        ):
             raise AttributeError(name)
         return getattr(self._state(), name)
 

@@ -2644,6 +2644,15 @@ def test_send_mail_without_flask_mail_says_what_to_do(app):
         fsl.send_mail("Hi", "matt@lp.com", "reset_notice", user=None)
 
 
+def test_form_classes_are_attributes_as_in_174(make_app):
+    class MyLoginForm(fsl.LoginForm):
+        pass
+
+    app = make_app(security_kwargs={"login_form": MyLoginForm})
+    assert app.security.login_form is MyLoginForm
+    assert app.extensions["security"].register_form is fsl.RegisterForm
+
+
 def test_send_mail_task_can_be_registered_on_the_state_as_in_174(app):
     add_user(app)
     queued = []
