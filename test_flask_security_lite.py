@@ -5732,6 +5732,18 @@ def test_174_app_principal_permission_admits_token_and_basic_users(app_174):
     assert by_basic.get_data(as_text=True) == "api admin"
 
 
+def test_principal_identity_follows_login_and_logout(app):
+    from flask_principal import RoleNeed, UserNeed
+
+    add_user(app, roles=["admin"])
+    with app.test_request_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        fsl.login_user(user)
+        assert {UserNeed(user.id), RoleNeed("admin")} <= flask.g.identity.provides
+        fsl.logout_user()
+        assert flask.g.identity.id is None and not flask.g.identity.provides
+
+
 def test_principal_switched_off_is_never_set_up(make_app):
     app = make_app(SECURITY_FLASK_PRINCIPAL=False)
     assert app.extensions["security"].principal is None
