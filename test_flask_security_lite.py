@@ -833,7 +833,7 @@ NEXT_ENTRY_POINTS = [
 
 
 @pytest.mark.parametrize("entry_point", NEXT_ENTRY_POINTS)
-@pytest.mark.parametrize("target", BROWSER_HOST_TRICKS + UNSAFE_NEXTS)
+@pytest.mark.parametrize("target", BROWSER_HOST_TRICKS)
 def test_no_entry_point_redirects_where_a_browser_sees_another_host(
     make_app, entry_point, target
 ):
