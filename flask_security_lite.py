@@ -4711,6 +4711,14 @@ class Security:
 # each of those names under whatever name it is imported as: ``flask_security_lite``,
 # or ``flask_security`` when the file is vendored under that name.
 
+
+class BasicAuth(NamedTuple):
+    """HTTP Basic credentials, as 1.7.4's ``decorators`` module named them."""
+
+    username: str | None
+    password: str | None
+
+
 #: The names each 1.7.4 submodule offered; all of them live in this one module.
 _SUBMODULES = {
     "core": """Security UserMixin RoleMixin AnonymousUser AnonymousUserMixin
@@ -4760,13 +4768,6 @@ _SUBMODULES = {
     "passwordless": """send_login_instructions generate_login_token
         login_token_status _security _datastore""",
 }
-
-
-class BasicAuth(NamedTuple):
-    """HTTP Basic credentials, as 1.7.4's ``decorators`` module named them."""
-
-    username: str | None
-    password: str | None
 
 
 #: 1.7.4 names whose object is known here by another name.
@@ -4826,12 +4827,12 @@ def install_as_flask_security():
         and getattr(module, "__flask_security_lite__", None) != __name__
     ]
     if taken:
+        first = min(taken)
         raise RuntimeError(
             "install_as_flask_security() must run before anything imports "
-            f"flask_security, but {', '.join(sorted(taken))} is imported already "
-            f"(from {getattr(sys.modules[taken[0]], '__file__', None)}). Call it "
-            "first, e.g. at the top of your app's main module, or uninstall "
-            "Flask-Security."
+            f"flask_security, but {first} is imported already (from "
+            f"{getattr(sys.modules[first], '__file__', None)}). Call it first, e.g. "
+            "at the top of your app's main module, or uninstall Flask-Security."
         )
     sys.modules["flask_security"] = this
     for short in _SUBMODULES:
