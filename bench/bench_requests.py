@@ -15,7 +15,9 @@ process's CPU time, so that other work on the machine does not add to it. It pri
 µs per request, SQL statements per request (counted with SQLAlchemy's
 ``before_cursor_execute`` event) and the ratios lite / Flask-Security-Too and
 lite / Flask-Login alone (the median over rounds of the ratio within each round),
-which are what carry over between machines. Scenarios:
+which are what carry over between machines. lite runs as installed with the bench,
+loading Flask-Principal identities on every request as 1.7.4 did; it is timed again
+with ``SECURITY_FLASK_PRINCIPAL = False`` to show what that costs. Scenarios:
 
 - ``session``: a ``login_required`` page for a logged-in session
 - ``token``: a token-protected JSON endpoint
@@ -31,6 +33,8 @@ import pstats
 import common
 
 SCENARIOS = ("session", "token", "roles", "anonymous", "login")
+#: The four apps of common.py, and lite again without Flask-Principal.
+LIBRARIES = ("lite", "fst", "login", "bare", "lite-np")
 
 
 def scenarios(app, library):
@@ -63,7 +67,7 @@ def expected_status(scenario, library):
 def build_apps():
     apps = {}
     stored = common.password_hash("pbkdf2_sha512", {"rounds": common.ROUNDS})
-    for library in common.LIBRARIES:
+    for library in LIBRARIES:
         app = common.make_app(library, options={"rounds": common.ROUNDS})
         if common.database(app) is not None:
             common.seed(app, users=1, stored_hash=stored)
@@ -124,26 +128,28 @@ def main():
             return "-"
         return f"{timings[library, scenario]:.0f} ({queries[library, scenario]}q)"
 
-    def ratio(scenario, other):
+    def ratio(scenario, other, own="lite"):
         if (other, scenario) not in timings:
             return "-"
-        return f"{timings.ratio(('lite', scenario), (other, scenario)):.2f}"
+        return f"{timings.ratio((own, scenario), (other, scenario)):.2f}"
 
     common.table(
         "µs per request (SQL statements per request), in-memory SQLite, "
         f"median of {args.rounds} interleaved rounds",
         [
             "scenario",
-            *(common.TITLES[library] for library in common.LIBRARIES),
+            *(common.TITLES[library] for library in LIBRARIES),
             "lite / FST",
             "lite / Flask-Login",
+            "lite without Principal / Flask-Login",
         ],
         [
             [
                 scenario,
-                *(cell(library, scenario) for library in common.LIBRARIES),
+                *(cell(library, scenario) for library in LIBRARIES),
                 ratio(scenario, "fst"),
                 ratio(scenario, "login"),
+                ratio(scenario, "login", own="lite-np"),
             ]
             for scenario in SCENARIOS
         ],

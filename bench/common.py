@@ -3,7 +3,9 @@
 The four apps answer the same routes over the same tables, so one database serves
 all of them and each figure compares like with like:
 
-- ``lite``: flask-security-lite
+- ``lite``: flask-security-lite (with Flask-Principal identities, as 1.7.4 had them,
+  since Flask-Principal is installed; ``lite-np`` is the same with
+  ``SECURITY_FLASK_PRINCIPAL = False``)
 - ``fst``: Flask-Security-Too (5.9 when measured for README)
 - ``login``: Flask-Login alone, the way an application would write it by hand: a
   user loader, a request loader for tokens and Basic, a JSON login view. Its cost is
@@ -46,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 LIBRARIES = ("lite", "fst", "login", "bare")
 TITLES = {
     "lite": "lite",
+    "lite-np": "lite without Flask-Principal",
     "fst": "Flask-Security-Too",
     "login": "Flask-Login alone",
     "bare": "bare Flask",
@@ -95,10 +98,13 @@ def _base_app(database_url):
     return app
 
 
-def _lite_app(database_url, scheme, options, lower_index):
+def _lite_app(database_url, scheme, options, lower_index, principal=True):
     import flask_security_lite as lite
 
     app = _base_app(database_url)
+    # Flask-Principal is installed with the bench, so lite loads its identities on
+    # every request, as 1.7.4 did; "lite-np" turns that off.
+    app.config["SECURITY_FLASK_PRINCIPAL"] = principal
     # lite warns about plaintext outside tests; the scale bench uses it on purpose.
     app.testing = scheme == "plaintext"
     app.config["SECURITY_PASSWORD_HASH"] = scheme
@@ -246,7 +252,12 @@ def _routes(app, session, token, admin, basic):
     app.add_url_rule("/basic", view_func=basic(basic_page))
 
 
+def _lite_without_principal_app(database_url, scheme, options, lower_index):
+    return _lite_app(database_url, scheme, options, lower_index, principal=False)
+
+
 _FACTORIES = {
+    "lite-np": _lite_without_principal_app,
     "lite": _lite_app,
     "fst": _fst_app,
     "login": _login_app,
