@@ -6,9 +6,10 @@ Run by hand (from the repository root)::
 
 Every figure is the median over fresh ``python`` processes, run interleaved, with
 bytecode already compiled (one warm-up process each first; ``PYTHONDONTWRITEBYTECODE``
-is dropped for the children). A process times its own
-imports with ``time.perf_counter``: first ``import flask``, then ``flask_login``,
-then the library, so each figure is what that import adds on top of the ones before.
+is dropped for the children). A process times its own imports by its CPU time
+(``time.process_time``, which other work on a busy machine does not inflate): first
+``import flask``, then ``flask_login``, then the library, so each figure is what that
+import adds on top of the ones before.
 The child also reports which optional modules the library's import pulled in.
 """
 
@@ -24,13 +25,13 @@ import common
 CHILD = """
 import json, sys, time
 sys.path.insert(0, {root!r})
-started = time.perf_counter()
+started = time.process_time()
 import flask
-flask_done = time.perf_counter()
+flask_done = time.process_time()
 import flask_login
-login_done = time.perf_counter()
+login_done = time.process_time()
 {library_import}
-library_done = time.perf_counter()
+library_done = time.process_time()
 optional = ["email_validator", "flask_mail", "passlib.context", "flask_wtf",
             "wtforms", "sqlalchemy", "flask_sqlalchemy", "peewee", "mongoengine"]
 print(json.dumps({{

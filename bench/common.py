@@ -362,7 +362,12 @@ def wsgi_request(app, path, headers=None):
     environ, the cookie jar, wrapping the response) would dilute every ratio."""
     from werkzeug.test import EnvironBuilder
 
-    environ = EnvironBuilder(path=path, headers=headers).get_environ()
+    # The test client's address and User-Agent: Flask-Login's session protection
+    # compares them with the login's, and would otherwise rewrite the cookie.
+    client = app.test_client()
+    environ = EnvironBuilder(
+        path=path, headers=headers, environ_base=client.environ_base
+    ).get_environ()
     found = []
 
     def start_response(status, response_headers, exc_info=None):
