@@ -39,6 +39,8 @@ def make_app(variant):
     }
     if variant != "off":
         app.config["SECURITY_TWO_FACTOR"] = True
+        # No mail server here; the notices go out only on set-up and changes anyway.
+        app.config["SECURITY_SEND_TWO_FACTOR_NOTICE_EMAIL"] = False
     db = SQLAlchemy(app)
 
     class User(db.Model, lite.UserMixin):
