@@ -4151,6 +4151,7 @@ def test_disabled_feature_adds_no_query_to_a_login(make_app):
     assert counts[0] == counts[1]
 
 
+@pytest.mark.slow
 def test_disabled_feature_imports_nothing_for_it(tmp_path):
     script = tmp_path / "check.py"
     script.write_text(
@@ -4228,6 +4229,7 @@ def _browser_login(page, url):
     page.click("input[type=submit]")
 
 
+@pytest.mark.slow
 def test_browser_enrols_with_a_code_from_the_shown_key(two_factor_site, browser):
     url, page = two_factor_site, browser.new_page()
     _browser_login(page, url)
@@ -4258,6 +4260,7 @@ def test_browser_enrols_with_a_code_from_the_shown_key(two_factor_site, browser)
     assert "profile of matt@lp.com" in page.content()
 
 
+@pytest.mark.slow
 def test_two_factor_pages_pass_axe(two_factor_site, axe_page):
     url, page, found = two_factor_site, axe_page, []
     _browser_login(page, url)
