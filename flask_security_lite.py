@@ -41,6 +41,18 @@ Quick start::
     def home():
         return f"Hello {security.current_user.email}"
 
+Vendoring this file: put the distribution's ``templates/`` folder beside it, renamed
+``flask_security_lite_templates/`` (your app's own ``templates/security/<page>.html``
+then overrides ours), and install its dependencies::
+
+    pip install "Flask>=3.1" "Flask-Login>=0.6.3" "Flask-WTF>=1.2" "WTForms>=3.0" \
+        "email-validator>=2.0" "Flask-Mail>=0.10" "itsdangerous>=2.2" \
+        "libpass>=1.9" "blinker>=1.6"
+
+with Flask-SQLAlchemy, mongoengine or peewee for your datastore, and bcrypt or
+argon2-cffi for those hashes. ``libpass`` is passlib's maintained fork (same import
+name); the unmaintained passlib 1.7.4 fails with bcrypt 4.1 and later.
+
 Contents (``grep -n '^# [0-9]' flask_security_lite.py``):
 
      1. Configuration defaults

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import textwrap
 import threading
 import time
 import types
@@ -5955,28 +5956,72 @@ def test_missing_hashing_backend_names_the_package_and_the_extra(
 # =============================================================================
 
 
-def _readme_program(heading):
+def _readme_blocks():
+    """Every fenced block of README as (heading, number under it, language, text)."""
+    blocks, heading, counts = [], None, {}
+    fence = re.compile(r"^( *)```(\w*)\n(.*?)^\1```\n", re.S | re.M)
+    position = 0
     readme = (HERE / "README.md").read_text()
-    section = readme.split(f"### {heading}\n", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    for match in fence.finditer(readme):
+        for line in readme[position : match.start()].splitlines():
+            if line.startswith("#"):
+                heading = line.lstrip("#").strip()
+        position = match.end()
+        counts[heading] = counts.get(heading, 0) + 1
+        text = textwrap.dedent(match.group(3))  # a block in a list is indented
+        blocks.append((heading, counts[heading], match.group(2), text))
+    return blocks
 
 
-@pytest.mark.parametrize("heading", ["SQLAlchemy", "MongoEngine", "Peewee"])
-def test_readme_quick_start_runs(heading, monkeypatch):
+def _setup_requirements():
+    """install_requires and extras_require of setup.py, read without running it."""
+    import ast
+
+    call = next(
+        node
+        for node in ast.walk(ast.parse((HERE / "setup.py").read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setup"
+    )
+    keywords = {k.arg: k.value for k in call.keywords}
+    return (
+        ast.literal_eval(keywords["install_requires"]),
+        ast.literal_eval(keywords["extras_require"]),
+    )
+
+
+def _pip_arguments(block):
+    """The requirement arguments of each ``pip install`` line of a shell block."""
+    import shlex
+
+    for line in block.splitlines():
+        words = shlex.split(line)
+        if words[:2] == ["pip", "install"]:
+            yield from (word for word in words[2:] if not word.startswith("-"))
+
+
+def _run_quick_start(program, tmp_path, monkeypatch, mongomock_line=None):
+    """Run a quick start as written and log in as the user it creates."""
     import mongoengine
     import mongomock
 
-    connect = mongoengine.connect
-    monkeypatch.setattr(
-        mongoengine,
-        "connect",
-        lambda *args, **kwargs: connect(
-            *args, mongo_client_class=mongomock.MongoClient, **kwargs
-        ),
-    )
+    monkeypatch.chdir(tmp_path)
+    if mongomock_line is None:  # the server the program names is a mongomock one
+        connect = mongoengine.connect
+        monkeypatch.setattr(
+            mongoengine,
+            "connect",
+            lambda *args, **kwargs: connect(
+                *args, mongo_client_class=mongomock.MongoClient, **kwargs
+            ),
+        )
+    else:  # the README's own line replaces the program's connect call
+        program = re.sub(
+            r"mongoengine\.connect\(.*?\n\)\n", mongomock_line, program, flags=re.S
+        )
+        assert mongomock_line in program
     namespace = {"__name__": "readme_quick_start"}
     try:
-        exec(compile(_readme_program(heading), f"README {heading}", "exec"), namespace)
+        exec(compile(program, "README quick start", "exec"), namespace)
         app = namespace["app"]
         app.config["WTF_CSRF_ENABLED"] = False
         client = app.test_client()
@@ -6010,6 +6055,236 @@ def test_readme_two_factor_program_runs():
     assert client.post("/login", data=credentials).headers["Location"] == "/tf-validate"
     client.post("/tf-validate", data={"code": next_code(key, 1)})
     assert client.get("/").data == b"Hello matt@nobien.net"
+
+
+def _readme_program(heading, number=1):
+    (text,) = [b[3] for b in _readme_blocks() if b[:2] == (heading, number)]
+    return text
+
+
+def _run_mongomock_variant(block, tmp_path, monkeypatch):
+    program = _readme_program("MongoEngine")
+    _run_quick_start(program, tmp_path, monkeypatch, mongomock_line=block)
+
+
+def _run_mail_program(block, tmp_path, monkeypatch):
+    """Run a mail program against a real SMTP server and ask for a reset link."""
+    from aiosmtpd.controller import Controller
+
+    class Inbox:
+        messages = []
+
+        async def handle_DATA(self, server, session, envelope):
+            self.messages.append((envelope.rcpt_tos, envelope.content.decode()))
+            return "250 OK"
+
+    port = _free_port()
+    controller = Controller(Inbox(), hostname="127.0.0.1", port=port)
+    controller.start()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MAIL_SERVER", "127.0.0.1")
+    monkeypatch.setenv("MAIL_PORT", str(port))
+    try:
+        namespace = {"__name__": "readme_mail"}
+        exec(compile(block, "README mail", "exec"), namespace)
+        app = namespace["app"]
+        app.config["WTF_CSRF_ENABLED"] = False
+        with app.app_context():
+            datastore = app.extensions["security"].datastore
+            datastore.create_user(email="reader@example.com", password=PASSWORD)
+            datastore.commit()
+        response = app.test_client().post(
+            "/reset", data={"email": "reader@example.com"}
+        )
+        assert response.status_code == 200
+        if "executor" in namespace:
+            namespace["executor"].shutdown(wait=True)
+    finally:
+        controller.stop()
+    ((recipients, content),) = controller.handler.messages
+    assert recipients == ["reader@example.com"]
+    assert "http://localhost:5000/reset/" in content.replace("=\n", "")
+
+
+def _run_cli_block(block, tmp_path, monkeypatch):
+    """The commands, as written, on the SQLAlchemy quick start saved as app.py."""
+    (tmp_path / "app.py").write_text(_readme_program("SQLAlchemy"))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    result = subprocess.run(
+        ["bash", "-e", "-c", block],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    import sqlite3
+
+    database = sqlite3.connect(tmp_path / "instance" / "app.db")
+    rows = database.execute(
+        "select user.email, user.confirmed_at is not null, role.name from user "
+        "join roles_users on roles_users.user_id = user.id "
+        "join role on role.id = roles_users.role_id"
+    ).fetchall()
+    assert rows == [("admin@example.com", 1, "admin")]
+
+
+def _run_vendored_layout(block, tmp_path, monkeypatch):
+    """Lay the project out as drawn, with the quick start as app.py and an override
+    of the login page, and run it from there in a fresh interpreter."""
+    shutil.copy(HERE / "flask_security_lite.py", tmp_path)
+    shutil.copytree(HERE / "templates", tmp_path / "flask_security_lite_templates")
+    names = {line.strip().split()[0] for line in block.splitlines()[1:]}
+    assert {"flask_security_lite.py", "flask_security_lite_templates/"} <= names
+    (tmp_path / "app.py").write_text(_readme_program("SQLAlchemy"))
+    (tmp_path / "templates" / "security").mkdir(parents=True)
+    (tmp_path / "templates" / "security" / "login_user.html").write_text("our login")
+    script = (
+        "import app, flask_security_lite as fsl\n"
+        "print(fsl.__file__)\n"
+        "print(app.app.test_client().get('/login').get_data(as_text=True))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.stdout.splitlines() == [
+        str(tmp_path / "flask_security_lite.py"),
+        "our login",
+    ], result.stderr
+
+
+def _check_vendoring_requirements(block, tmp_path, monkeypatch):
+    """The vendoring list is setup.py's, requirement for requirement."""
+    install_requires, _ = _setup_requirements()
+    assert sorted(_pip_arguments(block)) == sorted(install_requires)
+
+
+def _check_pip_requirements(block, tmp_path, monkeypatch):
+    """Each requirement parses, names this distribution and only its extras (the
+    installs themselves are run by the wheel and sdist tests)."""
+    from packaging.requirements import Requirement
+
+    _, extras = _setup_requirements()
+    arguments = list(_pip_arguments(block))
+    assert arguments
+    for argument in arguments:
+        requirement = Requirement(re.sub(r"^\S*?(?=\[|$| @)", "x", argument))
+        assert requirement.extras <= set(extras), argument
+        if " @ " in argument:
+            assert argument.startswith("flask-security-lite[")
+
+
+def _check_ci_runs_it(block, tmp_path, monkeypatch):
+    """The test commands are the ones .ci/run runs."""
+    ci = (HERE / ".ci" / "run").read_text()
+    for command in block.strip().split(" && "):
+        assert command in ci
+
+
+def _run_install_as_flask_security(block, tmp_path, monkeypatch):
+    result = subprocess.run(
+        [sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def _run_proxy_fix(block, tmp_path, monkeypatch):
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    namespace = {"app": Flask(__name__)}
+    exec(block, namespace)
+    assert isinstance(namespace["app"].wsgi_app, ProxyFix)
+
+
+def _run_sql_on_sqlite(block, tmp_path, monkeypatch):
+    import sqlite3
+
+    database = sqlite3.connect(":memory:")
+    database.execute('create table "user" (id integer primary key, email text)')
+    (statement,) = [line for line in block.splitlines() if "SQLite" in line]
+    database.execute(statement.split(";")[0])
+    plan = database.execute(
+        "explain query plan select * from user where lower(email) = 'a@b.c'"
+    ).fetchall()
+    assert "ix_user_email_lower" in str(plan)
+
+
+#: How each README block is run: a function, or the name of the test that runs it.
+README_BLOCK_RUNNERS = {
+    (
+        "flask-security-lite",
+        1,
+    ): "test_example_app_demo_user_flow_with_curl_like_requests",
+    ("flask-security-lite", 2): _check_ci_runs_it,
+    ("Install", 1): _check_pip_requirements,
+    ("Install", 2): _check_pip_requirements,
+    ("Install", 3): _run_vendored_layout,
+    ("Install", 4): _check_vendoring_requirements,
+    ("SQLAlchemy", 1): _run_quick_start,
+    ("MongoEngine", 1): _run_quick_start,
+    ("MongoEngine", 2): _run_mongomock_variant,
+    ("Peewee", 1): _run_quick_start,
+    ("Mail", 1): _run_mail_program,
+    ("Mail", 2): _run_mail_program,
+    ("Command line", 1): _run_cli_block,
+    ("Two-factor login", 1): "test_readme_two_factor_program_runs",
+    ("Migrating a 1.7.4 application", 1): _run_install_as_flask_security,
+    (
+        "Running on many workers and hosts",
+        1,
+    ): "test_example_app_under_gunicorn_and_postgresql_keeps_its_promises",
+    ("Running on many workers and hosts", 2): _run_proxy_fix,
+    ("Running on many workers and hosts", 3): _run_sql_on_sqlite,
+    (
+        "Per-address limits with Flask-Limiter",
+        1,
+    ): "test_readme_per_ip_limit_with_flask_limiter_works",
+}
+
+
+def test_module_docstring_names_the_dependencies_of_a_vendored_copy():
+    install_line = fsl.__doc__.split("install its dependencies::", 1)[1]
+    block = install_line.split("\n\n", 2)[1].replace("\\\n", " ")
+    install_requires, _ = _setup_requirements()
+    assert sorted(_pip_arguments(block)) == sorted(install_requires)
+
+
+def test_every_readme_code_block_has_a_runner():
+    blocks = {block[:2] for block in _readme_blocks()}
+    assert blocks == set(README_BLOCK_RUNNERS), "add or remove a runner for a block"
+    for runner in README_BLOCK_RUNNERS.values():
+        assert callable(runner) or callable(globals().get(runner)), runner
+
+
+#: Runners that start processes or servers.
+_SLOW_README_RUNNERS = (
+    _run_cli_block,
+    _run_vendored_layout,
+    _run_install_as_flask_security,
+    _run_mail_program,
+)
+
+
+@pytest.mark.parametrize(
+    "heading, number, language, text",
+    [
+        pytest.param(
+            *block,
+            id=f"{block[0]} {block[1]}",
+            marks=[pytest.mark.slow]
+            if README_BLOCK_RUNNERS.get(block[:2]) in _SLOW_README_RUNNERS
+            else [],
+        )
+        for block in _readme_blocks()
+    ],
+)
+def test_every_readme_code_block_runs(
+    heading, number, language, text, tmp_path, monkeypatch
+):
+    runner = README_BLOCK_RUNNERS.get((heading, number))
+    if runner is None or isinstance(runner, str):
+        pytest.skip(f"run by {runner}" if runner else "no runner: see the test above")
+    runner(text, tmp_path, monkeypatch)
 
 
 @pytest.fixture(scope="session")
