@@ -6479,6 +6479,13 @@ def passwordless_example_site(tmp_path):
     process.wait(timeout=10)
 
 
+def _navigate_by(page, selector):
+    """Click what loads another page, and wait for that page (a busy machine can
+    otherwise read the old one, or nothing)."""
+    with page.expect_navigation():
+        page.click(selector)
+
+
 @pytest.fixture
 def browser():
     playwright_api = pytest.importorskip("playwright.sync_api")
@@ -6538,7 +6545,7 @@ def test_example_app_in_a_browser(example_site, browser):
     page.goto(url + "/profile")
     page.fill("input[name=email]", "demo@example.com")
     page.fill("input[name=password]", "demo-password")
-    page.click("input[type=submit]")
+    _navigate_by(page, "input[type=submit]")
     assert "demo@example.com" in page.content()
     assert page.locator("a[href='/admin']").count() == 0
     assert page.goto(url + "/admin").status == 403
@@ -6549,8 +6556,8 @@ def test_example_app_in_a_browser(example_site, browser):
     page.goto(url + "/login")
     page.fill("input[name=email]", "admin@example.com")
     page.fill("input[name=password]", "admin-password")
-    page.click("input[type=submit]")
-    page.click("a[href='/admin']")
+    _navigate_by(page, "input[type=submit]")
+    _navigate_by(page, "a[href='/admin']")
     assert "Only admins see this page." in page.content()
     page.goto(url + "/logout")
 
@@ -6558,7 +6565,7 @@ def test_example_app_in_a_browser(example_site, browser):
     page.goto(url + "/register")
     page.fill("input[name=email]", "walker@example.com")
     page.fill("input[name=password]", "first password")
-    page.click("input[type=submit]")
+    _navigate_by(page, "input[type=submit]")
     page.goto(_last_link(lines, "/confirm"))
     assert (
         "Your email address is confirmed" in page.content()
@@ -6571,17 +6578,17 @@ def test_example_app_in_a_browser(example_site, browser):
     mark = len(lines)
     page.goto(url + "/reset")
     page.fill("input[name=email]", "walker@example.com")
-    page.click("input[type=submit]")
+    _navigate_by(page, "input[type=submit]")
     page.goto(_last_link(lines, "/reset", after=mark))
     page.fill("input[name=password]", "second password")
     page.fill("input[name=password_confirm]", "second password")
-    page.click("input[type=submit]")
+    _navigate_by(page, "input[type=submit]")
     assert "walker@example.com" in page.content()
     page.goto(url + "/logout")
     page.goto(url + "/login")
     page.fill("input[name=email]", "walker@example.com")
     page.fill("input[name=password]", "second password")
-    page.click("input[type=submit]")
+    _navigate_by(page, "input[type=submit]")
     assert "walker@example.com" in page.content()
     page.screenshot(path=str(Path(tempfile.gettempdir()) / "fsl-example.png"))
 
@@ -6595,7 +6602,7 @@ def test_example_app_passwordless_login_in_a_browser(
     page.goto(url + "/login")
     page.fill("input[name=email]", "demo@example.com")
     mark = len(lines)
-    page.click("input[type=submit]")
+    _navigate_by(page, "input[type=submit]")
     assert "We sent a login link to demo@example.com" in page.content()
     page.goto(_last_link(lines, "/login", after=mark))
     assert "Logged in as <strong>demo@example.com</strong>" in page.content()
@@ -6637,7 +6644,7 @@ def axe_page(browser):
 def _submit_unchecked(page):
     """Submit the page's form as it is, past the browser's own checks."""
     page.eval_on_selector("main form", "form => { form.noValidate = true }")
-    page.click("main form input[type=submit]")
+    _navigate_by(page, "main form input[type=submit]")
 
 
 @pytest.mark.slow
@@ -6655,13 +6662,13 @@ def test_every_default_page_passes_axe(
     mark = len(lines)
     page.goto(url + "/reset")
     page.fill("input[name=email]", "demo@example.com")
-    page.click("input[type=submit]")
+    _navigate_by(page, "input[type=submit]")
     page.goto(_last_link(lines, "/reset", after=mark))
     found += page.check()
     page.goto(url + "/login")
     page.fill("input[name=email]", "demo@example.com")
     page.fill("input[name=password]", "demo-password")
-    page.click("input[type=submit]")
+    _navigate_by(page, "input[type=submit]")
     for path in ("/", "/profile", "/admin", "/change"):
         page.goto(url + path)
         found += page.check()
