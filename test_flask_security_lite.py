@@ -4640,7 +4640,10 @@ def _fuzz_request(client, method, path, body):
         form = "application/x-www-form-urlencoded"
         return client.post(path, data=data, content_type=form)
     if method == "GET":
-        return client.get(path, query_string={"next": str(body)[:2000]})
+        # Bytes: a lone surrogate cannot be UTF-8 encoded, but a client can send
+        # the bytes such an encoding would give.
+        query = str(body)[:2000].encode("utf-8", "surrogatepass")
+        return client.get(path, query_string={"next": query})
     if isinstance(body, str) and body.startswith("["):
         return client.post(path, data=body, content_type="application/json")
     return client.post(path, json=body)
