@@ -96,7 +96,7 @@ from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
 from functools import cached_property, partial, wraps
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 # email_validator, flask_mail and passlib.context are imported by the functions that
@@ -107,6 +107,7 @@ import flask_login
 from blinker import Namespace
 from flask import (
     Blueprint,
+    Flask,
     Response,
     after_this_request,
     copy_current_request_context,
@@ -734,19 +735,19 @@ _security = LocalProxy(lambda: current_app.extensions["security"])
 _datastore = LocalProxy(lambda: current_app.extensions["security"].datastore)
 
 
-def config_value(key, app=None, default=None):
+def config_value(key: str, app: Flask | None = None, default: Any = None) -> Any:
     """Return ``SECURITY_<key>`` from the config of ``app`` (default: current app)."""
     app = app or current_app
     return app.config.get("SECURITY_" + key.upper(), default)
 
 
-def get_message(key, **kwargs):
+def get_message(key: str, **kwargs: Any) -> tuple[str, str]:
     """Return ``(text, category)`` of message ``key``, formatted with ``kwargs``."""
     text, category = config_value("MSG_" + key)
     return text % kwargs, category
 
 
-def do_flash(message, category=None):
+def do_flash(message: str, category: str | None = None) -> None:
     """Flash ``message`` when ``SECURITY_FLASH_MESSAGES`` is on."""
     if config_value("FLASH_MESSAGES"):
         flash(message, category)
@@ -756,7 +757,7 @@ def _flash_message(key, **kwargs):
     do_flash(*get_message(key, **kwargs))
 
 
-def get_url(endpoint_or_url, **values):
+def get_url(endpoint_or_url: str, **values: Any) -> str:
     """Return the URL of an endpoint name, or the argument itself if it is a URL."""
     try:
         return url_for(endpoint_or_url, **values)
@@ -764,7 +765,7 @@ def get_url(endpoint_or_url, **values):
         return endpoint_or_url
 
 
-def url_for_security(endpoint, **values):
+def url_for_security(endpoint: str, **values: Any) -> str:
     """Return the URL of a security view, e.g. ``url_for_security('login')``.
 
     :param endpoint: the view's name (``login``, ``reset_password``, ...).
@@ -815,7 +816,7 @@ def _link_url(endpoint, **values):
     return url_for_security(endpoint, _external=True, **values)
 
 
-def get_config(app):
+def get_config(app: Flask) -> dict[str, Any]:
     """Return the app's ``SECURITY_*`` settings, keys without the prefix."""
     prefix = "SECURITY_"
     return {
@@ -825,7 +826,7 @@ def get_config(app):
     }
 
 
-def get_identity_attributes(app=None):
+def get_identity_attributes(app: Flask | None = None) -> list[str]:
     """Return ``SECURITY_USER_IDENTITY_ATTRIBUTES`` as a list; like 1.7.4, a
     comma-separated string (``"email, username"``) is accepted too."""
     attributes = config_value("USER_IDENTITY_ATTRIBUTES", app=app)
@@ -834,12 +835,12 @@ def get_identity_attributes(app=None):
     return list(attributes)
 
 
-def get_security_endpoint_name(endpoint):
+def get_security_endpoint_name(endpoint: str) -> str:
     """Return ``endpoint`` prefixed with the security blueprint's name."""
     return f"{config_value('BLUEPRINT_NAME')}.{endpoint}"
 
 
-def slash_url_suffix(url, suffix):
+def slash_url_suffix(url: str, suffix: str) -> str:
     """Join ``url`` and ``suffix`` with exactly one slash between them."""
     return f"{url}{suffix}" if url.endswith("/") else f"{url}/{suffix}"
 
@@ -861,7 +862,7 @@ def _is_plain_local_url(url):
     return True
 
 
-def validate_redirect_url(target):
+def validate_redirect_url(target: str | None) -> bool:
     """Return True if ``target`` stays on this host: a relative path or a URL to it.
 
     The URL that is emitted is the one judged here, so nothing is cleaned first:
@@ -905,7 +906,7 @@ def _next_argument():
     return request.args.get("next") or request.form.get("next")
 
 
-def get_post_action_redirect(config_key, declared=None):
+def get_post_action_redirect(config_key: str, declared: str | None = None) -> str:
     """Return where to go after an action: a safe ``next`` (``declared`` or from the
     request), else the view of ``config_key`` (e.g. ``SECURITY_POST_LOGIN_VIEW``)."""
     return _redirect_target(
@@ -913,29 +914,29 @@ def get_post_action_redirect(config_key, declared=None):
     )
 
 
-def find_redirect(key):
+def find_redirect(key: str) -> str:
     """Return the URL of the view configured under ``key``, or ``/``."""
     return _redirect_target(None, key.removeprefix("SECURITY_"))
 
 
-def get_post_login_redirect(declared=None):
+def get_post_login_redirect(declared: str | None = None) -> str:
     """Return where to go after login: a safe ``next``, else ``POST_LOGIN_VIEW``."""
     return _redirect_target(declared or _next_argument(), "POST_LOGIN_VIEW")
 
 
-def get_post_register_redirect(declared=None):
+def get_post_register_redirect(declared: str | None = None) -> str:
     """Return where to go after registering: a safe ``next``, else
     ``POST_REGISTER_VIEW`` or ``POST_LOGIN_VIEW``."""
     keys = ("POST_REGISTER_VIEW", "POST_LOGIN_VIEW")
     return _redirect_target(declared or _next_argument(), *keys)
 
 
-def get_post_logout_redirect(declared=None):
+def get_post_logout_redirect(declared: str | None = None) -> str:
     """Return where to go after logout: a safe ``next``, else ``POST_LOGOUT_VIEW``."""
     return _redirect_target(declared or _next_argument(), "POST_LOGOUT_VIEW")
 
 
-def get_within_delta(key, app=None):
+def get_within_delta(key: str, app: Flask | None = None) -> timedelta:
     """Return ``SECURITY_<key>`` ("5 days", "10 minutes") as a ``timedelta``.
 
     :param key: the config key without its ``SECURITY_`` prefix.
@@ -951,7 +952,7 @@ def get_within_delta(key, app=None):
         ) from None
 
 
-def get_max_age(key, app=None):
+def get_max_age(key: str, app: Flask | None = None) -> float:
     """Return the lifetime in seconds of ``SECURITY_<key>_WITHIN``."""
     return get_within_delta(key + "_WITHIN", app).total_seconds()
 
