@@ -986,12 +986,12 @@ def _to_bytes(value):
     return value.encode("utf-8") if isinstance(value, str) else value
 
 
-def md5(data):
+def md5(data: str | bytes) -> str:
     """Return the hex MD5 digest of ``data`` (kept for 1.7.4 code; not for secrets)."""
     return hashlib.md5(_to_bytes(data), usedforsecurity=False).hexdigest()
 
 
-def get_hmac(password):
+def get_hmac(password: str | bytes) -> bytes:
     """Return the base64 HMAC-SHA512 of ``password`` keyed by the password salt.
 
     This is the pre-hash 1.7.4 applied, kept so its databases still verify.
@@ -1019,7 +1019,7 @@ def _secret_for(password, scheme):
     return secret
 
 
-def hash_password(password):
+def hash_password(password: str | None) -> str | None:
     """Hash ``password`` with ``SECURITY_PASSWORD_HASH`` (and the pepper, if set).
     None stays None: an account without a password, as 1.7.4 passed it through."""
     scheme = config_value("PASSWORD_HASH")
@@ -1082,7 +1082,7 @@ def _looks_like_a_hash(value):
     return _HASH_SHAPES.fullmatch(value) is not None
 
 
-def verify_password(password, password_hash):
+def verify_password(password: str, password_hash: str | None) -> bool:
     """Return True if ``password`` matches the stored ``password_hash``.
 
     A stored value shaped like a hash is never compared as plaintext, so a
@@ -1103,7 +1103,7 @@ def verify_password(password, password_hash):
         return False
 
 
-def verify_and_update_password(password, user):
+def verify_and_update_password(password: str, user: Any) -> bool:
     """Return True if ``password`` is the user's, rehashing it if the scheme changed.
 
     The rehash happens when the stored hash uses a deprecated scheme, fewer rounds
@@ -1351,7 +1351,7 @@ class DatastoreConflictError(Exception):
     """A write broke a uniqueness rule, e.g. two registrations of one email at once."""
 
 
-def normalize_email(address):
+def normalize_email(address: str) -> str:
     """Return the one form of ``address`` that is stored and looked up.
 
     email-validator's normal form (Unicode NFC, the domain checked by IDNA and
@@ -2762,7 +2762,7 @@ def _track_login(user):
     user.login_count = (user.login_count or 0) + 1
 
 
-def login_user(user, remember=None):
+def login_user(user: Any, remember: bool | None = None) -> bool:
     """Log ``user`` in: a fresh session (no fixation), tracking when enabled.
 
     :param remember: set the remember-me cookie (default:
@@ -2784,7 +2784,7 @@ def login_user(user, remember=None):
     return True
 
 
-def logout_user():
+def logout_user() -> None:
     """Log the current user out and forget the remember-me cookie."""
     session.clear()
     flask_login.logout_user()
