@@ -93,6 +93,7 @@ import time
 import types
 import unicodedata
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
 from functools import cached_property, partial, wraps
@@ -2637,7 +2638,7 @@ _AUTH_CHECKS = {
 }
 
 
-def http_auth_required(realm):
+def http_auth_required(realm: str | Callable) -> Callable:
     """Protect a view with HTTP Basic auth; usable bare or as ``(realm)``.
 
     :param realm: the realm announced in ``WWW-Authenticate`` (default:
@@ -2660,7 +2661,7 @@ def http_auth_required(realm):
     return lambda view: protect(view, realm)
 
 
-def auth_token_required(view):
+def auth_token_required(view: Callable) -> Callable:
     """Protect a view with token authentication (header, query arg or JSON body)."""
 
     @wraps(view)
@@ -2672,7 +2673,7 @@ def auth_token_required(view):
     return wrapper
 
 
-def auth_required(*methods):
+def auth_required(*methods: str) -> Callable[[Callable], Callable]:
     """Protect a view with any of ``'token'``, ``'basic'``, ``'session'``, tried in
     the order given. A refusal challenges for Basic when it is listed, else sends
     browsers to the login page when ``session`` is listed."""
@@ -2711,17 +2712,17 @@ def _roles_decorator(roles, allowed):
     return decorator
 
 
-def roles_required(*roles):
+def roles_required(*roles: Any) -> Callable[[Callable], Callable]:
     """Allow only users who have every one of ``roles`` (names or Role objects)."""
     return _roles_decorator(roles, all)
 
 
-def roles_accepted(*roles):
+def roles_accepted(*roles: Any) -> Callable[[Callable], Callable]:
     """Allow only users who have at least one of ``roles``."""
     return _roles_decorator(roles, any)
 
 
-def anonymous_user_required(view):
+def anonymous_user_required(view: Callable) -> Callable:
     """Send a logged-in user to ``SECURITY_POST_LOGIN_VIEW`` instead of the view."""
 
     @wraps(view)
