@@ -2884,7 +2884,7 @@ def _send_after_response(send, user):
 # -- registration -------------------------------------------------------------------
 
 
-def register_user(**kwargs):
+def register_user(**kwargs: Any) -> Any:
     """Create a user from registration fields, send the welcome email and signal.
 
     :returns: the new user.
@@ -2914,18 +2914,18 @@ def register_user(**kwargs):
 # -- confirmation -------------------------------------------------------------------
 
 
-def generate_confirmation_token(user):
+def generate_confirmation_token(user: Any) -> str:
     """Return a confirmation token, valid until the address is confirmed."""
     return _make_token("confirm", user)
 
 
-def generate_confirmation_link(user):
+def generate_confirmation_link(user: Any) -> tuple[str, str]:
     """Return ``(link, token)`` for confirming ``user``'s address."""
     token = generate_confirmation_token(user)
     return _link_url("confirm_email", token=token), token
 
 
-def send_confirmation_instructions(user):
+def send_confirmation_instructions(user: Any) -> str:
     """Email ``user`` a confirmation link; return its token. The signal carries
     the user alone, as in 1.7.4."""
     link, token = generate_confirmation_link(user)
@@ -2940,7 +2940,7 @@ def send_confirmation_instructions(user):
     return token
 
 
-def requires_confirmation(user):
+def requires_confirmation(user: Any) -> bool:
     """True if ``user`` may not log in before confirming their address."""
     return (
         config_value("CONFIRMABLE")
@@ -2949,12 +2949,12 @@ def requires_confirmation(user):
     )
 
 
-def confirm_email_token_status(token):
+def confirm_email_token_status(token: str) -> tuple[bool, bool, Any]:
     """Return ``(expired, invalid, user)`` for a confirmation token."""
     return get_token_status(token, "confirm", "CONFIRM_EMAIL")
 
 
-def confirm_user(user):
+def confirm_user(user: Any) -> bool:
     """Mark ``user`` confirmed; False if they already were. A compare-and-set: of
     several requests confirming at once (one link opened twice), one succeeds."""
     if user.confirmed_at is not None:
@@ -2969,12 +2969,12 @@ def confirm_user(user):
 # -- recovery -----------------------------------------------------------------------
 
 
-def generate_reset_password_token(user):
+def generate_reset_password_token(user: Any) -> str:
     """Return a reset token, valid until the password changes."""
     return _make_token("reset", user)
 
 
-def send_reset_password_instructions(user):
+def send_reset_password_instructions(user: Any) -> None:
     """Email ``user`` a password reset link."""
     token = generate_reset_password_token(user)
     link = _link_url("reset_password", token=token)
@@ -2988,19 +2988,19 @@ def send_reset_password_instructions(user):
     _send_signal(reset_password_instructions_sent, user=user, token=token)
 
 
-def send_password_reset_notice(user):
+def send_password_reset_notice(user: Any) -> None:
     """Tell ``user`` their password was reset, if that email is on."""
     if config_value("SEND_PASSWORD_RESET_NOTICE_EMAIL"):
         subject = config_value("EMAIL_SUBJECT_PASSWORD_NOTICE")
         send_mail(subject, user.email, "reset_notice", user=user)
 
 
-def reset_password_token_status(token):
+def reset_password_token_status(token: str) -> tuple[bool, bool, Any]:
     """Return ``(expired, invalid, user)`` for a reset token."""
     return get_token_status(token, "reset", "RESET_PASSWORD")
 
 
-def update_password(user, password):
+def update_password(user: Any, password: str) -> bool:
     """Set a new password from a reset link, notify and signal; a lockout ends.
 
     A compare-and-set on the password the link was bound to: of two requests
@@ -3021,14 +3021,14 @@ def update_password(user, password):
 # -- change password ----------------------------------------------------------------
 
 
-def send_password_changed_notice(user):
+def send_password_changed_notice(user: Any) -> None:
     """Tell ``user`` their password changed, if that email is on."""
     if config_value("SEND_PASSWORD_CHANGE_EMAIL"):
         subject = config_value("EMAIL_SUBJECT_PASSWORD_CHANGE_NOTICE")
         send_mail(subject, user.email, "change_notice", user=user)
 
 
-def change_user_password(user, password):
+def change_user_password(user: Any, password: str) -> None:
     """Set a new password, keep this session, notify and signal.
 
     Every other session, remember cookie and token of the user stops working.
@@ -3046,12 +3046,12 @@ def change_user_password(user, password):
 # -- passwordless login -------------------------------------------------------------
 
 
-def generate_login_token(user):
+def generate_login_token(user: Any) -> str:
     """Return a passwordless login token."""
     return _make_token("login", user)
 
 
-def send_login_instructions(user):
+def send_login_instructions(user: Any) -> None:
     """Email ``user`` a passwordless login link."""
     token = generate_login_token(user)
     link = _link_url("token_login", token=token)
@@ -3065,7 +3065,7 @@ def send_login_instructions(user):
     _send_signal(login_instructions_sent, user=user, login_token=token)
 
 
-def login_token_status(token):
+def login_token_status(token: str) -> tuple[bool, bool, Any]:
     """Return ``(expired, invalid, user)`` for a passwordless login token."""
     return get_token_status(token, "login", "LOGIN")
 
