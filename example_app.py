@@ -26,8 +26,10 @@ from datetime import datetime, timezone
 
 from flask import Flask, jsonify, render_template_string
 from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.exc import SQLAlchemyError
 
 from flask_security_lite import (
+    DatastoreConflictError,
     RoleMixin,
     Security,
     SQLAlchemyUserDatastore,
@@ -179,8 +181,23 @@ def whoami():
     return jsonify(email=current_user.email, roles=[r.name for r in current_user.roles])
 
 
-def create_demo_data():
-    """Create the tables, the admin role and the demo accounts, unless they exist."""
+def create_demo_data(attempts=3):
+    """Create the tables, the admin role and the demo accounts, unless they exist.
+
+    The workers of a WSGI server import this module at the same moment: one that
+    loses the race for a table or a row rolls back and looks again, and then finds
+    what the winner wrote.
+    """
+    try:
+        _create_missing_demo_data()
+    except (DatastoreConflictError, SQLAlchemyError):
+        db.session.rollback()
+        if attempts == 1:
+            raise
+        create_demo_data(attempts - 1)
+
+
+def _create_missing_demo_data():
     db.create_all()
     for email, password, role_names in DEMO_ACCOUNTS:
         if user_datastore.find_user(email=email) is not None:

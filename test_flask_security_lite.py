@@ -6794,8 +6794,7 @@ def gunicorn_site(postgres_url, tmp_path):
         FLASK_SECURITY_LOCKOUT_ATTEMPTS=str(LOAD_LOCKOUT_ATTEMPTS),
         FLASK_SECURITY_LOCKOUT_WITHIN='"15 minutes"',
     )
-    setup = [sys.executable, "-c", "import example_app"]  # tables and demo users
-    subprocess.run(setup, cwd=HERE, env=env, check=True, capture_output=True)
+    # No set-up run first: the four workers race to make the tables and demo users.
     port = _free_port()
     log_path = tmp_path / "gunicorn.log"
     with open(log_path, "w") as log:
