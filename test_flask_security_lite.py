@@ -494,6 +494,7 @@ URL_PREFIX USER_IDENTITY_ATTRIBUTES SUBDOMAIN PASSWORD_SCHEMES
 DEPRECATED_PASSWORD_SCHEMES
 """.split()
 
+
 #: Every message the 1.7.4 documentation names.
 DOCUMENTED_MESSAGES = """
 ALREADY_CONFIRMED CONFIRMATION_EXPIRED CONFIRMATION_REQUEST CONFIRMATION_REQUIRED
@@ -540,65 +541,6 @@ def test_app_config_wins_over_defaults(make_app):
     app = make_app(SECURITY_LOGIN_URL="/sign-in")
     assert app.test_client().get("/sign-in").status_code == 200
     assert app.test_client().get("/login").status_code == 404
-
-
-def test_one_security_serves_two_apps_with_different_config(make_app):
-    shared = Security()
-    first = make_app(security=shared, SECURITY_LOGIN_URL="/one")
-    second = make_app(
-        security=shared, SECURITY_LOGIN_URL="/two", SECURITY_REGISTERABLE=True
-    )
-    assert first.datastore is not second.datastore
-    with first.test_request_context():
-        assert shared.login_url == "/one"
-        assert shared.datastore is first.datastore
-        assert shared.registerable is False
-    with second.test_request_context():
-        assert shared.login_url == "/two"
-        assert shared.datastore is second.datastore
-        assert shared.registerable is True
-    assert first.test_client().get("/one").status_code == 200
-    assert second.test_client().get("/register").status_code == 200
-    assert first.test_client().get("/register").status_code == 404
-
-
-def test_security_object_answers_for_its_only_app_outside_a_context(make_app):
-    app = make_app(SECURITY_CONFIRMABLE=True)
-    security = app.security
-    assert security.datastore is app.datastore
-    assert security.login_manager is app.login_manager
-    assert security.pwd_context is app.extensions["security"].pwd_context
-    assert security.confirmable is True
-    assert hasattr(security, "registerable") and not hasattr(security, "no_such")
-
-
-def test_security_object_of_two_apps_needs_a_context(make_app):
-    security = Security()
-    first, second = make_app(security=security), make_app(security=security)
-    with second.app_context():
-        assert security.datastore is second.datastore
-    with first.app_context():
-        assert security.datastore is first.datastore
-    with pytest.raises(RuntimeError, match="several apps"):
-        assert security.login_manager is None
-
-
-def test_state_attributes_are_real_attributes(app):
-    state = app.extensions["security"]
-    assert vars(state)["login_url"] == "/login"
-    assert vars(state)["datastore"] is app.datastore
-
-
-def test_unknown_security_argument_is_refused():
-    with pytest.raises(TypeError):
-        Security(datastore=object(), login_from=object())
-
-
-def test_password_hash_is_always_among_the_schemes(make_app):
-    app = make_app(SECURITY_PASSWORD_SCHEMES=["bcrypt", "plaintext"])
-    add_user(app)
-    assert get_user(app).password.startswith("$pbkdf2-sha512$")
-    assert json_login(app.test_client()).status_code == 200
 
 
 # =============================================================================
@@ -686,54 +628,10 @@ def test_capture_passwordless_login_requests(make_app):
     assert requests[0]["login_token"]
 
 
-def test_validators_of_174_extend_forms(make_app):
-    from wtforms import StringField
-
-    class ContactForm(fsl.Form):
-        email = StringField("Email", [fsl.email_required, fsl.email_validator])
-
-    app = make_app()
-    with app.test_request_context(method="POST", data={"email": "nope"}):
-        form = ContactForm()
-        assert not form.validate()
-        assert form.email.errors == ["This is not a valid email address."]
-
-
-def test_validator_given_a_message_key_shows_that_message(make_app):
-    from wtforms import StringField
-
-    class ContactForm(fsl.Form):
-        email = StringField("Email", [fsl.Required(message="EMAIL_NOT_PROVIDED")])
-        code = StringField("Code", [fsl.Length(min=4, message="PASSWORD_NOT_SET")])
-
-    app = make_app(SECURITY_MSG_EMAIL_NOT_PROVIDED=("Your email, please.", "error"))
-    with app.test_request_context(method="POST", data={"code": "abc"}):
-        form = ContactForm()
-        assert not form.validate()
-        assert form.email.errors == ["Your email, please."]
-        assert form.code.errors == ["This account has no password set."]
-
-
-def test_validator_given_plain_text_shows_it(make_app):
-    from wtforms import StringField
-
-    class ContactForm(fsl.Form):
-        email = StringField("Email", [fsl.Required(message="Who are you?")])
-
-    with make_app().test_request_context(method="POST", data={}):
-        form = ContactForm()
-        assert not form.validate()
-        assert form.email.errors == ["Who are you?"]
-
-
-def test_identity_attributes_may_be_a_comma_separated_string(make_app):
-    app = make_app(SECURITY_USER_IDENTITY_ATTRIBUTES="email, username")
-    assert fsl.get_identity_attributes(app) == ["email", "username"]
-
-
 # =============================================================================
-# 4. Helpers: redirects
+# 4. Helpers: config, messages, redirects
 # =============================================================================
+
 
 UNSAFE_NEXTS = [
     "//evil.com",
@@ -897,6 +795,13 @@ def test_get_within_delta_rejects_nonsense(app):
 # =============================================================================
 # 5. Passwords and tokens
 # =============================================================================
+
+
+def test_password_hash_is_always_among_the_schemes(make_app):
+    app = make_app(SECURITY_PASSWORD_SCHEMES=["bcrypt", "plaintext"])
+    add_user(app)
+    assert get_user(app).password.startswith("$pbkdf2-sha512$")
+    assert json_login(app.test_client()).status_code == 200
 
 
 def test_create_user_hashes_a_plaintext_password(store, make_app):
@@ -1199,6 +1104,11 @@ def test_is_active_follows_the_active_field(app):
 # =============================================================================
 
 
+def test_identity_attributes_may_be_a_comma_separated_string(make_app):
+    app = make_app(SECURITY_USER_IDENTITY_ATTRIBUTES="email, username")
+    assert fsl.get_identity_attributes(app) == ["email", "username"]
+
+
 def test_get_user_by_id_or_email(store, make_app):
     app = make_app(store)
     user_id = add_user(app)
@@ -1437,53 +1347,6 @@ def test_create_user_works_outside_an_app_context(store, make_app):
     assert json_login(app.test_client(), "script@lp.com").status_code == 200
 
 
-def test_mongo_get_user_accepts_object_ids_and_their_strings(make_app):
-    from bson import ObjectId
-
-    app = make_app("mongo")
-    user_id = add_user(app)
-    with app.test_request_context():
-        assert app.datastore.get_user(ObjectId(user_id)).email == "matt@lp.com"
-        assert app.datastore.get_user(user_id).email == "matt@lp.com"
-        assert app.datastore.get_user(str(ObjectId())) is None
-
-
-@pytest.mark.parametrize(
-    "adapter, module, package",
-    [
-        ("SQLAlchemyUserDatastore", "sqlalchemy", "Flask-SQLAlchemy"),
-        ("MongoEngineUserDatastore", "mongoengine", "mongoengine"),
-        ("PeeweeUserDatastore", "peewee", "peewee"),
-    ],
-)
-def test_adapter_without_its_orm_names_the_package_and_the_extra(
-    monkeypatch, adapter, module, package
-):
-    monkeypatch.setitem(sys.modules, module, None)
-    arguments = [None] * (4 if adapter == "PeeweeUserDatastore" else 3)
-    with pytest.raises(ImportError) as error:
-        getattr(fsl, adapter)(*arguments)
-    assert f"pip install {package} " in str(error.value)
-    assert f"pip install 'flask-security-lite[{module}]'" in str(error.value)
-
-
-def test_peewee_datastore_accepts_an_object_with_a_database(make_app):
-    from types import SimpleNamespace
-
-    app = make_app("peewee")
-    datastore = app.datastore
-    wrapped = fsl.PeeweeUserDatastore(
-        SimpleNamespace(database=datastore.db),
-        datastore.user_model,
-        datastore.role_model,
-        datastore.role_link,
-    )
-    assert wrapped.db is datastore.db
-    with app.test_request_context():
-        wrapped.create_user(email="wrapped@lp.com", password=PASSWORD, roles=[])
-        assert datastore.find_user(email="wrapped@lp.com") is not None
-
-
 class _Person(fsl.UserMixin):
     """A user of the custom store below: a plain object."""
 
@@ -1559,12 +1422,6 @@ def test_base_activation_changes_the_user_without_saving_it():
     assert store.toggle_active(user) is True and user.active is False
 
 
-def test_orm_datastores_are_174s_persistence_classes(app):
-    assert isinstance(app.datastore, fsl.SQLAlchemyDatastore)
-    assert issubclass(fsl.MongoEngineUserDatastore, fsl.MongoEngineDatastore)
-    assert issubclass(fsl.PeeweeUserDatastore, fsl.PeeweeDatastore)
-
-
 def _memory_app():
     app = Flask(__name__)
     app.config.update(
@@ -1598,455 +1455,112 @@ def test_custom_174_datastore_serves_tokens():
 
 
 # =============================================================================
-# 9. Forms and the login view (every store)
+# 8. ORM adapters
 # =============================================================================
 
 
-def test_login_page_renders_a_form_with_csrf_token(make_app):
-    app = make_app(WTF_CSRF_ENABLED=True)
-    response = app.test_client().get("/login")
-    assert response.status_code == 200
-    assert b'name="csrf_token"' in response.data
-    assert b'name="email"' in response.data
-    assert response.headers["Cache-Control"] == "no-store"
+def test_mongo_get_user_accepts_object_ids_and_their_strings(make_app):
+    from bson import ObjectId
 
-
-@pytest.mark.parametrize("path", ["/login", "/register", "/reset", "/confirm"])
-def test_json_get_of_a_form_view_answers_the_csrf_token(make_app, path):
-    app = make_app(
-        WTF_CSRF_ENABLED=True,
-        SECURITY_REGISTERABLE=True,
-        SECURITY_RECOVERABLE=True,
-        SECURITY_CHANGEABLE=True,
-        SECURITY_CONFIRMABLE=True,
-    )
-    add_user(app, confirmed_at=datetime(2020, 1, 1))
-    client = app.test_client()
-    answer = client.get(path, headers={"Accept": "application/json"})
-    assert answer.status_code == 200
-    csrf_token = answer.json["response"]["csrf_token"]
-    credentials = {"email": "matt@lp.com", "password": PASSWORD}
-    logged_in = client.post(
-        "/login", json=credentials, headers={"X-CSRFToken": csrf_token}
-    )
-    assert logged_in.status_code == 200
-
-
-def test_json_get_of_change_by_token_needs_no_csrf_token(make_app):
-    app = make_app(WTF_CSRF_ENABLED=True, SECURITY_CHANGEABLE=True)
-    add_user(app)
-    with app.test_request_context():
-        token = get_user(app).get_auth_token()
-    headers = {"Accept": "application/json", "Authentication-Token": token}
-    answer = app.test_client().get("/change", headers=headers)
-    assert answer.json == {"meta": {"code": 200}, "response": {}}
-
-
-def test_csrf_header_names_come_from_flask_wtf_settings(make_app):
-    app = make_app(WTF_CSRF_ENABLED=True, WTF_CSRF_HEADERS=["X-My-Csrf"])
-    add_user(app)
-    client = app.test_client()
-    token = client.get("/login", headers={"Accept": "application/json"}).json
-    token = token["response"]["csrf_token"]
-    payload = {"email": "matt@lp.com", "password": PASSWORD}
-    refused = client.post("/login", json=payload, headers={"X-CSRFToken": token})
-    assert refused.status_code == 400
-    accepted = client.post("/login", json=payload, headers={"X-My-Csrf": token})
-    assert accepted.status_code == 200
-
-
-def test_html_login_redirects_to_post_login_view(store, make_app):
-    app = make_app(store)
-    add_user(app)
-    client = app.test_client()
-    response = login(client)
-    assert response.status_code == 302 and response.location == "/"
-    assert client.get("/profile").data == b"profile of matt@lp.com"
-
-
-def test_json_login_returns_id_and_token(store, make_app):
-    app = make_app(store)
+    app = make_app("mongo")
     user_id = add_user(app)
-    response = json_login(app.test_client())
-    assert response.status_code == 200
-    assert response.json["meta"] == {"code": 200}
-    user = response.json["response"]["user"]
-    assert user["id"] == user_id and user["authentication_token"]
+    with app.test_request_context():
+        assert app.datastore.get_user(ObjectId(user_id)).email == "matt@lp.com"
+        assert app.datastore.get_user(user_id).email == "matt@lp.com"
+        assert app.datastore.get_user(str(ObjectId())) is None
 
 
 @pytest.mark.parametrize(
-    "fields, field, message",
+    "adapter, module, package",
     [
-        (
-            {"email": "nobody@lp.com", "password": PASSWORD},
-            "email",
-            "No account matches",
-        ),
-        ({"email": "matt@lp.com", "password": "wrong password"}, "password", "wrong"),
-        ({"email": "", "password": PASSWORD}, "email", "enter your email"),
-        ({"email": "matt@lp.com"}, "password", "enter your password"),
+        ("SQLAlchemyUserDatastore", "sqlalchemy", "Flask-SQLAlchemy"),
+        ("MongoEngineUserDatastore", "mongoengine", "mongoengine"),
+        ("PeeweeUserDatastore", "peewee", "peewee"),
     ],
 )
-def test_json_login_errors_are_400_with_field_errors(
-    store, make_app, fields, field, message
+def test_adapter_without_its_orm_names_the_package_and_the_extra(
+    monkeypatch, adapter, module, package
 ):
-    app = make_app(store)
-    add_user(app)
-    response = app.test_client().post("/login", json=fields)
-    assert response.status_code == 400
-    assert response.json["meta"] == {"code": 400}
-    assert message in response.json["response"]["errors"][field][0]
+    monkeypatch.setitem(sys.modules, module, None)
+    arguments = [None] * (4 if adapter == "PeeweeUserDatastore" else 3)
+    with pytest.raises(ImportError) as error:
+        getattr(fsl, adapter)(*arguments)
+    assert f"pip install {package} " in str(error.value)
+    assert f"pip install 'flask-security-lite[{module}]'" in str(error.value)
 
 
-def test_login_of_inactive_user_is_refused(store, make_app):
-    app = make_app(store)
-    add_user(app, active=False)
-    response = json_login(app.test_client())
-    assert response.json["response"]["errors"]["email"] == ["This account is disabled."]
+def test_peewee_datastore_accepts_an_object_with_a_database(make_app):
+    from types import SimpleNamespace
 
-
-def test_login_of_user_without_password_is_refused(make_app):
-    app = make_app()
-    add_user(app, password=None)
-    response = json_login(app.test_client())
-    assert response.json["response"]["errors"]["password"] == [
-        "This account has no password set."
-    ]
-
-
-def test_html_login_error_is_shown_on_the_form(app):
-    response = login(app.test_client(), email="nobody@lp.com")
-    assert response.status_code == 200
-    assert b"No account matches this email address." in response.data
-
-
-def test_generic_responses_hide_which_part_was_wrong(make_app):
-    app = make_app(SECURITY_RETURN_GENERIC_RESPONSES=True)
-    add_user(app)
-    client = app.test_client()
-    unknown = json_login(client, email="nobody@lp.com").json["response"]["errors"]
-    wrong = json_login(client, password="wrong password").json["response"]["errors"]
-    assert unknown == wrong == {"password": ["The email address or password is wrong."]}
-
-
-@pytest.mark.parametrize(
-    "body",
-    [b"[1, 2]", b'"text"', b"{not json", b"\xff\xfe\x00garbage"],
-)
-def test_malformed_json_body_is_a_400(app, body):
-    response = app.test_client().post(
-        "/login", data=body, content_type="application/json"
+    app = make_app("peewee")
+    datastore = app.datastore
+    wrapped = fsl.PeeweeUserDatastore(
+        SimpleNamespace(database=datastore.db),
+        datastore.user_model,
+        datastore.role_model,
+        datastore.role_link,
     )
-    assert response.status_code == 400
-    assert response.json["meta"]["code"] == 400
-
-
-def test_wrongly_typed_json_field_is_a_400_field_error(app):
-    response = app.test_client().post(
-        "/login", json={"email": ["a", "b"], "password": {"x": 1}}
-    )
-    assert response.status_code == 400
-    assert set(response.json["response"]["errors"]) == {"email", "password"}
-
-
-def test_huge_body_is_refused_with_413(app):
-    response = app.test_client().post(
-        "/login", json={"email": "a" * 100_000, "password": "x"}
-    )
-    assert response.status_code == 413
-
-
-def test_non_utf8_form_body_is_a_form_error_not_a_500(app):
-    response = app.test_client().post(
-        "/login",
-        data=b"email=%ff%fe&password=%ff",
-        content_type="application/x-www-form-urlencoded",
-    )
-    assert response.status_code == 200
-
-
-def test_json_login_needs_csrf_token_when_csrf_is_on(make_app):
-    app = make_app(WTF_CSRF_ENABLED=True)
-    add_user(app)
-    response = json_login(app.test_client())
-    assert response.status_code == 400
-    assert "csrf_token" in response.json["response"]["errors"]
-
-
-def test_json_login_accepts_csrf_token_in_header(make_app):
-    app = make_app(WTF_CSRF_ENABLED=True)
-    add_user(app)
-    client = app.test_client()
-    page = client.get("/login").data.decode()
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
-    response = client.post(
-        "/login",
-        json={"email": "matt@lp.com", "password": PASSWORD},
-        headers={"X-CSRFToken": token},
-    )
-    assert response.status_code == 200
-
-
-def test_login_starts_a_fresh_session(app):
-    add_user(app)
-    client = app.test_client()
-    with client.session_transaction() as session:
-        session["planted"] = "by attacker"
-    login(client)
-    with client.session_transaction() as session:
-        assert "planted" not in session
-
-
-def test_remember_me_cookie_logs_in_a_new_session(store, make_app):
-    app = make_app(store)
-    add_user(app)
-    client = app.test_client()
-    login(client, remember="y")
-    cookie = client.get_cookie("remember_token")
-    assert cookie is not None
-    fresh = app.test_client()
-    fresh.set_cookie("remember_token", cookie.value)
-    assert fresh.get("/profile").status_code == 200
-
-
-def test_remember_cookie_is_lax_and_http_only(app):
-    add_user(app)
-    response = login(app.test_client(), remember="y")
-    cookie = next(
-        header
-        for header in response.headers.getlist("Set-Cookie")
-        if header.startswith("remember_token=")
-    )
-    assert "SameSite=Lax" in cookie and "HttpOnly" in cookie
-
-
-def test_without_remember_me_no_cookie_is_set(app):
-    add_user(app)
-    client = app.test_client()
-    login(client)
-    assert client.get_cookie("remember_token") is None
-
-
-def test_default_remember_me_applies_to_login_user(make_app):
-    app = make_app(SECURITY_DEFAULT_REMEMBER_ME=True)
-
-    @app.route("/force-login/<user_id>")
-    def force_login(user_id):
-        fsl.login_user(app.datastore.get_user(user_id))
-        return "ok"
-
-    user_id = add_user(app)
-    client = app.test_client()
-    client.get(f"/force-login/{user_id}")
-    assert client.get_cookie("remember_token") is not None
-
-
-def test_default_remember_me_checks_the_box(make_app):
-    app = make_app(SECURITY_DEFAULT_REMEMBER_ME=True)
-    page = app.test_client().get("/login").get_data(as_text=True)
-    assert re.search(r'<input checked[^>]*name="remember"', page)
-
-
-def test_logout_by_get_and_post(app):
-    add_user(app)
-    for method in ("get", "post"):
-        client = app.test_client()
-        login(client)
-        response = getattr(client, method)("/logout")
-        assert response.status_code == 302
-        assert client.get("/profile").status_code == 302
-
-
-def test_logout_forgets_the_remember_cookie(app):
-    add_user(app)
-    client = app.test_client()
-    login(client, remember="y")
-    client.get("/logout")
-    assert client.get_cookie("remember_token") is None
-
-
-def test_logout_goes_to_post_logout_view(make_app):
-    app = make_app(SECURITY_POST_LOGOUT_VIEW="profile")
-    assert app.test_client().get("/logout").location == "/profile"
-
-
-def test_logout_follows_a_safe_next(app):
-    response = app.test_client().get("/logout?next=/profile")
-    assert response.location == "/profile"
-
-
-def test_post_login_view_accepts_an_endpoint(make_app):
-    app = make_app(SECURITY_POST_LOGIN_VIEW="profile")
-    add_user(app)
-    assert login(app.test_client()).location == "/profile"
-
-
-def test_logout_methods_setting_limits_logout(make_app):
-    app = make_app(SECURITY_LOGOUT_METHODS=["POST"])
-    assert app.test_client().get("/logout").status_code == 405
-
-
-def test_blueprint_name_prefix_and_subdomain(make_app):
-    app = make_app(
-        SECURITY_BLUEPRINT_NAME="auth",
-        SECURITY_URL_PREFIX="/account",
-        SERVER_NAME="example.test",
-        SECURITY_SUBDOMAIN="id",
-    )
+    assert wrapped.db is datastore.db
     with app.test_request_context():
-        assert fsl.url_for_security("login", _external=True) == (
-            "http://id.example.test/account/login"
-        )
-    (rule,) = [r for r in app.url_map.iter_rules() if r.endpoint == "auth.login"]
-    assert (rule.rule, rule.subdomain) == ("/account/login", "id")
+        wrapped.create_user(email="wrapped@lp.com", password=PASSWORD, roles=[])
+        assert datastore.find_user(email="wrapped@lp.com") is not None
 
 
-def test_register_blueprint_false_adds_no_views(make_app):
-    app = make_app(security_kwargs={"register_blueprint": False})
-    assert app.test_client().get("/login").status_code == 404
+def test_orm_datastores_are_174s_persistence_classes(app):
+    assert isinstance(app.datastore, fsl.SQLAlchemyDatastore)
+    assert issubclass(fsl.MongoEngineUserDatastore, fsl.MongoEngineDatastore)
+    assert issubclass(fsl.PeeweeUserDatastore, fsl.PeeweeDatastore)
 
 
-def test_without_the_blueprint_emails_still_render(make_app):
-    app = make_app(security_kwargs={"register_blueprint": False})
-    add_user(app)
-    with app.test_request_context(), app.mail.record_messages() as outbox:
-        user = app.datastore.find_user(email="matt@lp.com")
-        fsl.send_mail("Hi", "matt@lp.com", "reset_notice", user=user)
-    assert "matt@lp.com" in outbox[0].body
+# =============================================================================
+# 9. Forms
+# =============================================================================
 
 
-def test_without_the_blueprint_login_required_answers_401(make_app):
-    app = make_app(security_kwargs={"register_blueprint": False})
-    assert app.test_client().get("/profile").status_code == 401
+def test_validators_of_174_extend_forms(make_app):
+    from wtforms import StringField
+
+    class ContactForm(fsl.Form):
+        email = StringField("Email", [fsl.email_required, fsl.email_validator])
+
+    app = make_app()
+    with app.test_request_context(method="POST", data={"email": "nope"}):
+        form = ContactForm()
+        assert not form.validate()
+        assert form.email.errors == ["This is not a valid email address."]
 
 
-def test_trackable_records_logins(store, make_app):
-    app = make_app(store, SECURITY_TRACKABLE=True)
-    add_user(app)
-    app.test_client().post(
-        "/login",
-        data={"email": "matt@lp.com", "password": PASSWORD},
-        environ_base={"REMOTE_ADDR": "10.0.0.1"},
-    )
-    app.test_client().post(
-        "/login",
-        data={"email": "matt@lp.com", "password": PASSWORD},
-        environ_base={"REMOTE_ADDR": "10.0.0.2"},
-        headers={"X-Forwarded-For": "6.6.6.6"},
-    )
-    user = get_user(app)
-    assert user.login_count == 2
-    assert (user.last_login_ip, user.current_login_ip) == ("10.0.0.1", "10.0.0.2")
-    assert user.current_login_at >= user.last_login_at
+def test_validator_given_a_message_key_shows_that_message(make_app):
+    from wtforms import StringField
+
+    class ContactForm(fsl.Form):
+        email = StringField("Email", [fsl.Required(message="EMAIL_NOT_PROVIDED")])
+        code = StringField("Code", [fsl.Length(min=4, message="PASSWORD_NOT_SET")])
+
+    app = make_app(SECURITY_MSG_EMAIL_NOT_PROVIDED=("Your email, please.", "error"))
+    with app.test_request_context(method="POST", data={"code": "abc"}):
+        form = ContactForm()
+        assert not form.validate()
+        assert form.email.errors == ["Your email, please."]
+        assert form.code.errors == ["This account has no password set."]
 
 
-def test_login_form_override_and_context_processors(make_app, tmp_path):
-    (tmp_path / "security").mkdir()
-    (tmp_path / "security" / "login_user.html").write_text(
-        "{{ hello }} {{ only_login }} {{ login_user_form.__class__.__name__ }}"
-    )
+def test_validator_given_plain_text_shows_it(make_app):
+    from wtforms import StringField
 
-    class MyLoginForm(fsl.LoginForm):
-        pass
+    class ContactForm(fsl.Form):
+        email = StringField("Email", [fsl.Required(message="Who are you?")])
 
-    app = make_app(
-        template_folder=str(tmp_path), security_kwargs={"login_form": MyLoginForm}
-    )
-    app.security.context_processor(lambda: {"hello": "world"})
-    app.security.login_context_processor(lambda: {"only_login": "yes"})
-    assert app.test_client().get("/login").data == b"world yes MyLoginForm"
-
-
-def test_login_template_setting_overrides_the_template(make_app, tmp_path):
-    (tmp_path / "mine.html").write_text("my login page")
-    app = make_app(
-        template_folder=str(tmp_path), SECURITY_LOGIN_USER_TEMPLATE="mine.html"
-    )
-    assert app.test_client().get("/login").data == b"my login page"
-
-
-def test_authenticated_get_of_login_goes_to_post_login_view(app):
-    add_user(app)
-    client = app.test_client()
-    login(client)
-    assert client.get("/login").location == "/"
-
-
-HOSTILE_JSON = [
-    {},
-    {"email": None},
-    {"email": 1, "password": 2.5},
-    {"email": True, "password": False},
-    {"email": "x" * 5000, "password": "y" * 5000},
-    {"email": "matt@lp.com", "password": ["a"]},
-    {"email": "\x00\ud800", "password": "\udfff"},
-    {"next": "//evil.com", "remember": "maybe"},
-    {"password": PASSWORD, "new_password": 12345678, "new_password_confirm": 1},
-    {"auth_token": {"a": 1}},
-    {"auth_token": "W10.abc.def"},
-    [],
-    "text",
-    3,
-]
-HOSTILE_BODIES = [b"\xff\xfe", b"{", b"null", b"email=%ff&password=%00&next=%00"]
-HOSTILE_HEADERS = [
-    {},
-    {"Authentication-Token": "W10.abc.def"},
-    {"Authorization": "Basic !!!"},
-    {"Authorization": "Basic " + base64.b64encode(b"no-colon").decode()},
-    {"Authorization": "Bearer x", "Accept": "application/json"},
-]
-ALL_PATHS = ["/login", "/register", "/reset", "/reset/x", "/confirm", "/confirm/x"]
-ALL_PATHS += ["/change", "/logout", "/token", "/basic", "/any", "/admin"]
-
-
-@pytest.mark.parametrize("logged_in", [False, True])
-def test_hostile_input_never_causes_a_server_error(make_app, logged_in):
-    app = make_app(**ALL_FLOWS, SECURITY_TRACKABLE=True)
-    add_user(app, confirmed_at=datetime.now())
-    client = app.test_client()
-    if logged_in:
-        login(client)
-    form_types = ["application/json", "application/x-www-form-urlencoded"]
-    server_errors = []
-    for path, headers in itertools.product(ALL_PATHS, HOSTILE_HEADERS):
-        cases = [("POST", path, {"json": body}) for body in HOSTILE_JSON]
-        cases += [
-            ("POST", path, {"data": body, "content_type": content_type})
-            for body, content_type in itertools.product(HOSTILE_BODIES, form_types)
-        ]
-        cases.append(("GET", path + "?next=%00%ff&auth_token=%ff", {}))
-        for method, url, body in cases:
-            response = client.open(url, method=method, headers=headers, **body)
-            if response.status_code >= 500:
-                server_errors.append((method, url, body, headers))
-    assert server_errors == []
-
-
-def test_login_post_by_a_logged_in_user_goes_to_post_login_view(app):
-    add_user(app)
-    add_user(app, "other@lp.com")
-    client = app.test_client()
-    login(client)
-    response = login(client, "other@lp.com")
-    assert response.status_code == 302 and response.location == "/"
-    assert client.get("/profile").data == b"profile of matt@lp.com"
-
-
-def test_trackable_records_untrackable_without_a_remote_address(make_app):
-    app = make_app(SECURITY_TRACKABLE=True)
-    add_user(app)
-    app.test_client().post(
-        "/login",
-        data={"email": "matt@lp.com", "password": PASSWORD},
-        environ_overrides={"REMOTE_ADDR": ""},
-    )
-    assert get_user(app).current_login_ip == "untrackable"
+    with make_app().test_request_context(method="POST", data={}):
+        form = ContactForm()
+        assert not form.validate()
+        assert form.email.errors == ["Who are you?"]
 
 
 # =============================================================================
 # 9. Forms: checking a password login, and the lockout
 # =============================================================================
+
 
 LOCKOUT = dict(SECURITY_LOCKOUT_ATTEMPTS=3, SECURITY_LOCKOUT_WITHIN="15 minutes")
 
@@ -2220,56 +1734,73 @@ def test_readme_per_ip_limit_with_flask_limiter_works(make_app):
 
 
 # =============================================================================
-# 10. Authentication and decorators
+# 10. Answers: JSON or HTML, and every failure
 # =============================================================================
 
 
-def test_login_required_redirects_html_to_login_with_next(app):
-    response = app.test_client().get("/profile?tab=2")
-    assert response.status_code == 302
-    assert response.location == "/login?next=/profile?tab%3D2"
+HOSTILE_JSON = [
+    {},
+    {"email": None},
+    {"email": 1, "password": 2.5},
+    {"email": True, "password": False},
+    {"email": "x" * 5000, "password": "y" * 5000},
+    {"email": "matt@lp.com", "password": ["a"]},
+    {"email": "\x00\ud800", "password": "\udfff"},
+    {"next": "//evil.com", "remember": "maybe"},
+    {"password": PASSWORD, "new_password": 12345678, "new_password_confirm": 1},
+    {"auth_token": {"a": 1}},
+    {"auth_token": "W10.abc.def"},
+    [],
+    "text",
+    3,
+]
+
+
+HOSTILE_BODIES = [b"\xff\xfe", b"{", b"null", b"email=%ff&password=%00&next=%00"]
+
+
+HOSTILE_HEADERS = [
+    {},
+    {"Authentication-Token": "W10.abc.def"},
+    {"Authorization": "Basic !!!"},
+    {"Authorization": "Basic " + base64.b64encode(b"no-colon").decode()},
+    {"Authorization": "Bearer x", "Accept": "application/json"},
+]
+
+
+ALL_PATHS = ["/login", "/register", "/reset", "/reset/x", "/confirm", "/confirm/x"]
+
+
+ALL_PATHS += ["/change", "/logout", "/token", "/basic", "/any", "/admin"]
+
+
+@pytest.mark.parametrize("logged_in", [False, True])
+def test_hostile_input_never_causes_a_server_error(make_app, logged_in):
+    app = make_app(**ALL_FLOWS, SECURITY_TRACKABLE=True)
+    add_user(app, confirmed_at=datetime.now())
+    client = app.test_client()
+    if logged_in:
+        login(client)
+    form_types = ["application/json", "application/x-www-form-urlencoded"]
+    server_errors = []
+    for path, headers in itertools.product(ALL_PATHS, HOSTILE_HEADERS):
+        cases = [("POST", path, {"json": body}) for body in HOSTILE_JSON]
+        cases += [
+            ("POST", path, {"data": body, "content_type": content_type})
+            for body, content_type in itertools.product(HOSTILE_BODIES, form_types)
+        ]
+        cases.append(("GET", path + "?next=%00%ff&auth_token=%ff", {}))
+        for method, url, body in cases:
+            response = client.open(url, method=method, headers=headers, **body)
+            if response.status_code >= 500:
+                server_errors.append((method, url, body, headers))
+    assert server_errors == []
 
 
 def test_login_required_answers_json_with_401(app):
     response = app.test_client().get("/profile", headers={"Accept": "application/json"})
     assert response.status_code == 401
     assert response.json["meta"]["code"] == 401
-
-
-def test_login_required_lets_cors_preflight_through(app):
-    @app.route(
-        "/preflight", methods=["GET", "OPTIONS"], provide_automatic_options=False
-    )
-    @login_required
-    def preflight():
-        return "preflight"
-
-    assert app.test_client().options("/preflight").data == b"preflight"
-    assert app.test_client().get("/preflight").status_code == 302
-
-
-@pytest.mark.parametrize(
-    "roles, path, status",
-    [
-        (["admin"], "/admin", 200),
-        (["editor"], "/admin", 403),
-        (["admin"], "/admin-and-editor", 403),
-        (["admin", "editor"], "/admin-and-editor", 200),
-        (["editor"], "/admin-or-editor", 200),
-        ([], "/admin-or-editor", 403),
-    ],
-)
-def test_role_decorators(store, make_app, roles, path, status):
-    app = make_app(store)
-    add_user(app, roles=roles)
-    client = app.test_client()
-    login(client)
-    assert client.get(path).status_code == status
-
-
-def test_role_decorator_sends_anonymous_users_to_login(app):
-    response = app.test_client().get("/admin")
-    assert response.status_code == 302 and response.location.startswith("/login?next=")
 
 
 def test_role_failure_is_json_403_for_api_clients(app):
@@ -2318,6 +1849,90 @@ def test_role_refusal_of_a_logged_in_user_is_a_response_object(app):
     assert isinstance(answer, Response) and answer.status_code == 403
 
 
+def test_missing_token_is_401_json_for_api_clients(app):
+    response = app.test_client().get("/token", headers={"Accept": "application/json"})
+    assert response.status_code == 401
+    assert response.json["meta"]["code"] == 401
+
+
+def test_missing_token_is_an_html_401_for_browsers(app):
+    response = app.test_client().get("/token", headers={"Accept": "text/html"})
+    assert response.status_code == 401
+    assert "<h1>Unauthorized</h1>" in response.text
+    assert "WWW-Authenticate" not in response.headers
+
+
+def test_basic_auth_failure_is_json_for_api_clients(app):
+    response = app.test_client().get("/basic", headers={"Accept": "application/json"})
+    assert response.status_code == 401
+    assert response.json["meta"]["code"] == 401
+    assert response.headers["WWW-Authenticate"] == 'Basic realm="Login Required"'
+
+
+def test_basic_auth_failure_is_an_html_page_for_browsers(app):
+    response = app.test_client().get("/basic", headers={"Accept": "text/html"})
+    assert response.status_code == 401
+    assert response.mimetype == "text/html"
+    assert "<h1>Unauthorized</h1>" in response.text
+
+
+def test_basic_auth_realm_quotes_are_escaped(app):
+    @app.route("/quoted-realm")
+    @http_auth_required('Say "hi"')
+    def quoted_realm():
+        return "never"
+
+    response = app.test_client().get("/quoted-realm")
+    assert response.headers["WWW-Authenticate"] == 'Basic realm="Say \\"hi\\""'
+
+
+# =============================================================================
+# 11. Authentication and decorators
+# =============================================================================
+
+
+def test_login_required_redirects_html_to_login_with_next(app):
+    response = app.test_client().get("/profile?tab=2")
+    assert response.status_code == 302
+    assert response.location == "/login?next=/profile?tab%3D2"
+
+
+def test_login_required_lets_cors_preflight_through(app):
+    @app.route(
+        "/preflight", methods=["GET", "OPTIONS"], provide_automatic_options=False
+    )
+    @login_required
+    def preflight():
+        return "preflight"
+
+    assert app.test_client().options("/preflight").data == b"preflight"
+    assert app.test_client().get("/preflight").status_code == 302
+
+
+@pytest.mark.parametrize(
+    "roles, path, status",
+    [
+        (["admin"], "/admin", 200),
+        (["editor"], "/admin", 403),
+        (["admin"], "/admin-and-editor", 403),
+        (["admin", "editor"], "/admin-and-editor", 200),
+        (["editor"], "/admin-or-editor", 200),
+        ([], "/admin-or-editor", 403),
+    ],
+)
+def test_role_decorators(store, make_app, roles, path, status):
+    app = make_app(store)
+    add_user(app, roles=roles)
+    client = app.test_client()
+    login(client)
+    assert client.get(path).status_code == status
+
+
+def test_role_decorator_sends_anonymous_users_to_login(app):
+    response = app.test_client().get("/admin")
+    assert response.status_code == 302 and response.location.startswith("/login?next=")
+
+
 def test_role_failure_redirects_to_unauthorized_view_when_set(make_app):
     app = make_app(SECURITY_UNAUTHORIZED_VIEW="unauthorized")
     add_user(app)
@@ -2360,19 +1975,6 @@ def test_token_auth_does_not_create_a_session(app):
     client = app.test_client()
     client.get("/token", headers={"Authentication-Token": token})
     assert client.get("/profile").status_code == 302
-
-
-def test_missing_token_is_401_json_for_api_clients(app):
-    response = app.test_client().get("/token", headers={"Accept": "application/json"})
-    assert response.status_code == 401
-    assert response.json["meta"]["code"] == 401
-
-
-def test_missing_token_is_an_html_401_for_browsers(app):
-    response = app.test_client().get("/token", headers={"Accept": "text/html"})
-    assert response.status_code == 401
-    assert "<h1>Unauthorized</h1>" in response.text
-    assert "WWW-Authenticate" not in response.headers
 
 
 def test_tampered_token_is_refused(store, make_app):
@@ -2443,30 +2045,6 @@ def test_basic_auth_right_and_wrong(store, make_app):
     assert wrong.headers["WWW-Authenticate"] == 'Basic realm="Login Required"'
     assert client.get("/basic", headers=_basic("nobody@lp.com")).status_code == 401
     assert client.get("/basic").status_code == 401
-
-
-def test_basic_auth_failure_is_json_for_api_clients(app):
-    response = app.test_client().get("/basic", headers={"Accept": "application/json"})
-    assert response.status_code == 401
-    assert response.json["meta"]["code"] == 401
-    assert response.headers["WWW-Authenticate"] == 'Basic realm="Login Required"'
-
-
-def test_basic_auth_failure_is_an_html_page_for_browsers(app):
-    response = app.test_client().get("/basic", headers={"Accept": "text/html"})
-    assert response.status_code == 401
-    assert response.mimetype == "text/html"
-    assert "<h1>Unauthorized</h1>" in response.text
-
-
-def test_basic_auth_realm_quotes_are_escaped(app):
-    @app.route("/quoted-realm")
-    @http_auth_required('Say "hi"')
-    def quoted_realm():
-        return "never"
-
-    response = app.test_client().get("/quoted-realm")
-    assert response.headers["WWW-Authenticate"] == 'Basic realm="Say \\"hi\\""'
 
 
 def test_basic_auth_announces_the_given_realm(app):
@@ -2601,7 +2179,115 @@ def test_login_disabled_turns_off_login_required(make_app):
 
 
 # =============================================================================
-# 11. Mail
+# 12. Session login and logout
+# =============================================================================
+
+
+def test_login_starts_a_fresh_session(app):
+    add_user(app)
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session["planted"] = "by attacker"
+    login(client)
+    with client.session_transaction() as session:
+        assert "planted" not in session
+
+
+def test_remember_me_cookie_logs_in_a_new_session(store, make_app):
+    app = make_app(store)
+    add_user(app)
+    client = app.test_client()
+    login(client, remember="y")
+    cookie = client.get_cookie("remember_token")
+    assert cookie is not None
+    fresh = app.test_client()
+    fresh.set_cookie("remember_token", cookie.value)
+    assert fresh.get("/profile").status_code == 200
+
+
+def test_remember_cookie_is_lax_and_http_only(app):
+    add_user(app)
+    response = login(app.test_client(), remember="y")
+    cookie = next(
+        header
+        for header in response.headers.getlist("Set-Cookie")
+        if header.startswith("remember_token=")
+    )
+    assert "SameSite=Lax" in cookie and "HttpOnly" in cookie
+
+
+def test_without_remember_me_no_cookie_is_set(app):
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    assert client.get_cookie("remember_token") is None
+
+
+def test_default_remember_me_applies_to_login_user(make_app):
+    app = make_app(SECURITY_DEFAULT_REMEMBER_ME=True)
+
+    @app.route("/force-login/<user_id>")
+    def force_login(user_id):
+        fsl.login_user(app.datastore.get_user(user_id))
+        return "ok"
+
+    user_id = add_user(app)
+    client = app.test_client()
+    client.get(f"/force-login/{user_id}")
+    assert client.get_cookie("remember_token") is not None
+
+
+def test_logout_by_get_and_post(app):
+    add_user(app)
+    for method in ("get", "post"):
+        client = app.test_client()
+        login(client)
+        response = getattr(client, method)("/logout")
+        assert response.status_code == 302
+        assert client.get("/profile").status_code == 302
+
+
+def test_logout_forgets_the_remember_cookie(app):
+    add_user(app)
+    client = app.test_client()
+    login(client, remember="y")
+    client.get("/logout")
+    assert client.get_cookie("remember_token") is None
+
+
+def test_trackable_records_logins(store, make_app):
+    app = make_app(store, SECURITY_TRACKABLE=True)
+    add_user(app)
+    app.test_client().post(
+        "/login",
+        data={"email": "matt@lp.com", "password": PASSWORD},
+        environ_base={"REMOTE_ADDR": "10.0.0.1"},
+    )
+    app.test_client().post(
+        "/login",
+        data={"email": "matt@lp.com", "password": PASSWORD},
+        environ_base={"REMOTE_ADDR": "10.0.0.2"},
+        headers={"X-Forwarded-For": "6.6.6.6"},
+    )
+    user = get_user(app)
+    assert user.login_count == 2
+    assert (user.last_login_ip, user.current_login_ip) == ("10.0.0.1", "10.0.0.2")
+    assert user.current_login_at >= user.last_login_at
+
+
+def test_trackable_records_untrackable_without_a_remote_address(make_app):
+    app = make_app(SECURITY_TRACKABLE=True)
+    add_user(app)
+    app.test_client().post(
+        "/login",
+        data={"email": "matt@lp.com", "password": PASSWORD},
+        environ_overrides={"REMOTE_ADDR": ""},
+    )
+    assert get_user(app).current_login_ip == "untrackable"
+
+
+# =============================================================================
+# 13. Mail
 # =============================================================================
 
 
@@ -2665,8 +2351,9 @@ def test_send_mail_task_can_be_registered_on_the_state_as_in_174(app):
 
 
 # =============================================================================
-# 12. Account flows: registration (every store)
+# 14. Account flows: registration (every store)
 # =============================================================================
+
 
 REGISTER = dict(SECURITY_REGISTERABLE=True)
 
@@ -2829,8 +2516,9 @@ def test_concurrent_duplicate_registrations_leave_one_user(make_app, emails):
 
 
 # =============================================================================
-# 12. Account flows: confirmation
+# 14. Account flows: confirmation
 # =============================================================================
+
 
 CONFIRM = dict(SECURITY_REGISTERABLE=True, SECURITY_CONFIRMABLE=True)
 
@@ -3011,8 +2699,9 @@ def test_logged_in_user_can_ask_for_confirmation_instructions(make_app):
 
 
 # =============================================================================
-# 12. Account flows: recovery
+# 14. Account flows: recovery
 # =============================================================================
+
 
 RECOVER = dict(SECURITY_RECOVERABLE=True)
 
@@ -3186,10 +2875,13 @@ def test_forgot_password_of_an_unconfirmed_account_is_generic_when_asked(make_ap
 
 
 # =============================================================================
-# 12. Account flows: change password
+# 14. Account flows: change password
 # =============================================================================
 
+
 CHANGE = dict(SECURITY_CHANGEABLE=True)
+
+
 NEW = {
     "password": PASSWORD,
     "new_password": "new password",
@@ -3316,8 +3008,9 @@ def test_post_change_view_and_no_notice_setting(make_app):
 
 
 # =============================================================================
-# 12. Account flows: passwordless login
+# 14. Account flows: passwordless login
 # =============================================================================
+
 
 PASSWORDLESS = dict(SECURITY_PASSWORDLESS=True)
 
@@ -3404,8 +3097,11 @@ def test_logged_in_user_sees_the_passwordless_form(make_app):
 # 15. Two-factor login: codes
 # =============================================================================
 
+
 #: RFC 4226, Appendix D: HOTP values of counters 0..9 for this ASCII key.
 RFC4226_KEY = b"12345678901234567890"
+
+
 RFC4226_VALUES = [
     "755224",
     "287082",
@@ -3419,12 +3115,15 @@ RFC4226_VALUES = [
     "520489",
 ]
 
+
 #: RFC 6238, Appendix B: (Unix time, eight-digit code) for SHA-1, SHA-256, SHA-512.
 RFC6238_KEYS = {
     "sha1": b"12345678901234567890",
     "sha256": b"12345678901234567890123456789012",
     "sha512": b"1234567890123456789012345678901234567890123456789012345678901234",
 }
+
+
 RFC6238_VECTORS = [
     (59, ("94287082", "46119246", "90693936")),
     (1111111109, ("07081804", "68084774", "25091201")),
@@ -3580,6 +3279,7 @@ def test_last_recovery_code_leaves_an_empty_list():
 # =============================================================================
 # 15. Two-factor login: enrolment and the login step
 # =============================================================================
+
 
 TWO_FACTOR = dict(SECURITY_TWO_FACTOR=True)
 
@@ -4176,7 +3876,11 @@ def test_disabled_feature_imports_nothing_for_it(tmp_path):
 
 
 TF_PATHS = ["/tf-setup", "/tf-validate", "/tf-rescue", "/tf-disable"]
+
+
 TF_PATHS += ["/tf-recovery-codes"]
+
+
 TF_HOSTILE_JSON = HOSTILE_JSON + [
     {"code": ["123456"]},
     {"code": "\ud800\x00"},
@@ -4292,8 +3996,302 @@ def test_two_factor_pages_pass_axe(two_factor_site, axe_page):
 
 
 # =============================================================================
-# 16. Views: templates and per-view context processors
+# 16. Views and blueprint: the login view and the request body (every store)
 # =============================================================================
+
+
+def test_login_page_renders_a_form_with_csrf_token(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True)
+    response = app.test_client().get("/login")
+    assert response.status_code == 200
+    assert b'name="csrf_token"' in response.data
+    assert b'name="email"' in response.data
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize("path", ["/login", "/register", "/reset", "/confirm"])
+def test_json_get_of_a_form_view_answers_the_csrf_token(make_app, path):
+    app = make_app(
+        WTF_CSRF_ENABLED=True,
+        SECURITY_REGISTERABLE=True,
+        SECURITY_RECOVERABLE=True,
+        SECURITY_CHANGEABLE=True,
+        SECURITY_CONFIRMABLE=True,
+    )
+    add_user(app, confirmed_at=datetime(2020, 1, 1))
+    client = app.test_client()
+    answer = client.get(path, headers={"Accept": "application/json"})
+    assert answer.status_code == 200
+    csrf_token = answer.json["response"]["csrf_token"]
+    credentials = {"email": "matt@lp.com", "password": PASSWORD}
+    logged_in = client.post(
+        "/login", json=credentials, headers={"X-CSRFToken": csrf_token}
+    )
+    assert logged_in.status_code == 200
+
+
+def test_json_get_of_change_by_token_needs_no_csrf_token(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True, SECURITY_CHANGEABLE=True)
+    add_user(app)
+    with app.test_request_context():
+        token = get_user(app).get_auth_token()
+    headers = {"Accept": "application/json", "Authentication-Token": token}
+    answer = app.test_client().get("/change", headers=headers)
+    assert answer.json == {"meta": {"code": 200}, "response": {}}
+
+
+def test_csrf_header_names_come_from_flask_wtf_settings(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True, WTF_CSRF_HEADERS=["X-My-Csrf"])
+    add_user(app)
+    client = app.test_client()
+    token = client.get("/login", headers={"Accept": "application/json"}).json
+    token = token["response"]["csrf_token"]
+    payload = {"email": "matt@lp.com", "password": PASSWORD}
+    refused = client.post("/login", json=payload, headers={"X-CSRFToken": token})
+    assert refused.status_code == 400
+    accepted = client.post("/login", json=payload, headers={"X-My-Csrf": token})
+    assert accepted.status_code == 200
+
+
+def test_html_login_redirects_to_post_login_view(store, make_app):
+    app = make_app(store)
+    add_user(app)
+    client = app.test_client()
+    response = login(client)
+    assert response.status_code == 302 and response.location == "/"
+    assert client.get("/profile").data == b"profile of matt@lp.com"
+
+
+def test_json_login_returns_id_and_token(store, make_app):
+    app = make_app(store)
+    user_id = add_user(app)
+    response = json_login(app.test_client())
+    assert response.status_code == 200
+    assert response.json["meta"] == {"code": 200}
+    user = response.json["response"]["user"]
+    assert user["id"] == user_id and user["authentication_token"]
+
+
+@pytest.mark.parametrize(
+    "fields, field, message",
+    [
+        (
+            {"email": "nobody@lp.com", "password": PASSWORD},
+            "email",
+            "No account matches",
+        ),
+        ({"email": "matt@lp.com", "password": "wrong password"}, "password", "wrong"),
+        ({"email": "", "password": PASSWORD}, "email", "enter your email"),
+        ({"email": "matt@lp.com"}, "password", "enter your password"),
+    ],
+)
+def test_json_login_errors_are_400_with_field_errors(
+    store, make_app, fields, field, message
+):
+    app = make_app(store)
+    add_user(app)
+    response = app.test_client().post("/login", json=fields)
+    assert response.status_code == 400
+    assert response.json["meta"] == {"code": 400}
+    assert message in response.json["response"]["errors"][field][0]
+
+
+def test_login_of_inactive_user_is_refused(store, make_app):
+    app = make_app(store)
+    add_user(app, active=False)
+    response = json_login(app.test_client())
+    assert response.json["response"]["errors"]["email"] == ["This account is disabled."]
+
+
+def test_login_of_user_without_password_is_refused(make_app):
+    app = make_app()
+    add_user(app, password=None)
+    response = json_login(app.test_client())
+    assert response.json["response"]["errors"]["password"] == [
+        "This account has no password set."
+    ]
+
+
+def test_html_login_error_is_shown_on_the_form(app):
+    response = login(app.test_client(), email="nobody@lp.com")
+    assert response.status_code == 200
+    assert b"No account matches this email address." in response.data
+
+
+def test_generic_responses_hide_which_part_was_wrong(make_app):
+    app = make_app(SECURITY_RETURN_GENERIC_RESPONSES=True)
+    add_user(app)
+    client = app.test_client()
+    unknown = json_login(client, email="nobody@lp.com").json["response"]["errors"]
+    wrong = json_login(client, password="wrong password").json["response"]["errors"]
+    assert unknown == wrong == {"password": ["The email address or password is wrong."]}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[1, 2]", b'"text"', b"{not json", b"\xff\xfe\x00garbage"],
+)
+def test_malformed_json_body_is_a_400(app, body):
+    response = app.test_client().post(
+        "/login", data=body, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert response.json["meta"]["code"] == 400
+
+
+def test_wrongly_typed_json_field_is_a_400_field_error(app):
+    response = app.test_client().post(
+        "/login", json={"email": ["a", "b"], "password": {"x": 1}}
+    )
+    assert response.status_code == 400
+    assert set(response.json["response"]["errors"]) == {"email", "password"}
+
+
+def test_huge_body_is_refused_with_413(app):
+    response = app.test_client().post(
+        "/login", json={"email": "a" * 100_000, "password": "x"}
+    )
+    assert response.status_code == 413
+
+
+def test_non_utf8_form_body_is_a_form_error_not_a_500(app):
+    response = app.test_client().post(
+        "/login",
+        data=b"email=%ff%fe&password=%ff",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert response.status_code == 200
+
+
+def test_json_login_needs_csrf_token_when_csrf_is_on(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True)
+    add_user(app)
+    response = json_login(app.test_client())
+    assert response.status_code == 400
+    assert "csrf_token" in response.json["response"]["errors"]
+
+
+def test_json_login_accepts_csrf_token_in_header(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True)
+    add_user(app)
+    client = app.test_client()
+    page = client.get("/login").data.decode()
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    response = client.post(
+        "/login",
+        json={"email": "matt@lp.com", "password": PASSWORD},
+        headers={"X-CSRFToken": token},
+    )
+    assert response.status_code == 200
+
+
+def test_default_remember_me_checks_the_box(make_app):
+    app = make_app(SECURITY_DEFAULT_REMEMBER_ME=True)
+    page = app.test_client().get("/login").get_data(as_text=True)
+    assert re.search(r'<input checked[^>]*name="remember"', page)
+
+
+def test_logout_goes_to_post_logout_view(make_app):
+    app = make_app(SECURITY_POST_LOGOUT_VIEW="profile")
+    assert app.test_client().get("/logout").location == "/profile"
+
+
+def test_logout_follows_a_safe_next(app):
+    response = app.test_client().get("/logout?next=/profile")
+    assert response.location == "/profile"
+
+
+def test_post_login_view_accepts_an_endpoint(make_app):
+    app = make_app(SECURITY_POST_LOGIN_VIEW="profile")
+    add_user(app)
+    assert login(app.test_client()).location == "/profile"
+
+
+def test_logout_methods_setting_limits_logout(make_app):
+    app = make_app(SECURITY_LOGOUT_METHODS=["POST"])
+    assert app.test_client().get("/logout").status_code == 405
+
+
+def test_blueprint_name_prefix_and_subdomain(make_app):
+    app = make_app(
+        SECURITY_BLUEPRINT_NAME="auth",
+        SECURITY_URL_PREFIX="/account",
+        SERVER_NAME="example.test",
+        SECURITY_SUBDOMAIN="id",
+    )
+    with app.test_request_context():
+        assert fsl.url_for_security("login", _external=True) == (
+            "http://id.example.test/account/login"
+        )
+    (rule,) = [r for r in app.url_map.iter_rules() if r.endpoint == "auth.login"]
+    assert (rule.rule, rule.subdomain) == ("/account/login", "id")
+
+
+def test_register_blueprint_false_adds_no_views(make_app):
+    app = make_app(security_kwargs={"register_blueprint": False})
+    assert app.test_client().get("/login").status_code == 404
+
+
+def test_without_the_blueprint_emails_still_render(make_app):
+    app = make_app(security_kwargs={"register_blueprint": False})
+    add_user(app)
+    with app.test_request_context(), app.mail.record_messages() as outbox:
+        user = app.datastore.find_user(email="matt@lp.com")
+        fsl.send_mail("Hi", "matt@lp.com", "reset_notice", user=user)
+    assert "matt@lp.com" in outbox[0].body
+
+
+def test_without_the_blueprint_login_required_answers_401(make_app):
+    app = make_app(security_kwargs={"register_blueprint": False})
+    assert app.test_client().get("/profile").status_code == 401
+
+
+def test_login_form_override_and_context_processors(make_app, tmp_path):
+    (tmp_path / "security").mkdir()
+    (tmp_path / "security" / "login_user.html").write_text(
+        "{{ hello }} {{ only_login }} {{ login_user_form.__class__.__name__ }}"
+    )
+
+    class MyLoginForm(fsl.LoginForm):
+        pass
+
+    app = make_app(
+        template_folder=str(tmp_path), security_kwargs={"login_form": MyLoginForm}
+    )
+    app.security.context_processor(lambda: {"hello": "world"})
+    app.security.login_context_processor(lambda: {"only_login": "yes"})
+    assert app.test_client().get("/login").data == b"world yes MyLoginForm"
+
+
+def test_login_template_setting_overrides_the_template(make_app, tmp_path):
+    (tmp_path / "mine.html").write_text("my login page")
+    app = make_app(
+        template_folder=str(tmp_path), SECURITY_LOGIN_USER_TEMPLATE="mine.html"
+    )
+    assert app.test_client().get("/login").data == b"my login page"
+
+
+def test_authenticated_get_of_login_goes_to_post_login_view(app):
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    assert client.get("/login").location == "/"
+
+
+def test_login_post_by_a_logged_in_user_goes_to_post_login_view(app):
+    add_user(app)
+    add_user(app, "other@lp.com")
+    client = app.test_client()
+    login(client)
+    response = login(client, "other@lp.com")
+    assert response.status_code == 302 and response.location == "/"
+    assert client.get("/profile").data == b"profile of matt@lp.com"
+
+
+# =============================================================================
+# 16. Views and blueprint: templates and per-view context processors
+# =============================================================================
+
 
 ALL_FLOWS = dict(
     SECURITY_REGISTERABLE=True,
@@ -4554,8 +4552,14 @@ def test_a_174_style_page_imports_our_macros_and_includes(make_app, tmp_path):
 
 #: Field names the views read, and a few they do not.
 FUZZ_FIELDS = ["email", "password", "password_confirm", "new_password"]
+
+
 FUZZ_FIELDS += ["new_password_confirm", "remember", "next", "auth_token", "csrf_token"]
+
+
 FUZZ_FIELDS += ["username", "id", "__proto__"]
+
+
 #: Statuses a view may answer; anything else (a 5xx above all) is a bug.
 FUZZ_STATUSES = {200, 302, 303, 400, 401, 403, 404, 413}
 
@@ -4655,6 +4659,37 @@ def _user_rows(app):
         return [(u.email, u.password) for u in app.datastore.db.session.query(model)]
 
 
+def test_app_templates_see_url_for_security_and_security(make_app, tmp_path):
+    (tmp_path / "home.html").write_text(
+        "{{ url_for_security('login') }} {{ security.registerable }}"
+    )
+    app = make_app(template_folder=str(tmp_path), SECURITY_REGISTERABLE=True)
+
+    @app.route("/home")
+    def home():
+        return flask.render_template("home.html")
+
+    assert app.test_client().get("/home").data == b"/login True"
+
+
+def test_views_render_through_security_render_template(app):
+    rendered = []
+
+    def render_template(template, **context):
+        rendered.append(template)
+        return f"rendered {template} with {sorted(context)[0]}"
+
+    app.security.render_template = render_template
+    page = app.test_client().get("/login").get_data(as_text=True)
+    assert rendered == ["security/login_user.html"]
+    assert page.startswith("rendered security/login_user.html")
+
+
+# =============================================================================
+# 16. Views and blueprint: what the attack review found
+# =============================================================================
+
+
 @pytest.mark.parametrize("site", list(FUZZ_SITES))
 @pytest.mark.parametrize("logged_in", [False, True])
 def test_fuzzed_bodies_never_cause_a_server_error_or_a_partial_row(
@@ -4699,10 +4734,6 @@ def test_fuzzed_bodies_never_cause_a_server_error_or_a_partial_row(
 
     send()
 
-
-# =============================================================================
-# 15. Views: what the attack review found
-# =============================================================================
 
 #: The requests that email a link, each with the config that offers it.
 LINK_MAILERS = {
@@ -5068,32 +5099,6 @@ def test_registration_with_confirmation_gives_no_token_and_no_session(make_app):
     )
 
 
-def test_app_templates_see_url_for_security_and_security(make_app, tmp_path):
-    (tmp_path / "home.html").write_text(
-        "{{ url_for_security('login') }} {{ security.registerable }}"
-    )
-    app = make_app(template_folder=str(tmp_path), SECURITY_REGISTERABLE=True)
-
-    @app.route("/home")
-    def home():
-        return flask.render_template("home.html")
-
-    assert app.test_client().get("/home").data == b"/login True"
-
-
-def test_views_render_through_security_render_template(app):
-    rendered = []
-
-    def render_template(template, **context):
-        rendered.append(template)
-        return f"rendered {template} with {sorted(context)[0]}"
-
-    app.security.render_template = render_template
-    page = app.test_client().get("/login").get_data(as_text=True)
-    assert rendered == ["security/login_user.html"]
-    assert page.startswith("rendered security/login_user.html")
-
-
 # =============================================================================
 # 17. Command line
 # =============================================================================
@@ -5198,6 +5203,248 @@ def test_cli_tf_reset_bad_input_is_a_clear_error(make_app, email, fragment):
 
 
 # =============================================================================
+# 18. The Security extension
+# =============================================================================
+
+
+def test_one_security_serves_two_apps_with_different_config(make_app):
+    shared = Security()
+    first = make_app(security=shared, SECURITY_LOGIN_URL="/one")
+    second = make_app(
+        security=shared, SECURITY_LOGIN_URL="/two", SECURITY_REGISTERABLE=True
+    )
+    assert first.datastore is not second.datastore
+    with first.test_request_context():
+        assert shared.login_url == "/one"
+        assert shared.datastore is first.datastore
+        assert shared.registerable is False
+    with second.test_request_context():
+        assert shared.login_url == "/two"
+        assert shared.datastore is second.datastore
+        assert shared.registerable is True
+    assert first.test_client().get("/one").status_code == 200
+    assert second.test_client().get("/register").status_code == 200
+    assert first.test_client().get("/register").status_code == 404
+
+
+def test_security_object_answers_for_its_only_app_outside_a_context(make_app):
+    app = make_app(SECURITY_CONFIRMABLE=True)
+    security = app.security
+    assert security.datastore is app.datastore
+    assert security.login_manager is app.login_manager
+    assert security.pwd_context is app.extensions["security"].pwd_context
+    assert security.confirmable is True
+    assert hasattr(security, "registerable") and not hasattr(security, "no_such")
+
+
+def test_security_object_of_two_apps_needs_a_context(make_app):
+    security = Security()
+    first, second = make_app(security=security), make_app(security=security)
+    with second.app_context():
+        assert security.datastore is second.datastore
+    with first.app_context():
+        assert security.datastore is first.datastore
+    with pytest.raises(RuntimeError, match="several apps"):
+        assert security.login_manager is None
+
+
+def test_state_attributes_are_real_attributes(app):
+    state = app.extensions["security"]
+    assert vars(state)["login_url"] == "/login"
+    assert vars(state)["datastore"] is app.datastore
+
+
+def test_unknown_security_argument_is_refused():
+    with pytest.raises(TypeError):
+        Security(datastore=object(), login_from=object())
+
+
+# =============================================================================
+# 18. The Security extension: mistakes caught at startup
+# =============================================================================
+
+
+def _app_with_user_fields(fields, roles_on_role_side=False, **config):
+    """An app whose user model has only ``fields`` (and an id); not yet secured."""
+    from flask_sqlalchemy import SQLAlchemy
+
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="k", SQLALCHEMY_DATABASE_URI="sqlite://", **config)
+    db = SQLAlchemy(app)
+    link = db.Table(
+        "roles_users",
+        db.Column("user_id", db.ForeignKey("user.id")),
+        db.Column("role_id", db.ForeignKey("role.id")),
+    )
+    columns = {"id": db.Column(db.Integer, primary_key=True)}
+    for name in fields:
+        if name == "roles":
+            if not roles_on_role_side:
+                columns["roles"] = db.relationship("Role", secondary=link)
+        else:
+            columns[name] = db.Column(db.String(255))
+    role_columns = {
+        "id": db.Column(db.Integer, primary_key=True),
+        "name": db.Column(db.String(80)),
+    }
+    if roles_on_role_side:
+        role_columns["users"] = db.relationship("User", secondary=link, backref="roles")
+    role = type("Role", (db.Model, fsl.RoleMixin), role_columns)
+    user = type("User", (db.Model, fsl.UserMixin), columns)
+    return app, fsl.SQLAlchemyUserDatastore(db, user, role)
+
+
+ALWAYS_NEEDED = ["email", "password", "active", "roles"]
+
+
+@pytest.mark.parametrize(
+    "missing, config, needed_by",
+    [
+        ("active", {}, ""),
+        ("roles", {}, ""),
+        ("confirmed_at", {"SECURITY_CONFIRMABLE": True}, "SECURITY_CONFIRMABLE"),
+        ("login_count", {"SECURITY_TRACKABLE": True}, "SECURITY_TRACKABLE"),
+        ("current_login_ip", {"SECURITY_TRACKABLE": True}, "SECURITY_TRACKABLE"),
+    ],
+)
+def test_user_model_missing_a_needed_field_is_refused_at_init_app(
+    missing, config, needed_by
+):
+    fields = ALWAYS_NEEDED + list(fsl._USER_FIELDS["TRACKABLE"]) + ["confirmed_at"]
+    fields.remove(missing)
+    app, datastore = _app_with_user_fields(fields, **config)
+    with pytest.raises(RuntimeError) as error:
+        Security(app, datastore)
+    message = str(error.value)
+    assert f"the user model User has no {missing!r} field" in message
+    assert needed_by in message and "add it" in message
+
+
+def test_fields_of_features_that_are_off_are_not_needed():
+    app, datastore = _app_with_user_fields(ALWAYS_NEEDED)
+    Security(app, datastore)  # no confirmed_at, no trackable fields: both off
+
+
+def test_roles_made_by_a_backref_on_the_role_model_count():
+    app, datastore = _app_with_user_fields(ALWAYS_NEEDED, roles_on_role_side=True)
+    Security(app, datastore)
+
+
+def test_username_login_needs_a_username_field():
+    app, datastore = _app_with_user_fields(
+        ALWAYS_NEEDED, SECURITY_USER_IDENTITY_ATTRIBUTES="email, username"
+    )
+    with pytest.raises(RuntimeError, match="has no 'username' field"):
+        Security(app, datastore)
+
+
+@pytest.mark.parametrize("value", ["soon", "5 dayz", "five days", 5])
+def test_unparsable_link_lifetime_is_refused_at_init_app(make_app, value):
+    with pytest.raises(RuntimeError) as error:
+        make_app(SECURITY_RESET_PASSWORD_WITHIN=value)
+    assert "SECURITY_RESET_PASSWORD_WITHIN must look like '5 days'" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "key, real",
+    [("SECURITY_REGISTRABLE", "SECURITY_REGISTERABLE")]
+    + [
+        (f"SECURITY_{switch}S", f"SECURITY_{switch}")
+        for switch in fsl._FEATURE_SWITCHES
+    ],
+)
+def test_misspelt_feature_switch_is_refused_with_the_right_key(make_app, key, real):
+    with pytest.raises(RuntimeError) as error:
+        make_app(**{key: True})
+    assert f"{key} is not a setting: did you mean {real}?" in str(error.value)
+
+
+def test_unknown_setting_warns_with_the_closest_key(make_app, caplog):
+    make_app(SECURITY_POST_LOGIN_VEIW="/home", SECURITY_COLOUR_SCHEME="dark")
+    assert (
+        "SECURITY_POST_LOGIN_VEIW is not a flask-security-lite setting "
+        "(did you mean SECURITY_POST_LOGIN_VIEW?)"
+    ) in caplog.text
+    assert "SECURITY_COLOUR_SCHEME is not a flask-security-lite setting\n" in (
+        caplog.text + "\n"
+    )
+
+
+def test_known_settings_and_messages_do_not_warn(make_app, caplog):
+    make_app(SECURITY_MSG_PASSWORD_IS_SAME=("Same.", "error"), **ALL_FLOWS)
+    assert "not a flask-security-lite setting" not in caplog.text
+
+
+@pytest.mark.parametrize("feature", ["REGISTERABLE", "RECOVERABLE", "PASSWORDLESS"])
+def test_mail_feature_without_mail_fails_on_the_first_request(make_app, feature):
+    app = make_app(**{f"SECURITY_{feature}": True})
+    del app.extensions["mail"]
+    with pytest.raises(RuntimeError) as error:
+        app.test_client().get("/")
+    assert f"SECURITY_{feature} send mail" in str(error.value)
+    assert "Mail(app)" in str(error.value) and "@security.send_mail_task" in str(
+        error.value
+    )
+
+
+def test_a_send_mail_task_registered_after_init_app_is_enough(make_app):
+    app = make_app(**ALL_FLOWS)
+    del app.extensions["mail"]
+    app.security.send_mail_task(lambda message: None)
+    assert app.test_client().get("/").status_code == 200
+
+
+def test_mail_features_whose_mail_is_off_need_no_mail(make_app):
+    app = make_app(
+        SECURITY_REGISTERABLE=True,
+        SECURITY_SEND_REGISTER_EMAIL=False,
+        SECURITY_CHANGEABLE=True,
+        SECURITY_SEND_PASSWORD_CHANGE_EMAIL=False,
+    )
+    del app.extensions["mail"]
+    assert app.test_client().get("/").status_code == 200
+
+
+def test_dead_passlib_beside_modern_bcrypt_is_named_with_its_fix(
+    make_app, monkeypatch, caplog
+):
+    import passlib
+    import passlib.handlers.bcrypt
+
+    monkeypatch.setattr(passlib, "__version__", "1.7.4")
+    make_app()  # bcrypt is among the schemes verified: a warning
+    assert "passlib 1.7.4 is installed" in caplog.text
+    assert "pip install --force-reinstall 'libpass>=1.9'" in caplog.text
+
+    def broken_backend(*args, **kwargs):
+        raise ValueError("password cannot be longer than 72 bytes")
+
+    monkeypatch.setattr(passlib.handlers.bcrypt.bcrypt, "get_backend", broken_backend)
+    with pytest.raises(RuntimeError, match="pip uninstall -y passlib"):
+        make_app(SECURITY_PASSWORD_HASH="bcrypt")
+
+
+@pytest.mark.parametrize(
+    "scheme, package", [("argon2", "argon2-cffi"), ("bcrypt", "bcrypt")]
+)
+def test_missing_hashing_backend_names_the_package_and_the_extra(
+    make_app, monkeypatch, scheme, package
+):
+    import passlib.hash
+
+    def no_backend(*args, **kwargs):
+        raise passlib.exc.MissingBackendError(f"{scheme}: no backends available")
+
+    monkeypatch.setattr(getattr(passlib.hash, scheme), "get_backend", no_backend)
+    with pytest.raises(RuntimeError) as error:
+        make_app(SECURITY_PASSWORD_HASH=scheme)
+    assert (
+        f"pip install {package} (or pip install 'flask-security-lite[{scheme}]')"
+        in (str(error.value))
+    )
+
+
+# =============================================================================
 # 19. Flask-Security 1.7.4's module names, and a 1.7.4 application
 # =============================================================================
 
@@ -5247,6 +5494,7 @@ NAMES_174 = {
     "registerable": "register_user",
     "passwordless": "send_login_instructions generate_login_token login_token_status",
 }
+
 
 #: 1.7.4 names that are other libraries' objects, or ours under another name.
 OBJECTS_174 = {
@@ -5565,6 +5813,7 @@ def check_password(password):
     return str(verify_password(password, current_user.password))
 '''
 
+
 #: The catalogue's templates, written the way 1.7.4 applications copied theirs.
 TEMPLATES_174 = {
     "index.html": """
@@ -5767,191 +6016,6 @@ def test_principal_absent_leaves_roles_working(make_app, monkeypatch):
     client = app.test_client()
     login(client)
     assert client.get("/admin").data == b"admin"
-
-
-# =============================================================================
-# 17. The Security extension: mistakes caught at startup
-# =============================================================================
-
-
-def _app_with_user_fields(fields, roles_on_role_side=False, **config):
-    """An app whose user model has only ``fields`` (and an id); not yet secured."""
-    from flask_sqlalchemy import SQLAlchemy
-
-    app = Flask(__name__)
-    app.config.update(SECRET_KEY="k", SQLALCHEMY_DATABASE_URI="sqlite://", **config)
-    db = SQLAlchemy(app)
-    link = db.Table(
-        "roles_users",
-        db.Column("user_id", db.ForeignKey("user.id")),
-        db.Column("role_id", db.ForeignKey("role.id")),
-    )
-    columns = {"id": db.Column(db.Integer, primary_key=True)}
-    for name in fields:
-        if name == "roles":
-            if not roles_on_role_side:
-                columns["roles"] = db.relationship("Role", secondary=link)
-        else:
-            columns[name] = db.Column(db.String(255))
-    role_columns = {
-        "id": db.Column(db.Integer, primary_key=True),
-        "name": db.Column(db.String(80)),
-    }
-    if roles_on_role_side:
-        role_columns["users"] = db.relationship("User", secondary=link, backref="roles")
-    role = type("Role", (db.Model, fsl.RoleMixin), role_columns)
-    user = type("User", (db.Model, fsl.UserMixin), columns)
-    return app, fsl.SQLAlchemyUserDatastore(db, user, role)
-
-
-ALWAYS_NEEDED = ["email", "password", "active", "roles"]
-
-
-@pytest.mark.parametrize(
-    "missing, config, needed_by",
-    [
-        ("active", {}, ""),
-        ("roles", {}, ""),
-        ("confirmed_at", {"SECURITY_CONFIRMABLE": True}, "SECURITY_CONFIRMABLE"),
-        ("login_count", {"SECURITY_TRACKABLE": True}, "SECURITY_TRACKABLE"),
-        ("current_login_ip", {"SECURITY_TRACKABLE": True}, "SECURITY_TRACKABLE"),
-    ],
-)
-def test_user_model_missing_a_needed_field_is_refused_at_init_app(
-    missing, config, needed_by
-):
-    fields = ALWAYS_NEEDED + list(fsl._USER_FIELDS["TRACKABLE"]) + ["confirmed_at"]
-    fields.remove(missing)
-    app, datastore = _app_with_user_fields(fields, **config)
-    with pytest.raises(RuntimeError) as error:
-        Security(app, datastore)
-    message = str(error.value)
-    assert f"the user model User has no {missing!r} field" in message
-    assert needed_by in message and "add it" in message
-
-
-def test_fields_of_features_that_are_off_are_not_needed():
-    app, datastore = _app_with_user_fields(ALWAYS_NEEDED)
-    Security(app, datastore)  # no confirmed_at, no trackable fields: both off
-
-
-def test_roles_made_by_a_backref_on_the_role_model_count():
-    app, datastore = _app_with_user_fields(ALWAYS_NEEDED, roles_on_role_side=True)
-    Security(app, datastore)
-
-
-def test_username_login_needs_a_username_field():
-    app, datastore = _app_with_user_fields(
-        ALWAYS_NEEDED, SECURITY_USER_IDENTITY_ATTRIBUTES="email, username"
-    )
-    with pytest.raises(RuntimeError, match="has no 'username' field"):
-        Security(app, datastore)
-
-
-@pytest.mark.parametrize("value", ["soon", "5 dayz", "five days", 5])
-def test_unparsable_link_lifetime_is_refused_at_init_app(make_app, value):
-    with pytest.raises(RuntimeError) as error:
-        make_app(SECURITY_RESET_PASSWORD_WITHIN=value)
-    assert "SECURITY_RESET_PASSWORD_WITHIN must look like '5 days'" in str(error.value)
-
-
-@pytest.mark.parametrize(
-    "key, real",
-    [("SECURITY_REGISTRABLE", "SECURITY_REGISTERABLE")]
-    + [
-        (f"SECURITY_{switch}S", f"SECURITY_{switch}")
-        for switch in fsl._FEATURE_SWITCHES
-    ],
-)
-def test_misspelt_feature_switch_is_refused_with_the_right_key(make_app, key, real):
-    with pytest.raises(RuntimeError) as error:
-        make_app(**{key: True})
-    assert f"{key} is not a setting: did you mean {real}?" in str(error.value)
-
-
-def test_unknown_setting_warns_with_the_closest_key(make_app, caplog):
-    make_app(SECURITY_POST_LOGIN_VEIW="/home", SECURITY_COLOUR_SCHEME="dark")
-    assert (
-        "SECURITY_POST_LOGIN_VEIW is not a flask-security-lite setting "
-        "(did you mean SECURITY_POST_LOGIN_VIEW?)"
-    ) in caplog.text
-    assert "SECURITY_COLOUR_SCHEME is not a flask-security-lite setting\n" in (
-        caplog.text + "\n"
-    )
-
-
-def test_known_settings_and_messages_do_not_warn(make_app, caplog):
-    make_app(SECURITY_MSG_PASSWORD_IS_SAME=("Same.", "error"), **ALL_FLOWS)
-    assert "not a flask-security-lite setting" not in caplog.text
-
-
-@pytest.mark.parametrize("feature", ["REGISTERABLE", "RECOVERABLE", "PASSWORDLESS"])
-def test_mail_feature_without_mail_fails_on_the_first_request(make_app, feature):
-    app = make_app(**{f"SECURITY_{feature}": True})
-    del app.extensions["mail"]
-    with pytest.raises(RuntimeError) as error:
-        app.test_client().get("/")
-    assert f"SECURITY_{feature} send mail" in str(error.value)
-    assert "Mail(app)" in str(error.value) and "@security.send_mail_task" in str(
-        error.value
-    )
-
-
-def test_a_send_mail_task_registered_after_init_app_is_enough(make_app):
-    app = make_app(**ALL_FLOWS)
-    del app.extensions["mail"]
-    app.security.send_mail_task(lambda message: None)
-    assert app.test_client().get("/").status_code == 200
-
-
-def test_mail_features_whose_mail_is_off_need_no_mail(make_app):
-    app = make_app(
-        SECURITY_REGISTERABLE=True,
-        SECURITY_SEND_REGISTER_EMAIL=False,
-        SECURITY_CHANGEABLE=True,
-        SECURITY_SEND_PASSWORD_CHANGE_EMAIL=False,
-    )
-    del app.extensions["mail"]
-    assert app.test_client().get("/").status_code == 200
-
-
-def test_dead_passlib_beside_modern_bcrypt_is_named_with_its_fix(
-    make_app, monkeypatch, caplog
-):
-    import passlib
-    import passlib.handlers.bcrypt
-
-    monkeypatch.setattr(passlib, "__version__", "1.7.4")
-    make_app()  # bcrypt is among the schemes verified: a warning
-    assert "passlib 1.7.4 is installed" in caplog.text
-    assert "pip install --force-reinstall 'libpass>=1.9'" in caplog.text
-
-    def broken_backend(*args, **kwargs):
-        raise ValueError("password cannot be longer than 72 bytes")
-
-    monkeypatch.setattr(passlib.handlers.bcrypt.bcrypt, "get_backend", broken_backend)
-    with pytest.raises(RuntimeError, match="pip uninstall -y passlib"):
-        make_app(SECURITY_PASSWORD_HASH="bcrypt")
-
-
-@pytest.mark.parametrize(
-    "scheme, package", [("argon2", "argon2-cffi"), ("bcrypt", "bcrypt")]
-)
-def test_missing_hashing_backend_names_the_package_and_the_extra(
-    make_app, monkeypatch, scheme, package
-):
-    import passlib.hash
-
-    def no_backend(*args, **kwargs):
-        raise passlib.exc.MissingBackendError(f"{scheme}: no backends available")
-
-    monkeypatch.setattr(getattr(passlib.hash, scheme), "get_backend", no_backend)
-    with pytest.raises(RuntimeError) as error:
-        make_app(SECURITY_PASSWORD_HASH=scheme)
-    assert (
-        f"pip install {package} (or pip install 'flask-security-lite[{scheme}]')"
-        in (str(error.value))
-    )
 
 
 # =============================================================================
@@ -6686,8 +6750,11 @@ def test_every_default_page_passes_axe(
 # Under load: the example app on gunicorn (4 workers) and PostgreSQL
 # =============================================================================
 
+
 #: Users registered by the load test; a few register twice at once, in two cases.
 LOAD_USERS = 24
+
+
 #: Wrong passwords that lock an account in the load test.
 LOAD_LOCKOUT_ATTEMPTS = 5
 
