@@ -50,6 +50,9 @@ app.config.update(
     SECURITY_CHANGEABLE=True,
     SECURITY_TRACKABLE=True,
     SECURITY_PASSWORDLESS=os.environ.get("PASSWORDLESS") == "1",
+    # The demo serves this machine only, so the links it mails point here. A real
+    # site declares its own host (README: "Production checklist").
+    TRUSTED_HOSTS=["127.0.0.1", "localhost"],
 )
 # Any other setting from the environment: FLASK_SECURITY_LOCKOUT_ATTEMPTS=5 sets
 # SECURITY_LOCKOUT_ATTEMPTS (values are read as JSON when they parse as JSON).
