@@ -3300,6 +3300,14 @@ def next_code(key, steps=0):
     return fsl.totp_code(key, time.time() + 30 * steps)
 
 
+def setup_page(client):
+    """The set-up page once the password is confirmed: it shows the new key."""
+    answer = client.post(
+        "/tf-setup", data={"password": PASSWORD}, follow_redirects=True
+    )
+    return answer.get_data(True)
+
+
 def shown_key(page):
     """The key as the set-up page shows it, in groups of four."""
     return re.search(r'id="tf-key"[^>]*>([A-Z2-7 ]+)<', page).group(1)
@@ -3327,9 +3335,7 @@ def test_enrolment_in_html_then_login_needs_a_code(store, make_app):
     client = app.test_client()
     login(client)
     assert b'name="password"' in client.get("/tf-setup").data
-    page = client.post(
-        "/tf-setup", data={"password": PASSWORD}, follow_redirects=True
-    ).get_data(True)
+    page = setup_page(client)
     key = shown_key(page).replace(" ", "")
     assert "<svg" in page and "otpauth://" not in page.split("<svg")[0][-20:]
     page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
@@ -3374,11 +3380,7 @@ def test_enrolment_needs_a_right_first_code(make_app):
     add_user(app)
     client = app.test_client()
     login(client)
-    key = shown_key(
-        client.post(
-            "/tf-setup", data={"password": PASSWORD}, follow_redirects=True
-        ).get_data(True)
-    )
+    key = shown_key(setup_page(client))
     page = client.post("/tf-setup", data={"code": "000000"}).get_data(True)
     assert "This code is not valid." in page
     assert get_user(app).tf_totp_secret is None
@@ -3400,9 +3402,7 @@ def test_without_segno_the_key_is_shown_in_groups(make_app, monkeypatch):
     add_user(app)
     client = app.test_client()
     login(client)
-    page = client.post(
-        "/tf-setup", data={"password": PASSWORD}, follow_redirects=True
-    ).get_data(True)
+    page = setup_page(client)
     assert "<svg" not in page
     assert re.fullmatch(r"([A-Z2-7]{4} ){7}[A-Z2-7]{4}", shown_key(page))
 
@@ -3547,11 +3547,7 @@ def test_recovery_code_logs_in_once(store, make_app):
     add_user(app)
     client = app.test_client()
     login(client)
-    key = shown_key(
-        client.post(
-            "/tf-setup", data={"password": PASSWORD}, follow_redirects=True
-        ).get_data(True)
-    )
+    key = shown_key(setup_page(client))
     page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
     code = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page)[0]
     client.get("/logout")
@@ -3635,11 +3631,7 @@ def test_enrolling_keeps_the_current_session(make_app):
     add_user(app)
     client = app.test_client()
     login(client)
-    key = shown_key(
-        client.post(
-            "/tf-setup", data={"password": PASSWORD}, follow_redirects=True
-        ).get_data(True)
-    )
+    key = shown_key(setup_page(client))
     client.post("/tf-setup", data={"code": next_code(key)})
     assert client.get("/profile").status_code == 200
 
@@ -3747,11 +3739,7 @@ def test_new_recovery_codes_replace_the_old_ones(make_app):
     add_user(app)
     client = app.test_client()
     login(client)
-    key = shown_key(
-        client.post(
-            "/tf-setup", data={"password": PASSWORD}, follow_redirects=True
-        ).get_data(True)
-    )
+    key = shown_key(setup_page(client))
     page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
     old = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page)
     page = client.post("/tf-recovery-codes", data={"password": PASSWORD})
@@ -3769,9 +3757,7 @@ def test_two_factor_changes_are_emailed_to_the_user(make_app):
     client = app.test_client()
     login(client)
     with app.mail.record_messages() as outbox:
-        page = client.post(
-            "/tf-setup", data={"password": PASSWORD}, follow_redirects=True
-        ).get_data(True)
+        page = setup_page(client)
         key = shown_key(page).replace(" ", "")
         page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
         code = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page)[0]
@@ -3813,9 +3799,7 @@ def test_two_factor_signals(make_app):
         tf_signal.connect(receiver)
     try:
         login(client)
-        page = client.post(
-            "/tf-setup", data={"password": PASSWORD}, follow_redirects=True
-        ).get_data(True)
+        page = setup_page(client)
         key = shown_key(page).replace(" ", "")
         client.post("/tf-setup", data={"code": next_code(key)})
         client.get("/logout")
