@@ -1280,7 +1280,9 @@ def _read_token(token, purpose, max_age):
     return _TokenCheck(status, user)
 
 
-def get_token_status(token, serializer, max_age=None):
+def get_token_status(
+    token: str, serializer: str, max_age: str | None = None
+) -> tuple[bool, bool, Any]:
     """Check a token; return 1.7.4's triple ``(expired, invalid, user)``.
 
     :param token: the token from a link or request.
@@ -1303,20 +1305,20 @@ class UserMixin(flask_login.UserMixin):
     """Mixin for the user model: activity, roles and the auth token."""
 
     @property
-    def is_active(self):
+    def is_active(self) -> bool:
         """True unless the account was deactivated."""
         return bool(self.active)
 
-    def get_session_identity(self):
+    def get_session_identity(self) -> str:
         """What the session and remember cookie hold: the id bound to the password,
         so a new password ends every other session and remember cookie."""
         return f"{self.id}|{_binding('remember', self)}"
 
-    def get_auth_token(self):
+    def get_auth_token(self) -> str:
         """Return a signed token for the auth-token header or query argument."""
         return _make_token("remember", self)
 
-    def has_role(self, role):
+    def has_role(self, role: Any) -> bool:
         """True if the user has ``role``, given as a name or a Role object."""
         name = getattr(role, "name", role)
         return any(user_role.name == name for user_role in self.roles)
@@ -1338,7 +1340,7 @@ class RoleMixin:
 class AnonymousUser(flask_login.AnonymousUserMixin):
     """The user of a request nobody is logged in to."""
 
-    def has_role(self, *args):
+    def has_role(self, *args: Any) -> bool:
         """Anonymous users have no roles."""
         return False
 
@@ -2042,7 +2044,7 @@ _default_field_labels = {
 }
 
 
-def get_form_field_label(key):
+def get_form_field_label(key: str) -> str:
     """Return the label of the form field ``key`` (``email``, ``password``, ...)."""
     return _default_field_labels[key]
 
@@ -2813,7 +2815,7 @@ def _template_values(processors, context):
     return values
 
 
-def send_mail(subject, recipient, template, **context):
+def send_mail(subject: str, recipient: str, template: str, **context: Any) -> None:
     """Send ``security/email/<template>.txt`` and ``.html`` to ``recipient``.
 
     Delivered by ``@security.send_mail_task`` when one is registered, else by the
@@ -3126,7 +3128,7 @@ def _split_totp_secret(stored):
     return key, int(step) if step.isdigit() else -1
 
 
-def totp_code(key, at=None):
+def totp_code(key: str, at: float | None = None) -> str:
     """Return the six-digit code an authenticator app shows for ``key``.
 
     :param key: the base32 key (as enrolment shows it, or ``tf_totp_secret``).
@@ -3985,7 +3987,7 @@ def _undeclared_host(error):
     return _http_error(BadRequest(error.description))  # the app's own 400 page
 
 
-def create_blueprint(app, import_name=__name__):
+def create_blueprint(app: Flask, import_name: str = __name__) -> Blueprint:
     """Build the security blueprint for ``app``'s config: only enabled views exist."""
 
     def setting(key):
@@ -4223,6 +4225,12 @@ def _roles_remove(email, role):
 # =============================================================================
 
 
+#: A function a context processor decorator takes: it returns template values.
+_TemplateValues = Callable[[], dict[str, Any]]
+#: A function that delivers a ``flask_mail.Message`` instead of Flask-Mail.
+_MailTask = Callable[[Any], Any]
+
+
 class _SecurityState:
     """What ``init_app`` set up for one application. Templates see it as
     ``security``; besides the attributes below, each setting is an attribute named
@@ -4259,12 +4267,12 @@ class _SecurityState:
         """A hash in the default scheme, verified when no real one exists."""
         return hash_password("a password nobody has")
 
-    def render_template(self, *args, **kwargs):
+    def render_template(self, *args: Any, **kwargs: Any) -> str:
         """Render a security view: :meth:`Security.render_template`, unless this
         attribute is replaced for this app."""
         return self.security.render_template(*args, **kwargs)
 
-    def send_mail_task(self, function):
+    def send_mail_task(self, function: _MailTask) -> _MailTask:
         """1.7.4 offered this on the state too: :meth:`Security.send_mail_task`."""
         return self.security.send_mail_task(function)
 
@@ -4564,7 +4572,13 @@ class Security:
     :param kwargs: ``register_blueprint`` and the form overrides of ``init_app``.
     """
 
-    def __init__(self, app=None, datastore=None, register_blueprint=True, **forms):
+    def __init__(
+        self,
+        app: Flask | None = None,
+        datastore: UserDatastore | None = None,
+        register_blueprint: bool = True,
+        **forms: type[Form],
+    ) -> None:
         _check_form_names(forms)
         self._datastore = datastore
         self._register_blueprint = register_blueprint
@@ -4576,7 +4590,13 @@ class Security:
         if app is not None:
             self.init_app(app, datastore)
 
-    def init_app(self, app, datastore=None, register_blueprint=None, **forms):
+    def init_app(
+        self,
+        app: Flask,
+        datastore: UserDatastore | None = None,
+        register_blueprint: bool | None = None,
+        **forms: type[Form],
+    ) -> _SecurityState:
         """Set up security on ``app``: settings, Flask-Login, the views and the
         ``flask users`` / ``flask roles`` commands.
 
@@ -4647,70 +4667,86 @@ class Security:
         self._context_processors[view].append(function)
         return function
 
-    def context_processor(self, function):
+    def context_processor(self, function: _TemplateValues) -> _TemplateValues:
         """Add template values to every security view."""
         return self._add_context_processor("all", function)
 
-    def forgot_password_context_processor(self, function):
+    def forgot_password_context_processor(
+        self, function: _TemplateValues
+    ) -> _TemplateValues:
         """Add template values to the forgot-password view."""
         return self._add_context_processor("forgot_password", function)
 
-    def login_context_processor(self, function):
+    def login_context_processor(self, function: _TemplateValues) -> _TemplateValues:
         """Add template values to the login view."""
         return self._add_context_processor("login", function)
 
-    def register_context_processor(self, function):
+    def register_context_processor(self, function: _TemplateValues) -> _TemplateValues:
         """Add template values to the register view."""
         return self._add_context_processor("register", function)
 
-    def reset_password_context_processor(self, function):
+    def reset_password_context_processor(
+        self, function: _TemplateValues
+    ) -> _TemplateValues:
         """Add template values to the reset-password view."""
         return self._add_context_processor("reset_password", function)
 
-    def change_password_context_processor(self, function):
+    def change_password_context_processor(
+        self, function: _TemplateValues
+    ) -> _TemplateValues:
         """Add template values to the change-password view."""
         return self._add_context_processor("change_password", function)
 
-    def send_confirmation_context_processor(self, function):
+    def send_confirmation_context_processor(
+        self, function: _TemplateValues
+    ) -> _TemplateValues:
         """Add template values to the resend-confirmation view."""
         return self._add_context_processor("send_confirmation", function)
 
-    def send_login_context_processor(self, function):
+    def send_login_context_processor(
+        self, function: _TemplateValues
+    ) -> _TemplateValues:
         """Add template values to the passwordless login view."""
         return self._add_context_processor("send_login", function)
 
-    def tf_setup_context_processor(self, function):
+    def tf_setup_context_processor(self, function: _TemplateValues) -> _TemplateValues:
         """Add template values to the two-factor set-up view."""
         return self._add_context_processor("tf_setup", function)
 
-    def tf_validate_context_processor(self, function):
+    def tf_validate_context_processor(
+        self, function: _TemplateValues
+    ) -> _TemplateValues:
         """Add template values to the code step of a login."""
         return self._add_context_processor("tf_validate", function)
 
-    def tf_rescue_context_processor(self, function):
+    def tf_rescue_context_processor(self, function: _TemplateValues) -> _TemplateValues:
         """Add template values to the recovery-code step of a login."""
         return self._add_context_processor("tf_rescue", function)
 
-    def tf_disable_context_processor(self, function):
+    def tf_disable_context_processor(
+        self, function: _TemplateValues
+    ) -> _TemplateValues:
         """Add template values to the page turning two-factor login off."""
         return self._add_context_processor("tf_disable", function)
 
-    def tf_recovery_codes_context_processor(self, function):
+    def tf_recovery_codes_context_processor(
+        self, function: _TemplateValues
+    ) -> _TemplateValues:
         """Add template values to the recovery-codes page."""
         return self._add_context_processor("tf_recovery_codes", function)
 
-    def mail_context_processor(self, function):
+    def mail_context_processor(self, function: _TemplateValues) -> _TemplateValues:
         """Add template values to every security email."""
         self._mail_context_processors.append(function)
         return function
 
-    def send_mail_task(self, function):
+    def send_mail_task(self, function: _MailTask) -> _MailTask:
         """Deliver security emails with ``function(message)`` instead of Flask-Mail,
         e.g. to queue them; ``message`` is a ``flask_mail.Message``."""
         self._send_mail_task = function
         return function
 
-    def render_template(self, *args, **kwargs):
+    def render_template(self, *args: Any, **kwargs: Any) -> str:
         """Render a security view's template: Flask's ``render_template``. Replace
         it (``security.render_template = f``, or in a subclass) to render the views
         your way, e.g. inside an admin layout."""
@@ -4820,7 +4856,7 @@ def _export_submodules():
         globals()[short] = module
 
 
-def install_as_flask_security():
+def install_as_flask_security() -> None:
     """Make ``import flask_security`` and its 1.7.4 submodules
     (``flask_security.utils``, ...) give this module, so a 1.7.4 application runs
     without editing its imports. Call it once, before the app imports them::
