@@ -1430,21 +1430,21 @@ class UserDatastore:
     :param role_model: the role model class.
     """
 
-    def __init__(self, user_model, role_model):
+    def __init__(self, user_model: type, role_model: type) -> None:
         self.user_model = user_model
         self.role_model = role_model
 
     # -- what an adapter provides ------------------------------------------------
 
-    def put(self, model):
+    def put(self, model: Any) -> Any:
         """Stage ``model`` for saving and return it."""
         raise NotImplementedError
 
-    def delete(self, model):
+    def delete(self, model: Any) -> None:
         """Delete ``model``."""
         raise NotImplementedError
 
-    def commit(self):
+    def commit(self) -> None:
         """Make staged writes durable (raise DatastoreConflictError on a
         duplicate); nothing to do for a store that writes at ``put``."""
 
@@ -1458,7 +1458,9 @@ class UserDatastore:
         normalised (Flask-SQLAlchemy on 1.7.4 stored them as typed)."""
         raise NotImplementedError
 
-    def compare_and_set(self, user, expected, changes):
+    def compare_and_set(
+        self, user: Any, expected: dict[str, Any], changes: dict[str, Any]
+    ) -> bool:
         """Write ``changes`` to ``user``'s row only if it still holds ``expected``.
 
         One atomic write (``UPDATE ... WHERE``, or an update with a filter), durable
@@ -1482,11 +1484,11 @@ class UserDatastore:
         self.commit()
         return True
 
-    def find_role(self, *args, **kwargs):
+    def find_role(self, *args: Any, **kwargs: Any) -> Any:
         """Return the role named ``role``, or None."""
         raise NotImplementedError
 
-    def get_user_by_id(self, user_id):
+    def get_user_by_id(self, user_id: Any) -> Any:
         """Return the user with primary key ``user_id`` (any type), or None.
 
         The adapters look the key up; this default asks ``find_user(id=...)``, as
@@ -1504,7 +1506,7 @@ class UserDatastore:
 
     # -- shared logic --------------------------------------------------------------
 
-    def find_user(self, *args, **kwargs):
+    def find_user(self, *args: Any, **kwargs: Any) -> Any:
         """Return the user matching every keyword, or None.
 
         ``email`` is compared by :func:`normalize_email` with an equality on the
@@ -1525,13 +1527,13 @@ class UserDatastore:
             found = self._find_user_unnormalised({**kwargs, "email": email.strip()})
         return found
 
-    def get_user(self, id_or_email):
+    def get_user(self, id_or_email: Any) -> Any:
         """Return the user with this id, or whose identity attribute has this value."""
         return self.get_user_by_id(id_or_email) or self.find_user_by_identity(
             id_or_email
         )
 
-    def find_user_by_identity(self, identifier):
+    def find_user_by_identity(self, identifier: Any) -> Any:
         """Return the user one of ``SECURITY_USER_IDENTITY_ATTRIBUTES`` matches."""
         if not isinstance(identifier, str) or not identifier.strip():
             return None
@@ -1562,7 +1564,7 @@ class UserDatastore:
             raise ValueError("create_user was given a role that does not exist")
         return fields, roles
 
-    def create_user(self, **kwargs):
+    def create_user(self, **kwargs: Any) -> Any:
         """Create and return a user; a plaintext ``password`` is hashed, and
         ``roles`` may hold role names or Role objects."""
         with self._app_context():
@@ -1587,19 +1589,19 @@ class UserDatastore:
             return nullcontext()
         return apps[0].app_context()
 
-    def delete_user(self, user):
+    def delete_user(self, user: Any) -> None:
         """Delete ``user``."""
         self.delete(user)
 
-    def create_role(self, **kwargs):
+    def create_role(self, **kwargs: Any) -> Any:
         """Create and return a role."""
         return self.put(self.role_model(**kwargs))
 
-    def find_or_create_role(self, name, **kwargs):
+    def find_or_create_role(self, name: str, **kwargs: Any) -> Any:
         """Return the role ``name``, creating it with ``kwargs`` if missing."""
         return self.find_role(name) or self.create_role(name=name, **kwargs)
 
-    def add_role_to_user(self, user, role):
+    def add_role_to_user(self, user: Any, role: Any) -> bool:
         """Give ``role`` (name or object) to ``user``; True if it was new."""
         user, role = self._as_user(user), self._as_role(role)
         if user is None or role is None or user.has_role(role):
@@ -1607,7 +1609,7 @@ class UserDatastore:
         self._link_role(user, role)
         return True
 
-    def remove_role_from_user(self, user, role):
+    def remove_role_from_user(self, user: Any, role: Any) -> bool:
         """Take ``role`` (name or object) from ``user``; True if it was there."""
         user, role = self._as_user(user), self._as_role(role)
         if user is None or role is None or not user.has_role(role):
@@ -1615,19 +1617,19 @@ class UserDatastore:
         self._unlink_role(user, role)
         return True
 
-    def toggle_active(self, user):
+    def toggle_active(self, user: Any) -> bool:
         """Flip ``user.active``. Always returns True. As in 1.7.4 only the user
         object changes; the ORM adapters also save it."""
         user.active = not user.active
         return True
 
-    def deactivate_user(self, user):
+    def deactivate_user(self, user: Any) -> bool:
         """Deactivate ``user``; True if it was active."""
         if not user.active:
             return False
         return self.toggle_active(user)
 
-    def activate_user(self, user):
+    def activate_user(self, user: Any) -> bool:
         """Activate ``user``; True if it was inactive."""
         if user.active:
             return False
