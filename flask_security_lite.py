@@ -94,7 +94,7 @@ import types
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
 from functools import cached_property, partial, wraps
 from typing import Any, NamedTuple
@@ -125,6 +125,7 @@ from flask import (
     url_for,
 )
 from flask.cli import AppGroup
+from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
@@ -710,18 +711,22 @@ def _capture(signal):
         signal.disconnect(record)
 
 
-def capture_registrations():
+#: What the capture helpers give: a block that collects each signal's arguments.
+_Captured = AbstractContextManager[list[dict[str, Any]]]
+
+
+def capture_registrations() -> _Captured:
     """For tests: ``with capture_registrations() as registrations: ...`` collects
     each registration's ``{"user", "confirm_token"}``."""
     return _capture(user_registered)
 
 
-def capture_reset_password_requests():
+def capture_reset_password_requests() -> _Captured:
     """For tests: collect each reset request's ``{"user", "token"}``."""
     return _capture(reset_password_instructions_sent)
 
 
-def capture_passwordless_login_requests():
+def capture_passwordless_login_requests() -> _Captured:
     """For tests: collect each passwordless request's ``{"user", "login_token"}``."""
     return _capture(login_instructions_sent)
 
@@ -2065,7 +2070,7 @@ class _Required:
             raise StopValidation(get_message(self.key)[0])
 
 
-def email_validator(form, field):
+def email_validator(form: FlaskForm, field: Field) -> None:
     """Validator: the field must hold an email address (syntax only, no DNS)."""
     from email_validator import EmailNotValidError, validate_email
 
@@ -2075,7 +2080,7 @@ def email_validator(form, field):
         raise ValidationError(get_message("INVALID_EMAIL_ADDRESS")[0]) from None
 
 
-def password_length(form, field):
+def password_length(form: FlaskForm, field: Field) -> None:
     """Validator: a new password needs ``SECURITY_PASSWORD_LENGTH_MIN`` characters,
     and at most 4096 bytes (passlib hashes no longer secret)."""
     minimum = config_value("PASSWORD_LENGTH_MIN")
@@ -2086,14 +2091,14 @@ def password_length(form, field):
         raise ValidationError(message[0])
 
 
-def unique_user_email(form, field):
+def unique_user_email(form: FlaskForm, field: Field) -> None:
     """Validator: no account may use the address yet."""
     if _datastore.find_user(email=field.data.strip()) is not None:
         message = get_message("EMAIL_ALREADY_ASSOCIATED", email=field.data)[0]
         raise ValidationError(message)
 
 
-def valid_user_email(form, field):
+def valid_user_email(form: FlaskForm, field: Field) -> None:
     """Validator: an account must match the identifier; it is kept as ``form.user``."""
     form.user = _datastore.find_user_by_identity(field.data)
     if form.user is None and not config_value("RETURN_GENERIC_RESPONSES"):
@@ -2216,7 +2221,7 @@ class NextFormMixin:
 
     next = HiddenField()
 
-    def validate_next(self, field):
+    def validate_next(self, field: Field) -> None:
         """Refuse a ``next`` that leaves this host."""
         if field.data and not validate_redirect_url(field.data):
             field.data = ""
@@ -2228,7 +2233,7 @@ class RegisterFormMixin:
 
     submit = SubmitField(get_form_field_label("register"))
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """The form's fields that are also attributes of the user model."""
         user_model = _datastore.user_model
         return {
@@ -2253,7 +2258,7 @@ class SendConfirmationForm(Form, UserEmailFormMixin):
 
     submit = SubmitField(get_form_field_label("send_confirmation"))
 
-    def validate(self, extra_validators=None):
+    def validate(self, extra_validators: Any = None) -> bool:
         if not super().validate(extra_validators):
             return False
         if self.user is not None and self.user.confirmed_at is not None:
@@ -2268,7 +2273,7 @@ class ForgotPasswordForm(Form, UserEmailFormMixin):
 
     submit = SubmitField(get_form_field_label("recover_password"))
 
-    def validate(self, extra_validators=None):
+    def validate(self, extra_validators: Any = None) -> bool:
         if not super().validate(extra_validators):
             return False
         if self.user is None or not requires_confirmation(self.user):
@@ -2281,7 +2286,7 @@ class PasswordlessLoginForm(Form, UserEmailFormMixin):
 
     submit = SubmitField(get_form_field_label("send_login_link"))
 
-    def validate(self, extra_validators=None):
+    def validate(self, extra_validators: Any = None) -> bool:
         if not super().validate(extra_validators):
             return False
         if self.user is not None and not self.user.is_active:
@@ -2298,14 +2303,14 @@ class LoginForm(Form, NextFormMixin):
     remember = BooleanField(get_form_field_label("remember_me"))
     submit = SubmitField(get_form_field_label("login"))
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if not self.next.data:
             self.next.data = request.args.get("next", "")
         if not self.is_submitted():
             self.remember.data = config_value("DEFAULT_REMEMBER_ME")
 
-    def validate(self, extra_validators=None):
+    def validate(self, extra_validators: Any = None) -> bool:
         if not super().validate(extra_validators):
             return False
         self.user, reason = _check_login(self.email.data, self.password.data)
@@ -2346,7 +2351,7 @@ class ChangePasswordForm(Form, PasswordFormMixin):
     )
     submit = SubmitField(get_form_field_label("change_password"))
 
-    def validate(self, extra_validators=None):
+    def validate(self, extra_validators: Any = None) -> bool:
         if not super().validate(extra_validators):
             return False
         user = current_user._get_current_object()
@@ -2386,7 +2391,7 @@ class TwoFactorPasswordForm(Form, PasswordFormMixin):
 
     submit = SubmitField(get_form_field_label("tf_continue"))
 
-    def validate(self, extra_validators=None):
+    def validate(self, extra_validators: Any = None) -> bool:
         if not super().validate(extra_validators):
             return False
         if not verify_and_update_password(self.password.data, current_user):
@@ -3322,7 +3327,7 @@ def _count_wrong_code(user):
     )
 
 
-def send_two_factor_notice(user, event):
+def send_two_factor_notice(user: Any, event: str) -> None:
     """Tell ``user`` that two-factor login changed on their account, if that email
     is on.
 
@@ -3345,7 +3350,7 @@ def _enrol(user, stored_secret):
     return codes
 
 
-def disable_two_factor(user):
+def disable_two_factor(user: Any) -> None:
     """Turn two-factor login off for ``user``: key and recovery codes are deleted,
     and the user's other sessions and tokens end."""
     user.tf_totp_secret = None
@@ -3356,7 +3361,7 @@ def disable_two_factor(user):
     _send_signal(tf_disabled, user=user)
 
 
-def reset_recovery_codes(user):
+def reset_recovery_codes(user: Any) -> list[str]:
     """Replace ``user``'s recovery codes; return the new ones (shown once only)."""
     codes = _new_recovery_codes()
     user.tf_recovery_codes = _stored_recovery_codes(codes)
@@ -3579,7 +3584,7 @@ def _link_done(user, message_key, *view_keys):
 
 
 @anonymous_user_required
-def login():
+def login() -> ResponseReturnValue:
     """Log in with a password (HTML form or JSON)."""
 
     def act(form):
@@ -3592,7 +3597,7 @@ def login():
     return _form_view("login", "login_form", act)
 
 
-def logout():
+def logout() -> ResponseReturnValue:
     """Log out (GET or POST) and go to a safe ``next`` or ``POST_LOGOUT_VIEW``."""
     if current_user.is_authenticated:
         logout_user()
@@ -3602,7 +3607,7 @@ def logout():
 
 
 @anonymous_user_required
-def register():
+def register() -> ResponseReturnValue:
     """Create an account (HTML form or JSON)."""
 
     def act(form):
@@ -3630,7 +3635,7 @@ def register():
     return _form_view("register", form_name, act)
 
 
-def send_confirmation():
+def send_confirmation() -> ResponseReturnValue:
     """Send the confirmation email again."""
     return _instructions_view(
         "send_confirmation",
@@ -3641,7 +3646,7 @@ def send_confirmation():
     )
 
 
-def confirm_email(token):
+def confirm_email(token: str) -> ResponseReturnValue:
     """Confirm an address from an emailed link, and log its owner in."""
     check = _read_link(_CONFIRM_LINK, token)
     if check.status == "used" and check.user.confirmed_at is not None:
@@ -3661,7 +3666,7 @@ def confirm_email(token):
     )
 
 
-def forgot_password():
+def forgot_password() -> ResponseReturnValue:
     """Send password reset instructions."""
     return _instructions_view(
         "forgot_password",
@@ -3673,7 +3678,7 @@ def forgot_password():
 
 
 @anonymous_user_required
-def reset_password(token):
+def reset_password(token: str) -> ResponseReturnValue:
     """Choose a new password from an emailed link; the link works once."""
     check = _read_link(_RESET_LINK, token)
     if not check.ok:
@@ -3698,7 +3703,7 @@ def reset_password(token):
 
 
 @auth_required("session", "token")
-def change_password():
+def change_password() -> ResponseReturnValue:
     """Change the password of the logged-in user."""
 
     def act(form):
@@ -3712,7 +3717,7 @@ def change_password():
     return _form_view("change_password", "change_password_form", act, csrf)
 
 
-def send_login():
+def send_login() -> ResponseReturnValue:
     """Send a passwordless login link."""
     return _instructions_view(
         "send_login",
@@ -3724,7 +3729,7 @@ def send_login():
 
 
 @anonymous_user_required
-def token_login(token):
+def token_login(token: str) -> ResponseReturnValue:
     """Log in from a passwordless login link."""
     check = _read_link(_LOGIN_LINK, token)
     if check.user is not None and not check.user.is_active:
@@ -3829,12 +3834,12 @@ def _tf_code_view(view, form_name, use_code, method):
     return _form_view(view, form_name, act)
 
 
-def tf_validate():
+def tf_validate() -> ResponseReturnValue:
     """The second step of a login: a code from the authenticator app."""
     return _tf_code_view("tf_validate", "tf_code_form", _use_totp, "authenticator")
 
 
-def tf_rescue():
+def tf_rescue() -> ResponseReturnValue:
     """The second step of a login with a recovery code instead of the app."""
     return _tf_code_view(
         "tf_rescue", "tf_rescue_form", _use_rescue_code, "recovery_code"
@@ -3902,7 +3907,7 @@ def _tf_new_key(form):
     return _Done(next_url=setup_url, json={"tf_key": key, "tf_uri": uri})
 
 
-def tf_setup():
+def tf_setup() -> ResponseReturnValue:
     """Set up two-factor login: the password again, then the key, then one code.
 
     A user sent here at login by ``SECURITY_TWO_FACTOR_REQUIRED`` gave the password
@@ -3930,7 +3935,7 @@ def tf_setup():
 
 
 @auth_required("session")
-def tf_disable():
+def tf_disable() -> ResponseReturnValue:
     """Turn two-factor login off, after the password again."""
 
     def act(form):
@@ -3942,7 +3947,7 @@ def tf_disable():
 
 
 @auth_required("session")
-def tf_recovery_codes():
+def tf_recovery_codes() -> ResponseReturnValue:
     """Replace the recovery codes, after the password again; show the new ones."""
     user = current_user._get_current_object()
     if not _has_second_factor(user):
