@@ -1400,18 +1400,18 @@ class Datastore:
     :param db: whatever the store saves through.
     """
 
-    def __init__(self, db):
+    def __init__(self, db: Any) -> None:
         self.db = db
 
-    def put(self, model):
+    def put(self, model: Any) -> Any:
         """Save (or stage) ``model`` and return it."""
         raise NotImplementedError
 
-    def delete(self, model):
+    def delete(self, model: Any) -> None:
         """Delete ``model``."""
         raise NotImplementedError
 
-    def commit(self):
+    def commit(self) -> None:
         """Make staged writes durable: nothing to do unless a store stages them."""
 
 
@@ -1650,7 +1650,7 @@ class _AdapterDatastore(UserDatastore):
     """What the three ORM adapters add to the shared logic: an activity change is
     saved at once."""
 
-    def toggle_active(self, user):
+    def toggle_active(self, user: Any) -> bool:
         super().toggle_active(user)
         self.put(user)
         return True
@@ -1662,11 +1662,11 @@ class SQLAlchemyDatastore(Datastore):
     :param db: the ``flask_sqlalchemy.SQLAlchemy`` object.
     """
 
-    def __init__(self, db):
+    def __init__(self, db: Any) -> None:
         self._sa = _require("sqlalchemy", "Flask-SQLAlchemy", "sqlalchemy")
         super().__init__(db)
 
-    def put(self, model):
+    def put(self, model: Any) -> Any:
         """Add ``model`` to the session and flush, so a conflict shows here as on
         the other stores; ``commit`` makes it durable."""
         self.db.session.add(model)
@@ -1677,10 +1677,10 @@ class SQLAlchemyDatastore(Datastore):
             raise DatastoreConflictError(str(error.orig)) from error
         return model
 
-    def delete(self, model):
+    def delete(self, model: Any) -> None:
         self.db.session.delete(model)
 
-    def commit(self):
+    def commit(self) -> None:
         try:
             self.db.session.commit()
         except self._sa.exc.IntegrityError as error:
@@ -1694,7 +1694,7 @@ class SQLAlchemyUserDatastore(SQLAlchemyDatastore, _AdapterDatastore):
     :param db: the ``flask_sqlalchemy.SQLAlchemy`` object.
     """
 
-    def __init__(self, db, user_model, role_model):
+    def __init__(self, db: Any, user_model: type, role_model: type) -> None:
         SQLAlchemyDatastore.__init__(self, db)
         UserDatastore.__init__(self, user_model, role_model)
 
@@ -1716,7 +1716,9 @@ class SQLAlchemyUserDatastore(SQLAlchemyDatastore, _AdapterDatastore):
         either = self._sa.or_(column == email, lowered)
         return self._select_user([*self._equal(fields), either])
 
-    def compare_and_set(self, user, expected, changes):
+    def compare_and_set(
+        self, user: Any, expected: dict[str, Any], changes: dict[str, Any]
+    ) -> bool:
         key = self._sa.inspect(self.user_model).primary_key[0].name
         statement = (
             self._sa.update(self.user_model)
@@ -1730,7 +1732,7 @@ class SQLAlchemyUserDatastore(SQLAlchemyDatastore, _AdapterDatastore):
         self.db.session.refresh(user)
         return changed
 
-    def find_role(self, role):
+    def find_role(self, role: str) -> Any:
         query = self._sa.select(self.role_model).filter_by(name=role).limit(1)
         return self.db.session.scalars(query).first()
 
@@ -1738,7 +1740,7 @@ class SQLAlchemyUserDatastore(SQLAlchemyDatastore, _AdapterDatastore):
     def _key_type(self):
         return self._sa.inspect(self.user_model).primary_key[0].type.python_type
 
-    def get_user_by_id(self, user_id):
+    def get_user_by_id(self, user_id: Any) -> Any:
         # Convert first: PostgreSQL raises, and spoils the transaction, on "abc" = 1.
         try:
             key = (
@@ -1770,18 +1772,18 @@ class MongoEngineDatastore(Datastore):
     :param db: the ``mongoengine`` module or a Flask-MongoEngine object.
     """
 
-    def __init__(self, db):
+    def __init__(self, db: Any) -> None:
         self._mongoengine = _require("mongoengine", "mongoengine", "mongoengine")
         super().__init__(db)
 
-    def put(self, model):
+    def put(self, model: Any) -> Any:
         try:
             model.save()
         except self._mongoengine.NotUniqueError as error:
             raise DatastoreConflictError(str(error)) from error
         return model
 
-    def delete(self, model):
+    def delete(self, model: Any) -> None:
         model.delete()
 
 
@@ -1792,7 +1794,7 @@ class MongoEngineUserDatastore(MongoEngineDatastore, _AdapterDatastore):
     :param db: the ``mongoengine`` module or a Flask-MongoEngine object.
     """
 
-    def __init__(self, db, user_model, role_model):
+    def __init__(self, db: Any, user_model: type, role_model: type) -> None:
         MongoEngineDatastore.__init__(self, db)
         UserDatastore.__init__(self, user_model, role_model)
 
@@ -1809,17 +1811,19 @@ class MongoEngineUserDatastore(MongoEngineDatastore, _AdapterDatastore):
         fields["email__iexact"] = fields.pop("email")
         return self._query(self.user_model, **fields)
 
-    def compare_and_set(self, user, expected, changes):
+    def compare_and_set(
+        self, user: Any, expected: dict[str, Any], changes: dict[str, Any]
+    ) -> bool:
         query = self.user_model.objects(pk=user.pk, **expected)
         update = {f"set__{name}": value for name, value in changes.items()}
         changed = query.update_one(**update) == 1
         user.reload()
         return changed
 
-    def find_role(self, role):
+    def find_role(self, role: str) -> Any:
         return self._query(self.role_model, name=role)
 
-    def get_user_by_id(self, user_id):
+    def get_user_by_id(self, user_id: Any) -> Any:
         return self._query(self.user_model, pk=str(user_id))
 
 
@@ -1829,19 +1833,19 @@ class PeeweeDatastore(Datastore):
     :param db: a ``peewee.Database`` or an object with a ``.database``.
     """
 
-    def __init__(self, db):
+    def __init__(self, db: Any) -> None:
         self._peewee = _require("peewee", "peewee", "peewee")
         # A peewee.Database has a .database too: its name, so test the type first.
         super().__init__(db if isinstance(db, self._peewee.Database) else db.database)
 
-    def put(self, model):
+    def put(self, model: Any) -> Any:
         try:
             model.save()
         except self._peewee.IntegrityError as error:
             raise DatastoreConflictError(str(error)) from error
         return model
 
-    def delete(self, model):
+    def delete(self, model: Any) -> None:
         model.delete_instance(recursive=True)
 
 
@@ -1853,7 +1857,9 @@ class PeeweeUserDatastore(PeeweeDatastore, _AdapterDatastore):
     :param role_link: the model linking users to roles (fields ``user``, ``role``).
     """
 
-    def __init__(self, db, user_model, role_model, role_link):
+    def __init__(
+        self, db: Any, user_model: type, role_model: type, role_link: type
+    ) -> None:
         PeeweeDatastore.__init__(self, db)
         UserDatastore.__init__(self, user_model, role_model)
         self.role_link = role_link
@@ -1871,7 +1877,9 @@ class PeeweeUserDatastore(PeeweeDatastore, _AdapterDatastore):
         either = (column == email) | (self._peewee.fn.LOWER(column) == email.lower())
         return self.user_model.select().where(*self._equal(fields), either).first()
 
-    def compare_and_set(self, user, expected, changes):
+    def compare_and_set(
+        self, user: Any, expected: dict[str, Any], changes: dict[str, Any]
+    ) -> bool:
         model = self.user_model
         key = model._meta.primary_key
         user_id = getattr(user, key.name)
@@ -1881,17 +1889,17 @@ class PeeweeUserDatastore(PeeweeDatastore, _AdapterDatastore):
         user._dirty.clear()
         return changed
 
-    def find_role(self, role):
+    def find_role(self, role: str) -> Any:
         return self.role_model.get_or_none(self.role_model.name == role)
 
-    def get_user_by_id(self, user_id):
+    def get_user_by_id(self, user_id: Any) -> Any:
         key = self.user_model._meta.primary_key
         try:
             return self.user_model.get_or_none(key == key.adapt(user_id))
         except (self._peewee.DataError, TypeError, ValueError):
             return None
 
-    def create_user(self, **kwargs):
+    def create_user(self, **kwargs: Any) -> Any:
         with self.db.atomic():
             return super().create_user(**kwargs)
 
