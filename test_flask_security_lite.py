@@ -6,6 +6,7 @@ on every datastore: Flask-SQLAlchemy on SQLite and on a real PostgreSQL server,
 peewee on SQLite and mongoengine on mongomock.
 """
 
+import ast
 import base64
 import glob
 import hashlib
@@ -460,6 +461,34 @@ def test_every_public_name_has_a_docstring():
         and name not in ("current_user",)
     ]
     assert missing == []
+
+
+def _unannotated(function, owner=""):
+    """The name of ``function`` if a parameter or its return lacks a type hint."""
+    arguments = function.args
+    parameters = [*arguments.args, *arguments.kwonlyargs]
+    parameters += [arguments.vararg, arguments.kwarg]
+    hinted = all(
+        parameter is None or parameter.arg in ("self", "cls") or parameter.annotation
+        for parameter in parameters
+    )
+    return None if hinted and function.returns else owner + function.name
+
+
+def test_every_public_function_and_method_has_type_hints():
+    tree = ast.parse((HERE / "flask_security_lite.py").read_text())
+    found = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+            found.append(_unannotated(node))
+        elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            found += [
+                _unannotated(method, node.name + ".")
+                for method in node.body
+                if isinstance(method, ast.FunctionDef)
+                and (not method.name.startswith("_") or method.name == "__init__")
+            ]
+    assert [name for name in found if name] == []
 
 
 def test_module_passes_ruff():
