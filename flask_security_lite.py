@@ -93,10 +93,10 @@ import time
 import types
 import unicodedata
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, MutableSet
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
-from functools import cached_property, partial, wraps
+from functools import cache, cached_property, partial, wraps
 from typing import Any, NamedTuple
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
@@ -1750,20 +1750,24 @@ class SQLAlchemyUserDatastore(SQLAlchemyDatastore, _AdapterDatastore):
             )
         except (NotImplementedError, TypeError, ValueError, AttributeError):
             return None
-        return self.db.session.scalars(self._by_id, {"key": key}).unique().first()
+        query = self._by_id_with_roles if _roles_wanted() else self._by_id
+        return self.db.session.scalars(query, {"key": key}).unique().first()
 
     @cached_property
     def _by_id(self):
-        """The user by primary key with its roles, in one query: every protected
-        request runs it, and ``roles_required`` then needs no second one."""
-        mapper = self._sa.inspect(self.user_model)
-        key = mapper.primary_key[0]
-        query = self._sa.select(self.user_model).where(key == self._sa.bindparam("key"))
-        roles = mapper.relationships.get("roles")
+        """The user by primary key: every protected request runs it."""
+        key = self._sa.inspect(self.user_model).primary_key[0]
+        return self._sa.select(self.user_model).where(key == self._sa.bindparam("key"))
+
+    @cached_property
+    def _by_id_with_roles(self):
+        """The user by primary key with its roles, in one query, for the requests
+        that check roles (a join costs every other request for nothing)."""
+        roles = self._sa.inspect(self.user_model).relationships.get("roles")
         # A dynamic or write-only relationship is a query of its own: leave it be.
-        if roles is not None and roles.lazy not in ("dynamic", "write_only"):
-            query = query.options(self._sa.orm.joinedload(roles.class_attribute))
-        return query
+        if roles is None or roles.lazy in ("dynamic", "write_only"):
+            return self._by_id
+        return self._by_id.options(self._sa.orm.joinedload(roles.class_attribute))
 
 
 class MongoEngineDatastore(Datastore):
@@ -2526,8 +2530,10 @@ def _auth_method():
 # -- Flask-Principal, when the app has it -------------------------------------------
 
 
+@cache
 def _principal():
-    """The flask_principal module; imported only where it was found at setup."""
+    """The flask_principal module, once found at setup (looked up once: every
+    request with an identity uses it)."""
     return importlib.import_module("flask_principal")
 
 
@@ -2541,7 +2547,7 @@ def _setup_principal(app):
     if not app.config["SECURITY_FLASK_PRINCIPAL"]:
         return None
     try:
-        principal = _principal()
+        principal = importlib.import_module("flask_principal")
     except ImportError:
         return None
     manager = principal.Principal(app, use_sessions=False, skip_static=True)
@@ -2552,21 +2558,65 @@ def _setup_principal(app):
 
 def _session_identity():
     """Flask-Principal's identity loader: the session's user, if any."""
-    if current_user.is_authenticated:
-        return _principal().Identity(current_user.id)
+    user = current_user._get_current_object()
+    if user.is_authenticated:
+        return _principal().Identity(user.id)
     return None
 
 
 def _add_needs(app, identity):
-    """Give ``identity`` the needs of the current user, as 1.7.4 did."""
+    """Give ``identity`` the needs of the current user, as 1.7.4 did: a ``UserNeed``
+    and a ``RoleNeed`` per role, the roles read when a permission first looks."""
     user = current_user._get_current_object()
     if not user.is_authenticated:
         return
-    principal = _principal()
     identity.user = user
-    identity.provides.add(principal.UserNeed(user.id))
-    for role in user.roles:
-        identity.provides.add(principal.RoleNeed(role.name))
+    given = {*identity.provides, _principal().UserNeed(user.id)}
+    identity.provides = _NeedsWithRoles(given, user)
+
+
+class _NeedsWithRoles(MutableSet):
+    r"""An identity's ``provides`` set whose ``RoleNeed``\ s are read from ``user``
+    when something first reads the set: most pages check no permission, and then
+    need neither the roles nor their query. Every other method of ``set`` works on
+    the complete set."""
+
+    def __init__(self, needs, user):
+        self._needs, self._user = set(needs), user
+
+    def _complete(self):
+        if self._user is not None:
+            user, self._user = self._user, None
+            role_need = _principal().RoleNeed
+            self._needs.update(role_need(role.name) for role in user.roles)
+        return self._needs
+
+    @classmethod
+    def _from_iterable(cls, needs):
+        return set(needs)
+
+    def __contains__(self, need):
+        return need in self._complete()
+
+    def __iter__(self):
+        return iter(self._complete())
+
+    def __len__(self):
+        return len(self._complete())
+
+    def __repr__(self):
+        return repr(self._complete())
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._complete(), name)
+
+    def add(self, need):
+        self._needs.add(need)
+
+    def discard(self, need):
+        self._complete().discard(need)
 
 
 def _announce_identity(user):
@@ -2714,6 +2764,24 @@ def auth_required(*methods: str) -> Callable[[Callable], Callable]:
     return decorator
 
 
+def _roles_wanted():
+    """True when this request will read the user's roles, so that the datastore
+    loads them with the user in one query: outside a request (a script, the CLI),
+    and for views marked by :func:`_reads_roles`. Other requests skip the join."""
+    if not has_request_context():
+        return True
+    view = current_app.view_functions.get(request.endpoint)
+    return getattr(view, "security_reads_roles", False)
+
+
+def _reads_roles(view):
+    """Mark ``view`` as reading its user's roles (see :func:`_roles_wanted`). The mark
+    is an attribute, so it reaches the view through every decorator that uses
+    ``functools.wraps``."""
+    view.security_reads_roles = True
+    return view
+
+
 def _roles_decorator(roles, allowed):
     def decorator(view):
         @wraps(view)
@@ -2724,7 +2792,7 @@ def _roles_decorator(roles, allowed):
                 return _fail_forbidden()
             return current_app.ensure_sync(view)(*args, **kwargs)
 
-        return wrapper
+        return _reads_roles(wrapper)
 
     return decorator
 
@@ -2767,6 +2835,21 @@ def _load_user_from_session(identity):
     if not hmac.compare_digest(binding, _binding("remember", user)):
         return None
     return user
+
+
+def _keep_roles_readable(error=None):
+    """Load the user's roles before the database session closes when a test client
+    keeps this request's context for inspection (``with client:``): tests read
+    ``current_user.roles`` and ``g.identity.provides`` after the response, as
+    they could in 1.7.4. Other requests load roles only if they read them."""
+    if "werkzeug.debug.preserve_context" not in request.environ:
+        return
+    user = current_user._get_current_object()
+    if user.is_authenticated:
+        list(user.roles)
+    provides = getattr(g.get("identity"), "provides", None)
+    if isinstance(provides, _NeedsWithRoles):
+        len(provides)
 
 
 def _track_login(user):
@@ -4638,6 +4721,7 @@ class Security:
             register_blueprint = self._register_blueprint
         _add_views_and_commands(app, register_blueprint)
         app.context_processor(_template_globals)
+        app.teardown_request(_keep_roles_readable)
         _check_mail_on_first_request(app)
         if app.config["SECURITY_PASSWORD_HASH"] == "plaintext" and not app.testing:
             _log.warning(

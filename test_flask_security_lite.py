@@ -8,6 +8,7 @@ peewee on SQLite and mongoengine on mongomock.
 
 import ast
 import base64
+import functools
 import glob
 import hashlib
 import hmac
@@ -2186,6 +2187,59 @@ def test_protected_pages_run_one_query_roles_included(app, page):
         login(client)
     path = "/admin" if page == "roles_required" else "/token" if headers else "/profile"
     assert len(_statements_of(app, client, path, headers=headers)) == 1
+
+
+def test_pages_that_check_no_roles_load_the_user_without_a_join(app):
+    add_user(app, roles=["admin"])
+    client = app.test_client()
+    login(client)
+    (statement,) = _statements_of(app, client, "/profile")
+    assert "role" not in statement.lower()
+
+
+def test_roles_required_under_more_decorators_still_reads_roles_in_the_user_query(
+    app,
+):
+    def logged(view):
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    @app.route("/wrapped-admin")
+    @logged
+    @login_required
+    @roles_required("admin")
+    def wrapped_admin():
+        return "admin"
+
+    add_user(app, roles=["admin"])
+    client = app.test_client()
+    login(client)
+    (statement,) = _statements_of(app, client, "/wrapped-admin")
+    assert "role" in statement.lower()
+
+
+def test_roles_read_on_a_page_that_checks_none_are_still_the_users(app):
+    @app.route("/my-roles")
+    @login_required
+    def my_roles():
+        return ",".join(sorted(role.name for role in current_user.roles))
+
+    add_user(app, roles=["admin", "editor"])
+    client = app.test_client()
+    login(client)
+    assert client.get("/my-roles").data == b"admin,editor"
+
+
+def test_a_kept_request_context_still_shows_the_users_roles(app):
+    add_user(app, roles=["admin"])
+    client = app.test_client()
+    login(client)
+    with client:
+        client.get("/profile")
+        assert [role.name for role in current_user.roles] == ["admin"]
 
 
 def test_a_user_without_roles_loads_with_one_query_and_has_none(app):
@@ -6011,6 +6065,61 @@ def test_principal_identity_follows_login_and_logout(app):
         assert {UserNeed(user.id), RoleNeed("admin")} <= flask.g.identity.provides
         fsl.logout_user()
         assert flask.g.identity.id is None and not flask.g.identity.provides
+
+
+def test_principal_reads_roles_only_when_a_permission_looks(app):
+    from flask_principal import Permission, RoleNeed
+
+    @app.route("/editors")
+    @login_required
+    def editors():
+        with Permission(RoleNeed("editor")).require(http_exception=403):
+            return "editors"
+
+    add_user(app, roles=["editor"])
+    client = app.test_client()
+    login(client)
+    assert len(_statements_of(app, client, "/profile")) == 1
+    assert client.get("/editors").data == b"editors"
+
+
+def test_principal_provides_answers_every_set_question_with_the_roles(app):
+    from flask_principal import RoleNeed, UserNeed
+
+    user_id = add_user(app, roles=["admin"])
+    client = app.test_client()
+    login(client)
+    with client:
+        client.get("/profile")
+        provides = flask.g.identity.provides
+        expected = {UserNeed(int(user_id)), RoleNeed("admin")}
+        assert RoleNeed("admin") in provides and len(provides) == 2
+        assert provides == expected and expected == provides
+        assert set(provides) == expected and provides.union() == expected
+        assert provides | {RoleNeed("x")} == expected | {RoleNeed("x")}
+        provides.add(RoleNeed("x"))
+        provides.discard(RoleNeed("admin"))
+        assert provides.issuperset({RoleNeed("x"), UserNeed(int(user_id))})
+        assert RoleNeed("admin") not in provides
+
+
+def test_principal_keeps_needs_an_app_receiver_adds(app):
+    from flask_principal import ItemNeed, Permission, identity_loaded
+
+    @identity_loaded.connect_via(app)
+    def add_item_need(sender, identity):
+        identity.provides.add(ItemNeed("edit", 1, "post"))
+
+    @app.route("/post")
+    @login_required
+    def post():
+        with Permission(ItemNeed("edit", 1, "post")).require(http_exception=403):
+            return "post"
+
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    assert client.get("/post").data == b"post"
 
 
 def test_principal_switched_off_is_never_set_up(make_app):

@@ -24,6 +24,7 @@ import contextlib
 import glob
 import hmac
 import os
+import random
 import shutil
 import socket
 import statistics
@@ -422,15 +423,20 @@ def interleaved(calls, rounds, repeat, clock=time.process_time):
     """Time each of ``calls`` (a dict of functions) in interleaved rounds.
 
     Each round times ``repeat`` calls of every function in turn, so a slow moment
-    of the machine falls on all of them alike. The default clock is this process's
+    of the machine falls on all of them alike, in an order shuffled anew each round
+    (seeded, so runs repeat), so that no function always follows the same one and
+    inherits its garbage to collect. The default clock is this process's
     CPU time, which other processes on a busy machine do not inflate; work done in
     another process (a PostgreSQL server) needs ``time.perf_counter``.
     """
     samples = defaultdict(list)
     for call in calls.values():
         call()
+    order, shuffle = list(calls), random.Random(1).shuffle
     for _ in range(rounds):
-        for key, call in calls.items():
+        shuffle(order)
+        for key in order:
+            call = calls[key]
             started = clock()
             for _ in range(repeat):
                 call()
