@@ -2786,9 +2786,10 @@ def _roles_decorator(roles, allowed):
     def decorator(view):
         @wraps(view)
         def wrapper(*args, **kwargs):
-            if not current_user.is_authenticated:
+            user = current_user._get_current_object()
+            if not user.is_authenticated:
                 return _fail_login()
-            if not allowed(current_user.has_role(role) for role in roles):
+            if not allowed(user.has_role(role) for role in roles):
                 return _fail_forbidden()
             return current_app.ensure_sync(view)(*args, **kwargs)
 
