@@ -12,7 +12,9 @@ own port on 127.0.0.1 (every library hashing with pbkdf2_sha512 at lite's defaul
 210,000 rounds), all started before the load. A bounded client drives them:
 ``--clients`` connections at a time (split over two client processes, so the client
 is not held back by one GIL), each sending its next request as soon as the last one
-is answered. Phases: session pages (``/page`` with a logged-in cookie), token calls
+is answered, as prebuilt bytes on a raw socket, reading back only the status line:
+the client's own cost is shared by every library's figure, so it is kept small.
+Phases: session pages (``/page`` with a logged-in cookie), token calls
 (``/api`` with ``Authentication-Token``) and JSON logins. Within a phase, after
 ``--warmup`` seconds per library not counted, the libraries take turns in slices of
 ``--slice`` seconds until each had ``--seconds``, so a busy moment of the machine
