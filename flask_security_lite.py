@@ -128,6 +128,7 @@ from flask.cli import AppGroup
 from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
+from flask_wtf.csrf import generate_csrf
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import (
@@ -1700,7 +1701,9 @@ class SQLAlchemyUserDatastore(SQLAlchemyDatastore, _AdapterDatastore):
 
     def _select_user(self, conditions):
         query = self._sa.select(self.user_model).where(*conditions).limit(1)
-        return self.db.session.scalars(query).first()
+        if _roles_wanted() and self._roles_join is not None:
+            query = query.options(self._roles_join)
+        return self.db.session.scalars(query).unique().first()
 
     def _equal(self, fields):
         return [getattr(self.user_model, name) == v for name, v in fields.items()]
@@ -1763,11 +1766,18 @@ class SQLAlchemyUserDatastore(SQLAlchemyDatastore, _AdapterDatastore):
     def _by_id_with_roles(self):
         """The user by primary key with its roles, in one query, for the requests
         that check roles (a join costs every other request for nothing)."""
-        roles = self._sa.inspect(self.user_model).relationships.get("roles")
-        # A dynamic or write-only relationship is a query of its own: leave it be.
-        if roles is None or roles.lazy in ("dynamic", "write_only"):
+        if self._roles_join is None:
             return self._by_id
-        return self._by_id.options(self._sa.orm.joinedload(roles.class_attribute))
+        return self._by_id.options(self._roles_join)
+
+    @cached_property
+    def _roles_join(self):
+        """The option loading ``roles`` with the user, or None when the relationship
+        is a query of its own (dynamic, write-only) or missing."""
+        roles = self._sa.inspect(self.user_model).relationships.get("roles")
+        if roles is None or roles.lazy in ("dynamic", "write_only"):
+            return None
+        return self._sa.orm.joinedload(roles.class_attribute)
 
 
 class MongoEngineDatastore(Datastore):
@@ -2586,9 +2596,10 @@ class _NeedsWithRoles(MutableSet):
 
     def _complete(self):
         if self._user is not None:
-            user, self._user = self._user, None
             role_need = _principal().RoleNeed
-            self._needs.update(role_need(role.name) for role in user.roles)
+            self._needs.update(role_need(role.name) for role in self._user.roles)
+            # Only once read: a read that failed is tried again by the next one.
+            self._user = None
         return self._needs
 
     @classmethod
@@ -2617,6 +2628,15 @@ class _NeedsWithRoles(MutableSet):
 
     def discard(self, need):
         self._complete().discard(need)
+
+    def __copy__(self):
+        return set(self._complete())
+
+    def __deepcopy__(self, memo):
+        return set(self._complete())
+
+    def __reduce__(self):
+        return set, (list(self._complete()),)
 
 
 def _announce_identity(user):
@@ -2838,19 +2858,26 @@ def _load_user_from_session(identity):
     return user
 
 
-def _keep_roles_readable(error=None):
-    """Load the user's roles before the database session closes when a test client
-    keeps this request's context for inspection (``with client:``): tests read
-    ``current_user.roles`` and ``g.identity.provides`` after the response, as
-    they could in 1.7.4. Other requests load roles only if they read them."""
-    if "werkzeug.debug.preserve_context" not in request.environ:
-        return
-    user = current_user._get_current_object()
-    if user.is_authenticated:
-        list(user.roles)
-    provides = getattr(g.get("identity"), "provides", None)
-    if isinstance(provides, _NeedsWithRoles):
-        len(provides)
+def _keep_roles_readable(response):
+    """Read the user's roles before the database session closes when they may be
+    read after it: in a streamed response's body, or by a test that keeps the
+    request's context (``with client:``). 1.7.4 read them on every request, so both
+    worked; other responses need not pay for it."""
+    kept = "werkzeug.debug.preserve_context" in request.environ
+    if not (response.is_streamed or kept):
+        return response
+    try:
+        user = current_user._get_current_object()
+        if user.is_authenticated:
+            list(user.roles)
+        provides = getattr(g.get("identity"), "provides", None)
+        if isinstance(provides, _NeedsWithRoles):
+            len(provides)
+    except Exception:  # noqa: BLE001
+        # Reading ahead must not change the answer (the view may have left the
+        # database session failed): a later read raises where it is made.
+        return response
+    return response
 
 
 def _track_login(user):
@@ -2876,6 +2903,8 @@ def login_user(user: Any, remember: bool | None = None) -> bool:
     if not user.is_active:
         return False
     session.clear()
+    # Flask-WTF keeps this request's CSRF token in g: it was the old session's.
+    g.pop(current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"), None)
     flask_login.login_user(user, remember=remember)
     _set_auth_method("session")
     _announce_identity(user)
@@ -3591,8 +3620,9 @@ def _csrf_refused(form):
 
 
 def _form_json(form, done):
-    """400 with field errors; after a valid submit the user's id (and token); else,
-    for a client about to fill the form, the CSRF token it needs."""
+    """400 with field errors; after a valid submit the user's id (and token) and
+    the CSRF token of the next form; else, for a client about to fill the form, the
+    CSRF token it needs."""
     if form.errors:
         return _fail_form(form.errors)
     response = {}
@@ -3602,6 +3632,9 @@ def _form_json(form, done):
         response["user"] = {"id": str(done.user.id)}
         if done.token:
             response["user"]["authentication_token"] = done.user.get_auth_token()
+    if done is not None and form.meta.csrf:
+        # The token for the client's next form: login renews the session.
+        response["csrf_token"] = generate_csrf(token_key=form.meta.csrf_field_name)
     if done is not None and done.json:
         response.update(done.json)
     return _json_answer(200, response)
@@ -4722,7 +4755,7 @@ class Security:
             register_blueprint = self._register_blueprint
         _add_views_and_commands(app, register_blueprint)
         app.context_processor(_template_globals)
-        app.teardown_request(_keep_roles_readable)
+        app.after_request(_keep_roles_readable)
         _check_mail_on_first_request(app)
         if app.config["SECURITY_PASSWORD_HASH"] == "plaintext" and not app.testing:
             _log.warning(

@@ -2221,6 +2221,19 @@ def test_roles_required_under_more_decorators_still_reads_roles_in_the_user_quer
     assert "role" in statement.lower()
 
 
+def test_a_basic_request_to_a_roles_page_finds_user_and_roles_in_one_query(app):
+    @app.route("/basic-admin")
+    @http_auth_required
+    @roles_required("admin")
+    def basic_admin():
+        return "admin"
+
+    add_user(app, roles=["admin"])
+    client = app.test_client()
+    statements = _statements_of(app, client, "/basic-admin", headers=_basic())
+    assert len(statements) == 1 and "role" in statements[0].lower()
+
+
 def test_roles_read_on_a_page_that_checks_none_are_still_the_users(app):
     @app.route("/my-roles")
     @login_required
@@ -4252,6 +4265,29 @@ def test_json_login_accepts_csrf_token_in_header(make_app):
     assert response.status_code == 200
 
 
+def test_json_login_answers_the_csrf_token_of_the_new_session(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True, SECURITY_CHANGEABLE=True)
+    add_user(app)
+    client = app.test_client()
+    first = client.get("/login", headers={"Accept": "application/json"})
+    old_token = first.json["response"]["csrf_token"]
+    login = client.post(
+        "/login",
+        json={"email": "matt@lp.com", "password": PASSWORD},
+        headers={"X-CSRFToken": old_token},
+    )
+    new_token = login.json["response"]["csrf_token"]
+    change = {
+        "password": PASSWORD,
+        "new_password": "a brand new password",
+        "new_password_confirm": "a brand new password",
+    }
+    refused = client.post("/change", json=change, headers={"X-CSRFToken": old_token})
+    assert refused.status_code == 400
+    changed = client.post("/change", json=change, headers={"X-CSRFToken": new_token})
+    assert changed.status_code == 200
+
+
 def test_default_remember_me_checks_the_box(make_app):
     app = make_app(SECURITY_DEFAULT_REMEMBER_ME=True)
     page = app.test_client().get("/login").get_data(as_text=True)
@@ -6122,6 +6158,88 @@ def test_principal_keeps_needs_an_app_receiver_adds(app):
     assert client.get("/post").data == b"post"
 
 
+def test_principal_role_needs_that_failed_to_load_are_read_again(app):
+    from flask_principal import RoleNeed, UserNeed
+
+    class FlakyUser:
+        reads = 0
+
+        @property
+        def roles(self):
+            self.reads += 1
+            if self.reads == 1:
+                raise RuntimeError("the database session needs a rollback")
+            return [types.SimpleNamespace(name="banned")]
+
+    with app.test_request_context():
+        provides = fsl._NeedsWithRoles({UserNeed(1)}, FlakyUser())
+        with pytest.raises(RuntimeError):
+            len(provides)
+        assert RoleNeed("banned") in provides
+
+
+def test_principal_provides_copies_and_pickles_as_a_plain_set(app):
+    import copy
+    import pickle
+
+    from flask_principal import RoleNeed
+
+    @app.route("/copies")
+    @login_required
+    def copies():
+        provides = flask.g.identity.provides
+        mine = copy.copy(provides)
+        mine.add(RoleNeed("superuser"))
+        unpickled = pickle.loads(pickle.dumps(provides))
+        kinds = {type(copy.deepcopy(provides)), type(unpickled)}
+        same = unpickled == provides
+        return f"{RoleNeed('superuser') in provides} {kinds == {set}} {same}"
+
+    add_user(app, roles=["admin"])
+    client = app.test_client()
+    login(client)
+    assert client.get("/copies").data == b"False True True"
+
+
+def test_roles_and_permissions_are_readable_in_a_streamed_response(app):
+    from flask_principal import Permission, RoleNeed
+
+    @app.route("/streamed")
+    @login_required
+    def streamed():
+        return flask.stream_template_string(
+            "{{ current_user.has_role('admin') }} {{ permission.can() }}",
+            permission=Permission(RoleNeed("admin")),
+        )
+
+    add_user(app, roles=["admin"])
+    client = app.test_client()
+    login(client)
+    assert client.get("/streamed").data == b"True True"
+
+
+def test_reading_roles_ahead_for_a_kept_context_never_changes_the_answer(app):
+    from sqlalchemy.exc import IntegrityError
+
+    db, role_model = app.datastore.db, app.datastore.role_model
+
+    @app.route("/failed-write")
+    @login_required
+    def failed_write():
+        try:
+            db.session.add(role_model(name="admin"))
+            db.session.flush()
+        except IntegrityError:
+            return "taken"  # the session is left for the app to roll back
+        return "created"
+
+    add_user(app, roles=["admin"])
+    client = app.test_client()
+    login(client)
+    with client:
+        assert client.get("/failed-write").data == b"taken"
+
+
 def test_principal_switched_off_is_never_set_up(make_app):
     app = make_app(SECURITY_FLASK_PRINCIPAL=False)
     assert app.extensions["security"].principal is None
@@ -6398,6 +6516,32 @@ def _run_sql_on_sqlite(block, tmp_path, monkeypatch):
     assert "ix_user_email_lower" in str(plan)
 
 
+def _run_auth_required_over_roles(block, tmp_path, monkeypatch):
+    """README's role-protected view admits an admin's token and session, and
+    refuses a token of a user without the role."""
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="readme", WTF_CSRF_ENABLED=False, TESTING=True)
+    app.config["SECURITY_PASSWORD_HASH_OPTIONS"] = FAST_HASHING
+    datastore, teardown = _sqlalchemy_store(app, "sqlite://")
+    try:
+        Security(app, datastore)
+        namespace = {"app": app, **vars(fsl)}
+        exec(block, namespace)
+        app.datastore = datastore
+        add_user(app, roles=["admin"])
+        add_user(app, email="reader@lp.com")
+        admin = {"Authentication-Token": auth_token(app.test_client())}
+        reader_token = auth_token(app.test_client(), "reader@lp.com")
+        reader = {"Authentication-Token": reader_token}
+        assert app.test_client().get("/reports", headers=admin).data == b"reports"
+        assert app.test_client().get("/reports", headers=reader).status_code == 403
+        session = app.test_client()
+        login(session)
+        assert session.get("/reports").data == b"reports"
+    finally:
+        teardown()
+
+
 #: How each README block is run: a function, or the name of the test that runs it.
 README_BLOCK_RUNNERS = {
     (
@@ -6415,6 +6559,7 @@ README_BLOCK_RUNNERS = {
     ("Peewee", 1): _run_quick_start,
     ("Mail", 1): _run_mail_program,
     ("Mail", 2): _run_mail_program,
+    ("Protecting views", 1): _run_auth_required_over_roles,
     ("Command line", 1): _run_cli_block,
     ("Two-factor login", 1): "test_readme_two_factor_program_runs",
     ("Migrating a 1.7.4 application", 1): _run_install_as_flask_security,
