@@ -2481,6 +2481,10 @@ def _fail_login():
     if _wants_json():
         return _json_error(401, get_message("LOGIN")[0])
     here = request.full_path if request.query_string else request.path
+    token_key = config_value("TOKEN_AUTHENTICATION_KEY")
+    if token_key in request.args:  # a token must not travel on in the login URL
+        kept = [(k, v) for k, v in request.args.items(multi=True) if k != token_key]
+        here = request.path + (f"?{urlencode(kept)}" if kept else "")
     try:
         login_url = url_for_security("login", next=request.script_root + here)
     except BuildError:  # the app registered no security views
@@ -4285,16 +4289,20 @@ def _users_create(email, password, active, confirmed):
 @click.argument("email")
 def _users_activate(email):
     """Let the user with EMAIL log in again."""
-    changed = _datastore.activate_user(_cli_user(email))
-    _cli_commit(f"activated {email}" if changed else f"{email} was already active")
+    user = _cli_user(email)
+    changed = _datastore.activate_user(user)
+    done = "activated {}" if changed else "{} was already active"
+    _cli_commit(done.format(user.email))
 
 
 @users_cli.command("deactivate")
 @click.argument("email")
 def _users_deactivate(email):
     """Stop the user with EMAIL from logging in (sessions and tokens too)."""
-    changed = _datastore.deactivate_user(_cli_user(email))
-    _cli_commit(f"deactivated {email}" if changed else f"{email} was already inactive")
+    user = _cli_user(email)
+    changed = _datastore.deactivate_user(user)
+    done = "deactivated {}" if changed else "{} was already inactive"
+    _cli_commit(done.format(user.email))
 
 
 @users_cli.command("unlock")
@@ -4307,7 +4315,7 @@ def _users_unlock(email):
         raise click.ClickException(f"the user model has no {', '.join(missing)}")
     cleared = {"failed_login_count": 0, "locked_until": None}
     _datastore.compare_and_set(user, {}, cleared)
-    click.echo(f"unlocked {email}")
+    click.echo(f"unlocked {user.email}")
 
 
 @users_cli.command("tf-reset")
@@ -4320,7 +4328,7 @@ def _users_tf_reset(email):
     if not _has_second_factor(user):
         raise click.ClickException(f"{email} has no two-factor login to reset")
     disable_two_factor(user)
-    click.echo(f"turned two-factor login off for {email}")
+    click.echo(f"turned two-factor login off for {user.email}")
 
 
 @roles_cli.command("create")
@@ -4339,8 +4347,10 @@ def _roles_create(name, description):
 @click.argument("role")
 def _roles_add(email, role):
     """Give ROLE to the user with EMAIL."""
-    changed = _datastore.add_role_to_user(_cli_user(email), _cli_role(role))
-    _cli_commit(f"gave {role} to {email}" if changed else f"{email} had {role} already")
+    user = _cli_user(email)
+    changed = _datastore.add_role_to_user(user, _cli_role(role))
+    done = "gave {1} to {0}" if changed else "{0} had {1} already"
+    _cli_commit(done.format(user.email, role))
 
 
 @roles_cli.command("remove")
@@ -4348,8 +4358,10 @@ def _roles_add(email, role):
 @click.argument("role")
 def _roles_remove(email, role):
     """Take ROLE from the user with EMAIL."""
-    changed = _datastore.remove_role_from_user(_cli_user(email), _cli_role(role))
-    _cli_commit(f"took {role} from {email}" if changed else f"{email} lacked {role}")
+    user = _cli_user(email)
+    changed = _datastore.remove_role_from_user(user, _cli_role(role))
+    done = "took {1} from {0}" if changed else "{0} lacked {1}"
+    _cli_commit(done.format(user.email, role))
 
 
 # =============================================================================

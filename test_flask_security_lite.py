@@ -2263,6 +2263,15 @@ def test_a_user_without_roles_loads_with_one_query_and_has_none(app):
     assert client.get("/admin").status_code == 403
 
 
+def test_the_login_redirect_drops_an_auth_token_from_next(app):
+    add_user(app)
+    token = auth_token(app.test_client())
+    response = app.test_client().get(f"/profile?auth_token={token}&tab=1")
+    assert response.status_code == 302
+    assert token not in response.location
+    assert response.location == "/login?next=/profile?tab%3D1"
+
+
 def test_login_disabled_turns_off_login_required(make_app):
     app = make_app(LOGIN_DISABLED=True)
 
@@ -5262,6 +5271,16 @@ def test_cli_normalises_emails_like_the_views(app):
     assert _cli(app, "users", "deactivate", "\u00e4RGER@lp.com").exit_code == 0
     again = _cli(app, "users", "create", "\u00e4rger@lp.com", "--password", PASSWORD)
     assert again.exit_code != 0 and "already belongs" in again.output
+
+
+def test_cli_reports_the_stored_address_not_the_one_typed(app):
+    add_user(app, roles=["admin"])
+    assert _cli(app, "users", "deactivate", "MATT@LP.com").output == (
+        "deactivated matt@lp.com\n"
+    )
+    assert _cli(app, "roles", "remove", "Matt@lp.com", "admin").output == (
+        "took admin from matt@lp.com\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -141,7 +141,7 @@ def main():
             *(common.TITLES[library] for library in LIBRARIES),
             "lite / FST",
             "lite / Flask-Login",
-            "lite without Principal / Flask-Login",
+            "lite, no Principal / Flask-Login",
         ],
         [
             [

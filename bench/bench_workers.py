@@ -247,7 +247,12 @@ def main():
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument(
-        "--libraries", nargs="+", default=["lite", "fst", "login", "bare"]
+        "--libraries",
+        nargs="+",
+        default=["lite", "fst", "login", "bare"],
+        choices=list(common.TITLES),
+        help="lite, fst (Flask-Security-Too), login (Flask-Login alone), bare "
+        "(bare Flask), lite-np (lite without Flask-Principal)",
     )
     args = parser.parse_args()
     results, ratios, processes = {}, {}, []

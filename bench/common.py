@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 LIBRARIES = ("lite", "fst", "login", "bare")
 TITLES = {
     "lite": "lite",
-    "lite-np": "lite without Flask-Principal",
+    "lite-np": "lite, no Principal",
     "fst": "Flask-Security-Too",
     "login": "Flask-Login alone",
     "bare": "bare Flask",
