@@ -1536,6 +1536,73 @@ def test_peewee_datastore_accepts_an_object_with_a_database(make_app):
         assert datastore.find_user(email="wrapped@lp.com") is not None
 
 
+def _peewee_statements(app, client, path, **kwargs):
+    """The SQL ``client.get(path)`` runs on the peewee store, after checking 200."""
+    database, statements = app.datastore.db, []
+    execute = database.execute_sql
+
+    def counted(sql, *args, **kwargs):
+        statements.append(sql)
+        return execute(sql, *args, **kwargs)
+
+    database.execute_sql = counted
+    try:
+        assert client.get(path, **kwargs).status_code == 200
+    finally:
+        del database.execute_sql
+    return statements
+
+
+def test_peewee_roles_pages_read_user_links_and_roles_in_one_query(make_app):
+    app = make_app("peewee")
+
+    @app.route("/basic-admin")
+    @http_auth_required
+    @roles_required("admin")
+    def basic_admin():
+        return "admin"
+
+    add_user(app, roles=["admin", "editor"])
+    client = app.test_client()
+    login(client)
+    assert len(_peewee_statements(app, client, "/admin-and-editor")) == 1
+    (profile,) = _peewee_statements(app, client, "/profile")
+    assert "role" not in profile.lower()
+    basic = _peewee_statements(app, app.test_client(), "/basic-admin", headers=_basic())
+    assert len(basic) == 1
+
+
+def test_peewee_roles_loaded_with_the_user_follow_changes_in_the_request(make_app):
+    app = make_app("peewee")
+
+    @app.route("/promote")
+    @roles_required("editor")
+    def promote():
+        datastore = app.datastore
+        datastore.add_role_to_user(current_user, "admin")
+        gained = current_user.has_role("admin")
+        datastore.remove_role_from_user(current_user, "editor")
+        return f"{gained} {current_user.has_role('editor')}"
+
+    add_user(app, roles=["editor"])
+    with app.test_request_context():
+        app.datastore.find_or_create_role("admin")
+    client = app.test_client()
+    login(client)
+    assert client.get("/promote").data == b"True False"
+    assert client.get("/admin").status_code == 200
+
+
+def test_peewee_roles_outside_a_request_stay_a_query(make_app):
+    import peewee
+
+    app = make_app("peewee")
+    add_user(app, roles=["admin"])
+    with app.app_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        assert isinstance(user.roles, peewee.ModelSelect) and user.has_role("admin")
+
+
 def test_orm_datastores_are_174s_persistence_classes(app):
     assert isinstance(app.datastore, fsl.SQLAlchemyDatastore)
     assert issubclass(fsl.MongoEngineUserDatastore, fsl.MongoEngineDatastore)
