@@ -1211,7 +1211,7 @@ def _fingerprint(value):
     secret = current_app.secret_key
     if not secret:
         raise RuntimeError("flask-security-lite needs app.config['SECRET_KEY']")
-    digest = hmac.new(_to_bytes(secret), _to_bytes(value), hashlib.sha256).digest()
+    digest = hmac.digest(_to_bytes(secret), _to_bytes(value), "sha256")
     return base64.urlsafe_b64encode(digest[:12]).decode("ascii")
 
 
