@@ -1881,58 +1881,15 @@ class PeeweeUserDatastore(PeeweeDatastore, _AdapterDatastore):
     def _equal(self, fields):
         return [getattr(self.user_model, name) == v for name, v in fields.items()]
 
-    def _first_user(self, conditions):
-        """The first user meeting ``conditions``; with its roles in the same query
-        when the request will read them (see :func:`_roles_wanted`)."""
-        model = self.user_model
-        if not self._join_roles():
-            return model.select().where(*conditions).first()
-        key = model._meta.primary_key
-        first = model.select(key).where(*conditions).limit(1)
-        return self._with_roles(key == first)
-
-    def _join_roles(self):
-        """True in a request whose view checks roles (see :func:`_roles_wanted`),
-        when ``user.roles`` is the backref of ``role_link.user``, the layout that
-        :meth:`_with_roles` fills. Elsewhere ``user.roles`` stays peewee's query."""
-        return has_request_context() and self._roles_backref and _roles_wanted()
-
-    @cached_property
-    def _roles_backref(self):
-        user_field = getattr(self.role_link, "user", None)
-        return getattr(user_field, "backref", None) == "roles"
-
-    def _with_roles(self, condition):
-        """The user meeting ``condition`` joined to its links and roles: one query.
-        ``user.roles`` becomes the list of links, as peewee's ``prefetch`` makes it."""
-        model, link, role = self.user_model, self.role_link, self.role_model
-        outer = self._peewee.JOIN.LEFT_OUTER
-        rows = list(
-            model.select(model, link, role)
-            .join(link, outer, on=(link.user == model._meta.primary_key), attr="_link")
-            .join(role, outer, on=(link.role == role._meta.primary_key), attr="role")
-            .where(condition)
-        )
-        if not rows:
-            return None
-        user = rows[0]
-        links = [row._link for row in rows if getattr(row, "_link", None) is not None]
-        vars(user).pop("_link", None)
-        for found in links:
-            found.user = user
-            found._dirty.clear()
-        user.roles = links
-        return user
-
     def _find_user(self, fields):
-        return self._first_user(self._equal(fields))
+        return self.user_model.select().where(*self._equal(fields)).first()
 
     def _find_user_unnormalised(self, fields):
         email = fields.pop("email")
         column = self.user_model.email
         # SQLite's LOWER() folds ASCII only: the exact form as typed matches too.
         either = (column == email) | (self._peewee.fn.LOWER(column) == email.lower())
-        return self._first_user([*self._equal(fields), either])
+        return self.user_model.select().where(*self._equal(fields), either).first()
 
     def compare_and_set(
         self, user: Any, expected: dict[str, Any], changes: dict[str, Any]
@@ -1952,27 +1909,20 @@ class PeeweeUserDatastore(PeeweeDatastore, _AdapterDatastore):
     def get_user_by_id(self, user_id: Any) -> Any:
         key = self.user_model._meta.primary_key
         try:
-            value = key.adapt(user_id)
+            return self.user_model.get_or_none(key == key.adapt(user_id))
         except (self._peewee.DataError, TypeError, ValueError):
             return None
-        if self._join_roles():
-            return self._with_roles(key == value)
-        return self.user_model.get_or_none(key == value)
 
     def create_user(self, **kwargs: Any) -> Any:
         with self.db.atomic():
             return super().create_user(**kwargs)
 
     def _link_role(self, user, role):
-        made = self.role_link.create(user=user, role=role)
-        if isinstance(vars(user).get("roles"), list):  # loaded by _with_roles
-            user.roles.append(made)
+        self.role_link.create(user=user, role=role)
 
     def _unlink_role(self, user, role):
         link = self.role_link
         link.delete().where((link.user == user) & (link.role == role)).execute()
-        if isinstance(vars(user).get("roles"), list):
-            user.roles = [found for found in user.roles if found.role != role]
 
 
 # =============================================================================
