@@ -1502,6 +1502,11 @@ class UserDatastore:
         """
         return self.find_user(id=user_id)
 
+    def _read_roles_ahead(self, user):
+        """Load ``user.roles`` now, writing nothing: the response will read them
+        after the store's session has ended."""
+        list(user.roles)
+
     def _link_role(self, user, role):
         user.roles.append(role)
         self.put(user)
@@ -1734,6 +1739,11 @@ class SQLAlchemyUserDatastore(SQLAlchemyDatastore, _AdapterDatastore):
         self.commit()
         self.db.session.refresh(user)
         return changed
+
+    def _read_roles_ahead(self, user):
+        # Without autoflush: the app's pending changes are its own to flush.
+        with self.db.session.no_autoflush:
+            list(user.roles)
 
     def find_role(self, role: str) -> Any:
         query = self._sa.select(self.role_model).filter_by(name=role).limit(1)
@@ -2475,11 +2485,12 @@ def _http_error(error):
     return app.make_response(app.handle_user_exception(error))
 
 
-def _fail_login():
-    """401 for a view that needs a logged-in user: JSON clients get the envelope,
-    browsers the login page with a relative ``next`` back here."""
+def _fail_login(message="LOGIN"):
+    """401 for a view that needs a logged-in user (or, with ``"REFRESH"``, a fresh
+    login): JSON clients get the envelope, browsers the login page with a relative
+    ``next`` back here."""
     if _wants_json():
-        return _json_error(401, get_message("LOGIN")[0])
+        return _json_error(401, get_message(message)[0])
     here = request.full_path if request.query_string else request.path
     token_key = config_value("TOKEN_AUTHENTICATION_KEY")
     if token_key in request.args:  # a token must not travel on in the login URL
@@ -2489,7 +2500,7 @@ def _fail_login():
         login_url = url_for_security("login", next=request.script_root + here)
     except BuildError:  # the app registered no security views
         return _http_error(Unauthorized())
-    _flash_message("LOGIN")
+    _flash_message(message)
     return redirect(login_url)
 
 
@@ -2864,16 +2875,19 @@ def _load_user_from_session(identity):
 
 def _keep_roles_readable(response):
     """Read the user's roles before the database session closes when they may be
-    read after it: in a streamed response's body, or by a test that keeps the
-    request's context (``with client:``). 1.7.4 read them on every request, so both
-    worked; other responses need not pay for it."""
+    read after it: in a streamed body (a file sent as is reads none), or by a test
+    that keeps the request's context (``with client:``). 1.7.4 read them on every
+    request, so both worked; other responses need not pay for it, and a request
+    that loaded no user loads none here."""
+    streamed = response.is_streamed and not response.direct_passthrough
     kept = "werkzeug.debug.preserve_context" in request.environ
-    if not (response.is_streamed or kept):
+    # Flask-Login's user of this request, if it loaded one.
+    user = g.get("_login_user")
+    if not (streamed or kept) or user is None:
         return response
     try:
-        user = current_user._get_current_object()
         if user.is_authenticated:
-            list(user.roles)
+            _datastore._read_roles_ahead(user)
         provides = getattr(g.get("identity"), "provides", None)
         if isinstance(provides, _NeedsWithRoles):
             len(provides)
@@ -4661,12 +4675,10 @@ def _make_login_manager(app):
     # Not get_id: ORMs such as peewee define their own get_id on models.
     manager.id_attribute = "get_session_identity"
     manager.login_view = f"{app.config['SECURITY_BLUEPRINT_NAME']}.login"
-    manager.refresh_view = manager.login_view
-    manager.needs_refresh_message, manager.needs_refresh_message_category = app.config[
-        "SECURITY_MSG_REFRESH"
-    ]
     manager.user_loader(_load_user_from_session)
+    # Both send to the login page (fresh_login_required: with SECURITY_MSG_REFRESH).
     manager.unauthorized_handler(_fail_login)
+    manager.needs_refresh_handler(partial(_fail_login, "REFRESH"))
     manager.init_app(app)
     return manager
 

@@ -2272,6 +2272,27 @@ def test_the_login_redirect_drops_an_auth_token_from_next(app):
     assert response.location == "/login?next=/profile?tab%3D1"
 
 
+def test_a_stale_session_on_a_fresh_login_page_goes_to_login_without_its_token(app):
+    from flask_login import fresh_login_required
+
+    @app.route("/fresh")
+    @fresh_login_required
+    def fresh():
+        return "fresh"
+
+    add_user(app)
+    token = auth_token(app.test_client())
+    client = app.test_client()
+    login(client, remember="y")
+    remembered = app.test_client()
+    remembered.set_cookie("remember_token", client.get_cookie("remember_token").value)
+    response = remembered.get(f"/fresh?auth_token={token}&tab=1")
+    assert response.location == "/login?next=/fresh?tab%3D1"
+    with remembered.session_transaction() as session:
+        (message,) = session["_flashes"]
+    assert message == ("info", "Please log in again to see this page.")
+
+
 def test_login_disabled_turns_off_login_required(make_app):
     app = make_app(LOGIN_DISABLED=True)
 
@@ -6235,6 +6256,46 @@ def test_roles_and_permissions_are_readable_in_a_streamed_response(app):
     client = app.test_client()
     login(client)
     assert client.get("/streamed").data == b"True True"
+
+
+def test_files_sent_to_a_logged_in_user_read_no_roles(app):
+    @app.route("/download")
+    def download():
+        return flask.send_file(io.BytesIO(b"data"), mimetype="text/plain")
+
+    add_user(app, roles=["admin"])
+    client = app.test_client()
+    login(client)
+    (statement,) = _statements_of(app, client, "/download")
+    assert "role" not in statement.lower()
+
+
+def test_reading_roles_ahead_leaves_the_apps_pending_changes_to_the_app(app):
+    from sqlalchemy.exc import IntegrityError
+
+    db, role_model = app.datastore.db, app.datastore.role_model
+
+    def commit_or_conflict(response):
+        try:
+            db.session.commit()
+        except IntegrityError:
+            db.session.rollback()
+            return flask.Response("conflict", status=409)
+        return response
+
+    # Runs after the library's own after_request functions.
+    app.after_request_funcs[None].insert(0, commit_or_conflict)
+
+    @app.route("/export")
+    @login_required
+    def export():
+        db.session.add(role_model(name="admin"))
+        return flask.Response(iter([b"a,b\n"]), mimetype="text/csv")
+
+    add_user(app, roles=["admin"])
+    client = app.test_client()
+    login(client)
+    assert client.get("/export").status_code == 409
 
 
 def test_reading_roles_ahead_for_a_kept_context_never_changes_the_answer(app):
