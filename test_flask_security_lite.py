@@ -382,6 +382,14 @@ def login(client, email="matt@lp.com", password=PASSWORD, **extra):
     return client.post("/login", data=dict(email=email, password=password, **extra))
 
 
+def logged_in_client(app, roles=()):
+    """A test client logged in through the form as matt@lp.com, made with ``roles``."""
+    add_user(app, roles=roles)
+    client = app.test_client()
+    login(client)
+    return client
+
+
 def json_login(client, email="matt@lp.com", password=PASSWORD, **extra):
     return client.post("/login", json=dict(email=email, password=password, **extra))
 
@@ -589,9 +597,7 @@ def test_either_name_of_the_same_password_message_works(make_app, key):
     app = make_app(
         SECURITY_CHANGEABLE=True, **{f"SECURITY_MSG_{key}": ("Same!", "error")}
     )
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     same = {
         "password": PASSWORD,
         "new_password": PASSWORD,
@@ -1834,18 +1840,14 @@ def test_login_required_answers_json_with_401(app):
 
 
 def test_role_failure_is_json_403_for_api_clients(app):
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     response = client.get("/admin", headers={"Accept": "application/json"})
     assert response.status_code == 403 and response.json["meta"]["code"] == 403
 
 
 def test_role_failure_goes_through_the_apps_own_403_handler(app):
     app.register_error_handler(403, lambda error: ("custom forbidden page", 403))
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     response = client.get("/admin")
     assert response.status_code == 403 and response.text == "custom forbidden page"
 
@@ -1952,9 +1954,7 @@ def test_login_required_lets_cors_preflight_through(app):
 )
 def test_role_decorators(store, make_app, roles, path, status):
     app = make_app(store)
-    add_user(app, roles=roles)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app, roles=roles)
     assert client.get(path).status_code == status
 
 
@@ -1965,9 +1965,7 @@ def test_role_decorator_sends_anonymous_users_to_login(app):
 
 def test_role_failure_redirects_to_unauthorized_view_when_set(make_app):
     app = make_app(SECURITY_UNAUTHORIZED_VIEW="unauthorized")
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     assert client.get("/admin").location == "/unauthorized"
 
 
@@ -2145,9 +2143,7 @@ def test_current_user_is_loaded_with_one_query(app):
     def twice():
         return f"{current_user.email} {current_user.email} {current_user.id}"
 
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
 
     statements = []
     with app.app_context():
@@ -2190,9 +2186,7 @@ def test_protected_pages_run_one_query_roles_included(app, page):
 
 
 def test_pages_that_check_no_roles_load_the_user_without_a_join(app):
-    add_user(app, roles=["admin"])
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app, roles=["admin"])
     (statement,) = _statements_of(app, client, "/profile")
     assert "role" not in statement.lower()
 
@@ -2214,9 +2208,7 @@ def test_roles_required_under_more_decorators_still_reads_roles_in_the_user_quer
     def wrapped_admin():
         return "admin"
 
-    add_user(app, roles=["admin"])
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app, roles=["admin"])
     (statement,) = _statements_of(app, client, "/wrapped-admin")
     assert "role" in statement.lower()
 
@@ -2240,25 +2232,19 @@ def test_roles_read_on_a_page_that_checks_none_are_still_the_users(app):
     def my_roles():
         return ",".join(sorted(role.name for role in current_user.roles))
 
-    add_user(app, roles=["admin", "editor"])
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app, roles=["admin", "editor"])
     assert client.get("/my-roles").data == b"admin,editor"
 
 
 def test_a_kept_request_context_still_shows_the_users_roles(app):
-    add_user(app, roles=["admin"])
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app, roles=["admin"])
     with client:
         client.get("/profile")
         assert [role.name for role in current_user.roles] == ["admin"]
 
 
 def test_a_user_without_roles_loads_with_one_query_and_has_none(app):
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     assert len(_statements_of(app, client, "/profile")) == 1
     assert client.get("/admin").status_code == 403
 
@@ -2343,9 +2329,7 @@ def test_remember_cookie_is_lax_and_http_only(app):
 
 
 def test_without_remember_me_no_cookie_is_set(app):
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     assert client.get_cookie("remember_token") is None
 
 
@@ -2970,9 +2954,7 @@ def test_reset_ends_other_sessions_and_tokens(make_app):
 
 def test_logged_in_user_can_ask_for_reset_instructions(make_app):
     app = make_app(**RECOVER)
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     with app.mail.record_messages() as outbox:
         response = client.post("/reset", json={"email": "matt@lp.com"})
     assert response.status_code == 200 and len(outbox) == 1
@@ -3022,9 +3004,7 @@ def test_change_password_requires_login(make_app):
 
 def test_change_password_changes_notifies_and_signals(make_app):
     app = make_app(**CHANGE)
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     changed = []
     fsl.password_changed.connect(
         lambda sender, user: changed.append(user.email), app, weak=False
@@ -3061,9 +3041,7 @@ def test_change_password_changes_notifies_and_signals(make_app):
 )
 def test_change_password_errors(make_app, fields, field, message):
     app = make_app(**CHANGE)
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     response = client.post("/change", json=fields)
     assert response.status_code == 400
     assert message in response.json["response"]["errors"][field][0]
@@ -3125,9 +3103,7 @@ def test_post_change_view_and_no_notice_setting(make_app):
         SECURITY_SEND_PASSWORD_CHANGE_EMAIL=False,
         **CHANGE,
     )
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     with app.mail.record_messages() as outbox:
         assert client.post("/change", data=NEW).location == "/changed"
     assert outbox == []
@@ -3457,9 +3433,7 @@ def test_init_app_names_missing_two_factor_fields(missing):
 
 def test_enrolment_in_html_then_login_needs_a_code(store, make_app):
     app = make_app(store, **TWO_FACTOR)
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     assert b'name="password"' in client.get("/tf-setup").data
     page = setup_page(client)
     key = shown_key(page).replace(" ", "")
@@ -3494,18 +3468,14 @@ def test_enrolment_over_json(make_app):
 
 def test_enrolment_needs_the_password_again(make_app):
     app = make_app(**TWO_FACTOR)
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     page = client.post("/tf-setup", data={"password": "wrong one"}).get_data(True)
     assert "The password is wrong." in page and 'id="tf-key"' not in page
 
 
 def test_enrolment_needs_a_right_first_code(make_app):
     app = make_app(**TWO_FACTOR)
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     key = shown_key(setup_page(client))
     page = client.post("/tf-setup", data={"code": "000000"}).get_data(True)
     assert "This code is not valid." in page
@@ -3525,9 +3495,7 @@ def client_get_json(client, path):
 def test_without_segno_the_key_is_shown_in_groups(make_app, monkeypatch):
     monkeypatch.setitem(sys.modules, "segno", None)
     app = make_app(**TWO_FACTOR)
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     page = setup_page(client)
     assert "<svg" not in page
     assert re.fullmatch(r"([A-Z2-7]{4} ){7}[A-Z2-7]{4}", shown_key(page))
@@ -3670,9 +3638,7 @@ def test_wrong_code_sends_login_failed(make_app):
 
 def test_recovery_code_logs_in_once(store, make_app):
     app = make_app(store, **TWO_FACTOR)
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     key = shown_key(setup_page(client))
     page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
     code = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page)[0]
@@ -3754,9 +3720,7 @@ def test_setting_up_a_key_ends_tokens_issued_before(make_app):
 
 def test_enrolling_keeps_the_current_session(make_app):
     app = make_app(**TWO_FACTOR)
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     key = shown_key(setup_page(client))
     client.post("/tf-setup", data={"code": next_code(key)})
     assert client.get("/profile").status_code == 200
@@ -3862,9 +3826,7 @@ def test_disabling_needs_the_password_and_ends_the_code_step(store, make_app):
 
 def test_new_recovery_codes_replace_the_old_ones(make_app):
     app = make_app(**TWO_FACTOR)
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     key = shown_key(setup_page(client))
     page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
     old = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page)
@@ -3879,9 +3841,7 @@ def test_new_recovery_codes_replace_the_old_ones(make_app):
 
 def test_two_factor_changes_are_emailed_to_the_user(make_app):
     app = make_app(**TWO_FACTOR)
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     with app.mail.record_messages() as outbox:
         page = setup_page(client)
         key = shown_key(page).replace(" ", "")
@@ -4405,9 +4365,7 @@ def test_login_template_setting_overrides_the_template(make_app, tmp_path):
 
 
 def test_authenticated_get_of_login_goes_to_post_login_view(app):
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     assert client.get("/login").location == "/"
 
 
@@ -6152,9 +6110,7 @@ def test_principal_reads_roles_only_when_a_permission_looks(app):
         with Permission(RoleNeed("editor")).require(http_exception=403):
             return "editors"
 
-    add_user(app, roles=["editor"])
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app, roles=["editor"])
     assert len(_statements_of(app, client, "/profile")) == 1
     assert client.get("/editors").data == b"editors"
 
@@ -6192,9 +6148,7 @@ def test_principal_keeps_needs_an_app_receiver_adds(app):
         with Permission(ItemNeed("edit", 1, "post")).require(http_exception=403):
             return "post"
 
-    add_user(app)
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app)
     assert client.get("/post").data == b"post"
 
 
@@ -6235,9 +6189,7 @@ def test_principal_provides_copies_and_pickles_as_a_plain_set(app):
         same = unpickled == provides
         return f"{RoleNeed('superuser') in provides} {kinds == {set}} {same}"
 
-    add_user(app, roles=["admin"])
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app, roles=["admin"])
     assert client.get("/copies").data == b"False True True"
 
 
@@ -6252,9 +6204,7 @@ def test_roles_and_permissions_are_readable_in_a_streamed_response(app):
             permission=Permission(RoleNeed("admin")),
         )
 
-    add_user(app, roles=["admin"])
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app, roles=["admin"])
     assert client.get("/streamed").data == b"True True"
 
 
@@ -6263,9 +6213,7 @@ def test_files_sent_to_a_logged_in_user_read_no_roles(app):
     def download():
         return flask.send_file(io.BytesIO(b"data"), mimetype="text/plain")
 
-    add_user(app, roles=["admin"])
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app, roles=["admin"])
     (statement,) = _statements_of(app, client, "/download")
     assert "role" not in statement.lower()
 
@@ -6292,9 +6240,7 @@ def test_reading_roles_ahead_leaves_the_apps_pending_changes_to_the_app(app):
         db.session.add(role_model(name="admin"))
         return flask.Response(iter([b"a,b\n"]), mimetype="text/csv")
 
-    add_user(app, roles=["admin"])
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app, roles=["admin"])
     assert client.get("/export").status_code == 409
 
 
@@ -6313,9 +6259,7 @@ def test_reading_roles_ahead_for_a_kept_context_never_changes_the_answer(app):
             return "taken"  # the session is left for the app to roll back
         return "created"
 
-    add_user(app, roles=["admin"])
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app, roles=["admin"])
     with client:
         assert client.get("/failed-write").data == b"taken"
 
@@ -6332,9 +6276,7 @@ def test_principal_absent_leaves_roles_working(make_app, monkeypatch):
     monkeypatch.setitem(sys.modules, "flask_principal", None)
     app = make_app()
     assert app.extensions["security"].principal is None
-    add_user(app, roles=["admin"])
-    client = app.test_client()
-    login(client)
+    client = logged_in_client(app, roles=["admin"])
     assert client.get("/admin").data == b"admin"
 
 
