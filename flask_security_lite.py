@@ -2891,7 +2891,7 @@ def _keep_roles_readable(response):
         provides = getattr(g.get("identity"), "provides", None)
         if isinstance(provides, _NeedsWithRoles):
             len(provides)
-    except Exception:  # noqa: BLE001
+    except Exception:
         # Reading ahead must not change the answer (the view may have left the
         # database session failed): a later read raises where it is made.
         return response
