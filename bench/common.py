@@ -46,7 +46,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # The checkout's module, not an installed copy.
 sys.path.insert(0, str(ROOT))
 
-LIBRARIES = ("lite", "fst", "login", "bare")
 TITLES = {
     "lite": "lite",
     "lite-np": "lite, no Principal",
