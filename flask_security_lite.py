@@ -3761,15 +3761,13 @@ def register() -> ResponseReturnValue:
             message = get_message("EMAIL_ALREADY_ASSOCIATED", email=fields["email"])
             form.email.errors.append(message[0])
             return None
+        next_field = getattr(form, "next", None)
+        next_url = getattr(next_field, "data", None)
+        if _needs_second_factor(user):
+            return _second_factor_done(user, False, next_url)
         # Until the address is confirmed: no session, and no token to keep.
         logged_in = not requires_confirmation(user) and login_user(user)
-        next_field = getattr(form, "next", None)
-        next_field = getattr(form, "next", None)
-        if _needs_second_factor(user):
-            return _second_factor_done(user, False, getattr(next_field, "data", None))
-        if not requires_confirmation(user):
-            login_user(user)
-        next_url = get_post_register_redirect(getattr(next_field, "data", None))
+        next_url = get_post_register_redirect(next_url)
         return _Done(user, token=logged_in, next_url=next_url)
 
     # JSON clients, like confirmable apps, send the password once.
@@ -3800,7 +3798,6 @@ def confirm_email(token: str) -> ResponseReturnValue:
     if not confirm_user(check.user):  # another request used the link first
         done = _redirect_target(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
         return _refuse_link(_CONFIRM_LINK, check, "ALREADY_CONFIRMED", done)
-    confirm_user(check.user)
     if _needs_second_factor(check.user):
         return _second_factor_due(check.user, _next_argument())
     login_user(check.user)

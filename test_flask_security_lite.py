@@ -4066,6 +4066,145 @@ def test_two_factor_pages_pass_axe(two_factor_site, axe_page):
 
 
 # =============================================================================
+# 15. Two-factor login: no login before the second factor, one login after it
+# =============================================================================
+
+TRACKED_TWO_FACTOR = dict(
+    SECURITY_TRACKABLE=True,
+    SECURITY_REGISTERABLE=True,
+    SECURITY_CONFIRMABLE=True,
+    SECURITY_RECOVERABLE=True,
+    SECURITY_PASSWORDLESS=False,
+    **TWO_FACTOR,
+)
+
+
+@pytest.fixture
+def logins(make_app):
+    """Every ``user_logged_in`` of the app under test, as the emails logged in."""
+    seen = []
+
+    def record(sender, user):
+        seen.append(user.email)
+
+    import flask_login
+
+    flask_login.user_logged_in.connect(record)
+    yield seen
+    flask_login.user_logged_in.disconnect(record)
+
+
+def _login_count(app, email="new@lp.com"):
+    return get_user(app, email).login_count or 0
+
+
+def test_one_registration_is_one_login(store, make_app, logins):
+    app = make_app(store, SECURITY_TRACKABLE=True, **REGISTER)
+    client = app.test_client()
+    form = {"email": "new@lp.com", "password": PASSWORD, "password_confirm": PASSWORD}
+    assert client.post("/register", data=form).status_code == 302
+    assert logins == ["new@lp.com"]
+    assert _login_count(app) == 1
+
+
+def test_one_json_registration_is_one_login(make_app, logins):
+    app = make_app(SECURITY_TRACKABLE=True, **REGISTER)
+    payload = {"email": "new@lp.com", "password": PASSWORD}
+    assert app.test_client().post("/register", json=payload).status_code == 200
+    assert logins == ["new@lp.com"]
+    assert _login_count(app) == 1
+
+
+def _code_step_logs_in_once(app, client, key, logins, email="new@lp.com"):
+    """Nobody was logged in before the code; the code logs in exactly once."""
+    assert logins == [] and _login_count(app, email) == 0
+    assert client.get("/profile").status_code == 302
+    client.post("/tf-validate", data={"code": next_code(key)})
+    assert logins == [email] and _login_count(app, email) == 1
+    assert client.get("/profile").status_code == 200
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_registration_with_required_two_factor_logs_in_only_after_set_up(
+    make_app, logins, as_json
+):
+    app = make_app(
+        SECURITY_TRACKABLE=True, SECURITY_TWO_FACTOR_REQUIRED=True, **REGISTER, **TWO_FACTOR
+    )
+    client = app.test_client()
+    form = {"email": "new@lp.com", "password": PASSWORD, "password_confirm": PASSWORD}
+    if as_json:
+        answer = client.post("/register", json=form).json["response"]
+        assert answer["tf_required"] and "user" not in answer
+    else:
+        assert client.post("/register", data=form).location == "/tf-setup"
+    assert logins == [] and _login_count(app) == 0
+    assert client.get("/profile").status_code == 302
+    key = client.post("/tf-setup", json={}).json["response"]["tf_key"]
+    client.post("/tf-setup", json={"code": next_code(key)})
+    assert logins == ["new@lp.com"] and _login_count(app) == 1
+
+
+def test_confirmation_link_logs_in_only_after_the_code(make_app, logins):
+    app = make_app(**TRACKED_TWO_FACTOR)
+    link = _register_and_capture_link(app)
+    key = give_key(app, "new@lp.com")
+    client = app.test_client()
+    assert client.get(link).location == "/tf-validate"
+    _code_step_logs_in_once(app, client, key, logins)
+
+
+def test_reset_link_logs_in_only_after_the_code(make_app, logins):
+    app = make_app(**TRACKED_TWO_FACTOR)
+    add_user(app, "new@lp.com", confirmed_at=datetime(2020, 1, 1))
+    key = give_key(app, "new@lp.com")
+    client = app.test_client()
+    with fsl.capture_reset_password_requests() as requests:
+        client.post("/reset", data={"email": "new@lp.com"})
+    new = {"password": "a new password", "password_confirm": "a new password"}
+    answer = client.post(f"/reset/{requests[0]['token']}", data=new)
+    assert answer.location == "/tf-validate"
+    _code_step_logs_in_once(app, client, key, logins)
+
+
+def test_passwordless_link_logs_in_only_after_the_code(make_app, logins):
+    app = make_app(SECURITY_PASSWORDLESS=True, SECURITY_TRACKABLE=True, **TWO_FACTOR)
+    add_user(app, "new@lp.com")
+    key = give_key(app, "new@lp.com")
+    client = app.test_client()
+    with fsl.capture_passwordless_login_requests() as requests:
+        client.post("/login", data={"email": "new@lp.com"})
+    answer = client.get(f"/login/{requests[0]['login_token']}")
+    assert answer.location == "/tf-validate"
+    _code_step_logs_in_once(app, client, key, logins)
+
+
+def test_json_login_logs_in_only_after_the_code(make_app, logins):
+    app = make_app(SECURITY_TRACKABLE=True, **TWO_FACTOR)
+    add_user(app, "new@lp.com")
+    key = give_key(app, "new@lp.com")
+    client = app.test_client()
+    answer = json_login(client, "new@lp.com").json["response"]
+    assert answer["tf_required"] and "user" not in answer
+    _code_step_logs_in_once(app, client, key, logins)
+
+
+def test_a_confirmation_link_confirms_once(make_app, monkeypatch):
+    app = make_app(**CONFIRM)
+    link = _register_and_capture_link(app)
+    calls = []
+    confirm_user = fsl.confirm_user
+
+    def counted(user):
+        calls.append(user.email)
+        return confirm_user(user)
+
+    monkeypatch.setattr(fsl, "confirm_user", counted)
+    assert app.test_client().get(link).location == "/"
+    assert calls == ["new@lp.com"]
+
+
+# =============================================================================
 # 16. Views and blueprint: the login view and the request body (every store)
 # =============================================================================
 
