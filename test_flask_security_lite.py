@@ -4129,7 +4129,10 @@ def test_registration_with_required_two_factor_logs_in_only_after_set_up(
     make_app, logins, as_json
 ):
     app = make_app(
-        SECURITY_TRACKABLE=True, SECURITY_TWO_FACTOR_REQUIRED=True, **REGISTER, **TWO_FACTOR
+        SECURITY_TRACKABLE=True,
+        SECURITY_TWO_FACTOR_REQUIRED=True,
+        **REGISTER,
+        **TWO_FACTOR,
     )
     client = app.test_client()
     form = {"email": "new@lp.com", "password": PASSWORD, "password_confirm": PASSWORD}
