@@ -154,6 +154,7 @@ from wtforms.validators import StopValidation
 
 __version__ = "0.1.0"
 
+
 __all__ = (
     # core
     "Security",
@@ -306,14 +307,17 @@ __all__ = (
     "install_as_flask_security",
 )
 
+
 _log = logging.getLogger("flask_security_lite")
 
 
 # =============================================================================
-# 1. Configuration defaults
+# 1. Settings and messages
 # =============================================================================
 # Every key is read from ``app.config`` with the ``SECURITY_`` prefix; ``init_app``
-# sets each one with ``setdefault``, so the application's own values win.
+# sets each one with ``setdefault``, so the application's own values win. Each message
+# is ``(text, flash category)`` and can be replaced by ``SECURITY_MSG_<KEY>``.
+
 
 _default_config = {
     #: Name of the blueprint holding the security views.
@@ -512,16 +516,14 @@ _default_config = {
     "FLASK_PRINCIPAL": True,
 }
 
+
 #: Largest request body the security views read; larger ones get 413.
 _MAX_BODY_BYTES = 64 * 1024
+
+
 #: Longest new password, in UTF-8 bytes: passlib refuses to hash longer ones.
 _MAX_PASSWORD_BYTES = 4096
 
-
-# =============================================================================
-# 2. Messages
-# =============================================================================
-# Each is ``(text, flash category)`` and can be replaced by ``SECURITY_MSG_<KEY>``.
 
 _default_messages = {
     #: A user lacks a role the view requires.
@@ -657,34 +659,146 @@ _default_messages = {
 _message_aliases = {"PASSWORD_IS_SAME": "PASSWORD_IS_THE_SAME"}
 
 
+# -- reading them -------------------------------------------------------------
+
+
+#: The per-application state made by ``Security.init_app``.
+_security = LocalProxy(lambda: current_app.extensions["security"])
+
+
+#: The datastore of the current application.
+_datastore = LocalProxy(lambda: current_app.extensions["security"].datastore)
+
+
+def config_value(key: str, app: Flask | None = None, default: Any = None) -> Any:
+    """Return ``SECURITY_<key>`` from the config of ``app`` (default: current app)."""
+    app = app or current_app
+    return app.config.get("SECURITY_" + key.upper(), default)
+
+
+def get_message(key: str, **kwargs: Any) -> tuple[str, str]:
+    """Return ``(text, category)`` of message ``key``, formatted with ``kwargs``."""
+    text, category = config_value("MSG_" + key)
+    return text % kwargs, category
+
+
+def do_flash(message: str, category: str | None = None) -> None:
+    """Flash ``message`` when ``SECURITY_FLASH_MESSAGES`` is on."""
+    if config_value("FLASH_MESSAGES"):
+        flash(message, category)
+
+
+def _flash_message(key, **kwargs):
+    do_flash(*get_message(key, **kwargs))
+
+
+def get_within_delta(key: str, app: Flask | None = None) -> timedelta:
+    """Return ``SECURITY_<key>`` ("5 days", "10 minutes") as a ``timedelta``.
+
+    :param key: the config key without its ``SECURITY_`` prefix.
+    :param app: the application (default: the current one).
+    """
+    value = config_value(key, app=app)
+    try:
+        amount, unit = value.split()
+        return timedelta(**{unit: int(amount)})
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(
+            f"SECURITY_{key} must look like '5 days' or '10 minutes', not {value!r}"
+        ) from None
+
+
+def get_max_age(key: str, app: Flask | None = None) -> float:
+    """Return the lifetime in seconds of ``SECURITY_<key>_WITHIN``."""
+    return get_within_delta(key + "_WITHIN", app).total_seconds()
+
+
+def get_identity_attributes(app: Flask | None = None) -> list[str]:
+    """Return ``SECURITY_USER_IDENTITY_ATTRIBUTES`` as a list; like 1.7.4, a
+    comma-separated string (``"email, username"``) is accepted too."""
+    attributes = config_value("USER_IDENTITY_ATTRIBUTES", app=app)
+    if isinstance(attributes, str):
+        return [name.strip() for name in attributes.split(",") if name.strip()]
+    return list(attributes)
+
+
+def get_config(app: Flask) -> dict[str, Any]:
+    """Return the app's ``SECURITY_*`` settings, keys without the prefix."""
+    prefix = "SECURITY_"
+    return {
+        key[len(prefix) :]: value
+        for key, value in app.config.items()
+        if key.startswith(prefix)
+    }
+
+
+def _now():
+    """The current UTC time, naive, as 1.7.4 stored it."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _require(module, package, extra=None):
+    """Import an optional dependency, or say how to install it: the package by
+    name (works for a vendored copy too), and the extra where there is one."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        also = f" (or pip install 'flask-security-lite[{extra}]')" if extra else ""
+        raise ImportError(
+            f"{module} is needed here: pip install {package}{also}"
+        ) from error
+
+
 # =============================================================================
-# 3. Signals
+# 2. Signals
 # =============================================================================
 # Each is sent with the application as sender.
 
+
 _signals = Namespace()
+
 
 #: A user registered; kwargs ``user`` and ``confirm_token`` (None unless confirmable).
 user_registered = _signals.signal("user-registered")
+
+
 #: A user confirmed their email; kwarg ``user``.
 user_confirmed = _signals.signal("user-confirmed")
+
+
 #: Confirmation instructions were sent; kwarg ``user``.
 confirm_instructions_sent = _signals.signal("confirm-instructions-sent")
+
+
 #: A passwordless login link was sent; kwargs ``user`` and ``login_token``.
 login_instructions_sent = _signals.signal("login-instructions-sent")
+
+
 #: A password reset completed; kwarg ``user``.
 password_reset = _signals.signal("password-reset")
+
+
 #: A password change completed; kwarg ``user``.
 password_changed = _signals.signal("password-changed")
+
+
 #: Two-factor login was set up; kwarg ``user``.
 tf_enrolled = _signals.signal("tf-enrolled")
+
+
 #: Two-factor login was turned off; kwarg ``user``.
 tf_disabled = _signals.signal("tf-disabled")
+
+
 #: A login passed its second step; kwargs ``user`` and ``method``
 #: (``authenticator`` or ``recovery_code``).
 tf_code_confirmed = _signals.signal("tf-code-confirmed")
+
+
 #: Reset instructions were sent; kwargs ``user`` and ``token``.
 reset_password_instructions_sent = _signals.signal("password-reset-instructions-sent")
+
+
 #: A password login failed (form, JSON, Basic, or a wrong current password on
 #: change); kwargs ``user`` (None when nobody matched), ``identifier`` (what was
 #: typed), ``reason`` (``unknown_user``, ``no_password``, ``locked``,
@@ -733,257 +847,9 @@ def capture_passwordless_login_requests() -> _Captured:
 
 
 # =============================================================================
-# 4. Helpers: config, messages, redirects
+# 3. Passwords and tokens
 # =============================================================================
 
-#: The per-application state made by ``Security.init_app``.
-_security = LocalProxy(lambda: current_app.extensions["security"])
-#: The datastore of the current application.
-_datastore = LocalProxy(lambda: current_app.extensions["security"].datastore)
-
-
-def config_value(key: str, app: Flask | None = None, default: Any = None) -> Any:
-    """Return ``SECURITY_<key>`` from the config of ``app`` (default: current app)."""
-    app = app or current_app
-    return app.config.get("SECURITY_" + key.upper(), default)
-
-
-def get_message(key: str, **kwargs: Any) -> tuple[str, str]:
-    """Return ``(text, category)`` of message ``key``, formatted with ``kwargs``."""
-    text, category = config_value("MSG_" + key)
-    return text % kwargs, category
-
-
-def do_flash(message: str, category: str | None = None) -> None:
-    """Flash ``message`` when ``SECURITY_FLASH_MESSAGES`` is on."""
-    if config_value("FLASH_MESSAGES"):
-        flash(message, category)
-
-
-def _flash_message(key, **kwargs):
-    do_flash(*get_message(key, **kwargs))
-
-
-def get_url(endpoint_or_url: str, **values: Any) -> str:
-    """Return the URL of an endpoint name, or the argument itself if it is a URL."""
-    try:
-        return url_for(endpoint_or_url, **values)
-    except BuildError:
-        return endpoint_or_url
-
-
-def url_for_security(endpoint: str, **values: Any) -> str:
-    """Return the URL of a security view, e.g. ``url_for_security('login')``.
-
-    :param endpoint: the view's name (``login``, ``reset_password``, ...).
-    :param values: URL arguments, and ``_external``, ``_anchor``, ``_method``.
-    """
-    return url_for(get_security_endpoint_name(endpoint), **values)
-
-
-#: Hosts that get links to themselves when the application declared none: the
-#: developer's own machine (tests and debugging).
-_LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
-
-
-class _UndeclaredHost(BadRequest):
-    """A link would be emailed for a request to a host the application never
-    declared: the ``Host`` header is the client's to choose."""
-
-
-def _request_host_declared():
-    """True if a link built for this request goes where the application means."""
-    config = current_app.config
-    if config.get("SERVER_NAME"):
-        return True  # Flask builds external URLs on it, whatever the request said
-    if not has_request_context():
-        return False
-    if config.get("TRUSTED_HOSTS"):
-        return host_is_trusted(request.host, config["TRUSTED_HOSTS"])
-    try:
-        return urlsplit("//" + request.host).hostname in _LOCAL_HOSTS
-    except ValueError:
-        return False
-
-
-def _require_declared_host():
-    """Refuse, with a 400 naming the settings, to email links for this request
-    unless the application declared the host they point to."""
-    if not config_value("LINK_BASE_URL") and not _request_host_declared():
-        raise _UndeclaredHost(get_message("LINK_HOST_NOT_DECLARED")[0])
-
-
-def _link_url(endpoint, **values):
-    """The absolute URL of a security view for an email, on the declared host:
-    ``SECURITY_LINK_BASE_URL``, ``SERVER_NAME``, or a trusted request host."""
-    base = config_value("LINK_BASE_URL")
-    if base:
-        return base.rstrip("/") + url_for_security(endpoint, **values)
-    _require_declared_host()
-    return url_for_security(endpoint, _external=True, **values)
-
-
-def get_config(app: Flask) -> dict[str, Any]:
-    """Return the app's ``SECURITY_*`` settings, keys without the prefix."""
-    prefix = "SECURITY_"
-    return {
-        key[len(prefix) :]: value
-        for key, value in app.config.items()
-        if key.startswith(prefix)
-    }
-
-
-def get_identity_attributes(app: Flask | None = None) -> list[str]:
-    """Return ``SECURITY_USER_IDENTITY_ATTRIBUTES`` as a list; like 1.7.4, a
-    comma-separated string (``"email, username"``) is accepted too."""
-    attributes = config_value("USER_IDENTITY_ATTRIBUTES", app=app)
-    if isinstance(attributes, str):
-        return [name.strip() for name in attributes.split(",") if name.strip()]
-    return list(attributes)
-
-
-def get_security_endpoint_name(endpoint: str) -> str:
-    """Return ``endpoint`` prefixed with the security blueprint's name."""
-    return f"{config_value('BLUEPRINT_NAME')}.{endpoint}"
-
-
-def slash_url_suffix(url: str, suffix: str) -> str:
-    """Join ``url`` and ``suffix`` with exactly one slash between them."""
-    return f"{url}{suffix}" if url.endswith("/") else f"{url}/{suffix}"
-
-
-def _is_plain_local_url(url):
-    """True if ``url`` is a relative URL or an http(s) URL to this host, and holds
-    nothing a browser would read differently from this parser."""
-    if "\\" in url or any(ch.isspace() or not ch.isprintable() for ch in url):
-        return False
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # "http://[" and other broken hosts
-        return False
-    if parts.scheme or parts.netloc or url.startswith("//"):
-        return (
-            parts.scheme in ("", "http", "https")
-            and parts.netloc.lower() == request.host.lower()
-        )
-    return True
-
-
-def validate_redirect_url(target: str | None) -> bool:
-    """Return True if ``target`` stays on this host: a relative path or a URL to it.
-
-    The URL that is emitted is the one judged here, so nothing is cleaned first:
-    backslashes, whitespace, control characters and user-info are refused, and so
-    is a target whose percent-decoded forms would not pass.
-    """
-    if not isinstance(target, str) or not target:
-        return False
-    candidate = target
-    for _ in range(3):
-        if not _is_plain_local_url(candidate):
-            return False
-        decoded = unquote(candidate)
-        if decoded == candidate:
-            return True
-        candidate = decoded
-    return False
-
-
-def _redirect_target(next_url, *view_keys):
-    """A safe ``next_url``, else the first configured view of ``view_keys``.
-
-    An unsafe ``next_url`` is dropped with the ``INVALID_REDIRECT`` message.
-    """
-    if next_url:
-        if validate_redirect_url(next_url):
-            return next_url
-        _flash_message("INVALID_REDIRECT")
-    for key in view_keys:
-        view = config_value(key)
-        if view:
-            return get_url(view)
-    return "/"
-
-
-def _redirect_after(next_url, *view_keys):
-    return redirect(_redirect_target(next_url, *view_keys))
-
-
-def _next_argument():
-    return request.args.get("next") or request.form.get("next")
-
-
-def get_post_action_redirect(config_key: str, declared: str | None = None) -> str:
-    """Return where to go after an action: a safe ``next`` (``declared`` or from the
-    request), else the view of ``config_key`` (e.g. ``SECURITY_POST_LOGIN_VIEW``)."""
-    return _redirect_target(
-        declared or _next_argument(), config_key.removeprefix("SECURITY_")
-    )
-
-
-def find_redirect(key: str) -> str:
-    """Return the URL of the view configured under ``key``, or ``/``."""
-    return _redirect_target(None, key.removeprefix("SECURITY_"))
-
-
-def get_post_login_redirect(declared: str | None = None) -> str:
-    """Return where to go after login: a safe ``next``, else ``POST_LOGIN_VIEW``."""
-    return _redirect_target(declared or _next_argument(), "POST_LOGIN_VIEW")
-
-
-def get_post_register_redirect(declared: str | None = None) -> str:
-    """Return where to go after registering: a safe ``next``, else
-    ``POST_REGISTER_VIEW`` or ``POST_LOGIN_VIEW``."""
-    keys = ("POST_REGISTER_VIEW", "POST_LOGIN_VIEW")
-    return _redirect_target(declared or _next_argument(), *keys)
-
-
-def get_post_logout_redirect(declared: str | None = None) -> str:
-    """Return where to go after logout: a safe ``next``, else ``POST_LOGOUT_VIEW``."""
-    return _redirect_target(declared or _next_argument(), "POST_LOGOUT_VIEW")
-
-
-def get_within_delta(key: str, app: Flask | None = None) -> timedelta:
-    """Return ``SECURITY_<key>`` ("5 days", "10 minutes") as a ``timedelta``.
-
-    :param key: the config key without its ``SECURITY_`` prefix.
-    :param app: the application (default: the current one).
-    """
-    value = config_value(key, app=app)
-    try:
-        amount, unit = value.split()
-        return timedelta(**{unit: int(amount)})
-    except (AttributeError, TypeError, ValueError):
-        raise ValueError(
-            f"SECURITY_{key} must look like '5 days' or '10 minutes', not {value!r}"
-        ) from None
-
-
-def get_max_age(key: str, app: Flask | None = None) -> float:
-    """Return the lifetime in seconds of ``SECURITY_<key>_WITHIN``."""
-    return get_within_delta(key + "_WITHIN", app).total_seconds()
-
-
-def _now():
-    """The current UTC time, naive, as 1.7.4 stored it."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def _require(module, package, extra=None):
-    """Import an optional dependency, or say how to install it: the package by
-    name (works for a vendored copy too), and the extra where there is one."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        also = f" (or pip install 'flask-security-lite[{extra}]')" if extra else ""
-        raise ImportError(
-            f"{module} is needed here: pip install {package}{also}"
-        ) from error
-
-
-# =============================================================================
-# 5. Passwords and tokens
-# =============================================================================
 
 #: bcrypt reads at most this many bytes of a secret.
 _BCRYPT_MAX_BYTES = 72
@@ -1206,6 +1072,9 @@ def _dead_passlib():
     )
 
 
+# -- signed tokens ------------------------------------------------------------
+
+
 def _fingerprint(value):
     """A short keyed digest of ``value``: binds tokens and sessions to user state."""
     secret = current_app.secret_key
@@ -1303,7 +1172,7 @@ def get_token_status(
 
 
 # =============================================================================
-# 6. Model mixins
+# 4. Users, roles and datastores
 # =============================================================================
 
 
@@ -1349,11 +1218,6 @@ class AnonymousUser(flask_login.AnonymousUserMixin):
     def has_role(self, *args: Any) -> bool:
         """Anonymous users have no roles."""
         return False
-
-
-# =============================================================================
-# 7. The datastore
-# =============================================================================
 
 
 class DatastoreConflictError(Exception):
@@ -1647,11 +1511,6 @@ class UserDatastore:
         return self.toggle_active(user)
 
 
-# =============================================================================
-# 8. ORM adapters
-# =============================================================================
-
-
 class _AdapterDatastore(UserDatastore):
     """What the three ORM adapters add to the shared logic: an activity change is
     saved at once."""
@@ -1936,13 +1795,430 @@ class PeeweeUserDatastore(PeeweeDatastore, _AdapterDatastore):
 
 
 # =============================================================================
-# 9. Forms
+# 5. Answers: JSON or HTML, redirects, and every refusal
 # =============================================================================
-# Validators read their messages when they run, so SECURITY_MSG_* set after import
-# still apply.
 
 
-# -- checking a password login (the forms and HTTP Basic share it) -----------------
+def _wants_json():
+    """How this request wants its answer, decided in one place: JSON for a JSON body
+    or a client that prefers JSON to HTML, HTML otherwise."""
+    if request.is_json:
+        return True
+    best = request.accept_mimetypes.best_match(("text/html", "application/json"))
+    return best == "application/json"
+
+
+def _json_answer(code, response):
+    """1.7.4's envelope ``{"meta": {"code": ...}, "response": {...}}`` as a Response."""
+    answer = jsonify(meta={"code": code}, response=response)
+    answer.status_code = code
+    return answer
+
+
+def _json_error(code, message):
+    return _json_answer(code, {"error": message})
+
+
+def _fail_form(errors):
+    """400 with field errors, ``{"field": ["message", ...]}``, for JSON clients."""
+    return _json_answer(400, {"errors": errors})
+
+
+def _http_error(error):
+    """``error`` (a Werkzeug HTTPException) as a Response, through the app's own
+    error handler for its status when it has one."""
+    app = current_app._get_current_object()
+    return app.make_response(app.handle_user_exception(error))
+
+
+def _fail_login(message="LOGIN"):
+    """401 for a view that needs a logged-in user (or, with ``"REFRESH"``, a fresh
+    login): JSON clients get the envelope, browsers the login page with a relative
+    ``next`` back here."""
+    if _wants_json():
+        return _json_error(401, get_message(message)[0])
+    here = request.full_path if request.query_string else request.path
+    token_key = config_value("TOKEN_AUTHENTICATION_KEY")
+    if token_key in request.args:  # a token must not travel on in the login URL
+        kept = [(k, v) for k, v in request.args.items(multi=True) if k != token_key]
+        here = request.path + (f"?{urlencode(kept)}" if kept else "")
+    try:
+        login_url = url_for_security("login", next=request.script_root + here)
+    except BuildError:  # the app registered no security views
+        return _http_error(Unauthorized())
+    _flash_message(message)
+    return redirect(login_url)
+
+
+#: The body of a 401 for browsers, as 1.7.4 sent it: a heading and a hint.
+_UNAUTHORIZED_HTML = (
+    "<h1>Unauthorized</h1>\n"
+    "<p>This page needs valid credentials: a login, an auth token or a password.</p>"
+)
+
+
+def _fail_credentials(realm=None):
+    """401 for a request without valid token or Basic credentials; with ``realm``,
+    a ``WWW-Authenticate`` challenge asks the browser for Basic credentials."""
+    if _wants_json():
+        answer = _json_error(401, get_message("LOGIN")[0])
+    else:
+        answer = Response(_UNAUTHORIZED_HTML, 401, mimetype="text/html")
+    if realm is not None:
+        quoted = realm.replace("\\", "\\\\").replace('"', '\\"')
+        answer.headers["WWW-Authenticate"] = f'Basic realm="{quoted}"'
+    return answer
+
+
+def _fail_forbidden():
+    """403 for a user who lacks a role: JSON, a redirect to
+    ``SECURITY_UNAUTHORIZED_VIEW`` when set, else the app's 403 page."""
+    if _wants_json():
+        return _json_error(403, get_message("UNAUTHORIZED")[0])
+    view = config_value("UNAUTHORIZED_VIEW")
+    if view:
+        _flash_message("UNAUTHORIZED")
+        return redirect(get_url(view))
+    return _http_error(Forbidden())
+
+
+# -- redirects that stay on this site -----------------------------------------
+
+
+def get_url(endpoint_or_url: str, **values: Any) -> str:
+    """Return the URL of an endpoint name, or the argument itself if it is a URL."""
+    try:
+        return url_for(endpoint_or_url, **values)
+    except BuildError:
+        return endpoint_or_url
+
+
+def url_for_security(endpoint: str, **values: Any) -> str:
+    """Return the URL of a security view, e.g. ``url_for_security('login')``.
+
+    :param endpoint: the view's name (``login``, ``reset_password``, ...).
+    :param values: URL arguments, and ``_external``, ``_anchor``, ``_method``.
+    """
+    return url_for(get_security_endpoint_name(endpoint), **values)
+
+
+def get_security_endpoint_name(endpoint: str) -> str:
+    """Return ``endpoint`` prefixed with the security blueprint's name."""
+    return f"{config_value('BLUEPRINT_NAME')}.{endpoint}"
+
+
+def slash_url_suffix(url: str, suffix: str) -> str:
+    """Join ``url`` and ``suffix`` with exactly one slash between them."""
+    return f"{url}{suffix}" if url.endswith("/") else f"{url}/{suffix}"
+
+
+def _is_plain_local_url(url):
+    """True if ``url`` is a relative URL or an http(s) URL to this host, and holds
+    nothing a browser would read differently from this parser."""
+    if "\\" in url or any(ch.isspace() or not ch.isprintable() for ch in url):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "http://[" and other broken hosts
+        return False
+    if parts.scheme or parts.netloc or url.startswith("//"):
+        return (
+            parts.scheme in ("", "http", "https")
+            and parts.netloc.lower() == request.host.lower()
+        )
+    return True
+
+
+def validate_redirect_url(target: str | None) -> bool:
+    """Return True if ``target`` stays on this host: a relative path or a URL to it.
+
+    The URL that is emitted is the one judged here, so nothing is cleaned first:
+    backslashes, whitespace, control characters and user-info are refused, and so
+    is a target whose percent-decoded forms would not pass.
+    """
+    if not isinstance(target, str) or not target:
+        return False
+    candidate = target
+    for _ in range(3):
+        if not _is_plain_local_url(candidate):
+            return False
+        decoded = unquote(candidate)
+        if decoded == candidate:
+            return True
+        candidate = decoded
+    return False
+
+
+def _redirect_target(next_url, *view_keys):
+    """A safe ``next_url``, else the first configured view of ``view_keys``.
+
+    An unsafe ``next_url`` is dropped with the ``INVALID_REDIRECT`` message.
+    """
+    if next_url:
+        if validate_redirect_url(next_url):
+            return next_url
+        _flash_message("INVALID_REDIRECT")
+    for key in view_keys:
+        view = config_value(key)
+        if view:
+            return get_url(view)
+    return "/"
+
+
+def _redirect_after(next_url, *view_keys):
+    return redirect(_redirect_target(next_url, *view_keys))
+
+
+def _next_argument():
+    return request.args.get("next") or request.form.get("next")
+
+
+def get_post_action_redirect(config_key: str, declared: str | None = None) -> str:
+    """Return where to go after an action: a safe ``next`` (``declared`` or from the
+    request), else the view of ``config_key`` (e.g. ``SECURITY_POST_LOGIN_VIEW``)."""
+    return _redirect_target(
+        declared or _next_argument(), config_key.removeprefix("SECURITY_")
+    )
+
+
+def find_redirect(key: str) -> str:
+    """Return the URL of the view configured under ``key``, or ``/``."""
+    return _redirect_target(None, key.removeprefix("SECURITY_"))
+
+
+def get_post_login_redirect(declared: str | None = None) -> str:
+    """Return where to go after login: a safe ``next``, else ``POST_LOGIN_VIEW``."""
+    return _redirect_target(declared or _next_argument(), "POST_LOGIN_VIEW")
+
+
+def get_post_register_redirect(declared: str | None = None) -> str:
+    """Return where to go after registering: a safe ``next``, else
+    ``POST_REGISTER_VIEW`` or ``POST_LOGIN_VIEW``."""
+    keys = ("POST_REGISTER_VIEW", "POST_LOGIN_VIEW")
+    return _redirect_target(declared or _next_argument(), *keys)
+
+
+def get_post_logout_redirect(declared: str | None = None) -> str:
+    """Return where to go after logout: a safe ``next``, else ``POST_LOGOUT_VIEW``."""
+    return _redirect_target(declared or _next_argument(), "POST_LOGOUT_VIEW")
+
+
+# -- reading the body into a form ---------------------------------------------
+
+
+class _BadRequestBody(Exception):
+    """A JSON body that is not an object of plain values."""
+
+    def __init__(self, errors):
+        super().__init__(errors)
+        self.errors = errors
+
+
+def _is_utf8(text):
+    """False for JSON strings holding lone surrogates ("\\ud800"): no database
+    can store them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _json_formdata(payload):
+    """Turn a JSON object into form data; booleans become what a checkbox sends."""
+    if not isinstance(payload, dict):
+        raise _BadRequestBody({"json": ["The body must be a JSON object."]})
+    formdata, errors = MultiDict(), {}
+    for name, value in payload.items():
+        if isinstance(value, bool):
+            formdata[name] = "y" if value else ""
+        elif isinstance(value, (str, int, float)) and _is_utf8(str(value)):
+            formdata[name] = str(value)
+        elif value is not None:
+            errors[name] = ["Expected a string, a number or a boolean."]
+    if errors:
+        raise _BadRequestBody(errors)
+    return formdata
+
+
+def _build_form(name, csrf=True):
+    """The form ``name`` of this app, filled from the JSON or form body.
+
+    :param csrf: False for a request authenticated by its token alone, which
+        carries no ambient credential a forged request could use.
+    """
+    form_class = _security.forms[name]
+    options = {} if csrf else {"meta": {"csrf": False}}
+    if request.is_json and request.method == "POST":
+        formdata = _json_formdata(_json_body())
+        field = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+        headers = current_app.config.get("WTF_CSRF_HEADERS", _CSRF_HEADERS)
+        header_token = next(filter(None, map(request.headers.get, headers)), None)
+        if header_token and field not in formdata:
+            formdata[field] = header_token
+        return form_class(formdata=formdata, **options)
+    return form_class(**options)
+
+
+#: Where JSON clients send the CSRF token, when ``WTF_CSRF_HEADERS`` is not set
+#: (Flask-WTF's own default).
+_CSRF_HEADERS = ["X-CSRFToken", "X-CSRF-Token"]
+
+
+# -- the shape of a form view -------------------------------------------------
+
+
+#: Each form view's template setting, and the name 1.7.4 gave its form there.
+_FORM_VIEWS = {
+    "login": ("LOGIN_USER_TEMPLATE", "login_user_form"),
+    "register": ("REGISTER_USER_TEMPLATE", "register_user_form"),
+    "forgot_password": ("FORGOT_PASSWORD_TEMPLATE", "forgot_password_form"),
+    "reset_password": ("RESET_PASSWORD_TEMPLATE", "reset_password_form"),
+    "change_password": ("CHANGE_PASSWORD_TEMPLATE", "change_password_form"),
+    "send_confirmation": ("SEND_CONFIRMATION_TEMPLATE", "send_confirmation_form"),
+    "send_login": ("SEND_LOGIN_TEMPLATE", "send_login_form"),
+    "tf_setup": ("TWO_FACTOR_SETUP_TEMPLATE", "tf_password_form"),
+    "tf_validate": ("TWO_FACTOR_VALIDATE_TEMPLATE", "tf_code_form"),
+    "tf_rescue": ("TWO_FACTOR_RESCUE_TEMPLATE", "tf_rescue_form"),
+    "tf_disable": ("TWO_FACTOR_DISABLE_TEMPLATE", "tf_password_form"),
+    "tf_recovery_codes": ("TWO_FACTOR_RECOVERY_CODES_TEMPLATE", "tf_password_form"),
+}
+
+
+def _template_values(processors, context):
+    """``security``, then what ``processors`` return, then ``context``: later wins."""
+    values = {"security": _security._get_current_object()}
+    for processor in processors:
+        values.update(processor())
+    values.update(context)
+    return values
+
+
+def _render(view, **context):
+    """Render a view's template with the context processors of the docs, through
+    ``security.render_template`` (an app may replace it, as in 1.7.4)."""
+    processors = _security.security._context_processors
+    values = _template_values(processors["all"] + processors[view], context)
+    return _security.render_template(config_value(_FORM_VIEWS[view][0]), **values)
+
+
+def _template_globals():
+    """``url_for_security`` and ``security`` in every template of the app, its own
+    pages included, as 1.7.4 gave them."""
+    return {
+        "url_for_security": url_for_security,
+        "security": _security._get_current_object(),
+    }
+
+
+class _Done(NamedTuple):
+    """What a form view did with a valid submit: whom its JSON answer names (with an
+    auth token when ``token``), the ``(text, category)`` flashed to browsers, where
+    browsers go next (None: the form is shown again), and more of the JSON answer
+    (``{"tf_required": True}``)."""
+
+    user: object = None
+    token: bool = False
+    message: tuple | None = None
+    next_url: str | None = None
+    json: dict | None = None
+
+
+def _form_view(view, form_name, act, csrf=True, **context):
+    """Every form view: on a valid submit ``act(form)`` does the view's own work and
+    returns a :class:`_Done` (None after adding a form error); then JSON clients get
+    1.7.4's envelope, browsers a flash and a redirect, or the form again."""
+    form = _build_form(form_name, csrf)
+    done = act(form) if form.validate_on_submit() else None
+    if _wants_json():
+        return _form_json(form, done)
+    if done is not None:
+        if done.message:
+            do_flash(*done.message)
+        if done.next_url:
+            return redirect(done.next_url)
+    page = _render(view, **{_FORM_VIEWS[view][1]: form}, **context)
+    return page, 400 if _csrf_refused(form) else 200
+
+
+def _csrf_refused(form):
+    """True if ``form`` was refused for its CSRF token: a 400, as for JSON."""
+    return bool(form.meta.csrf) and form.meta.csrf_field_name in form.errors
+
+
+def _form_json(form, done):
+    """400 with field errors; after a valid submit the user's id (and token) and
+    the CSRF token of the next form; else, for a client about to fill the form, the
+    CSRF token it needs."""
+    if form.errors:
+        return _fail_form(form.errors)
+    response = {}
+    if done is None and form.meta.csrf:
+        response["csrf_token"] = form[form.meta.csrf_field_name].current_token
+    elif done is not None and done.user is not None:
+        response["user"] = {"id": str(done.user.id)}
+        if done.token:
+            response["user"]["authentication_token"] = done.user.get_auth_token()
+    if done is not None and form.meta.csrf:
+        # The token for the client's next form: login renews the session.
+        response["csrf_token"] = generate_csrf(token_key=form.meta.csrf_field_name)
+    if done is not None and done.json:
+        response.update(done.json)
+    return _json_answer(200, response)
+
+
+# -- every answer of a security view ------------------------------------------
+
+
+def _limit_body(endpoint, values):
+    """Cap the body of a security request before anything reads it: URL value
+    preprocessors run before every ``before_request`` function of the app, so an
+    app-wide ``CSRFProtect`` cannot parse a huge body first."""
+    request.max_content_length = min(
+        request.max_content_length or _MAX_BODY_BYTES, _MAX_BODY_BYTES
+    )
+
+
+def _security_headers(response):
+    """Security pages are not cached, not framed (clickjacking), and not named in
+    the ``Referer`` of what they link to: their URLs may carry a token."""
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+    return response
+
+
+def _bad_body(error):
+    return _fail_form(error.errors)
+
+
+def _too_large(error):
+    return _json_error(413, "The request body is too large.")
+
+
+def _undeclared_host(error):
+    if _wants_json():
+        return _json_error(400, error.description)
+    return _http_error(BadRequest(error.description))  # the app's own 400 page
+
+
+# =============================================================================
+# 6. Authentication and decorators
+# =============================================================================
+
+
+# -- who may log in -----------------------------------------------------------
+
+
+def requires_confirmation(user: Any) -> bool:
+    """True if ``user`` may not log in before confirming their address."""
+    return (
+        config_value("CONFIRMABLE")
+        and not config_value("LOGIN_WITHOUT_CONFIRMATION")
+        and getattr(user, "confirmed_at", None) is None
+    )
+
 
 #: How many times a lockout count is retried when other requests wrote first.
 _COUNT_RETRIES = 50
@@ -2052,493 +2328,14 @@ _LOGIN_REFUSALS = {
     "unconfirmed": ("email", "CONFIRMATION_REQUIRED"),
     "disabled": ("email", "DISABLED_ACCOUNT"),
 }
+
+
 #: The reasons generic responses answer alike: each would tell something about an
 #: account to someone who has not shown its password.
 _HIDDEN_BY_GENERIC = ("unknown_user", "no_password", "locked", "invalid_password")
 
 
-# -- the forms -----------------------------------------------------------------------
-
-#: The label of each form field, by key.
-_default_field_labels = {
-    "email": "Email address",
-    "password": "Password",
-    "current_password": "Current password",
-    "register": "Register",
-    "send_confirmation": "Resend confirmation instructions",
-    "recover_password": "Recover password",
-    "send_login_link": "Send login link",
-    "remember_me": "Remember me",
-    "login": "Log in",
-    "reset_password": "Reset password",
-    "new_password": "New password",
-    "change_password": "Change password",
-    "retype_password": "Retype password",
-    "retype_new_password": "Retype new password",
-    "tf_code": "Authentication code",
-    "tf_verify": "Verify",
-    "tf_recovery_code": "Recovery code",
-    "tf_rescue": "Use recovery code",
-    "tf_continue": "Continue",
-}
-
-
-def get_form_field_label(key: str) -> str:
-    """Return the label of the form field ``key`` (``email``, ``password``, ...)."""
-    return _default_field_labels[key]
-
-
-class _Required:
-    """Stop validation with message ``key`` when the field is empty."""
-
-    field_flags = {"required": True}
-
-    def __init__(self, key):
-        self.key = key
-
-    def __call__(self, form, field):
-        if not isinstance(field.data, str) or not field.data.strip():
-            field.errors[:] = []
-            raise StopValidation(get_message(self.key)[0])
-
-
-def email_validator(form: FlaskForm, field: Field) -> None:
-    """Validator: the field must hold an email address (syntax only, no DNS)."""
-    from email_validator import EmailNotValidError, validate_email
-
-    try:
-        validate_email(field.data, check_deliverability=False)
-    except EmailNotValidError:
-        raise ValidationError(get_message("INVALID_EMAIL_ADDRESS")[0]) from None
-
-
-def password_length(form: FlaskForm, field: Field) -> None:
-    """Validator: a new password needs ``SECURITY_PASSWORD_LENGTH_MIN`` characters,
-    and at most 4096 bytes (passlib hashes no longer secret)."""
-    minimum = config_value("PASSWORD_LENGTH_MIN")
-    if len(field.data) < minimum:
-        raise ValidationError(get_message("PASSWORD_INVALID_LENGTH", length=minimum)[0])
-    if len(_to_bytes(field.data)) > _MAX_PASSWORD_BYTES:
-        message = get_message("PASSWORD_TOO_LONG", length=_MAX_PASSWORD_BYTES)
-        raise ValidationError(message[0])
-
-
-def unique_user_email(form: FlaskForm, field: Field) -> None:
-    """Validator: no account may use the address yet."""
-    if _datastore.find_user(email=field.data.strip()) is not None:
-        message = get_message("EMAIL_ALREADY_ASSOCIATED", email=field.data)[0]
-        raise ValidationError(message)
-
-
-def valid_user_email(form: FlaskForm, field: Field) -> None:
-    """Validator: an account must match the identifier; it is kept as ``form.user``."""
-    form.user = _datastore.find_user_by_identity(field.data)
-    if form.user is None and not config_value("RETURN_GENERIC_RESPONSES"):
-        raise ValidationError(get_message("USER_DOES_NOT_EXIST")[0])
-
-
-#: Validator: the email field must not be empty.
-email_required = _Required("EMAIL_NOT_PROVIDED")
-#: Validator: the password field must not be empty.
-password_required = _Required("PASSWORD_NOT_PROVIDED")
-
-
-class _EqualTo:
-    """Fail with message ``key`` unless the field equals ``other``."""
-
-    def __init__(self, other, key):
-        self.other, self.key = other, key
-
-    def __call__(self, form, field):
-        if field.data != form[self.other].data:
-            raise ValidationError(get_message(self.key)[0])
-
-
-class ValidatorMixin:
-    """Lets a WTForms validator take a message key, as 1.7.4's did:
-    ``Required(message="EMAIL_NOT_PROVIDED")`` shows that message's text, read
-    when the validator runs, so ``SECURITY_MSG_*`` of the current app apply."""
-
-    def __call__(self, form, field):
-        try:
-            return super().__call__(form, field)
-        except (ValidationError, StopValidation) as error:
-            key = error.args[0] if error.args else None
-            if isinstance(key, str) and config_value("MSG_" + key) is not None:
-                raise type(error)(get_message(key)[0]) from None
-            raise
-
-
-class Required(ValidatorMixin, validators.DataRequired):
-    """The field must not be empty; ``message`` may be a message key."""
-
-
-class Email(ValidatorMixin, validators.Email):
-    """The field must hold an email address; ``message`` may be a message key."""
-
-
-class EqualTo(ValidatorMixin, validators.EqualTo):
-    """The field must equal ``fieldname``; ``message`` may be a message key."""
-
-
-class Length(ValidatorMixin, validators.Length):
-    """The field's length must lie in ``min``..``max``; ``message`` may be a
-    message key."""
-
-
-#: 1.7.4's name of WTForms' ``StringField``.
-TextField = StringField
-#: 1.7.4's name of Flask-WTF's form class, the base of :class:`Form`.
-BaseForm = FlaskForm
-
-
-class Form(FlaskForm):
-    """Base of every security form (CSRF-protected through Flask-WTF)."""
-
-
-class EmailFormMixin:
-    """An email field that must hold an address."""
-
-    email = StringField(
-        get_form_field_label("email"), [email_required, email_validator]
-    )
-
-
-class UserEmailFormMixin:
-    """An email field naming an existing user, who is kept as ``form.user``."""
-
-    user = None
-    email = StringField(
-        get_form_field_label("email"),
-        [email_required, email_validator, valid_user_email],
-    )
-
-
-class UniqueEmailFormMixin:
-    """An email field no account uses yet."""
-
-    email = StringField(
-        get_form_field_label("email"),
-        [email_required, email_validator, unique_user_email],
-    )
-
-
-class PasswordFormMixin:
-    """The current password."""
-
-    password = PasswordField(
-        get_form_field_label("current_password"), [password_required]
-    )
-
-
-class NewPasswordFormMixin:
-    """A new password, long enough."""
-
-    password = PasswordField(
-        get_form_field_label("password"), [password_required, password_length]
-    )
-
-
-class PasswordConfirmFormMixin:
-    """The new password typed again."""
-
-    password_confirm = PasswordField(
-        get_form_field_label("retype_password"),
-        [_EqualTo("password", "RETYPE_PASSWORD_MISMATCH")],
-    )
-
-
-class NextFormMixin:
-    """A hidden ``next`` URL that must stay on this site."""
-
-    next = HiddenField()
-
-    def validate_next(self, field: Field) -> None:
-        """Refuse a ``next`` that leaves this host."""
-        if field.data and not validate_redirect_url(field.data):
-            field.data = ""
-            raise ValidationError(get_message("INVALID_REDIRECT")[0])
-
-
-class RegisterFormMixin:
-    """The register button, and the fields to pass to ``create_user``."""
-
-    submit = SubmitField(get_form_field_label("register"))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The form's fields that are also attributes of the user model."""
-        user_model = _datastore.user_model
-        return {
-            name: field.data
-            for name, field in self._fields.items()
-            if isinstance(field, Field) and hasattr(user_model, name)
-        }
-
-
-def _refuse_known_address(form, key):
-    """Refuse a known address with message ``key``; with generic responses, act as
-    for an unknown one instead (no error, nobody to send to)."""
-    if config_value("RETURN_GENERIC_RESPONSES"):
-        form.user = None
-        return True
-    form.email.errors.append(get_message(key)[0])
-    return False
-
-
-class SendConfirmationForm(Form, UserEmailFormMixin):
-    """Ask for the confirmation email again."""
-
-    submit = SubmitField(get_form_field_label("send_confirmation"))
-
-    def validate(self, extra_validators: Any = None) -> bool:
-        if not super().validate(extra_validators):
-            return False
-        if self.user is not None and self.user.confirmed_at is not None:
-            return _refuse_known_address(self, "ALREADY_CONFIRMED")
-        return True
-
-
-class ForgotPasswordForm(Form, UserEmailFormMixin):
-    """Ask for password reset instructions; an account that must confirm its
-    address first is told so (as in 1.7.4), unless generic responses are on: then
-    it is answered like an unknown address, and nothing is sent."""
-
-    submit = SubmitField(get_form_field_label("recover_password"))
-
-    def validate(self, extra_validators: Any = None) -> bool:
-        if not super().validate(extra_validators):
-            return False
-        if self.user is None or not requires_confirmation(self.user):
-            return True
-        return _refuse_known_address(self, "CONFIRMATION_REQUIRED")
-
-
-class PasswordlessLoginForm(Form, UserEmailFormMixin):
-    """Ask for a login link."""
-
-    submit = SubmitField(get_form_field_label("send_login_link"))
-
-    def validate(self, extra_validators: Any = None) -> bool:
-        if not super().validate(extra_validators):
-            return False
-        if self.user is not None and not self.user.is_active:
-            return _refuse_known_address(self, "DISABLED_ACCOUNT")
-        return True
-
-
-class LoginForm(Form, NextFormMixin):
-    """Log in with an identifier (email by default) and a password."""
-
-    user = None
-    email = StringField(get_form_field_label("email"), [email_required])
-    password = PasswordField(get_form_field_label("password"), [password_required])
-    remember = BooleanField(get_form_field_label("remember_me"))
-    submit = SubmitField(get_form_field_label("login"))
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if not self.next.data:
-            self.next.data = request.args.get("next", "")
-        if not self.is_submitted():
-            self.remember.data = config_value("DEFAULT_REMEMBER_ME")
-
-    def validate(self, extra_validators: Any = None) -> bool:
-        if not super().validate(extra_validators):
-            return False
-        self.user, reason = _check_login(self.email.data, self.password.data)
-        if reason is None:
-            return True
-        field, key = _LOGIN_REFUSALS[reason]
-        if config_value("RETURN_GENERIC_RESPONSES") and reason in _HIDDEN_BY_GENERIC:
-            field, key = "password", "GENERIC_AUTHN_FAILED"
-        self[field].errors.append(get_message(key)[0])
-        return False
-
-
-class ConfirmRegisterForm(
-    Form, RegisterFormMixin, UniqueEmailFormMixin, NewPasswordFormMixin
-):
-    """Register with an email and a password (used when confirmation is on)."""
-
-
-class RegisterForm(ConfirmRegisterForm, PasswordConfirmFormMixin, NextFormMixin):
-    """Register with an email, a password and the password again."""
-
-
-class ResetPasswordForm(Form, NewPasswordFormMixin, PasswordConfirmFormMixin):
-    """Choose a new password from a reset link."""
-
-    submit = SubmitField(get_form_field_label("reset_password"))
-
-
-class ChangePasswordForm(Form, PasswordFormMixin):
-    """Change the password of the logged-in user."""
-
-    new_password = PasswordField(
-        get_form_field_label("new_password"), [password_required, password_length]
-    )
-    new_password_confirm = PasswordField(
-        get_form_field_label("retype_new_password"),
-        [_EqualTo("new_password", "RETYPE_PASSWORD_MISMATCH")],
-    )
-    submit = SubmitField(get_form_field_label("change_password"))
-
-    def validate(self, extra_validators: Any = None) -> bool:
-        if not super().validate(extra_validators):
-            return False
-        user = current_user._get_current_object()
-        _, reason = _check_login(user.email, self.password.data, user=user)
-        if reason is not None:
-            key = "ACCOUNT_LOCKED" if reason == "locked" else "INVALID_PASSWORD"
-            self.password.errors.append(get_message(key)[0])
-            return False
-        if self.password.data == self.new_password.data:
-            self.new_password.errors.append(get_message("PASSWORD_IS_SAME")[0])
-            return False
-        return True
-
-
-class TwoFactorCodeForm(Form):
-    """A six-digit code from an authenticator app."""
-
-    code = StringField(
-        get_form_field_label("tf_code"),
-        [_Required("TF_CODE_NOT_PROVIDED")],
-    )
-    submit = SubmitField(get_form_field_label("tf_verify"))
-
-
-class TwoFactorRescueForm(Form):
-    """One of the recovery codes handed out at enrolment."""
-
-    code = StringField(
-        get_form_field_label("tf_recovery_code"),
-        [_Required("TF_CODE_NOT_PROVIDED")],
-    )
-    submit = SubmitField(get_form_field_label("tf_rescue"))
-
-
-class TwoFactorPasswordForm(Form, PasswordFormMixin):
-    """The current password, asked again before two-factor settings change."""
-
-    submit = SubmitField(get_form_field_label("tf_continue"))
-
-    def validate(self, extra_validators: Any = None) -> bool:
-        if not super().validate(extra_validators):
-            return False
-        if not verify_and_update_password(self.password.data, current_user):
-            self.password.errors.append(get_message("INVALID_PASSWORD")[0])
-            return False
-        return True
-
-
-#: The form each ``init_app`` keyword replaces.
-_default_forms = {
-    "login_form": LoginForm,
-    "confirm_register_form": ConfirmRegisterForm,
-    "register_form": RegisterForm,
-    "forgot_password_form": ForgotPasswordForm,
-    "reset_password_form": ResetPasswordForm,
-    "change_password_form": ChangePasswordForm,
-    "send_confirmation_form": SendConfirmationForm,
-    "passwordless_login_form": PasswordlessLoginForm,
-    "tf_code_form": TwoFactorCodeForm,
-    "tf_rescue_form": TwoFactorRescueForm,
-    "tf_password_form": TwoFactorPasswordForm,
-}
-
-
-# =============================================================================
-# 10. Answers: JSON or HTML, and every failure
-# =============================================================================
-
-
-def _wants_json():
-    """How this request wants its answer, decided in one place: JSON for a JSON body
-    or a client that prefers JSON to HTML, HTML otherwise."""
-    if request.is_json:
-        return True
-    best = request.accept_mimetypes.best_match(("text/html", "application/json"))
-    return best == "application/json"
-
-
-def _json_answer(code, response):
-    """1.7.4's envelope ``{"meta": {"code": ...}, "response": {...}}`` as a Response."""
-    answer = jsonify(meta={"code": code}, response=response)
-    answer.status_code = code
-    return answer
-
-
-def _json_error(code, message):
-    return _json_answer(code, {"error": message})
-
-
-def _fail_form(errors):
-    """400 with field errors, ``{"field": ["message", ...]}``, for JSON clients."""
-    return _json_answer(400, {"errors": errors})
-
-
-def _http_error(error):
-    """``error`` (a Werkzeug HTTPException) as a Response, through the app's own
-    error handler for its status when it has one."""
-    app = current_app._get_current_object()
-    return app.make_response(app.handle_user_exception(error))
-
-
-def _fail_login(message="LOGIN"):
-    """401 for a view that needs a logged-in user (or, with ``"REFRESH"``, a fresh
-    login): JSON clients get the envelope, browsers the login page with a relative
-    ``next`` back here."""
-    if _wants_json():
-        return _json_error(401, get_message(message)[0])
-    here = request.full_path if request.query_string else request.path
-    token_key = config_value("TOKEN_AUTHENTICATION_KEY")
-    if token_key in request.args:  # a token must not travel on in the login URL
-        kept = [(k, v) for k, v in request.args.items(multi=True) if k != token_key]
-        here = request.path + (f"?{urlencode(kept)}" if kept else "")
-    try:
-        login_url = url_for_security("login", next=request.script_root + here)
-    except BuildError:  # the app registered no security views
-        return _http_error(Unauthorized())
-    _flash_message(message)
-    return redirect(login_url)
-
-
-#: The body of a 401 for browsers, as 1.7.4 sent it: a heading and a hint.
-_UNAUTHORIZED_HTML = (
-    "<h1>Unauthorized</h1>\n"
-    "<p>This page needs valid credentials: a login, an auth token or a password.</p>"
-)
-
-
-def _fail_credentials(realm=None):
-    """401 for a request without valid token or Basic credentials; with ``realm``,
-    a ``WWW-Authenticate`` challenge asks the browser for Basic credentials."""
-    if _wants_json():
-        answer = _json_error(401, get_message("LOGIN")[0])
-    else:
-        answer = Response(_UNAUTHORIZED_HTML, 401, mimetype="text/html")
-    if realm is not None:
-        quoted = realm.replace("\\", "\\\\").replace('"', '\\"')
-        answer.headers["WWW-Authenticate"] = f'Basic realm="{quoted}"'
-    return answer
-
-
-def _fail_forbidden():
-    """403 for a user who lacks a role: JSON, a redirect to
-    ``SECURITY_UNAUTHORIZED_VIEW`` when set, else the app's 403 page."""
-    if _wants_json():
-        return _json_error(403, get_message("UNAUTHORIZED")[0])
-    view = config_value("UNAUTHORIZED_VIEW")
-    if view:
-        _flash_message("UNAUTHORIZED")
-        return redirect(get_url(view))
-    return _http_error(Forbidden())
-
-
-# =============================================================================
-# 11. Authentication and decorators
-# =============================================================================
+# -- how a request authenticates ----------------------------------------------
 
 
 def _set_auth_method(method):
@@ -2552,7 +2349,192 @@ def _auth_method():
     return g.get("flask_security_auth_method")
 
 
-# -- Flask-Principal, when the app has it -------------------------------------------
+def _set_request_user(user, method):
+    """Make ``user`` the current user of this request only (nothing in the session)."""
+    # Flask-Login's own setter of the request's user, as its request loaders use.
+    current_app.login_manager._update_request_context_with_user(user)
+    _set_auth_method(method)
+    flask_login.user_loaded_from_request.send(
+        current_app._get_current_object(), user=user
+    )
+    _announce_identity(user)
+
+
+def _load_user_from_session(identity):
+    """Flask-Login's user loader: the id must still match the current password."""
+    user_id, _, binding = identity.rpartition("|")
+    if not user_id:
+        return None
+    user = _datastore.get_user_by_id(user_id)
+    if user is None or not user.is_active or requires_confirmation(user):
+        return None
+    if not hmac.compare_digest(binding, _binding("remember", user)):
+        return None
+    return user
+
+
+def _json_body():
+    """The request's JSON body; None when it is not valid JSON, or is nested deeper
+    than Python's parser can go (a 1,000-deep array is, and must not be a 500)."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        return None
+
+
+def _request_token():
+    token = request.headers.get(config_value("TOKEN_AUTHENTICATION_HEADER"))
+    key = config_value("TOKEN_AUTHENTICATION_KEY")
+    if not token:
+        token = request.args.get(key)
+    if not token and request.is_json:
+        body = _json_body()
+        token = body.get(key) if isinstance(body, dict) else None
+    return token if isinstance(token, str) else None
+
+
+def _check_token():
+    """Authenticate the request by its auth token: one HMAC and one lookup."""
+    token = _request_token()
+    if not token:
+        return False
+    check = _read_token(token, "remember", config_value("TOKEN_MAX_AGE"))
+    if not check.ok or not check.user.is_active or requires_confirmation(check.user):
+        return False
+    _set_request_user(check.user, "token")
+    return True
+
+
+def _check_http_auth():
+    """Authenticate the request by HTTP Basic credentials."""
+    credentials = request.authorization
+    if credentials is None or credentials.type != "basic":
+        return False
+    user, reason = _check_login(credentials.username, credentials.password or "")
+    if reason is not None:
+        return False
+    if _needs_second_factor(user) and not config_value("TWO_FACTOR_ALLOW_BASIC"):
+        return False
+    _set_request_user(user, "basic")
+    return True
+
+
+def _check_session():
+    if current_user.is_authenticated:
+        _set_auth_method("session")
+        return True
+    return False
+
+
+#: The ways a request can authenticate, by the names ``auth_required`` takes.
+_AUTH_CHECKS = {
+    "token": _check_token,
+    "basic": _check_http_auth,
+    "session": _check_session,
+}
+
+
+# -- decorators ---------------------------------------------------------------
+
+
+def http_auth_required(realm: str | Callable) -> Callable:
+    """Protect a view with HTTP Basic auth; usable bare or as ``(realm)``.
+
+    :param realm: the realm announced in ``WWW-Authenticate`` (default:
+        ``SECURITY_DEFAULT_HTTP_AUTH_REALM``).
+    """
+
+    def protect(view, realm_name=None):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            if _check_http_auth():
+                return current_app.ensure_sync(view)(*args, **kwargs)
+            return _fail_credentials(
+                realm_name or config_value("DEFAULT_HTTP_AUTH_REALM")
+            )
+
+        return wrapper
+
+    if callable(realm):
+        return protect(realm)
+    return lambda view: protect(view, realm)
+
+
+def auth_token_required(view: Callable) -> Callable:
+    """Protect a view with token authentication (header, query arg or JSON body)."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        if _check_token():
+            return current_app.ensure_sync(view)(*args, **kwargs)
+        return _fail_credentials()
+
+    return wrapper
+
+
+def auth_required(*methods: str) -> Callable[[Callable], Callable]:
+    """Protect a view with any of ``'token'``, ``'basic'``, ``'session'``, tried in
+    the order given. A refusal challenges for Basic when it is listed, else sends
+    browsers to the login page when ``session`` is listed."""
+    unknown = set(methods) - set(_AUTH_CHECKS)
+    if unknown or not methods:
+        raise ValueError(f"auth_required takes token, basic, session; not {unknown}")
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            if any(_AUTH_CHECKS[method]() for method in methods):
+                return current_app.ensure_sync(view)(*args, **kwargs)
+            if "basic" in methods:
+                return _fail_credentials(config_value("DEFAULT_HTTP_AUTH_REALM"))
+            if "session" in methods:
+                return _fail_login()
+            return _fail_credentials()
+
+        return wrapper
+
+    return decorator
+
+
+def _roles_decorator(roles, allowed):
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            user = current_user._get_current_object()
+            if not user.is_authenticated:
+                return _fail_login()
+            if not allowed(user.has_role(role) for role in roles):
+                return _fail_forbidden()
+            return current_app.ensure_sync(view)(*args, **kwargs)
+
+        return _reads_roles(wrapper)
+
+    return decorator
+
+
+def roles_required(*roles: Any) -> Callable[[Callable], Callable]:
+    """Allow only users who have every one of ``roles`` (names or Role objects)."""
+    return _roles_decorator(roles, all)
+
+
+def roles_accepted(*roles: Any) -> Callable[[Callable], Callable]:
+    """Allow only users who have at least one of ``roles``."""
+    return _roles_decorator(roles, any)
+
+
+def anonymous_user_required(view: Callable) -> Callable:
+    """Send a logged-in user to ``SECURITY_POST_LOGIN_VIEW`` instead of the view."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        if current_user.is_authenticated:
+            return redirect(get_url(config_value("POST_LOGIN_VIEW")))
+        return current_app.ensure_sync(view)(*args, **kwargs)
+
+    return wrapper
+
+
+# -- Flask-Principal, when the app has it -------------------------------------
 
 
 @cache
@@ -2668,135 +2650,7 @@ def _announce_identity(user):
     principal.identity_changed.send(app, identity=identity)
 
 
-def _set_request_user(user, method):
-    """Make ``user`` the current user of this request only (nothing in the session)."""
-    # Flask-Login's own setter of the request's user, as its request loaders use.
-    current_app.login_manager._update_request_context_with_user(user)
-    _set_auth_method(method)
-    flask_login.user_loaded_from_request.send(
-        current_app._get_current_object(), user=user
-    )
-    _announce_identity(user)
-
-
-def _json_body():
-    """The request's JSON body; None when it is not valid JSON, or is nested deeper
-    than Python's parser can go (a 1,000-deep array is, and must not be a 500)."""
-    try:
-        return request.get_json(silent=True)
-    except RecursionError:
-        return None
-
-
-def _request_token():
-    token = request.headers.get(config_value("TOKEN_AUTHENTICATION_HEADER"))
-    key = config_value("TOKEN_AUTHENTICATION_KEY")
-    if not token:
-        token = request.args.get(key)
-    if not token and request.is_json:
-        body = _json_body()
-        token = body.get(key) if isinstance(body, dict) else None
-    return token if isinstance(token, str) else None
-
-
-def _check_token():
-    """Authenticate the request by its auth token: one HMAC and one lookup."""
-    token = _request_token()
-    if not token:
-        return False
-    check = _read_token(token, "remember", config_value("TOKEN_MAX_AGE"))
-    if not check.ok or not check.user.is_active or requires_confirmation(check.user):
-        return False
-    _set_request_user(check.user, "token")
-    return True
-
-
-def _check_http_auth():
-    """Authenticate the request by HTTP Basic credentials."""
-    credentials = request.authorization
-    if credentials is None or credentials.type != "basic":
-        return False
-    user, reason = _check_login(credentials.username, credentials.password or "")
-    if reason is not None:
-        return False
-    if _needs_second_factor(user) and not config_value("TWO_FACTOR_ALLOW_BASIC"):
-        return False
-    _set_request_user(user, "basic")
-    return True
-
-
-def _check_session():
-    if current_user.is_authenticated:
-        _set_auth_method("session")
-        return True
-    return False
-
-
-#: The ways a request can authenticate, by the names ``auth_required`` takes.
-_AUTH_CHECKS = {
-    "token": _check_token,
-    "basic": _check_http_auth,
-    "session": _check_session,
-}
-
-
-def http_auth_required(realm: str | Callable) -> Callable:
-    """Protect a view with HTTP Basic auth; usable bare or as ``(realm)``.
-
-    :param realm: the realm announced in ``WWW-Authenticate`` (default:
-        ``SECURITY_DEFAULT_HTTP_AUTH_REALM``).
-    """
-
-    def protect(view, realm_name=None):
-        @wraps(view)
-        def wrapper(*args, **kwargs):
-            if _check_http_auth():
-                return current_app.ensure_sync(view)(*args, **kwargs)
-            return _fail_credentials(
-                realm_name or config_value("DEFAULT_HTTP_AUTH_REALM")
-            )
-
-        return wrapper
-
-    if callable(realm):
-        return protect(realm)
-    return lambda view: protect(view, realm)
-
-
-def auth_token_required(view: Callable) -> Callable:
-    """Protect a view with token authentication (header, query arg or JSON body)."""
-
-    @wraps(view)
-    def wrapper(*args, **kwargs):
-        if _check_token():
-            return current_app.ensure_sync(view)(*args, **kwargs)
-        return _fail_credentials()
-
-    return wrapper
-
-
-def auth_required(*methods: str) -> Callable[[Callable], Callable]:
-    """Protect a view with any of ``'token'``, ``'basic'``, ``'session'``, tried in
-    the order given. A refusal challenges for Basic when it is listed, else sends
-    browsers to the login page when ``session`` is listed."""
-    unknown = set(methods) - set(_AUTH_CHECKS)
-    if unknown or not methods:
-        raise ValueError(f"auth_required takes token, basic, session; not {unknown}")
-
-    def decorator(view):
-        @wraps(view)
-        def wrapper(*args, **kwargs):
-            if any(_AUTH_CHECKS[method]() for method in methods):
-                return current_app.ensure_sync(view)(*args, **kwargs)
-            if "basic" in methods:
-                return _fail_credentials(config_value("DEFAULT_HTTP_AUTH_REALM"))
-            if "session" in methods:
-                return _fail_login()
-            return _fail_credentials()
-
-        return wrapper
-
-    return decorator
+# -- roles read ahead ---------------------------------------------------------
 
 
 def _roles_wanted():
@@ -2815,62 +2669,6 @@ def _reads_roles(view):
     ``functools.wraps``."""
     view.security_reads_roles = True
     return view
-
-
-def _roles_decorator(roles, allowed):
-    def decorator(view):
-        @wraps(view)
-        def wrapper(*args, **kwargs):
-            user = current_user._get_current_object()
-            if not user.is_authenticated:
-                return _fail_login()
-            if not allowed(user.has_role(role) for role in roles):
-                return _fail_forbidden()
-            return current_app.ensure_sync(view)(*args, **kwargs)
-
-        return _reads_roles(wrapper)
-
-    return decorator
-
-
-def roles_required(*roles: Any) -> Callable[[Callable], Callable]:
-    """Allow only users who have every one of ``roles`` (names or Role objects)."""
-    return _roles_decorator(roles, all)
-
-
-def roles_accepted(*roles: Any) -> Callable[[Callable], Callable]:
-    """Allow only users who have at least one of ``roles``."""
-    return _roles_decorator(roles, any)
-
-
-def anonymous_user_required(view: Callable) -> Callable:
-    """Send a logged-in user to ``SECURITY_POST_LOGIN_VIEW`` instead of the view."""
-
-    @wraps(view)
-    def wrapper(*args, **kwargs):
-        if current_user.is_authenticated:
-            return redirect(get_url(config_value("POST_LOGIN_VIEW")))
-        return current_app.ensure_sync(view)(*args, **kwargs)
-
-    return wrapper
-
-
-# =============================================================================
-# 12. Session login and logout
-# =============================================================================
-
-
-def _load_user_from_session(identity):
-    """Flask-Login's user loader: the id must still match the current password."""
-    user_id, _, binding = identity.rpartition("|")
-    if not user_id:
-        return None
-    user = _datastore.get_user_by_id(user_id)
-    if user is None or not user.is_active or requires_confirmation(user):
-        return None
-    if not hmac.compare_digest(binding, _binding("remember", user)):
-        return None
-    return user
 
 
 def _keep_roles_readable(response):
@@ -2896,6 +2694,361 @@ def _keep_roles_readable(response):
         # database session failed): a later read raises where it is made.
         return response
     return response
+
+
+# =============================================================================
+# 7. Forms
+# =============================================================================
+# Validators read their messages when they run, so SECURITY_MSG_* set after import
+# still apply.
+
+
+#: The label of each form field, by key.
+_default_field_labels = {
+    "email": "Email address",
+    "password": "Password",
+    "current_password": "Current password",
+    "register": "Register",
+    "send_confirmation": "Resend confirmation instructions",
+    "recover_password": "Recover password",
+    "send_login_link": "Send login link",
+    "remember_me": "Remember me",
+    "login": "Log in",
+    "reset_password": "Reset password",
+    "new_password": "New password",
+    "change_password": "Change password",
+    "retype_password": "Retype password",
+    "retype_new_password": "Retype new password",
+    "tf_code": "Authentication code",
+    "tf_verify": "Verify",
+    "tf_recovery_code": "Recovery code",
+    "tf_rescue": "Use recovery code",
+    "tf_continue": "Continue",
+}
+
+
+def get_form_field_label(key: str) -> str:
+    """Return the label of the form field ``key`` (``email``, ``password``, ...)."""
+    return _default_field_labels[key]
+
+
+class _Required:
+    """Stop validation with message ``key`` when the field is empty."""
+
+    field_flags = {"required": True}
+
+    def __init__(self, key):
+        self.key = key
+
+    def __call__(self, form, field):
+        if not isinstance(field.data, str) or not field.data.strip():
+            field.errors[:] = []
+            raise StopValidation(get_message(self.key)[0])
+
+
+def email_validator(form: FlaskForm, field: Field) -> None:
+    """Validator: the field must hold an email address (syntax only, no DNS)."""
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        validate_email(field.data, check_deliverability=False)
+    except EmailNotValidError:
+        raise ValidationError(get_message("INVALID_EMAIL_ADDRESS")[0]) from None
+
+
+def password_length(form: FlaskForm, field: Field) -> None:
+    """Validator: a new password needs ``SECURITY_PASSWORD_LENGTH_MIN`` characters,
+    and at most 4096 bytes (passlib hashes no longer secret)."""
+    minimum = config_value("PASSWORD_LENGTH_MIN")
+    if len(field.data) < minimum:
+        raise ValidationError(get_message("PASSWORD_INVALID_LENGTH", length=minimum)[0])
+    if len(_to_bytes(field.data)) > _MAX_PASSWORD_BYTES:
+        message = get_message("PASSWORD_TOO_LONG", length=_MAX_PASSWORD_BYTES)
+        raise ValidationError(message[0])
+
+
+def unique_user_email(form: FlaskForm, field: Field) -> None:
+    """Validator: no account may use the address yet."""
+    if _datastore.find_user(email=field.data.strip()) is not None:
+        message = get_message("EMAIL_ALREADY_ASSOCIATED", email=field.data)[0]
+        raise ValidationError(message)
+
+
+def valid_user_email(form: FlaskForm, field: Field) -> None:
+    """Validator: an account must match the identifier; it is kept as ``form.user``."""
+    form.user = _datastore.find_user_by_identity(field.data)
+    if form.user is None and not config_value("RETURN_GENERIC_RESPONSES"):
+        raise ValidationError(get_message("USER_DOES_NOT_EXIST")[0])
+
+
+#: Validator: the email field must not be empty.
+email_required = _Required("EMAIL_NOT_PROVIDED")
+
+
+#: Validator: the password field must not be empty.
+password_required = _Required("PASSWORD_NOT_PROVIDED")
+
+
+class _EqualTo:
+    """Fail with message ``key`` unless the field equals ``other``."""
+
+    def __init__(self, other, key):
+        self.other, self.key = other, key
+
+    def __call__(self, form, field):
+        if field.data != form[self.other].data:
+            raise ValidationError(get_message(self.key)[0])
+
+
+class ValidatorMixin:
+    """Lets a WTForms validator take a message key, as 1.7.4's did:
+    ``Required(message="EMAIL_NOT_PROVIDED")`` shows that message's text, read
+    when the validator runs, so ``SECURITY_MSG_*`` of the current app apply."""
+
+    def __call__(self, form, field):
+        try:
+            return super().__call__(form, field)
+        except (ValidationError, StopValidation) as error:
+            key = error.args[0] if error.args else None
+            if isinstance(key, str) and config_value("MSG_" + key) is not None:
+                raise type(error)(get_message(key)[0]) from None
+            raise
+
+
+class Required(ValidatorMixin, validators.DataRequired):
+    """The field must not be empty; ``message`` may be a message key."""
+
+
+class Email(ValidatorMixin, validators.Email):
+    """The field must hold an email address; ``message`` may be a message key."""
+
+
+class EqualTo(ValidatorMixin, validators.EqualTo):
+    """The field must equal ``fieldname``; ``message`` may be a message key."""
+
+
+class Length(ValidatorMixin, validators.Length):
+    """The field's length must lie in ``min``..``max``; ``message`` may be a
+    message key."""
+
+
+#: 1.7.4's name of WTForms' ``StringField``.
+TextField = StringField
+
+
+#: 1.7.4's name of Flask-WTF's form class, the base of :class:`Form`.
+BaseForm = FlaskForm
+
+
+class Form(FlaskForm):
+    """Base of every security form (CSRF-protected through Flask-WTF)."""
+
+
+class EmailFormMixin:
+    """An email field that must hold an address."""
+
+    email = StringField(
+        get_form_field_label("email"), [email_required, email_validator]
+    )
+
+
+class UserEmailFormMixin:
+    """An email field naming an existing user, who is kept as ``form.user``."""
+
+    user = None
+    email = StringField(
+        get_form_field_label("email"),
+        [email_required, email_validator, valid_user_email],
+    )
+
+
+class UniqueEmailFormMixin:
+    """An email field no account uses yet."""
+
+    email = StringField(
+        get_form_field_label("email"),
+        [email_required, email_validator, unique_user_email],
+    )
+
+
+class PasswordFormMixin:
+    """The current password."""
+
+    password = PasswordField(
+        get_form_field_label("current_password"), [password_required]
+    )
+
+
+class NewPasswordFormMixin:
+    """A new password, long enough."""
+
+    password = PasswordField(
+        get_form_field_label("password"), [password_required, password_length]
+    )
+
+
+class PasswordConfirmFormMixin:
+    """The new password typed again."""
+
+    password_confirm = PasswordField(
+        get_form_field_label("retype_password"),
+        [_EqualTo("password", "RETYPE_PASSWORD_MISMATCH")],
+    )
+
+
+class NextFormMixin:
+    """A hidden ``next`` URL that must stay on this site."""
+
+    next = HiddenField()
+
+    def validate_next(self, field: Field) -> None:
+        """Refuse a ``next`` that leaves this host."""
+        if field.data and not validate_redirect_url(field.data):
+            field.data = ""
+            raise ValidationError(get_message("INVALID_REDIRECT")[0])
+
+
+class RegisterFormMixin:
+    """The register button, and the fields to pass to ``create_user``."""
+
+    submit = SubmitField(get_form_field_label("register"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The form's fields that are also attributes of the user model."""
+        user_model = _datastore.user_model
+        return {
+            name: field.data
+            for name, field in self._fields.items()
+            if isinstance(field, Field) and hasattr(user_model, name)
+        }
+
+
+def _refuse_known_address(form, key):
+    """Refuse a known address with message ``key``; with generic responses, act as
+    for an unknown one instead (no error, nobody to send to)."""
+    if config_value("RETURN_GENERIC_RESPONSES"):
+        form.user = None
+        return True
+    form.email.errors.append(get_message(key)[0])
+    return False
+
+
+class LoginForm(Form, NextFormMixin):
+    """Log in with an identifier (email by default) and a password."""
+
+    user = None
+    email = StringField(get_form_field_label("email"), [email_required])
+    password = PasswordField(get_form_field_label("password"), [password_required])
+    remember = BooleanField(get_form_field_label("remember_me"))
+    submit = SubmitField(get_form_field_label("login"))
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.next.data:
+            self.next.data = request.args.get("next", "")
+        if not self.is_submitted():
+            self.remember.data = config_value("DEFAULT_REMEMBER_ME")
+
+    def validate(self, extra_validators: Any = None) -> bool:
+        if not super().validate(extra_validators):
+            return False
+        self.user, reason = _check_login(self.email.data, self.password.data)
+        if reason is None:
+            return True
+        field, key = _LOGIN_REFUSALS[reason]
+        if config_value("RETURN_GENERIC_RESPONSES") and reason in _HIDDEN_BY_GENERIC:
+            field, key = "password", "GENERIC_AUTHN_FAILED"
+        self[field].errors.append(get_message(key)[0])
+        return False
+
+
+class ConfirmRegisterForm(
+    Form, RegisterFormMixin, UniqueEmailFormMixin, NewPasswordFormMixin
+):
+    """Register with an email and a password (used when confirmation is on)."""
+
+
+class RegisterForm(ConfirmRegisterForm, PasswordConfirmFormMixin, NextFormMixin):
+    """Register with an email, a password and the password again."""
+
+
+class ResetPasswordForm(Form, NewPasswordFormMixin, PasswordConfirmFormMixin):
+    """Choose a new password from a reset link."""
+
+    submit = SubmitField(get_form_field_label("reset_password"))
+
+
+class ChangePasswordForm(Form, PasswordFormMixin):
+    """Change the password of the logged-in user."""
+
+    new_password = PasswordField(
+        get_form_field_label("new_password"), [password_required, password_length]
+    )
+    new_password_confirm = PasswordField(
+        get_form_field_label("retype_new_password"),
+        [_EqualTo("new_password", "RETYPE_PASSWORD_MISMATCH")],
+    )
+    submit = SubmitField(get_form_field_label("change_password"))
+
+    def validate(self, extra_validators: Any = None) -> bool:
+        if not super().validate(extra_validators):
+            return False
+        user = current_user._get_current_object()
+        _, reason = _check_login(user.email, self.password.data, user=user)
+        if reason is not None:
+            key = "ACCOUNT_LOCKED" if reason == "locked" else "INVALID_PASSWORD"
+            self.password.errors.append(get_message(key)[0])
+            return False
+        if self.password.data == self.new_password.data:
+            self.new_password.errors.append(get_message("PASSWORD_IS_SAME")[0])
+            return False
+        return True
+
+
+class SendConfirmationForm(Form, UserEmailFormMixin):
+    """Ask for the confirmation email again."""
+
+    submit = SubmitField(get_form_field_label("send_confirmation"))
+
+    def validate(self, extra_validators: Any = None) -> bool:
+        if not super().validate(extra_validators):
+            return False
+        if self.user is not None and self.user.confirmed_at is not None:
+            return _refuse_known_address(self, "ALREADY_CONFIRMED")
+        return True
+
+
+class ForgotPasswordForm(Form, UserEmailFormMixin):
+    """Ask for password reset instructions; an account that must confirm its
+    address first is told so (as in 1.7.4), unless generic responses are on: then
+    it is answered like an unknown address, and nothing is sent."""
+
+    submit = SubmitField(get_form_field_label("recover_password"))
+
+    def validate(self, extra_validators: Any = None) -> bool:
+        if not super().validate(extra_validators):
+            return False
+        if self.user is None or not requires_confirmation(self.user):
+            return True
+        return _refuse_known_address(self, "CONFIRMATION_REQUIRED")
+
+
+class PasswordlessLoginForm(Form, UserEmailFormMixin):
+    """Ask for a login link."""
+
+    submit = SubmitField(get_form_field_label("send_login_link"))
+
+    def validate(self, extra_validators: Any = None) -> bool:
+        if not super().validate(extra_validators):
+            return False
+        if self.user is not None and not self.user.is_active:
+            return _refuse_known_address(self, "DISABLED_ACCOUNT")
+        return True
+
+
+# =============================================================================
+# 8. Session login and logout
+# =============================================================================
 
 
 def _track_login(user):
@@ -2947,18 +3100,74 @@ def _rebind_session(user):
         flask_login.login_user(user, remember=remember in request.cookies)
 
 
+@anonymous_user_required
+def login() -> ResponseReturnValue:
+    """Log in with a password (HTML form or JSON)."""
+
+    def act(form):
+        if _needs_second_factor(form.user):
+            return _second_factor_done(form.user, form.remember.data, form.next.data)
+        login_user(form.user, remember=form.remember.data)
+        next_url = get_post_login_redirect(form.next.data)
+        return _Done(form.user, token=True, next_url=next_url)
+
+    return _form_view("login", "login_form", act)
+
+
+def logout() -> ResponseReturnValue:
+    """Log out (GET or POST) and go to a safe ``next`` or ``POST_LOGOUT_VIEW``."""
+    if current_user.is_authenticated:
+        logout_user()
+    if _wants_json():
+        return _json_answer(200, {})
+    return redirect(get_post_logout_redirect())
+
+
 # =============================================================================
-# 13. Mail
+# 9. Mail and emailed links
 # =============================================================================
 
 
-def _template_values(processors, context):
-    """``security``, then what ``processors`` return, then ``context``: later wins."""
-    values = {"security": _security._get_current_object()}
-    for processor in processors:
-        values.update(processor())
-    values.update(context)
-    return values
+#: Hosts that get links to themselves when the application declared none: the
+#: developer's own machine (tests and debugging).
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+class _UndeclaredHost(BadRequest):
+    """A link would be emailed for a request to a host the application never
+    declared: the ``Host`` header is the client's to choose."""
+
+
+def _request_host_declared():
+    """True if a link built for this request goes where the application means."""
+    config = current_app.config
+    if config.get("SERVER_NAME"):
+        return True  # Flask builds external URLs on it, whatever the request said
+    if not has_request_context():
+        return False
+    if config.get("TRUSTED_HOSTS"):
+        return host_is_trusted(request.host, config["TRUSTED_HOSTS"])
+    try:
+        return urlsplit("//" + request.host).hostname in _LOCAL_HOSTS
+    except ValueError:
+        return False
+
+
+def _require_declared_host():
+    """Refuse, with a 400 naming the settings, to email links for this request
+    unless the application declared the host they point to."""
+    if not config_value("LINK_BASE_URL") and not _request_host_declared():
+        raise _UndeclaredHost(get_message("LINK_HOST_NOT_DECLARED")[0])
+
+
+def _link_url(endpoint, **values):
+    """The absolute URL of a security view for an email, on the declared host:
+    ``SECURITY_LINK_BASE_URL``, ``SERVER_NAME``, or a trusted request host."""
+    base = config_value("LINK_BASE_URL")
+    if base:
+        return base.rstrip("/") + url_for_security(endpoint, **values)
+    _require_declared_host()
+    return url_for_security(endpoint, _external=True, **values)
 
 
 def send_mail(subject: str, recipient: str, template: str, **context: Any) -> None:
@@ -3024,12 +3233,79 @@ def _send_after_response(send, user):
         return response
 
 
-# =============================================================================
-# 14. Account flows
-# =============================================================================
+# -- the shape of an emailed-link view ----------------------------------------
 
 
-# -- registration -------------------------------------------------------------------
+def _instructions_view(view, form_name, send, message_key, tell_id):
+    """The three "email me a link" views: send to a known user, say so.
+
+    :param tell_id: answer JSON with the user's id, as 1.7.4 did, unless generic
+        responses must not reveal which addresses have accounts.
+    """
+
+    def act(form):
+        _require_declared_host()
+        generic = config_value("RETURN_GENERIC_RESPONSES")
+        if form.user is not None and generic:
+            _send_after_response(send, form.user)
+        elif form.user is not None:
+            send(form.user)
+        named = form.user if tell_id and not generic else None
+        return _Done(named, message=get_message(message_key, email=form.email.data))
+
+    return _form_view(view, form_name, act)
+
+
+class _EmailedLink(NamedTuple):
+    """One kind of emailed link: its token kind, its lifetime setting (without
+    ``_WITHIN``), the messages for a link that is invalid (or used) and one that
+    expired, how to send a fresh one, and where a refused visitor goes."""
+
+    purpose: str
+    within: str
+    invalid: str
+    expired: str
+    resend: object
+    retry_url: object
+
+
+def _read_link(link, token):
+    return _read_token(token, link.purpose, get_max_age(link.within))
+
+
+def _refuse_link(link, check, key=None, target=None):
+    """Refuse a link: an expired one is sent again; JSON clients get a 400, browsers
+    the message (``key``, default the invalid or expired one) and a redirect."""
+    if check.status == "expired":
+        link.resend(check.user)
+    if key is None:
+        key = link.expired if check.status == "expired" else link.invalid
+    email = getattr(check.user, "email", "")
+    within = config_value(link.within + "_WITHIN")
+    text, category = get_message(key, email=email, within=within)
+    if _wants_json():
+        return _fail_form({"token": [text]})
+    do_flash(text, category)
+    return redirect(target or link.retry_url())
+
+
+def _link_done(user, message_key, *view_keys):
+    """A link did its work: JSON clients get the user's id, browsers the message
+    and a safe ``next`` or the first configured view of ``view_keys``."""
+    if _wants_json():
+        return _json_answer(200, {"user": {"id": str(user.id)}})
+    _flash_message(message_key)
+    return _redirect_after(_next_argument(), *view_keys)
+
+
+# =============================================================================
+# 10. Account flows
+# =============================================================================
+# Each flow with its views: registration, confirmation, recovery, change password,
+# passwordless login.
+
+
+# -- registration -------------------------------------------------------------
 
 
 def register_user(**kwargs: Any) -> Any:
@@ -3059,7 +3335,34 @@ def register_user(**kwargs: Any) -> Any:
     return user
 
 
-# -- confirmation -------------------------------------------------------------------
+@anonymous_user_required
+def register() -> ResponseReturnValue:
+    """Create an account (HTML form or JSON)."""
+
+    def act(form):
+        fields = form.to_dict()
+        try:
+            user = register_user(**fields)
+        except DatastoreConflictError:
+            message = get_message("EMAIL_ALREADY_ASSOCIATED", email=fields["email"])
+            form.email.errors.append(message[0])
+            return None
+        next_field = getattr(form, "next", None)
+        next_url = getattr(next_field, "data", None)
+        if _needs_second_factor(user):
+            return _second_factor_done(user, False, next_url)
+        # Until the address is confirmed: no session, and no token to keep.
+        logged_in = not requires_confirmation(user) and login_user(user)
+        next_url = get_post_register_redirect(next_url)
+        return _Done(user, token=logged_in, next_url=next_url)
+
+    # JSON clients, like confirmable apps, send the password once.
+    confirming = config_value("CONFIRMABLE") or request.is_json
+    form_name = "confirm_register_form" if confirming else "register_form"
+    return _form_view("register", form_name, act)
+
+
+# -- confirmation -------------------------------------------------------------
 
 
 def generate_confirmation_token(user: Any) -> str:
@@ -3088,15 +3391,6 @@ def send_confirmation_instructions(user: Any) -> str:
     return token
 
 
-def requires_confirmation(user: Any) -> bool:
-    """True if ``user`` may not log in before confirming their address."""
-    return (
-        config_value("CONFIRMABLE")
-        and not config_value("LOGIN_WITHOUT_CONFIRMATION")
-        and getattr(user, "confirmed_at", None) is None
-    )
-
-
 def confirm_email_token_status(token: str) -> tuple[bool, bool, Any]:
     """Return ``(expired, invalid, user)`` for a confirmation token."""
     return get_token_status(token, "confirm", "CONFIRM_EMAIL")
@@ -3114,7 +3408,44 @@ def confirm_user(user: Any) -> bool:
     return True
 
 
-# -- recovery -----------------------------------------------------------------------
+def _confirm_retry_url():
+    """A refused confirmation link goes to ``CONFIRM_ERROR_VIEW`` when set, else to
+    the view that sends a new one."""
+    error_view = config_value("CONFIRM_ERROR_VIEW")
+    return get_url(error_view) if error_view else url_for_security("send_confirmation")
+
+
+def send_confirmation() -> ResponseReturnValue:
+    """Send the confirmation email again."""
+    return _instructions_view(
+        "send_confirmation",
+        "send_confirmation_form",
+        send_confirmation_instructions,
+        "CONFIRMATION_REQUEST",
+        tell_id=True,
+    )
+
+
+def confirm_email(token: str) -> ResponseReturnValue:
+    """Confirm an address from an emailed link, and log its owner in."""
+    check = _read_link(_CONFIRM_LINK, token)
+    if check.status == "used" and check.user.confirmed_at is not None:
+        done = _redirect_target(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
+        return _refuse_link(_CONFIRM_LINK, check, "ALREADY_CONFIRMED", done)
+    if not check.ok:
+        return _refuse_link(_CONFIRM_LINK, check)
+    if not confirm_user(check.user):  # another request used the link first
+        done = _redirect_target(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
+        return _refuse_link(_CONFIRM_LINK, check, "ALREADY_CONFIRMED", done)
+    if _needs_second_factor(check.user):
+        return _second_factor_due(check.user, _next_argument())
+    login_user(check.user)
+    return _link_done(
+        check.user, "EMAIL_CONFIRMED", "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW"
+    )
+
+
+# -- recovery -----------------------------------------------------------------
 
 
 def generate_reset_password_token(user: Any) -> str:
@@ -3166,7 +3497,43 @@ def update_password(user: Any, password: str) -> bool:
     return True
 
 
-# -- change password ----------------------------------------------------------------
+def forgot_password() -> ResponseReturnValue:
+    """Send password reset instructions."""
+    return _instructions_view(
+        "forgot_password",
+        "forgot_password_form",
+        send_reset_password_instructions,
+        "PASSWORD_RESET_REQUEST",
+        tell_id=False,
+    )
+
+
+@anonymous_user_required
+def reset_password(token: str) -> ResponseReturnValue:
+    """Choose a new password from an emailed link; the link works once."""
+    check = _read_link(_RESET_LINK, token)
+    if not check.ok:
+        return _refuse_link(_RESET_LINK, check)
+
+    def act(form):
+        if not update_password(check.user, form.password.data):
+            # Another request used the link first.
+            message = get_message("INVALID_RESET_PASSWORD_TOKEN")[0]
+            form.password.errors.append(message)
+            return None
+        if _needs_second_factor(check.user):
+            return _second_factor_done(check.user, False, None)
+        login_user(check.user)
+        next_url = _redirect_target(None, "POST_RESET_VIEW", "POST_LOGIN_VIEW")
+        message = get_message("PASSWORD_RESET")
+        return _Done(check.user, token=True, message=message, next_url=next_url)
+
+    return _form_view(
+        "reset_password", "reset_password_form", act, reset_password_token=token
+    )
+
+
+# -- change password ----------------------------------------------------------
 
 
 def send_password_changed_notice(user: Any) -> None:
@@ -3191,7 +3558,22 @@ def change_user_password(user: Any, password: str) -> None:
     _send_signal(password_changed, user=user)
 
 
-# -- passwordless login -------------------------------------------------------------
+@auth_required("session", "token")
+def change_password() -> ResponseReturnValue:
+    """Change the password of the logged-in user."""
+
+    def act(form):
+        user = current_user._get_current_object()
+        change_user_password(user, form.new_password.data)
+        next_url = _redirect_target(None, "POST_CHANGE_VIEW", "POST_LOGIN_VIEW")
+        message = get_message("PASSWORD_CHANGE")
+        return _Done(user, token=True, message=message, next_url=next_url)
+
+    csrf = _auth_method() != "token"
+    return _form_view("change_password", "change_password_form", act, csrf)
+
+
+# -- passwordless login -------------------------------------------------------
 
 
 def generate_login_token(user: Any) -> str:
@@ -3218,21 +3600,92 @@ def login_token_status(token: str) -> tuple[bool, bool, Any]:
     return get_token_status(token, "login", "LOGIN")
 
 
+def send_login() -> ResponseReturnValue:
+    """Send a passwordless login link."""
+    return _instructions_view(
+        "send_login",
+        "passwordless_login_form",
+        send_login_instructions,
+        "LOGIN_EMAIL_SENT",
+        tell_id=True,
+    )
+
+
+@anonymous_user_required
+def token_login(token: str) -> ResponseReturnValue:
+    """Log in from a passwordless login link."""
+    check = _read_link(_LOGIN_LINK, token)
+    if check.user is not None and not check.user.is_active:
+        check = _TokenCheck("invalid", check.user)
+    if not check.ok:
+        return _refuse_link(_LOGIN_LINK, check)
+    if _needs_second_factor(check.user):
+        return _second_factor_due(check.user, None)
+    login_user(check.user)
+    return _link_done(check.user, "PASSWORDLESS_LOGIN_SUCCESSFUL", "POST_LOGIN_VIEW")
+
+
+# -- the three kinds of emailed link ------------------------------------------
+
+
+#: The three kinds of emailed link.
+_CONFIRM_LINK = _EmailedLink(
+    "confirm",
+    "CONFIRM_EMAIL",
+    "INVALID_CONFIRMATION_TOKEN",
+    "CONFIRMATION_EXPIRED",
+    send_confirmation_instructions,
+    _confirm_retry_url,
+)
+
+
+_RESET_LINK = _EmailedLink(
+    "reset",
+    "RESET_PASSWORD",
+    "INVALID_RESET_PASSWORD_TOKEN",
+    "PASSWORD_RESET_EXPIRED",
+    send_reset_password_instructions,
+    partial(url_for_security, "forgot_password"),
+)
+
+
+_LOGIN_LINK = _EmailedLink(
+    "login",
+    "LOGIN",
+    "INVALID_LOGIN_TOKEN",
+    "LOGIN_EXPIRED",
+    send_login_instructions,
+    partial(url_for_security, "login"),
+)
+
+
 # =============================================================================
-# 15. Two-factor login
+# 11. Two-factor login
 # =============================================================================
 # A second factor after the password: a six-digit code from an authenticator app
 # (TOTP, RFC 6238), or one of ten single-use recovery codes. Off unless
 # SECURITY_TWO_FACTOR is set; when off, nothing below runs.
 
+
+# -- codes --------------------------------------------------------------------
+
+
 #: Seconds a code lasts (RFC 6238's time step).
 _TOTP_PERIOD = 30
+
+
 #: Digits of a code.
 _TOTP_DIGITS = 6
+
+
 #: Time steps of clock drift accepted each way.
 _TOTP_DRIFT = 1
+
+
 #: Random bytes of a new key: 160 bits, as RFC 4226 recommends for HMAC-SHA-1.
 _TOTP_KEY_BYTES = 20
+
+
 #: How many recovery codes enrolment hands out.
 _RECOVERY_CODE_COUNT = 10
 
@@ -3377,10 +3830,50 @@ def _use_recovery_code(stored, code):
     return " ".join(hashes)
 
 
-# -- the second step of a login -------------------------------------------------
+# -- forms --------------------------------------------------------------------
+
+
+class TwoFactorCodeForm(Form):
+    """A six-digit code from an authenticator app."""
+
+    code = StringField(
+        get_form_field_label("tf_code"),
+        [_Required("TF_CODE_NOT_PROVIDED")],
+    )
+    submit = SubmitField(get_form_field_label("tf_verify"))
+
+
+class TwoFactorRescueForm(Form):
+    """One of the recovery codes handed out at enrolment."""
+
+    code = StringField(
+        get_form_field_label("tf_recovery_code"),
+        [_Required("TF_CODE_NOT_PROVIDED")],
+    )
+    submit = SubmitField(get_form_field_label("tf_rescue"))
+
+
+class TwoFactorPasswordForm(Form, PasswordFormMixin):
+    """The current password, asked again before two-factor settings change."""
+
+    submit = SubmitField(get_form_field_label("tf_continue"))
+
+    def validate(self, extra_validators: Any = None) -> bool:
+        if not super().validate(extra_validators):
+            return False
+        if not verify_and_update_password(self.password.data, current_user):
+            self.password.errors.append(get_message("INVALID_PASSWORD")[0])
+            return False
+        return True
+
+
+# -- the second step of a login -----------------------------------------------
+
 
 #: Session key of the marker "password verified for this user, code still due".
 _TF_PENDING_KEY = "_security_tf_pending"
+
+
 #: Session key of a key being set up, until a first code confirms it.
 _TF_NEW_KEY = "_security_tf_new_key"
 
@@ -3508,415 +4001,7 @@ def reset_recovery_codes(user: Any) -> list[str]:
     return codes
 
 
-# =============================================================================
-# 16. Views and blueprint
-# =============================================================================
-
-
-# -- reading the body into a form --------------------------------------------------
-
-
-class _BadRequestBody(Exception):
-    """A JSON body that is not an object of plain values."""
-
-    def __init__(self, errors):
-        super().__init__(errors)
-        self.errors = errors
-
-
-def _is_utf8(text):
-    """False for JSON strings holding lone surrogates ("\\ud800"): no database
-    can store them."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _json_formdata(payload):
-    """Turn a JSON object into form data; booleans become what a checkbox sends."""
-    if not isinstance(payload, dict):
-        raise _BadRequestBody({"json": ["The body must be a JSON object."]})
-    formdata, errors = MultiDict(), {}
-    for name, value in payload.items():
-        if isinstance(value, bool):
-            formdata[name] = "y" if value else ""
-        elif isinstance(value, (str, int, float)) and _is_utf8(str(value)):
-            formdata[name] = str(value)
-        elif value is not None:
-            errors[name] = ["Expected a string, a number or a boolean."]
-    if errors:
-        raise _BadRequestBody(errors)
-    return formdata
-
-
-def _build_form(name, csrf=True):
-    """The form ``name`` of this app, filled from the JSON or form body.
-
-    :param csrf: False for a request authenticated by its token alone, which
-        carries no ambient credential a forged request could use.
-    """
-    form_class = _security.forms[name]
-    options = {} if csrf else {"meta": {"csrf": False}}
-    if request.is_json and request.method == "POST":
-        formdata = _json_formdata(_json_body())
-        field = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
-        headers = current_app.config.get("WTF_CSRF_HEADERS", _CSRF_HEADERS)
-        header_token = next(filter(None, map(request.headers.get, headers)), None)
-        if header_token and field not in formdata:
-            formdata[field] = header_token
-        return form_class(formdata=formdata, **options)
-    return form_class(**options)
-
-
-#: Where JSON clients send the CSRF token, when ``WTF_CSRF_HEADERS`` is not set
-#: (Flask-WTF's own default).
-_CSRF_HEADERS = ["X-CSRFToken", "X-CSRF-Token"]
-
-
-# -- the shape of a form view --------------------------------------------------------
-
-#: Each form view's template setting, and the name 1.7.4 gave its form there.
-_FORM_VIEWS = {
-    "login": ("LOGIN_USER_TEMPLATE", "login_user_form"),
-    "register": ("REGISTER_USER_TEMPLATE", "register_user_form"),
-    "forgot_password": ("FORGOT_PASSWORD_TEMPLATE", "forgot_password_form"),
-    "reset_password": ("RESET_PASSWORD_TEMPLATE", "reset_password_form"),
-    "change_password": ("CHANGE_PASSWORD_TEMPLATE", "change_password_form"),
-    "send_confirmation": ("SEND_CONFIRMATION_TEMPLATE", "send_confirmation_form"),
-    "send_login": ("SEND_LOGIN_TEMPLATE", "send_login_form"),
-    "tf_setup": ("TWO_FACTOR_SETUP_TEMPLATE", "tf_password_form"),
-    "tf_validate": ("TWO_FACTOR_VALIDATE_TEMPLATE", "tf_code_form"),
-    "tf_rescue": ("TWO_FACTOR_RESCUE_TEMPLATE", "tf_rescue_form"),
-    "tf_disable": ("TWO_FACTOR_DISABLE_TEMPLATE", "tf_password_form"),
-    "tf_recovery_codes": ("TWO_FACTOR_RECOVERY_CODES_TEMPLATE", "tf_password_form"),
-}
-
-
-def _render(view, **context):
-    """Render a view's template with the context processors of the docs, through
-    ``security.render_template`` (an app may replace it, as in 1.7.4)."""
-    processors = _security.security._context_processors
-    values = _template_values(processors["all"] + processors[view], context)
-    return _security.render_template(config_value(_FORM_VIEWS[view][0]), **values)
-
-
-class _Done(NamedTuple):
-    """What a form view did with a valid submit: whom its JSON answer names (with an
-    auth token when ``token``), the ``(text, category)`` flashed to browsers, where
-    browsers go next (None: the form is shown again), and more of the JSON answer
-    (``{"tf_required": True}``)."""
-
-    user: object = None
-    token: bool = False
-    message: tuple | None = None
-    next_url: str | None = None
-    json: dict | None = None
-
-
-def _form_view(view, form_name, act, csrf=True, **context):
-    """Every form view: on a valid submit ``act(form)`` does the view's own work and
-    returns a :class:`_Done` (None after adding a form error); then JSON clients get
-    1.7.4's envelope, browsers a flash and a redirect, or the form again."""
-    form = _build_form(form_name, csrf)
-    done = act(form) if form.validate_on_submit() else None
-    if _wants_json():
-        return _form_json(form, done)
-    if done is not None:
-        if done.message:
-            do_flash(*done.message)
-        if done.next_url:
-            return redirect(done.next_url)
-    page = _render(view, **{_FORM_VIEWS[view][1]: form}, **context)
-    return page, 400 if _csrf_refused(form) else 200
-
-
-def _csrf_refused(form):
-    """True if ``form`` was refused for its CSRF token: a 400, as for JSON."""
-    return bool(form.meta.csrf) and form.meta.csrf_field_name in form.errors
-
-
-def _form_json(form, done):
-    """400 with field errors; after a valid submit the user's id (and token) and
-    the CSRF token of the next form; else, for a client about to fill the form, the
-    CSRF token it needs."""
-    if form.errors:
-        return _fail_form(form.errors)
-    response = {}
-    if done is None and form.meta.csrf:
-        response["csrf_token"] = form[form.meta.csrf_field_name].current_token
-    elif done is not None and done.user is not None:
-        response["user"] = {"id": str(done.user.id)}
-        if done.token:
-            response["user"]["authentication_token"] = done.user.get_auth_token()
-    if done is not None and form.meta.csrf:
-        # The token for the client's next form: login renews the session.
-        response["csrf_token"] = generate_csrf(token_key=form.meta.csrf_field_name)
-    if done is not None and done.json:
-        response.update(done.json)
-    return _json_answer(200, response)
-
-
-def _instructions_view(view, form_name, send, message_key, tell_id):
-    """The three "email me a link" views: send to a known user, say so.
-
-    :param tell_id: answer JSON with the user's id, as 1.7.4 did, unless generic
-        responses must not reveal which addresses have accounts.
-    """
-
-    def act(form):
-        _require_declared_host()
-        generic = config_value("RETURN_GENERIC_RESPONSES")
-        if form.user is not None and generic:
-            _send_after_response(send, form.user)
-        elif form.user is not None:
-            send(form.user)
-        named = form.user if tell_id and not generic else None
-        return _Done(named, message=get_message(message_key, email=form.email.data))
-
-    return _form_view(view, form_name, act)
-
-
-# -- the shape of an emailed-link view -----------------------------------------------
-
-
-class _EmailedLink(NamedTuple):
-    """One kind of emailed link: its token kind, its lifetime setting (without
-    ``_WITHIN``), the messages for a link that is invalid (or used) and one that
-    expired, how to send a fresh one, and where a refused visitor goes."""
-
-    purpose: str
-    within: str
-    invalid: str
-    expired: str
-    resend: object
-    retry_url: object
-
-
-def _read_link(link, token):
-    return _read_token(token, link.purpose, get_max_age(link.within))
-
-
-def _refuse_link(link, check, key=None, target=None):
-    """Refuse a link: an expired one is sent again; JSON clients get a 400, browsers
-    the message (``key``, default the invalid or expired one) and a redirect."""
-    if check.status == "expired":
-        link.resend(check.user)
-    if key is None:
-        key = link.expired if check.status == "expired" else link.invalid
-    email = getattr(check.user, "email", "")
-    within = config_value(link.within + "_WITHIN")
-    text, category = get_message(key, email=email, within=within)
-    if _wants_json():
-        return _fail_form({"token": [text]})
-    do_flash(text, category)
-    return redirect(target or link.retry_url())
-
-
-def _link_done(user, message_key, *view_keys):
-    """A link did its work: JSON clients get the user's id, browsers the message
-    and a safe ``next`` or the first configured view of ``view_keys``."""
-    if _wants_json():
-        return _json_answer(200, {"user": {"id": str(user.id)}})
-    _flash_message(message_key)
-    return _redirect_after(_next_argument(), *view_keys)
-
-
-# -- the views -----------------------------------------------------------------------
-
-
-@anonymous_user_required
-def login() -> ResponseReturnValue:
-    """Log in with a password (HTML form or JSON)."""
-
-    def act(form):
-        if _needs_second_factor(form.user):
-            return _second_factor_done(form.user, form.remember.data, form.next.data)
-        login_user(form.user, remember=form.remember.data)
-        next_url = get_post_login_redirect(form.next.data)
-        return _Done(form.user, token=True, next_url=next_url)
-
-    return _form_view("login", "login_form", act)
-
-
-def logout() -> ResponseReturnValue:
-    """Log out (GET or POST) and go to a safe ``next`` or ``POST_LOGOUT_VIEW``."""
-    if current_user.is_authenticated:
-        logout_user()
-    if _wants_json():
-        return _json_answer(200, {})
-    return redirect(get_post_logout_redirect())
-
-
-@anonymous_user_required
-def register() -> ResponseReturnValue:
-    """Create an account (HTML form or JSON)."""
-
-    def act(form):
-        fields = form.to_dict()
-        try:
-            user = register_user(**fields)
-        except DatastoreConflictError:
-            message = get_message("EMAIL_ALREADY_ASSOCIATED", email=fields["email"])
-            form.email.errors.append(message[0])
-            return None
-        next_field = getattr(form, "next", None)
-        next_url = getattr(next_field, "data", None)
-        if _needs_second_factor(user):
-            return _second_factor_done(user, False, next_url)
-        # Until the address is confirmed: no session, and no token to keep.
-        logged_in = not requires_confirmation(user) and login_user(user)
-        next_url = get_post_register_redirect(next_url)
-        return _Done(user, token=logged_in, next_url=next_url)
-
-    # JSON clients, like confirmable apps, send the password once.
-    confirming = config_value("CONFIRMABLE") or request.is_json
-    form_name = "confirm_register_form" if confirming else "register_form"
-    return _form_view("register", form_name, act)
-
-
-def send_confirmation() -> ResponseReturnValue:
-    """Send the confirmation email again."""
-    return _instructions_view(
-        "send_confirmation",
-        "send_confirmation_form",
-        send_confirmation_instructions,
-        "CONFIRMATION_REQUEST",
-        tell_id=True,
-    )
-
-
-def confirm_email(token: str) -> ResponseReturnValue:
-    """Confirm an address from an emailed link, and log its owner in."""
-    check = _read_link(_CONFIRM_LINK, token)
-    if check.status == "used" and check.user.confirmed_at is not None:
-        done = _redirect_target(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
-        return _refuse_link(_CONFIRM_LINK, check, "ALREADY_CONFIRMED", done)
-    if not check.ok:
-        return _refuse_link(_CONFIRM_LINK, check)
-    if not confirm_user(check.user):  # another request used the link first
-        done = _redirect_target(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
-        return _refuse_link(_CONFIRM_LINK, check, "ALREADY_CONFIRMED", done)
-    if _needs_second_factor(check.user):
-        return _second_factor_due(check.user, _next_argument())
-    login_user(check.user)
-    return _link_done(
-        check.user, "EMAIL_CONFIRMED", "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW"
-    )
-
-
-def forgot_password() -> ResponseReturnValue:
-    """Send password reset instructions."""
-    return _instructions_view(
-        "forgot_password",
-        "forgot_password_form",
-        send_reset_password_instructions,
-        "PASSWORD_RESET_REQUEST",
-        tell_id=False,
-    )
-
-
-@anonymous_user_required
-def reset_password(token: str) -> ResponseReturnValue:
-    """Choose a new password from an emailed link; the link works once."""
-    check = _read_link(_RESET_LINK, token)
-    if not check.ok:
-        return _refuse_link(_RESET_LINK, check)
-
-    def act(form):
-        if not update_password(check.user, form.password.data):
-            # Another request used the link first.
-            message = get_message("INVALID_RESET_PASSWORD_TOKEN")[0]
-            form.password.errors.append(message)
-            return None
-        if _needs_second_factor(check.user):
-            return _second_factor_done(check.user, False, None)
-        login_user(check.user)
-        next_url = _redirect_target(None, "POST_RESET_VIEW", "POST_LOGIN_VIEW")
-        message = get_message("PASSWORD_RESET")
-        return _Done(check.user, token=True, message=message, next_url=next_url)
-
-    return _form_view(
-        "reset_password", "reset_password_form", act, reset_password_token=token
-    )
-
-
-@auth_required("session", "token")
-def change_password() -> ResponseReturnValue:
-    """Change the password of the logged-in user."""
-
-    def act(form):
-        user = current_user._get_current_object()
-        change_user_password(user, form.new_password.data)
-        next_url = _redirect_target(None, "POST_CHANGE_VIEW", "POST_LOGIN_VIEW")
-        message = get_message("PASSWORD_CHANGE")
-        return _Done(user, token=True, message=message, next_url=next_url)
-
-    csrf = _auth_method() != "token"
-    return _form_view("change_password", "change_password_form", act, csrf)
-
-
-def send_login() -> ResponseReturnValue:
-    """Send a passwordless login link."""
-    return _instructions_view(
-        "send_login",
-        "passwordless_login_form",
-        send_login_instructions,
-        "LOGIN_EMAIL_SENT",
-        tell_id=True,
-    )
-
-
-@anonymous_user_required
-def token_login(token: str) -> ResponseReturnValue:
-    """Log in from a passwordless login link."""
-    check = _read_link(_LOGIN_LINK, token)
-    if check.user is not None and not check.user.is_active:
-        check = _TokenCheck("invalid", check.user)
-    if not check.ok:
-        return _refuse_link(_LOGIN_LINK, check)
-    if _needs_second_factor(check.user):
-        return _second_factor_due(check.user, None)
-    login_user(check.user)
-    return _link_done(check.user, "PASSWORDLESS_LOGIN_SUCCESSFUL", "POST_LOGIN_VIEW")
-
-
-def _confirm_retry_url():
-    """A refused confirmation link goes to ``CONFIRM_ERROR_VIEW`` when set, else to
-    the view that sends a new one."""
-    error_view = config_value("CONFIRM_ERROR_VIEW")
-    return get_url(error_view) if error_view else url_for_security("send_confirmation")
-
-
-#: The three kinds of emailed link.
-_CONFIRM_LINK = _EmailedLink(
-    "confirm",
-    "CONFIRM_EMAIL",
-    "INVALID_CONFIRMATION_TOKEN",
-    "CONFIRMATION_EXPIRED",
-    send_confirmation_instructions,
-    _confirm_retry_url,
-)
-_RESET_LINK = _EmailedLink(
-    "reset",
-    "RESET_PASSWORD",
-    "INVALID_RESET_PASSWORD_TOKEN",
-    "PASSWORD_RESET_EXPIRED",
-    send_reset_password_instructions,
-    partial(url_for_security, "forgot_password"),
-)
-_LOGIN_LINK = _EmailedLink(
-    "login",
-    "LOGIN",
-    "INVALID_LOGIN_TOKEN",
-    "LOGIN_EXPIRED",
-    send_login_instructions,
-    partial(url_for_security, "login"),
-)
-
-
-# -- two-factor login ------------------------------------------------------------------
+# -- views --------------------------------------------------------------------
 
 
 def _second_factor_done(user, remember, next_url):
@@ -4101,37 +4186,9 @@ def tf_recovery_codes() -> ResponseReturnValue:
     return _render("tf_recovery_codes", tf_password_form=form)
 
 
-def _limit_body(endpoint, values):
-    """Cap the body of a security request before anything reads it: URL value
-    preprocessors run before every ``before_request`` function of the app, so an
-    app-wide ``CSRFProtect`` cannot parse a huge body first."""
-    request.max_content_length = min(
-        request.max_content_length or _MAX_BODY_BYTES, _MAX_BODY_BYTES
-    )
-
-
-def _security_headers(response):
-    """Security pages are not cached, not framed (clickjacking), and not named in
-    the ``Referer`` of what they link to: their URLs may carry a token."""
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
-    return response
-
-
-def _bad_body(error):
-    return _fail_form(error.errors)
-
-
-def _too_large(error):
-    return _json_error(413, "The request body is too large.")
-
-
-def _undeclared_host(error):
-    if _wants_json():
-        return _json_error(400, error.description)
-    return _http_error(BadRequest(error.description))  # the app's own 400 page
+# =============================================================================
+# 12. The blueprint
+# =============================================================================
 
 
 def create_blueprint(app: Flask, import_name: str = __name__) -> Blueprint:
@@ -4227,11 +4284,13 @@ def _holds_our_templates(folder):
 
 
 # =============================================================================
-# 17. Command line
+# 13. Command line
 # =============================================================================
 
 
 users_cli = AppGroup("users", help="Create, activate, deactivate and unlock users.")
+
+
 roles_cli = AppGroup("roles", help="Create roles and give them to users.")
 
 
@@ -4376,75 +4435,8 @@ def _roles_remove(email, role):
 
 
 # =============================================================================
-# 18. The Security extension
+# 14. Startup checks
 # =============================================================================
-
-
-#: A function a context processor decorator takes: it returns template values.
-_TemplateValues = Callable[[], dict[str, Any]]
-#: A function that delivers a ``flask_mail.Message`` instead of Flask-Mail.
-_MailTask = Callable[[Any], Any]
-
-
-class _SecurityState:
-    """What ``init_app`` set up for one application. Templates see it as
-    ``security``; besides the attributes below, each setting is an attribute named
-    like its key, lower-case and without the prefix (``security.registerable``), as
-    in 1.7.4.
-    """
-
-    def __init__(self, app, security, datastore, forms, login_manager):
-        #: The application.
-        self.app = app
-        #: The :class:`Security` object that set this application up.
-        self.security = security
-        #: The :class:`UserDatastore` of the application.
-        self.datastore = datastore
-        #: The form class of each ``init_app`` keyword (``login_form``, ...).
-        self.forms = forms
-        #: Flask-Login's manager, with our user loader and unauthorized handler.
-        self.login_manager = login_manager
-        #: The passlib context that hashes and verifies passwords.
-        self.pwd_context = _build_password_context(app.config)
-        #: Whether the first request found a way to send mail.
-        self.mail_checked = False
-        #: Flask-Principal's ``Principal`` for the app, or None (see
-        #: ``SECURITY_FLASK_PRINCIPAL``).
-        self.principal = _setup_principal(app)
-        for key in _default_config:
-            setattr(self, key.lower(), app.config["SECURITY_" + key])
-        # 1.7.4's custom views read the form classes as ``security.login_form``.
-        for name, form in forms.items():
-            setattr(self, name, form)
-
-    @cached_property
-    def dummy_hash(self):
-        """A hash in the default scheme, verified when no real one exists."""
-        return hash_password("a password nobody has")
-
-    def render_template(self, *args: Any, **kwargs: Any) -> str:
-        """Render a security view: :meth:`Security.render_template`, unless this
-        attribute is replaced for this app."""
-        return self.security.render_template(*args, **kwargs)
-
-    def send_mail_task(self, function: _MailTask) -> _MailTask:
-        """1.7.4 offered this on the state too: :meth:`Security.send_mail_task`."""
-        return self.security.send_mail_task(function)
-
-
-def _set_config_defaults(app):
-    """Every ``SECURITY_*`` setting and message, where the app has not set it."""
-    for key, value in _default_config.items():
-        app.config.setdefault("SECURITY_" + key, value)
-    for key, value in _default_messages.items():
-        app.config.setdefault("SECURITY_MSG_" + key, value)
-    for alias, key in _message_aliases.items():
-        app.config.setdefault(
-            "SECURITY_MSG_" + alias, app.config["SECURITY_MSG_" + key]
-        )
-    # Remember cookies are not sent on cross-site requests unless the app says so.
-    app.config.setdefault("REMEMBER_COOKIE_SAMESITE", "Lax")
-    app.config.setdefault("REMEMBER_COOKIE_HTTPONLY", True)
 
 
 #: The user model fields the lockout keeps its count and its end in.
@@ -4507,6 +4499,7 @@ _FEATURE_SWITCHES = (
     "CHANGEABLE",
 )
 
+
 #: Fields of the user model, by the feature that reads them (``None``: always).
 _USER_FIELDS = {
     None: ("email", "password", "active", "roles"),
@@ -4520,6 +4513,7 @@ _USER_FIELDS = {
     ),
     "TWO_FACTOR": ("tf_totp_secret", "tf_recovery_codes"),
 }
+
 
 #: Features that send mail, each with the setting that can turn its mail off.
 _MAIL_FEATURES = {
@@ -4665,6 +4659,96 @@ def _check_form_names(names):
         raise TypeError(f"Security got unknown form arguments: {sorted(unknown)}")
 
 
+# =============================================================================
+# 15. The Security extension
+# =============================================================================
+
+
+#: A function a context processor decorator takes: it returns template values.
+_TemplateValues = Callable[[], dict[str, Any]]
+
+
+#: A function that delivers a ``flask_mail.Message`` instead of Flask-Mail.
+_MailTask = Callable[[Any], Any]
+
+
+#: The form each ``init_app`` keyword replaces.
+_default_forms = {
+    "login_form": LoginForm,
+    "confirm_register_form": ConfirmRegisterForm,
+    "register_form": RegisterForm,
+    "forgot_password_form": ForgotPasswordForm,
+    "reset_password_form": ResetPasswordForm,
+    "change_password_form": ChangePasswordForm,
+    "send_confirmation_form": SendConfirmationForm,
+    "passwordless_login_form": PasswordlessLoginForm,
+    "tf_code_form": TwoFactorCodeForm,
+    "tf_rescue_form": TwoFactorRescueForm,
+    "tf_password_form": TwoFactorPasswordForm,
+}
+
+
+class _SecurityState:
+    """What ``init_app`` set up for one application. Templates see it as
+    ``security``; besides the attributes below, each setting is an attribute named
+    like its key, lower-case and without the prefix (``security.registerable``), as
+    in 1.7.4.
+    """
+
+    def __init__(self, app, security, datastore, forms, login_manager):
+        #: The application.
+        self.app = app
+        #: The :class:`Security` object that set this application up.
+        self.security = security
+        #: The :class:`UserDatastore` of the application.
+        self.datastore = datastore
+        #: The form class of each ``init_app`` keyword (``login_form``, ...).
+        self.forms = forms
+        #: Flask-Login's manager, with our user loader and unauthorized handler.
+        self.login_manager = login_manager
+        #: The passlib context that hashes and verifies passwords.
+        self.pwd_context = _build_password_context(app.config)
+        #: Whether the first request found a way to send mail.
+        self.mail_checked = False
+        #: Flask-Principal's ``Principal`` for the app, or None (see
+        #: ``SECURITY_FLASK_PRINCIPAL``).
+        self.principal = _setup_principal(app)
+        for key in _default_config:
+            setattr(self, key.lower(), app.config["SECURITY_" + key])
+        # 1.7.4's custom views read the form classes as ``security.login_form``.
+        for name, form in forms.items():
+            setattr(self, name, form)
+
+    @cached_property
+    def dummy_hash(self):
+        """A hash in the default scheme, verified when no real one exists."""
+        return hash_password("a password nobody has")
+
+    def render_template(self, *args: Any, **kwargs: Any) -> str:
+        """Render a security view: :meth:`Security.render_template`, unless this
+        attribute is replaced for this app."""
+        return self.security.render_template(*args, **kwargs)
+
+    def send_mail_task(self, function: _MailTask) -> _MailTask:
+        """1.7.4 offered this on the state too: :meth:`Security.send_mail_task`."""
+        return self.security.send_mail_task(function)
+
+
+def _set_config_defaults(app):
+    """Every ``SECURITY_*`` setting and message, where the app has not set it."""
+    for key, value in _default_config.items():
+        app.config.setdefault("SECURITY_" + key, value)
+    for key, value in _default_messages.items():
+        app.config.setdefault("SECURITY_MSG_" + key, value)
+    for alias, key in _message_aliases.items():
+        app.config.setdefault(
+            "SECURITY_MSG_" + alias, app.config["SECURITY_MSG_" + key]
+        )
+    # Remember cookies are not sent on cross-site requests unless the app says so.
+    app.config.setdefault("REMEMBER_COOKIE_SAMESITE", "Lax")
+    app.config.setdefault("REMEMBER_COOKIE_HTTPONLY", True)
+
+
 def _make_login_manager(app):
     """Flask-Login for ``app``, loading users through their session identity."""
     manager = flask_login.LoginManager()
@@ -4678,15 +4762,6 @@ def _make_login_manager(app):
     manager.needs_refresh_handler(partial(_fail_login, "REFRESH"))
     manager.init_app(app)
     return manager
-
-
-def _template_globals():
-    """``url_for_security`` and ``security`` in every template of the app, its own
-    pages included, as 1.7.4 gave them."""
-    return {
-        "url_for_security": url_for_security,
-        "security": _security._get_current_object(),
-    }
 
 
 def _add_views_and_commands(app, with_views):
@@ -4908,7 +4983,7 @@ class Security:
 
 
 # =============================================================================
-# 19. Flask-Security 1.7.4's module names
+# 16. Flask-Security 1.7.4 compatibility
 # =============================================================================
 # 1.7.4 was a package, and its applications import from its submodules
 # (``from flask_security.utils import encrypt_password``). This module answers to
