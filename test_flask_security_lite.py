@@ -1131,8 +1131,16 @@ def test_anonymous_user_has_no_role(app):
 
 
 def test_is_active_follows_the_active_field(app):
-    add_user(app, active=False)
-    assert get_user(app).is_active is False
+    add_user(app, active=True)
+    add_user(app, email="joe@lp.com", active=False)
+    assert get_user(app).is_active is True
+    assert get_user(app, "joe@lp.com").is_active is False
+    with app.test_request_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        user.active = False
+        assert user.is_active is False
+        user.active = True
+        assert user.is_active is True
 
 
 # =============================================================================
@@ -3723,7 +3731,9 @@ def test_enrolling_keeps_the_current_session(make_app):
     client = logged_in_client(app)
     key = shown_key(setup_page(client))
     client.post("/tf-setup", data={"code": next_code(key)})
-    assert client.get("/profile").status_code == 200
+    assert "Two-factor login is on" in client.get("/tf-setup").get_data(True)
+    assert login(app.test_client()).headers["Location"] == "/tf-validate"
+    assert client.get("/profile").get_data(True) == "profile of matt@lp.com"
 
 
 def test_basic_auth_is_refused_for_two_factor_users(make_app):
@@ -6212,8 +6222,15 @@ def test_174_app_principal_permission_refuses_a_reader(app_174):
 def test_174_app_principal_identity_is_cleared_on_logout(app_174):
     client = app_174.app.test_client()
     _login_174(client)
-    client.get("/logout")
-    assert client.get("/admin").status_code == 302
+    assert client.get("/admin").get_data(as_text=True) == "catalogue admin"
+    with client:
+        client.get("/logout")
+        assert flask.g.identity.id is None and not flask.g.identity.provides
+    with client:
+        refused = client.get("/admin")
+        assert refused.status_code == 302
+        assert refused.headers["Location"] == "/login?next=/admin"
+        assert flask.g.identity.id is None and not flask.g.identity.provides
 
 
 def test_174_app_principal_permission_admits_token_and_basic_users(app_174):
