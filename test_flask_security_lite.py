@@ -1037,6 +1037,7 @@ def test_bcrypt_never_truncates_a_long_raw_password(make_app):
     app = make_app(SECURITY_PASSWORD_HASH="bcrypt")
     long_password = "é" * 40 + "tail-one"
     add_user(app, password=long_password)
+    assert get_user(app).password.startswith("$2b$")
     client = app.test_client()
     assert json_login(client, password="é" * 40 + "tail-two").status_code == 400
     assert json_login(client, password=long_password).status_code == 200
@@ -1131,8 +1132,16 @@ def test_anonymous_user_has_no_role(app):
 
 
 def test_is_active_follows_the_active_field(app):
-    add_user(app, active=False)
-    assert get_user(app).is_active is False
+    add_user(app, active=True)
+    add_user(app, email="joe@lp.com", active=False)
+    assert get_user(app).is_active is True
+    assert get_user(app, "joe@lp.com").is_active is False
+    with app.test_request_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        user.active = False
+        assert user.is_active is False
+        user.active = True
+        assert user.is_active is True
 
 
 # =============================================================================
@@ -1727,6 +1736,7 @@ def test_login_failed_signal_names_the_reason_but_never_the_password(make_app):
 def test_cli_unlock_clears_the_lock(make_app):
     app = _lockout_site(make_app)
     _fail_logins(app, 3)
+    assert json_login(app.test_client()).status_code == 400
     result = _cli(app, "users", "unlock", "MATT@lp.com")
     assert result.exit_code == 0 and "unlocked" in result.output
     assert json_login(app.test_client()).status_code == 200
@@ -2544,6 +2554,9 @@ def test_register_follows_safe_next_and_post_register_view(make_app):
 
 def test_register_is_404_when_off(app):
     assert app.test_client().get("/register").status_code == 404
+    data = {"email": "new@lp.com", "password": PASSWORD, "password_confirm": PASSWORD}
+    assert app.test_client().post("/register", data=data).status_code == 404
+    assert get_user(app, "new@lp.com") is None
 
 
 def test_extended_register_form_passes_extra_fields_to_the_user(make_app):
@@ -2803,9 +2816,11 @@ def test_logged_in_user_can_ask_for_confirmation_instructions(make_app):
     _register_and_capture_link(app)
     client = app.test_client()
     login(client, "new@lp.com")
+    assert client.get("/profile").data == b"profile of new@lp.com"
     with app.mail.record_messages() as outbox:
         response = client.post("/confirm", json={"email": "new@lp.com"})
     assert response.status_code == 200 and len(outbox) == 1
+    assert outbox[0].recipients == ["new@lp.com"] and "/confirm/" in outbox[0].body
 
 
 # =============================================================================
@@ -2955,9 +2970,11 @@ def test_reset_ends_other_sessions_and_tokens(make_app):
 def test_logged_in_user_can_ask_for_reset_instructions(make_app):
     app = make_app(**RECOVER)
     client = logged_in_client(app)
+    assert client.get("/profile").data == b"profile of matt@lp.com"
     with app.mail.record_messages() as outbox:
         response = client.post("/reset", json={"email": "matt@lp.com"})
     assert response.status_code == 200 and len(outbox) == 1
+    assert outbox[0].recipients == ["matt@lp.com"] and "/reset/" in outbox[0].body
 
 
 def test_forgot_password_of_an_unconfirmed_account_says_confirm_first(make_app):
@@ -3016,6 +3033,7 @@ def test_change_password_changes_notifies_and_signals(make_app):
     assert changed == ["matt@lp.com"]
     assert outbox[0].subject == "Your password has been changed"
     assert json_login(app.test_client(), password="new password").status_code == 200
+    assert json_login(app.test_client()).status_code == 400
 
 
 @pytest.mark.parametrize(
@@ -3723,7 +3741,9 @@ def test_enrolling_keeps_the_current_session(make_app):
     client = logged_in_client(app)
     key = shown_key(setup_page(client))
     client.post("/tf-setup", data={"code": next_code(key)})
-    assert client.get("/profile").status_code == 200
+    assert "Two-factor login is on" in client.get("/tf-setup").get_data(True)
+    assert login(app.test_client()).headers["Location"] == "/tf-validate"
+    assert client.get("/profile").get_data(True) == "profile of matt@lp.com"
 
 
 def test_basic_auth_is_refused_for_two_factor_users(make_app):
@@ -4670,7 +4690,10 @@ def test_password_fields_tell_current_from_new(make_app):
         "new_password_confirm": "new-password",
     }
     assert autocomplete("/register")["password"] == "new-password"
-    assert autocomplete(reset_path)["password_confirm"] == "new-password"
+    assert autocomplete(reset_path) == {
+        "password": "new-password",
+        "password_confirm": "new-password",
+    }
 
 
 def test_change_password_form_labels_the_current_password(make_app):
@@ -4737,6 +4760,8 @@ def test_an_app_page_overrides_ours_in_each_vendored_layout(
 ):
     module = tmp_path / module_folder / "flask_security_lite.py"
     shutil.copytree(HERE / "templates", module.parent / our_templates)
+    register = module.parent / our_templates / "security" / "register_user.html"
+    register.write_text(register.read_text().replace("Register</h1>", "Vendored</h1>"))
     monkeypatch.setattr(fsl, "__file__", str(module))
     app_templates = tmp_path / "templates"  # the app's, at the project root
     (app_templates / "security").mkdir(parents=True)
@@ -4744,7 +4769,7 @@ def test_an_app_page_overrides_ours_in_each_vendored_layout(
     app = make_app(template_folder=str(app_templates), **ALL_FLOWS)
     client = app.test_client()
     assert client.get("/login").data == b"<h1>Ours now</h1>"
-    assert b"<h1>Register</h1>" in client.get("/register").data
+    assert b"<h1>Vendored</h1>" in client.get("/register").data
 
 
 def test_an_app_folder_with_a_few_overrides_is_not_taken_for_ours(
@@ -5466,6 +5491,8 @@ def test_one_security_serves_two_apps_with_different_config(make_app):
         assert shared.datastore is second.datastore
         assert shared.registerable is True
     assert first.test_client().get("/one").status_code == 200
+    assert second.test_client().get("/two").status_code == 200
+    assert second.test_client().get("/one").status_code == 404
     assert second.test_client().get("/register").status_code == 200
     assert first.test_client().get("/register").status_code == 404
 
@@ -5796,10 +5823,22 @@ def test_every_174_top_level_name_imports():
 def test_signals_submodule_holds_the_namespace_of_every_signal():
     from flask_security_lite.signals import signals
 
-    assert signals["user-registered"] is fsl.user_registered
-    assert signals["password-reset-instructions-sent"] is (
-        fsl.reset_password_instructions_sent
-    )
+    names_174 = {
+        "user-registered": fsl.user_registered,
+        "user-confirmed": fsl.user_confirmed,
+        "confirm-instructions-sent": fsl.confirm_instructions_sent,
+        "login-instructions-sent": fsl.login_instructions_sent,
+        "password-reset": fsl.password_reset,
+        "password-changed": fsl.password_changed,
+        "password-reset-instructions-sent": fsl.reset_password_instructions_sent,
+    }
+    for name, sent in names_174.items():
+        assert signals[name] is sent, name
+    public = [getattr(fsl, name) for name in fsl.__all__]
+    ours = [sent for sent in public if isinstance(sent, type(fsl.user_registered))]
+    assert len(ours) > len(names_174)
+    for sent in ours:
+        assert signals[sent.name] is sent, sent.name
 
 
 def test_import_of_a_submodule_binds_it_as_an_attribute():
@@ -6212,8 +6251,15 @@ def test_174_app_principal_permission_refuses_a_reader(app_174):
 def test_174_app_principal_identity_is_cleared_on_logout(app_174):
     client = app_174.app.test_client()
     _login_174(client)
-    client.get("/logout")
-    assert client.get("/admin").status_code == 302
+    assert client.get("/admin").get_data(as_text=True) == "catalogue admin"
+    with client:
+        client.get("/logout")
+        assert flask.g.identity.id is None and not flask.g.identity.provides
+    with client:
+        refused = client.get("/admin")
+        assert refused.status_code == 302
+        assert refused.headers["Location"] == "/login?next=/admin"
+        assert flask.g.identity.id is None and not flask.g.identity.provides
 
 
 def test_174_app_principal_permission_admits_token_and_basic_users(app_174):
