@@ -77,6 +77,7 @@ Contents (``grep -n '^# [0-9]' flask_security_lite.py``):
 """
 
 import base64
+import copy
 import difflib
 import hashlib
 import hmac
@@ -662,12 +663,54 @@ _message_aliases = {"PASSWORD_IS_SAME": "PASSWORD_IS_THE_SAME"}
 # -- reading them -------------------------------------------------------------
 
 
-#: The per-application state made by ``Security.init_app``.
-_security = LocalProxy(lambda: current_app.extensions["security"])
+def _state() -> "_SecurityState":
+    """The state ``Security.init_app`` made for the current application: the one
+    way to reach its datastore, forms and password context."""
+    return current_app.extensions["security"]
 
 
-#: The datastore of the current application.
-_datastore = LocalProxy(lambda: current_app.extensions["security"].datastore)
+class _SecurityState:
+    """What ``init_app`` set up for one application, reached through :func:`_state`.
+
+    Templates see it as ``security``. A setting reads as an attribute named like its
+    key, lower-case and without the prefix (``security.registerable``), from the
+    app's config as it is now, as 1.7.4's templates expect.
+    """
+
+    def __init__(self, app, security, datastore, forms, **parts):
+        #: The application.
+        self.app = app
+        #: The :class:`Security` object that set this application up.
+        self.security = security
+        #: The :class:`UserDatastore` of the application.
+        self.datastore = datastore
+        #: The form class of each ``init_app`` keyword (``login_form``, ...); 1.7.4's
+        #: custom views read them as attributes too (``security.login_form``).
+        self.forms = forms
+        vars(self).update(forms)
+        #: ``login_manager`` (Flask-Login's, with our loader and handlers),
+        #: ``pwd_context`` (passlib's, hashing and verifying passwords) and
+        #: ``principal`` (Flask-Principal's, or None: ``SECURITY_FLASK_PRINCIPAL``).
+        vars(self).update(parts)
+
+    def __getattr__(self, name):
+        if name.islower() and name.upper() in _default_config:
+            return self.app.config["SECURITY_" + name.upper()]
+        raise AttributeError(name)
+
+    @cached_property
+    def dummy_hash(self):
+        """A hash in the default scheme, verified when no real one exists."""
+        return hash_password("a password nobody has")
+
+    def render_template(self, *args: Any, **kwargs: Any) -> str:
+        """Render a security view: ``Security.render_template``, unless this
+        attribute is replaced for this app."""
+        return self.security.render_template(*args, **kwargs)
+
+    def send_mail_task(self, function: Callable) -> Callable:
+        """1.7.4 offered this on the state too: :meth:`Security.send_mail_task`."""
+        return self.security.send_mail_task(function)
 
 
 def config_value(key: str, app: Flask | None = None, default: Any = None) -> Any:
@@ -898,7 +941,7 @@ def hash_password(password: str | None) -> str | None:
     scheme = config_value("PASSWORD_HASH")
     if scheme == "plaintext" or password is None:
         return password
-    return _security.pwd_context.hash(_secret_for(password, scheme))
+    return _state().pwd_context.hash(_secret_for(password, scheme))
 
 
 #: The 1.7.4 name of :func:`hash_password`.
@@ -907,7 +950,7 @@ encrypt_password = hash_password
 
 def _identify(password_hash):
     try:
-        return _security.pwd_context.identify(password_hash)
+        return _state().pwd_context.identify(password_hash)
     except (TypeError, ValueError):
         return None
 
@@ -922,7 +965,7 @@ def _is_password_hash(value):
     if not value.startswith("$") or scheme in (None, "plaintext"):
         return False
     try:
-        _security.pwd_context.handler(scheme).from_string(value)
+        _state().pwd_context.handler(scheme).from_string(value)
     except ValueError:
         return False
     return True
@@ -969,9 +1012,7 @@ def verify_password(password: str, password_hash: str | None) -> bool:
             return False
         return hmac.compare_digest(_to_bytes(password), _to_bytes(password_hash))
     try:
-        return _security.pwd_context.verify(
-            _secret_for(password, scheme), password_hash
-        )
+        return _state().pwd_context.verify(_secret_for(password, scheme), password_hash)
     except ValueError:  # a damaged hash: its prefix names a scheme, the rest is wrong
         return False
 
@@ -988,8 +1029,8 @@ def verify_and_update_password(password: str, user: Any) -> bool:
         return False
     if _needs_rehash(user.password):
         user.password = hash_password(password)
-        _datastore.put(user)
-        _datastore.commit()
+        _state().datastore.put(user)
+        _state().datastore.commit()
     return True
 
 
@@ -997,12 +1038,12 @@ def _needs_rehash(password_hash):
     # Never "upgrade" real hashes to plaintext when plaintext is configured.
     if config_value("PASSWORD_HASH") == "plaintext":
         return False
-    return _security.pwd_context.needs_update(password_hash)
+    return _state().pwd_context.needs_update(password_hash)
 
 
 def _burn_a_verify():
     """Spend the time of one password check, so unknown users are not told apart."""
-    verify_password("not the password", _security.dummy_hash)
+    verify_password("not the password", _state().dummy_hash)
 
 
 #: The package each optional hashing scheme needs (its extra has the same name).
@@ -1147,7 +1188,7 @@ def _read_token(token, purpose, max_age):
         return _TokenCheck("invalid")
     if not (isinstance(data, list) and len(data) == 2 and isinstance(data[1], str)):
         return _TokenCheck("invalid")
-    user = _datastore.get_user_by_id(data[0])
+    user = _state().datastore.get_user_by_id(data[0])
     if user is None:
         return _TokenCheck("invalid")
     if not hmac.compare_digest(_binding(purpose, user), data[1]):
@@ -2047,7 +2088,7 @@ def _build_form(name, csrf=True):
     :param csrf: False for a request authenticated by its token alone, which
         carries no ambient credential a forged request could use.
     """
-    form_class = _security.forms[name]
+    form_class = _state().forms[name]
     options = {} if csrf else {"meta": {"csrf": False}}
     if request.is_json and request.method == "POST":
         formdata = _json_formdata(_json_body())
@@ -2087,7 +2128,7 @@ _FORM_VIEWS = {
 
 def _template_values(processors, context):
     """``security``, then what ``processors`` return, then ``context``: later wins."""
-    values = {"security": _security._get_current_object()}
+    values = {"security": _state()}
     for processor in processors:
         values.update(processor())
     values.update(context)
@@ -2097,9 +2138,9 @@ def _template_values(processors, context):
 def _render(view, **context):
     """Render a view's template with the context processors of the docs, through
     ``security.render_template`` (an app may replace it, as in 1.7.4)."""
-    processors = _security.security._context_processors
+    processors = _state().security._context_processors
     values = _template_values(processors["all"] + processors[view], context)
-    return _security.render_template(config_value(_FORM_VIEWS[view][0]), **values)
+    return _state().render_template(config_value(_FORM_VIEWS[view][0]), **values)
 
 
 def _template_globals():
@@ -2107,7 +2148,7 @@ def _template_globals():
     pages included, as 1.7.4 gave them."""
     return {
         "url_for_security": url_for_security,
-        "security": _security._get_current_object(),
+        "security": _state(),
     }
 
 
@@ -2254,7 +2295,9 @@ def _count_wrong_password(user):
     when another request wrote first: failures on every worker and host count."""
     for _ in range(_COUNT_RETRIES):
         seen = {"failed_login_count": user.failed_login_count}
-        if _datastore.compare_and_set(user, seen, _after_a_wrong_password(user)):
+        if _state().datastore.compare_and_set(
+            user, seen, _after_a_wrong_password(user)
+        ):
             return
 
 
@@ -2262,7 +2305,7 @@ def _clear_wrong_passwords(user):
     """Forget the wrong passwords of ``user`` (after a login or a reset)."""
     if _lockout_on() and (user.failed_login_count or user.locked_until is not None):
         cleared = {"failed_login_count": 0, "locked_until": None}
-        _datastore.compare_and_set(user, {}, cleared)
+        _state().datastore.compare_and_set(user, {}, cleared)
 
 
 def _has_second_factor(user):
@@ -2288,7 +2331,7 @@ def _check_login(identifier, password, user=None):
     :param user: the user to check (default: the one ``identifier`` names).
     """
     if user is None:
-        user = _datastore.find_user_by_identity(identifier)
+        user = _state().datastore.find_user_by_identity(identifier)
     reason = None
     if user is None or not user.password:
         _burn_a_verify()
@@ -2365,7 +2408,7 @@ def _load_user_from_session(identity):
     user_id, _, binding = identity.rpartition("|")
     if not user_id:
         return None
-    user = _datastore.get_user_by_id(user_id)
+    user = _state().datastore.get_user_by_id(user_id)
     if user is None or not user.is_active or requires_confirmation(user):
         return None
     if not hmac.compare_digest(binding, _binding("remember", user)):
@@ -2639,7 +2682,7 @@ class _NeedsWithRoles(MutableSet):
 def _announce_identity(user):
     """Tell Flask-Principal, when it is set up, who this request's user now is
     (None: nobody)."""
-    if _security.principal is None:
+    if _state().principal is None:
         return
     principal = _principal()
     if user is None:
@@ -2685,7 +2728,7 @@ def _keep_roles_readable(response):
         return response
     try:
         if user.is_authenticated:
-            _datastore._read_roles_ahead(user)
+            _state().datastore._read_roles_ahead(user)
         provides = getattr(g.get("identity"), "provides", None)
         if isinstance(provides, _NeedsWithRoles):
             len(provides)
@@ -2769,14 +2812,14 @@ def password_length(form: FlaskForm, field: Field) -> None:
 
 def unique_user_email(form: FlaskForm, field: Field) -> None:
     """Validator: no account may use the address yet."""
-    if _datastore.find_user(email=field.data.strip()) is not None:
+    if _state().datastore.find_user(email=field.data.strip()) is not None:
         message = get_message("EMAIL_ALREADY_ASSOCIATED", email=field.data)[0]
         raise ValidationError(message)
 
 
 def valid_user_email(form: FlaskForm, field: Field) -> None:
     """Validator: an account must match the identifier; it is kept as ``form.user``."""
-    form.user = _datastore.find_user_by_identity(field.data)
+    form.user = _state().datastore.find_user_by_identity(field.data)
     if form.user is None and not config_value("RETURN_GENERIC_RESPONSES"):
         raise ValidationError(get_message("USER_DOES_NOT_EXIST")[0])
 
@@ -2915,7 +2958,7 @@ class RegisterFormMixin:
 
     def to_dict(self) -> dict[str, Any]:
         """The form's fields that are also attributes of the user model."""
-        user_model = _datastore.user_model
+        user_model = _state().datastore.user_model
         return {
             name: field.data
             for name, field in self._fields.items()
@@ -3081,8 +3124,8 @@ def login_user(user: Any, remember: bool | None = None) -> bool:
     _announce_identity(user)
     if config_value("TRACKABLE"):
         _track_login(user)
-        _datastore.put(user)
-        _datastore.commit()
+        _state().datastore.put(user)
+        _state().datastore.commit()
     return True
 
 
@@ -3180,10 +3223,10 @@ def send_mail(subject: str, recipient: str, template: str, **context: Any) -> No
     """
     from flask_mail import Message
 
-    security = _security.security
+    security = _state().security
     values = {
         "url_for": _mail_url_for,
-        **_template_values(security._mail_context_processors, context),
+        **_template_values(security._context_processors["mail"], context),
     }
     message = Message(
         subject, sender=config_value("EMAIL_SENDER"), recipients=[recipient]
@@ -3223,7 +3266,7 @@ def _send_after_response(send, user):
     @copy_current_request_context
     def deliver():
         try:
-            send(_datastore.get_user_by_id(user_id))
+            send(_state().datastore.get_user_by_id(user_id))
         except Exception:  # the answer is gone: nobody else can hear of it
             _log.exception("a security email could not be sent")
 
@@ -3317,8 +3360,8 @@ def register_user(**kwargs: Any) -> Any:
     if config_value("CONFIRMABLE"):
         _require_declared_host()
     kwargs["password"] = hash_password(kwargs["password"])
-    user = _datastore.create_user(**kwargs)
-    _datastore.commit()
+    user = _state().datastore.create_user(**kwargs)
+    _state().datastore.commit()
     confirmation_link = token = None
     if config_value("CONFIRMABLE"):
         confirmation_link, token = generate_confirmation_link(user)
@@ -3402,7 +3445,7 @@ def confirm_user(user: Any) -> bool:
     if user.confirmed_at is not None:
         return False
     unconfirmed, confirmed = {"confirmed_at": None}, {"confirmed_at": _now()}
-    if not _datastore.compare_and_set(user, unconfirmed, confirmed):
+    if not _state().datastore.compare_and_set(user, unconfirmed, confirmed):
         return False
     _send_signal(user_confirmed, user=user)
     return True
@@ -3490,7 +3533,9 @@ def update_password(user: Any, password: str) -> bool:
     changes = {"password": hash_password(password)}
     if _lockout_on():
         changes.update(failed_login_count=0, locked_until=None)
-    if not _datastore.compare_and_set(user, {"password": user.password}, changes):
+    if not _state().datastore.compare_and_set(
+        user, {"password": user.password}, changes
+    ):
         return False
     send_password_reset_notice(user)
     _send_signal(password_reset, user=user)
@@ -3551,8 +3596,8 @@ def change_user_password(user: Any, password: str) -> None:
     if config_value("SEND_PASSWORD_CHANGE_EMAIL"):
         _require_declared_host()  # before the change: the notice may carry links
     user.password = hash_password(password)
-    _datastore.put(user)
-    _datastore.commit()
+    _state().datastore.put(user)
+    _state().datastore.commit()
     _rebind_session(user)
     send_password_changed_notice(user)
     _send_signal(password_changed, user=user)
@@ -3921,8 +3966,8 @@ def _complete_second_factor(user, method):
 
 
 def _save(user):
-    _datastore.put(user)
-    _datastore.commit()
+    _state().datastore.put(user)
+    _state().datastore.commit()
 
 
 def _consume(user, field, new_value):
@@ -3931,7 +3976,7 @@ def _consume(user, field, new_value):
     if new_value is None:
         return False
     expected = {field: getattr(user, field)}
-    return _datastore.compare_and_set(user, expected, {field: new_value})
+    return _state().datastore.compare_and_set(user, expected, {field: new_value})
 
 
 def _use_totp(user, code):
@@ -4155,7 +4200,7 @@ def tf_setup() -> ResponseReturnValue:
     if key is None and pending is not None:
         key = session[_TF_NEW_KEY] = _new_totp_key()
     if key is not None:
-        return _tf_show_key(user, key, _security.forms["tf_code_form"](formdata=None))
+        return _tf_show_key(user, key, _state().forms["tf_code_form"](formdata=None))
     return _form_view("tf_setup", "tf_password_form", _tf_new_key)
 
 
@@ -4295,14 +4340,14 @@ roles_cli = AppGroup("roles", help="Create roles and give them to users.")
 
 
 def _cli_user(email):
-    user = _datastore.find_user(email=email)
+    user = _state().datastore.find_user(email=email)
     if user is None:
         raise click.ClickException(f"no user has the email {email}")
     return user
 
 
 def _cli_role(name):
-    role = _datastore.find_role(name)
+    role = _state().datastore.find_role(name)
     if role is None:
         raise click.ClickException(f"no role is named {name}")
     return role
@@ -4310,7 +4355,7 @@ def _cli_role(name):
 
 def _cli_commit(message):
     try:
-        _datastore.commit()
+        _state().datastore.commit()
     except DatastoreConflictError as error:
         raise click.ClickException(f"nothing was saved: {error}") from None
     click.echo(message)
@@ -4341,15 +4386,15 @@ def _users_create(email, password, active, confirmed):
     if len(_to_bytes(password)) > _MAX_PASSWORD_BYTES:
         message = get_message("PASSWORD_TOO_LONG", length=_MAX_PASSWORD_BYTES)[0]
         raise click.BadParameter(message, param_hint="--password")
-    if _datastore.find_user(email=email) is not None:
+    if _state().datastore.find_user(email=email) is not None:
         message = get_message("EMAIL_ALREADY_ASSOCIATED", email=email)[0]
         raise click.ClickException(message)
     fields = {"email": email, "password": password, "active": active}
     if confirmed:
-        if not hasattr(_datastore.user_model, "confirmed_at"):
+        if not hasattr(_state().datastore.user_model, "confirmed_at"):
             raise click.UsageError("--confirmed needs a confirmed_at field on the user")
         fields["confirmed_at"] = _now()
-    _datastore.create_user(**fields)
+    _state().datastore.create_user(**fields)
     if config_value("CONFIRMABLE") and not confirmed:
         click.echo(f"{email} must confirm the address before logging in (--confirmed)")
     _cli_commit(f"created user {email}")
@@ -4360,7 +4405,7 @@ def _users_create(email, password, active, confirmed):
 def _users_activate(email):
     """Let the user with EMAIL log in again."""
     user = _cli_user(email)
-    changed = _datastore.activate_user(user)
+    changed = _state().datastore.activate_user(user)
     done = "activated {}" if changed else "{} was already active"
     _cli_commit(done.format(user.email))
 
@@ -4370,7 +4415,7 @@ def _users_activate(email):
 def _users_deactivate(email):
     """Stop the user with EMAIL from logging in (sessions and tokens too)."""
     user = _cli_user(email)
-    changed = _datastore.deactivate_user(user)
+    changed = _state().datastore.deactivate_user(user)
     done = "deactivated {}" if changed else "{} was already inactive"
     _cli_commit(done.format(user.email))
 
@@ -4384,7 +4429,7 @@ def _users_unlock(email):
     if missing:
         raise click.ClickException(f"the user model has no {', '.join(missing)}")
     cleared = {"failed_login_count": 0, "locked_until": None}
-    _datastore.compare_and_set(user, {}, cleared)
+    _state().datastore.compare_and_set(user, {}, cleared)
     click.echo(f"unlocked {user.email}")
 
 
@@ -4392,7 +4437,7 @@ def _users_unlock(email):
 @click.argument("email")
 def _users_tf_reset(email):
     """Turn two-factor login off for the user with EMAIL (lost phone and codes)."""
-    if not hasattr(_datastore.user_model, "tf_totp_secret"):
+    if not hasattr(_state().datastore.user_model, "tf_totp_secret"):
         raise click.ClickException("the user model has no two-factor fields")
     user = _cli_user(email)
     if not _has_second_factor(user):
@@ -4406,9 +4451,9 @@ def _users_tf_reset(email):
 @click.option("--description", default=None, help="What the role allows.")
 def _roles_create(name, description):
     """Create the role NAME."""
-    if _datastore.find_role(name) is not None:
+    if _state().datastore.find_role(name) is not None:
         raise click.ClickException(f"the role {name} exists already")
-    _datastore.create_role(name=name, description=description)
+    _state().datastore.create_role(name=name, description=description)
     _cli_commit(f"created role {name}")
 
 
@@ -4418,7 +4463,7 @@ def _roles_create(name, description):
 def _roles_add(email, role):
     """Give ROLE to the user with EMAIL."""
     user = _cli_user(email)
-    changed = _datastore.add_role_to_user(user, _cli_role(role))
+    changed = _state().datastore.add_role_to_user(user, _cli_role(role))
     done = "gave {1} to {0}" if changed else "{0} had {1} already"
     _cli_commit(done.format(user.email, role))
 
@@ -4429,7 +4474,7 @@ def _roles_add(email, role):
 def _roles_remove(email, role):
     """Take ROLE from the user with EMAIL."""
     user = _cli_user(email)
-    changed = _datastore.remove_role_from_user(user, _cli_role(role))
+    changed = _state().datastore.remove_role_from_user(user, _cli_role(role))
     done = "took {1} from {0}" if changed else "{0} lacked {1}"
     _cli_commit(done.format(user.email, role))
 
@@ -4524,6 +4569,18 @@ _MAIL_FEATURES = {
     "CHANGEABLE": "SEND_PASSWORD_CHANGE_EMAIL",
     "TWO_FACTOR": "SEND_TWO_FACTOR_NOTICE_EMAIL",
 }
+
+
+def _check_startup(app, datastore):
+    """Every check ``init_app`` makes before it sets ``app`` up."""
+    _check_lockout_fields(app, datastore)
+    _check_link_host(app)
+    _check_setup(app, datastore)
+    if app.config["SECURITY_PASSWORD_HASH"] == "plaintext" and not app.testing:
+        _log.warning(
+            "SECURITY_PASSWORD_HASH is 'plaintext': passwords are stored "
+            "unhashed. Use it only for tests."
+        )
 
 
 def _check_setup(app, datastore):
@@ -4628,7 +4685,7 @@ def _check_mail_on_first_request(app):
     """Mail-sending features need ``Mail(app)`` or ``@security.send_mail_task``.
     Apps set up either after ``Security(app)``, so the check waits for the first
     request, where it fails loudly instead of when a visitor's mail is due."""
-    state = app.extensions["security"]
+    security = app.extensions["security"].security
     needing = [
         f"SECURITY_{feature}"
         for feature, switch in _MAIL_FEATURES.items()
@@ -4639,16 +4696,16 @@ def _check_mail_on_first_request(app):
         return
 
     def check_mail():
-        if state.mail_checked:
-            return
-        if "mail" not in app.extensions and state.security._send_mail_task is None:
+        if "mail" not in app.extensions and security._send_mail_task is None:
             raise RuntimeError(
                 f"{', '.join(needing)} send mail, but this app has no Flask-Mail "
                 "and no @security.send_mail_task: add Mail(app) (pip install "
                 "Flask-Mail) with your MAIL_* settings, or register a function "
                 "with @security.send_mail_task"
             )
-        state.mail_checked = True
+        # Once passed, it need not run again: off the app's list it goes.
+        hooks = app.before_request_funcs
+        hooks[None] = [hook for hook in hooks[None] if hook is not check_mail]
 
     app.before_request(check_mail)
 
@@ -4662,14 +4719,6 @@ def _check_form_names(names):
 # =============================================================================
 # 15. The Security extension
 # =============================================================================
-
-
-#: A function a context processor decorator takes: it returns template values.
-_TemplateValues = Callable[[], dict[str, Any]]
-
-
-#: A function that delivers a ``flask_mail.Message`` instead of Flask-Mail.
-_MailTask = Callable[[Any], Any]
 
 
 #: The form each ``init_app`` keyword replaces.
@@ -4688,56 +4737,11 @@ _default_forms = {
 }
 
 
-class _SecurityState:
-    """What ``init_app`` set up for one application. Templates see it as
-    ``security``; besides the attributes below, each setting is an attribute named
-    like its key, lower-case and without the prefix (``security.registerable``), as
-    in 1.7.4.
-    """
-
-    def __init__(self, app, security, datastore, forms, login_manager):
-        #: The application.
-        self.app = app
-        #: The :class:`Security` object that set this application up.
-        self.security = security
-        #: The :class:`UserDatastore` of the application.
-        self.datastore = datastore
-        #: The form class of each ``init_app`` keyword (``login_form``, ...).
-        self.forms = forms
-        #: Flask-Login's manager, with our user loader and unauthorized handler.
-        self.login_manager = login_manager
-        #: The passlib context that hashes and verifies passwords.
-        self.pwd_context = _build_password_context(app.config)
-        #: Whether the first request found a way to send mail.
-        self.mail_checked = False
-        #: Flask-Principal's ``Principal`` for the app, or None (see
-        #: ``SECURITY_FLASK_PRINCIPAL``).
-        self.principal = _setup_principal(app)
-        for key in _default_config:
-            setattr(self, key.lower(), app.config["SECURITY_" + key])
-        # 1.7.4's custom views read the form classes as ``security.login_form``.
-        for name, form in forms.items():
-            setattr(self, name, form)
-
-    @cached_property
-    def dummy_hash(self):
-        """A hash in the default scheme, verified when no real one exists."""
-        return hash_password("a password nobody has")
-
-    def render_template(self, *args: Any, **kwargs: Any) -> str:
-        """Render a security view: :meth:`Security.render_template`, unless this
-        attribute is replaced for this app."""
-        return self.security.render_template(*args, **kwargs)
-
-    def send_mail_task(self, function: _MailTask) -> _MailTask:
-        """1.7.4 offered this on the state too: :meth:`Security.send_mail_task`."""
-        return self.security.send_mail_task(function)
-
-
 def _set_config_defaults(app):
-    """Every ``SECURITY_*`` setting and message, where the app has not set it."""
+    """Every ``SECURITY_*`` setting and message, where the app has not set it; each
+    app gets its own copy of the lists and dicts among them."""
     for key, value in _default_config.items():
-        app.config.setdefault("SECURITY_" + key, value)
+        app.config.setdefault("SECURITY_" + key, copy.deepcopy(value))
     for key, value in _default_messages.items():
         app.config.setdefault("SECURITY_MSG_" + key, value)
     for alias, key in _message_aliases.items():
@@ -4777,15 +4781,25 @@ def _add_views_and_commands(app, with_views):
     app.cli.add_command(roles_cli)
 
 
-class _StateAttribute:
-    """An attribute of :class:`Security` read from the state of the current app, or
-    outside an app context from the only app it was bound to."""
+#: A function a context processor decorator takes: it returns template values.
+_TemplateValues = Callable[[], dict[str, Any]]
+#: A function that delivers a ``flask_mail.Message`` instead of Flask-Mail.
+_MailTask = Callable[[Any], Any]
 
-    def __set_name__(self, owner, name):
-        self.name = name
 
-    def __get__(self, security, owner=None):
-        return self if security is None else getattr(security._state(), self.name)
+def _adds_template_values(view):
+    """A decorator method of :class:`Security` that adds a function's values to the
+    templates of ``view`` (``all``: every view; ``mail``: every email)."""
+
+    def decorator(self, function: _TemplateValues) -> _TemplateValues:
+        self._context_processors[view].append(function)
+        return function
+
+    decorator.__name__ = (
+        "context_processor" if view == "all" else f"{view}_context_processor"
+    )
+    decorator.__doc__ = f"Add the values ``function`` returns to the {view} templates."
+    return decorator
 
 
 class Security:
@@ -4793,7 +4807,9 @@ class Security:
 
     One object may serve several applications, each with its own config and
     datastore: inside an application context it answers for the current app;
-    outside one, for the only app it was bound to (as 1.7.4 did).
+    outside one, for the only app it was bound to (as 1.7.4 did). Any other
+    attribute (``security.datastore``, ``security.registerable``,
+    ``security.login_form``) is that app's :class:`_SecurityState`'s.
 
     :param app: the application.
     :param datastore: a :class:`UserDatastore`.
@@ -4813,7 +4829,6 @@ class Security:
         self._forms = forms
         self._states = []
         self._context_processors = defaultdict(list)
-        self._mail_context_processors = []
         self._send_mail_task = None
         if app is not None:
             self.init_app(app, datastore)
@@ -4824,7 +4839,7 @@ class Security:
         datastore: UserDatastore | None = None,
         register_blueprint: bool | None = None,
         **forms: type[Form],
-    ) -> _SecurityState:
+    ) -> "_SecurityState":
         """Set up security on ``app``: settings, Flask-Login, the views and the
         ``flask users`` / ``flask roles`` commands.
 
@@ -4838,12 +4853,17 @@ class Security:
         if datastore is None:
             raise ValueError("Security needs a datastore, e.g. SQLAlchemyUserDatastore")
         _set_config_defaults(app)
-        _check_lockout_fields(app, datastore)
-        _check_link_host(app)
-        _check_setup(app, datastore)
+        _check_startup(app, datastore)
         datastore._bind(app)
-        chosen = {**_default_forms, **self._forms, **forms}
-        state = _SecurityState(app, self, datastore, chosen, _make_login_manager(app))
+        state = _SecurityState(
+            app,
+            self,
+            datastore,
+            forms={**_default_forms, **self._forms, **forms},
+            login_manager=_make_login_manager(app),
+            pwd_context=_build_password_context(app.config),
+            principal=_setup_principal(app),
+        )
         app.extensions["security"] = state
         self._states = [known for known in self._states if known.app is not app]
         self._states.append(state)
@@ -4853,11 +4873,6 @@ class Security:
         app.context_processor(_template_globals)
         app.after_request(_keep_roles_readable)
         _check_mail_on_first_request(app)
-        if app.config["SECURITY_PASSWORD_HASH"] == "plaintext" and not app.testing:
-            _log.warning(
-                "SECURITY_PASSWORD_HASH is 'plaintext': passwords are stored "
-                "unhashed. Use it only for tests."
-            )
         return state
 
     def _state(self):
@@ -4875,99 +4890,27 @@ class Security:
             else "this Security object is not bound to an app yet: call init_app"
         )
 
-    app = _StateAttribute()
-    datastore = _StateAttribute()
-    login_manager = _StateAttribute()
-    pwd_context = _StateAttribute()
-    forms = _StateAttribute()
-
     def __getattr__(self, name):
-        """``security.<setting>`` and ``security.<name>_form``: a setting or form
-        class of the current (or only) app, as 1.7.4 answered them."""
-        if name.startswith("_") or (
-            name.upper() not in _default_config and name not in _default_forms
-        ):
+        if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._state(), name)
 
     # -- customisation points of the docs ----------------------------------------
 
-    def _add_context_processor(self, view, function):
-        self._context_processors[view].append(function)
-        return function
-
-    def context_processor(self, function: _TemplateValues) -> _TemplateValues:
-        """Add template values to every security view."""
-        return self._add_context_processor("all", function)
-
-    def forgot_password_context_processor(
-        self, function: _TemplateValues
-    ) -> _TemplateValues:
-        """Add template values to the forgot-password view."""
-        return self._add_context_processor("forgot_password", function)
-
-    def login_context_processor(self, function: _TemplateValues) -> _TemplateValues:
-        """Add template values to the login view."""
-        return self._add_context_processor("login", function)
-
-    def register_context_processor(self, function: _TemplateValues) -> _TemplateValues:
-        """Add template values to the register view."""
-        return self._add_context_processor("register", function)
-
-    def reset_password_context_processor(
-        self, function: _TemplateValues
-    ) -> _TemplateValues:
-        """Add template values to the reset-password view."""
-        return self._add_context_processor("reset_password", function)
-
-    def change_password_context_processor(
-        self, function: _TemplateValues
-    ) -> _TemplateValues:
-        """Add template values to the change-password view."""
-        return self._add_context_processor("change_password", function)
-
-    def send_confirmation_context_processor(
-        self, function: _TemplateValues
-    ) -> _TemplateValues:
-        """Add template values to the resend-confirmation view."""
-        return self._add_context_processor("send_confirmation", function)
-
-    def send_login_context_processor(
-        self, function: _TemplateValues
-    ) -> _TemplateValues:
-        """Add template values to the passwordless login view."""
-        return self._add_context_processor("send_login", function)
-
-    def tf_setup_context_processor(self, function: _TemplateValues) -> _TemplateValues:
-        """Add template values to the two-factor set-up view."""
-        return self._add_context_processor("tf_setup", function)
-
-    def tf_validate_context_processor(
-        self, function: _TemplateValues
-    ) -> _TemplateValues:
-        """Add template values to the code step of a login."""
-        return self._add_context_processor("tf_validate", function)
-
-    def tf_rescue_context_processor(self, function: _TemplateValues) -> _TemplateValues:
-        """Add template values to the recovery-code step of a login."""
-        return self._add_context_processor("tf_rescue", function)
-
-    def tf_disable_context_processor(
-        self, function: _TemplateValues
-    ) -> _TemplateValues:
-        """Add template values to the page turning two-factor login off."""
-        return self._add_context_processor("tf_disable", function)
-
-    def tf_recovery_codes_context_processor(
-        self, function: _TemplateValues
-    ) -> _TemplateValues:
-        """Add template values to the recovery-codes page."""
-        return self._add_context_processor("tf_recovery_codes", function)
-
-    def mail_context_processor(self, function: _TemplateValues) -> _TemplateValues:
-        """Add template values to every security email."""
-        self._mail_context_processors.append(function)
-        return function
+    context_processor = _adds_template_values("all")
+    forgot_password_context_processor = _adds_template_values("forgot_password")
+    login_context_processor = _adds_template_values("login")
+    register_context_processor = _adds_template_values("register")
+    reset_password_context_processor = _adds_template_values("reset_password")
+    change_password_context_processor = _adds_template_values("change_password")
+    send_confirmation_context_processor = _adds_template_values("send_confirmation")
+    send_login_context_processor = _adds_template_values("send_login")
+    tf_setup_context_processor = _adds_template_values("tf_setup")
+    tf_validate_context_processor = _adds_template_values("tf_validate")
+    tf_rescue_context_processor = _adds_template_values("tf_rescue")
+    tf_disable_context_processor = _adds_template_values("tf_disable")
+    tf_recovery_codes_context_processor = _adds_template_values("tf_recovery_codes")
+    mail_context_processor = _adds_template_values("mail")
 
     def send_mail_task(self, function: _MailTask) -> _MailTask:
         """Deliver security emails with ``function(message)`` instead of Flask-Mail,
@@ -4975,11 +4918,10 @@ class Security:
         self._send_mail_task = function
         return function
 
-    def render_template(self, *args: Any, **kwargs: Any) -> str:
-        """Render a security view's template: Flask's ``render_template``. Replace
-        it (``security.render_template = f``, or in a subclass) to render the views
-        your way, e.g. inside an admin layout."""
-        return render_template(*args, **kwargs)
+    #: Renders a security view's template: Flask's ``render_template``. Replace it
+    #: (``security.render_template = f``, or in a subclass) to render the views
+    #: your way, e.g. inside an admin layout.
+    render_template = staticmethod(render_template)
 
 
 # =============================================================================
@@ -4996,6 +4938,12 @@ class BasicAuth(NamedTuple):
 
     username: str | None
     password: str | None
+
+
+#: 1.7.4's proxies of the current app's state and datastore; the module itself
+#: reads both through :func:`_state`.
+_security = LocalProxy(_state)
+_datastore = LocalProxy(lambda: _state().datastore)
 
 
 #: The names each 1.7.4 submodule offered; all of them live in this one module.

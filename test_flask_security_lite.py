@@ -5518,10 +5518,21 @@ def test_security_object_of_two_apps_needs_a_context(make_app):
         assert security.login_manager is None
 
 
-def test_state_attributes_are_real_attributes(app):
+def test_state_settings_read_the_config_as_it_is_now(app):
     state = app.extensions["security"]
-    assert vars(state)["login_url"] == "/login"
-    assert vars(state)["datastore"] is app.datastore
+    assert state.login_url == "/login" and state.datastore is app.datastore
+    app.config["SECURITY_LOGIN_URL"] = "/sign-in"
+    assert state.login_url == "/sign-in"
+    assert app.security.login_url == "/sign-in"
+
+
+def test_each_app_gets_its_own_copy_of_every_mutable_default(make_app):
+    first, second = make_app(), make_app()
+    first.config["SECURITY_PASSWORD_SCHEMES"].append("md5_crypt")
+    first.config["SECURITY_USER_IDENTITY_ATTRIBUTES"].append("username")
+    assert "md5_crypt" not in second.config["SECURITY_PASSWORD_SCHEMES"]
+    assert second.config["SECURITY_USER_IDENTITY_ATTRIBUTES"] == ["email"]
+    assert "md5_crypt" not in fsl._default_config["PASSWORD_SCHEMES"]
 
 
 def test_unknown_security_argument_is_refused():
