@@ -110,7 +110,6 @@ from blinker import Namespace
 from flask import (
     Blueprint,
     Flask,
-    Response,
     after_this_request,
     copy_current_request_context,
     current_app,
@@ -132,12 +131,7 @@ from flask_wtf import FlaskForm
 from flask_wtf.csrf import generate_csrf
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import (
-    BadRequest,
-    Forbidden,
-    RequestEntityTooLarge,
-    Unauthorized,
-)
+from werkzeug.exceptions import RequestEntityTooLarge, default_exceptions
 from werkzeug.local import LocalProxy
 from werkzeug.routing import BuildError
 from werkzeug.sansio.utils import host_is_trusted
@@ -646,6 +640,8 @@ _default_messages = {
     ),
     #: A new password is longer than can be hashed.
     "PASSWORD_TOO_LONG": ("Passwords can have at most %(length)s bytes.", "error"),
+    #: A request body is larger than the security views read.
+    "REQUEST_TOO_LARGE": ("The request body is too large.", "error"),
     #: No link can be emailed: the application has not declared its host.
     "LINK_HOST_NOT_DECLARED": (
         "This site cannot email links until it declares its host name: set "
@@ -1285,8 +1281,9 @@ def normalize_email(address: str) -> str:
 
 
 def _storable(value):
-    """False for strings no database can hold (NUL, lone surrogates): such a
-    lookup matches nothing, and PostgreSQL would raise on it."""
+    """False for a string no database can hold (a NUL, or a lone surrogate such
+    as JSON's "\\ud800"): it is never stored, and matches nothing when looked up
+    (PostgreSQL would raise on it)."""
     if not isinstance(value, str):
         return True
     if "\x00" in value:
@@ -1856,28 +1853,58 @@ def _json_answer(code, response):
     return answer
 
 
-def _json_error(code, message):
-    return _json_answer(code, {"error": message})
+class _Refused(Exception):
+    """Every refusal of the module, raised by a view or returned by a decorator:
+    the status, the message (a ``SECURITY_MSG_*`` key and its values), and how
+    browsers are told. :func:`_refusal_answer` gives the one answer to it.
+
+    :param errors: ``{field: [text, ...]}`` for JSON clients (default: ``field``
+        with the message, or no field errors at all).
+    :param go_to: the page browsers are sent to, with the message flashed.
+    :param realm: ask for HTTP Basic credentials of this realm.
+    """
+
+    def __init__(
+        self,
+        status,
+        key=None,
+        *,
+        errors=None,
+        field=None,
+        go_to=None,
+        realm=None,
+        **values,
+    ):
+        self.text, self.category = get_message(key, **values) if key else ("", "")
+        super().__init__(self.text)
+        self.status, self.go_to, self.realm = status, go_to, realm
+        self.errors = {field: [self.text]} if field else errors
 
 
-def _fail_form(errors):
-    """400 with field errors, ``{"field": ["message", ...]}``, for JSON clients."""
-    return _json_answer(400, {"errors": errors})
-
-
-def _http_error(error):
-    """``error`` (a Werkzeug HTTPException) as a Response, through the app's own
-    error handler for its status when it has one."""
-    app = current_app._get_current_object()
-    return app.make_response(app.handle_user_exception(error))
-
-
-def _fail_login(message="LOGIN"):
-    """401 for a view that needs a logged-in user (or, with ``"REFRESH"``, a fresh
-    login): JSON clients get the envelope, browsers the login page with a relative
-    ``next`` back here."""
+def _refusal_answer(refusal):
+    """The answer to a refusal, by the one rule of :func:`_wants_json`: JSON clients
+    get 1.7.4's envelope with the field errors or the message; browsers the message
+    and a redirect when the refusal names a page, else the app's own error page for
+    the status (Werkzeug's, with the message, when the app has none)."""
     if _wants_json():
-        return _json_error(401, get_message(message)[0])
+        body = {"errors": refusal.errors} if refusal.errors else {"error": refusal.text}
+        answer = _json_answer(refusal.status, body)
+    elif refusal.go_to:
+        do_flash(refusal.text, refusal.category)
+        answer = redirect(refusal.go_to)
+    else:
+        error = default_exceptions[refusal.status](refusal.text or None)
+        app = current_app._get_current_object()
+        answer = app.make_response(app.handle_user_exception(error))
+    if refusal.realm is not None:
+        quoted = refusal.realm.replace("\\", "\\\\").replace('"', '\\"')
+        answer.headers["WWW-Authenticate"] = f'Basic realm="{quoted}"'
+    return answer
+
+
+def _login_refusal(key="LOGIN"):
+    """401 for a view that needs a logged-in user (``"REFRESH"``: a fresh login);
+    browsers go to the login page with a relative ``next`` back here."""
     here = request.full_path if request.query_string else request.path
     token_key = config_value("TOKEN_AUTHENTICATION_KEY")
     if token_key in request.args:  # a token must not travel on in the login URL
@@ -1886,41 +1913,13 @@ def _fail_login(message="LOGIN"):
     try:
         login_url = url_for_security("login", next=request.script_root + here)
     except BuildError:  # the app registered no security views
-        return _http_error(Unauthorized())
-    _flash_message(message)
-    return redirect(login_url)
+        login_url = None
+    return _Refused(401, key, go_to=login_url)
 
 
-#: The body of a 401 for browsers, as 1.7.4 sent it: a heading and a hint.
-_UNAUTHORIZED_HTML = (
-    "<h1>Unauthorized</h1>\n"
-    "<p>This page needs valid credentials: a login, an auth token or a password.</p>"
-)
-
-
-def _fail_credentials(realm=None):
-    """401 for a request without valid token or Basic credentials; with ``realm``,
-    a ``WWW-Authenticate`` challenge asks the browser for Basic credentials."""
-    if _wants_json():
-        answer = _json_error(401, get_message("LOGIN")[0])
-    else:
-        answer = Response(_UNAUTHORIZED_HTML, 401, mimetype="text/html")
-    if realm is not None:
-        quoted = realm.replace("\\", "\\\\").replace('"', '\\"')
-        answer.headers["WWW-Authenticate"] = f'Basic realm="{quoted}"'
-    return answer
-
-
-def _fail_forbidden():
-    """403 for a user who lacks a role: JSON, a redirect to
-    ``SECURITY_UNAUTHORIZED_VIEW`` when set, else the app's 403 page."""
-    if _wants_json():
-        return _json_error(403, get_message("UNAUTHORIZED")[0])
-    view = config_value("UNAUTHORIZED_VIEW")
-    if view:
-        _flash_message("UNAUTHORIZED")
-        return redirect(get_url(view))
-    return _http_error(Forbidden())
+def _refuse_login(key="LOGIN"):
+    """Flask-Login's handler of an anonymous (or not fresh) request, as ours."""
+    return _refusal_answer(_login_refusal(key))
 
 
 # -- redirects that stay on this site -----------------------------------------
@@ -2047,38 +2046,20 @@ def get_post_logout_redirect(declared: str | None = None) -> str:
 # -- reading the body into a form ---------------------------------------------
 
 
-class _BadRequestBody(Exception):
-    """A JSON body that is not an object of plain values."""
-
-    def __init__(self, errors):
-        super().__init__(errors)
-        self.errors = errors
-
-
-def _is_utf8(text):
-    """False for JSON strings holding lone surrogates ("\\ud800"): no database
-    can store them."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _json_formdata(payload):
     """Turn a JSON object into form data; booleans become what a checkbox sends."""
     if not isinstance(payload, dict):
-        raise _BadRequestBody({"json": ["The body must be a JSON object."]})
+        raise _Refused(400, errors={"json": ["The body must be a JSON object."]})
     formdata, errors = MultiDict(), {}
     for name, value in payload.items():
         if isinstance(value, bool):
             formdata[name] = "y" if value else ""
-        elif isinstance(value, (str, int, float)) and _is_utf8(str(value)):
+        elif isinstance(value, (str, int, float)) and _storable(str(value)):
             formdata[name] = str(value)
         elif value is not None:
             errors[name] = ["Expected a string, a number or a boolean."]
     if errors:
-        raise _BadRequestBody(errors)
+        raise _Refused(400, errors=errors)
     return formdata
 
 
@@ -2192,7 +2173,7 @@ def _form_json(form, done):
     the CSRF token of the next form; else, for a client about to fill the form, the
     CSRF token it needs."""
     if form.errors:
-        return _fail_form(form.errors)
+        raise _Refused(400, errors=form.errors)
     response = {}
     if done is None and form.meta.csrf:
         response["csrf_token"] = form[form.meta.csrf_field_name].current_token
@@ -2230,18 +2211,12 @@ def _security_headers(response):
     return response
 
 
-def _bad_body(error):
-    return _fail_form(error.errors)
-
-
-def _too_large(error):
-    return _json_error(413, "The request body is too large.")
-
-
-def _undeclared_host(error):
+def _refuse_too_large(error):
+    """Werkzeug's 413 for a body past the cap: JSON clients get our envelope,
+    browsers Werkzeug's page (this handler is the blueprint's own 413 page)."""
     if _wants_json():
-        return _json_error(400, error.description)
-    return _http_error(BadRequest(error.description))  # the app's own 400 page
+        return _refusal_answer(_Refused(413, "REQUEST_TOO_LARGE"))
+    return error
 
 
 # =============================================================================
@@ -2492,9 +2467,8 @@ def http_auth_required(realm: str | Callable) -> Callable:
         def wrapper(*args, **kwargs):
             if _check_http_auth():
                 return current_app.ensure_sync(view)(*args, **kwargs)
-            return _fail_credentials(
-                realm_name or config_value("DEFAULT_HTTP_AUTH_REALM")
-            )
+            realm = realm_name or config_value("DEFAULT_HTTP_AUTH_REALM")
+            return _refusal_answer(_Refused(401, "LOGIN", realm=realm))
 
         return wrapper
 
@@ -2510,7 +2484,7 @@ def auth_token_required(view: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         if _check_token():
             return current_app.ensure_sync(view)(*args, **kwargs)
-        return _fail_credentials()
+        return _refusal_answer(_Refused(401, "LOGIN"))
 
     return wrapper
 
@@ -2529,10 +2503,13 @@ def auth_required(*methods: str) -> Callable[[Callable], Callable]:
             if any(_AUTH_CHECKS[method]() for method in methods):
                 return current_app.ensure_sync(view)(*args, **kwargs)
             if "basic" in methods:
-                return _fail_credentials(config_value("DEFAULT_HTTP_AUTH_REALM"))
-            if "session" in methods:
-                return _fail_login()
-            return _fail_credentials()
+                realm = config_value("DEFAULT_HTTP_AUTH_REALM")
+                refusal = _Refused(401, "LOGIN", realm=realm)
+            elif "session" in methods:
+                refusal = _login_refusal()
+            else:
+                refusal = _Refused(401, "LOGIN")
+            return _refusal_answer(refusal)
 
         return wrapper
 
@@ -2545,9 +2522,11 @@ def _roles_decorator(roles, allowed):
         def wrapper(*args, **kwargs):
             user = current_user._get_current_object()
             if not user.is_authenticated:
-                return _fail_login()
+                return _refuse_login()
             if not allowed(user.has_role(role) for role in roles):
-                return _fail_forbidden()
+                elsewhere = config_value("UNAUTHORIZED_VIEW")
+                go_to = get_url(elsewhere) if elsewhere else None
+                return _refusal_answer(_Refused(403, "UNAUTHORIZED", go_to=go_to))
             return current_app.ensure_sync(view)(*args, **kwargs)
 
         return _reads_roles(wrapper)
@@ -3176,11 +3155,6 @@ def logout() -> ResponseReturnValue:
 _LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
-class _UndeclaredHost(BadRequest):
-    """A link would be emailed for a request to a host the application never
-    declared: the ``Host`` header is the client's to choose."""
-
-
 def _request_host_declared():
     """True if a link built for this request goes where the application means."""
     config = current_app.config
@@ -3200,7 +3174,7 @@ def _require_declared_host():
     """Refuse, with a 400 naming the settings, to email links for this request
     unless the application declared the host they point to."""
     if not config_value("LINK_BASE_URL") and not _request_host_declared():
-        raise _UndeclaredHost(get_message("LINK_HOST_NOT_DECLARED")[0])
+        raise _Refused(400, "LINK_HOST_NOT_DECLARED")
 
 
 def _link_url(endpoint, **values):
@@ -3316,20 +3290,22 @@ def _read_link(link, token):
     return _read_token(token, link.purpose, get_max_age(link.within))
 
 
-def _refuse_link(link, check, key=None, target=None):
-    """Refuse a link: an expired one is sent again; JSON clients get a 400, browsers
-    the message (``key``, default the invalid or expired one) and a redirect."""
+def _link_refusal(link, check, key=None, go_to=None):
+    """The refusal of a link that did not pass (an expired one is sent again): a
+    400 about its token, with message ``key`` (default: the invalid or the expired
+    one), sending browsers to ``go_to`` or the link's retry page."""
     if check.status == "expired":
         link.resend(check.user)
     if key is None:
         key = link.expired if check.status == "expired" else link.invalid
-    email = getattr(check.user, "email", "")
-    within = config_value(link.within + "_WITHIN")
-    text, category = get_message(key, email=email, within=within)
-    if _wants_json():
-        return _fail_form({"token": [text]})
-    do_flash(text, category)
-    return redirect(target or link.retry_url())
+    return _Refused(
+        400,
+        key,
+        field="token",
+        go_to=go_to or link.retry_url(),
+        email=getattr(check.user, "email", ""),
+        within=config_value(link.within + "_WITHIN"),
+    )
 
 
 def _link_done(user, message_key, *view_keys):
@@ -3474,12 +3450,12 @@ def confirm_email(token: str) -> ResponseReturnValue:
     check = _read_link(_CONFIRM_LINK, token)
     if check.status == "used" and check.user.confirmed_at is not None:
         done = _redirect_target(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
-        return _refuse_link(_CONFIRM_LINK, check, "ALREADY_CONFIRMED", done)
+        raise _link_refusal(_CONFIRM_LINK, check, "ALREADY_CONFIRMED", done)
     if not check.ok:
-        return _refuse_link(_CONFIRM_LINK, check)
+        raise _link_refusal(_CONFIRM_LINK, check)
     if not confirm_user(check.user):  # another request used the link first
         done = _redirect_target(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
-        return _refuse_link(_CONFIRM_LINK, check, "ALREADY_CONFIRMED", done)
+        raise _link_refusal(_CONFIRM_LINK, check, "ALREADY_CONFIRMED", done)
     if _needs_second_factor(check.user):
         return _second_factor_due(check.user, _next_argument())
     login_user(check.user)
@@ -3558,7 +3534,7 @@ def reset_password(token: str) -> ResponseReturnValue:
     """Choose a new password from an emailed link; the link works once."""
     check = _read_link(_RESET_LINK, token)
     if not check.ok:
-        return _refuse_link(_RESET_LINK, check)
+        raise _link_refusal(_RESET_LINK, check)
 
     def act(form):
         if not update_password(check.user, form.password.data):
@@ -3663,7 +3639,7 @@ def token_login(token: str) -> ResponseReturnValue:
     if check.user is not None and not check.user.is_active:
         check = _TokenCheck("invalid", check.user)
     if not check.ok:
-        return _refuse_link(_LOGIN_LINK, check)
+        raise _link_refusal(_LOGIN_LINK, check)
     if _needs_second_factor(check.user):
         return _second_factor_due(check.user, None)
     login_user(check.user)
@@ -3864,7 +3840,7 @@ def _stored_recovery_codes(codes):
 
 def _use_recovery_code(stored, code):
     """Return ``tf_recovery_codes`` without ``code``, or None if it is not there."""
-    if not isinstance(code, str) or not _is_utf8(code) or not stored:
+    if not isinstance(code, str) or not _storable(code) or not stored:
         return None
     wanted = _recovery_code_hash(code)
     hashes = stored.split()
@@ -4071,21 +4047,14 @@ def _second_factor_due(user, next_url):
     return redirect(done.next_url)
 
 
-def _tf_start_over():
-    """No password was verified lately in this session: back to the login page."""
-    message = get_message("TF_LOGIN_EXPIRED")
-    if _wants_json():
-        return _fail_form({"code": [message[0]]})
-    do_flash(*message)
-    return redirect(url_for_security("login"))
-
-
 def _tf_code_view(view, form_name, use_code, method):
     """The code and the recovery-code steps of a login: a right code logs the
     user in, and the answer is the login's."""
     user = _pending_user()
     if user is None:
-        return _tf_start_over()
+        # No password was verified lately in this session: back to the login page.
+        login_page = url_for_security("login")
+        raise _Refused(400, "TF_LOGIN_EXPIRED", field="code", go_to=login_page)
     if not _has_second_factor(user):
         return redirect(url_for_security("tf_setup"))
 
@@ -4126,7 +4095,7 @@ def _tf_show_key(user, key, form):
     uri = _totp_uri(key, user.email, _issuer())
     if _wants_json():
         if form.errors:
-            return _fail_form(form.errors)
+            raise _Refused(400, errors=form.errors)
         return _json_answer(200, {"tf_key": key, "tf_uri": uri})
     return _render(
         "tf_setup",
@@ -4186,7 +4155,7 @@ def tf_setup() -> ResponseReturnValue:
     logged_in = _check_session()
     pending = None if logged_in else _pending_user()
     if pending is None and not logged_in:
-        return _fail_login()
+        return _refuse_login()
     user = pending or current_user._get_current_object()
     if _has_second_factor(user):
         if pending is not None:
@@ -4294,9 +4263,7 @@ def create_blueprint(app: Flask, import_name: str = __name__) -> Blueprint:
             bp.add_url_rule(url, f"tf_{name}", view, methods=post)
     bp.url_value_preprocessor(_limit_body)
     bp.after_request(_security_headers)
-    bp.register_error_handler(_BadRequestBody, _bad_body)
-    bp.register_error_handler(RequestEntityTooLarge, _too_large)
-    bp.register_error_handler(_UndeclaredHost, _undeclared_host)
+    bp.register_error_handler(RequestEntityTooLarge, _refuse_too_large)
     return bp
 
 
@@ -4762,8 +4729,8 @@ def _make_login_manager(app):
     manager.login_view = f"{app.config['SECURITY_BLUEPRINT_NAME']}.login"
     manager.user_loader(_load_user_from_session)
     # Both send to the login page (fresh_login_required: with SECURITY_MSG_REFRESH).
-    manager.unauthorized_handler(_fail_login)
-    manager.needs_refresh_handler(partial(_fail_login, "REFRESH"))
+    manager.unauthorized_handler(_refuse_login)
+    manager.needs_refresh_handler(partial(_refuse_login, "REFRESH"))
     manager.init_app(app)
     return manager
 
@@ -4870,6 +4837,7 @@ class Security:
         if register_blueprint is None:
             register_blueprint = self._register_blueprint
         _add_views_and_commands(app, register_blueprint)
+        app.register_error_handler(_Refused, _refusal_answer)
         app.context_processor(_template_globals)
         app.after_request(_keep_roles_readable)
         _check_mail_on_first_request(app)

@@ -5247,6 +5247,30 @@ def test_generic_responses_send_mail_only_after_the_answer(make_app, path, confi
     assert (known_mail, unknown_mail) == (1, 0)
 
 
+def test_huge_form_body_is_an_html_413_for_browsers(app):
+    big = {"email": "a" * 100_000, "password": "x"}
+    response = app.test_client().post("/login", data=big)
+    assert response.status_code == 413 and response.mimetype == "text/html"
+
+
+def test_refusal_from_an_app_view_is_answered_by_the_one_handler(make_app):
+    app = make_app(SECURITY_RECOVERABLE=True)
+    add_user(app)
+
+    @app.route("/send-reset", methods=["POST"])
+    def send_reset():
+        fsl.send_reset_password_instructions(get_user(app))
+        return "sent"
+
+    client = app.test_client()
+    other_host = {"base_url": "http://example.com"}
+    answer = client.post("/send-reset", json={}, **other_host)
+    assert answer.status_code == 400
+    assert "declares its host" in answer.json["response"]["error"]
+    page = client.post("/send-reset", headers={"Accept": "text/html"}, **other_host)
+    assert page.status_code == 400 and "declares its host" in page.text
+
+
 def test_body_limit_holds_with_app_wide_csrf_protect(make_app):
     from flask_wtf.csrf import CSRFProtect
 
