@@ -76,6 +76,7 @@ Contents (``grep -n '^# [0-9]' flask_security_lite.py``):
     19. Flask-Security 1.7.4's module names
 """
 
+import abc
 import base64
 import copy
 import difflib
@@ -747,11 +748,6 @@ def get_within_delta(key: str, app: Flask | None = None) -> timedelta:
         ) from None
 
 
-def get_max_age(key: str, app: Flask | None = None) -> float:
-    """Return the lifetime in seconds of ``SECURITY_<key>_WITHIN``."""
-    return get_within_delta(key + "_WITHIN", app).total_seconds()
-
-
 def get_identity_attributes(app: Flask | None = None) -> list[str]:
     """Return ``SECURITY_USER_IDENTITY_ATTRIBUTES`` as a list; like 1.7.4, a
     comma-separated string (``"email, username"``) is accepted too."""
@@ -759,16 +755,6 @@ def get_identity_attributes(app: Flask | None = None) -> list[str]:
     if isinstance(attributes, str):
         return [name.strip() for name in attributes.split(",") if name.strip()]
     return list(attributes)
-
-
-def get_config(app: Flask) -> dict[str, Any]:
-    """Return the app's ``SECURITY_*`` settings, keys without the prefix."""
-    prefix = "SECURITY_"
-    return {
-        key[len(prefix) :]: value
-        for key, value in app.config.items()
-        if key.startswith(prefix)
-    }
 
 
 def _now():
@@ -898,11 +884,6 @@ def _to_bytes(value):
     return value.encode("utf-8") if isinstance(value, str) else value
 
 
-def md5(data: str | bytes) -> str:
-    """Return the hex MD5 digest of ``data`` (kept for 1.7.4 code; not for secrets)."""
-    return hashlib.md5(_to_bytes(data), usedforsecurity=False).hexdigest()
-
-
 def get_hmac(password: str | bytes) -> bytes:
     """Return the base64 HMAC-SHA512 of ``password`` keyed by the password salt.
 
@@ -938,10 +919,6 @@ def hash_password(password: str | None) -> str | None:
     if scheme == "plaintext" or password is None:
         return password
     return _state().pwd_context.hash(_secret_for(password, scheme))
-
-
-#: The 1.7.4 name of :func:`hash_password`.
-encrypt_password = hash_password
 
 
 def _identify(password_hash):
@@ -1192,22 +1169,6 @@ def _read_token(token, purpose, max_age):
     return _TokenCheck(status, user)
 
 
-def get_token_status(
-    token: str, serializer: str, max_age: str | None = None
-) -> tuple[bool, bool, Any]:
-    """Check a token; return 1.7.4's triple ``(expired, invalid, user)``.
-
-    :param token: the token from a link or request.
-    :param serializer: the token kind: ``confirm``, ``login``, ``reset`` or
-        ``remember``.
-    :param max_age: the lifetime setting's prefix (``CONFIRM_EMAIL``, ``LOGIN``,
-        ``RESET_PASSWORD``), or None for no expiry. A used token is invalid.
-    """
-    seconds = get_max_age(max_age) if max_age else None
-    check = _read_token(token, serializer, seconds)
-    return check.status == "expired", check.status in ("invalid", "used"), check.user
-
-
 # =============================================================================
 # 4. Users, roles and datastores
 # =============================================================================
@@ -1293,29 +1254,6 @@ def _storable(value):
     except UnicodeEncodeError:
         return False
     return True
-
-
-class Datastore:
-    """How models are saved: 1.7.4's base of every datastore, kept for stores
-    written against it (``class MyStore(Datastore, UserDatastore)``). A store gives
-    ``put`` and ``delete``; ``commit`` does nothing unless the store stages writes.
-
-    :param db: whatever the store saves through.
-    """
-
-    def __init__(self, db: Any) -> None:
-        self.db = db
-
-    def put(self, model: Any) -> Any:
-        """Save (or stage) ``model`` and return it."""
-        raise NotImplementedError
-
-    def delete(self, model: Any) -> None:
-        """Delete ``model``."""
-        raise NotImplementedError
-
-    def commit(self) -> None:
-        """Make staged writes durable: nothing to do unless a store stages them."""
 
 
 class UserDatastore:
@@ -1559,15 +1497,17 @@ class _AdapterDatastore(UserDatastore):
         return True
 
 
-class SQLAlchemyDatastore(Datastore):
-    """Saving through Flask-SQLAlchemy's session (1.7.4's class of that name).
+class SQLAlchemyUserDatastore(_AdapterDatastore):
+    """The datastore on Flask-SQLAlchemy; writes are staged in its session until
+    ``commit``.
 
     :param db: the ``flask_sqlalchemy.SQLAlchemy`` object.
     """
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Any, user_model: type, role_model: type) -> None:
         self._sa = _require("sqlalchemy", "Flask-SQLAlchemy", "sqlalchemy")
-        super().__init__(db)
+        self.db = db
+        super().__init__(user_model, role_model)
 
     def put(self, model: Any) -> Any:
         """Add ``model`` to the session and flush, so a conflict shows here as on
@@ -1589,17 +1529,6 @@ class SQLAlchemyDatastore(Datastore):
         except self._sa.exc.IntegrityError as error:
             self.db.session.rollback()
             raise DatastoreConflictError(str(error.orig)) from error
-
-
-class SQLAlchemyUserDatastore(SQLAlchemyDatastore, _AdapterDatastore):
-    """The datastore on Flask-SQLAlchemy.
-
-    :param db: the ``flask_sqlalchemy.SQLAlchemy`` object.
-    """
-
-    def __init__(self, db: Any, user_model: type, role_model: type) -> None:
-        SQLAlchemyDatastore.__init__(self, db)
-        UserDatastore.__init__(self, user_model, role_model)
 
     def _select_user(self, conditions):
         query = self._sa.select(self.user_model).where(*conditions).limit(1)
@@ -1687,15 +1616,17 @@ class SQLAlchemyUserDatastore(SQLAlchemyDatastore, _AdapterDatastore):
         return self._sa.orm.joinedload(roles.class_attribute)
 
 
-class MongoEngineDatastore(Datastore):
-    """Saving MongoEngine documents (1.7.4's class of that name).
+class MongoEngineUserDatastore(_AdapterDatastore):
+    """The datastore on MongoEngine; writes are durable at ``put``, so ``commit``
+    has nothing to do.
 
     :param db: the ``mongoengine`` module or a Flask-MongoEngine object.
     """
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Any, user_model: type, role_model: type) -> None:
         self._mongoengine = _require("mongoengine", "mongoengine", "mongoengine")
-        super().__init__(db)
+        self.db = db
+        super().__init__(user_model, role_model)
 
     def put(self, model: Any) -> Any:
         try:
@@ -1706,18 +1637,6 @@ class MongoEngineDatastore(Datastore):
 
     def delete(self, model: Any) -> None:
         model.delete()
-
-
-class MongoEngineUserDatastore(MongoEngineDatastore, _AdapterDatastore):
-    """The datastore on MongoEngine; writes are durable at ``put``, so ``commit``
-    has nothing to do.
-
-    :param db: the ``mongoengine`` module or a Flask-MongoEngine object.
-    """
-
-    def __init__(self, db: Any, user_model: type, role_model: type) -> None:
-        MongoEngineDatastore.__init__(self, db)
-        UserDatastore.__init__(self, user_model, role_model)
 
     def _query(self, model, **kwargs):
         try:
@@ -1748,29 +1667,7 @@ class MongoEngineUserDatastore(MongoEngineDatastore, _AdapterDatastore):
         return self._query(self.user_model, pk=str(user_id))
 
 
-class PeeweeDatastore(Datastore):
-    """Saving peewee models (1.7.4's class of that name).
-
-    :param db: a ``peewee.Database`` or an object with a ``.database``.
-    """
-
-    def __init__(self, db: Any) -> None:
-        self._peewee = _require("peewee", "peewee", "peewee")
-        # A peewee.Database has a .database too: its name, so test the type first.
-        super().__init__(db if isinstance(db, self._peewee.Database) else db.database)
-
-    def put(self, model: Any) -> Any:
-        try:
-            model.save()
-        except self._peewee.IntegrityError as error:
-            raise DatastoreConflictError(str(error)) from error
-        return model
-
-    def delete(self, model: Any) -> None:
-        model.delete_instance(recursive=True)
-
-
-class PeeweeUserDatastore(PeeweeDatastore, _AdapterDatastore):
+class PeeweeUserDatastore(_AdapterDatastore):
     """The datastore on peewee 3; writes outside a transaction are committed at
     ``put``, so ``commit`` has nothing to do.
 
@@ -1781,9 +1678,21 @@ class PeeweeUserDatastore(PeeweeDatastore, _AdapterDatastore):
     def __init__(
         self, db: Any, user_model: type, role_model: type, role_link: type
     ) -> None:
-        PeeweeDatastore.__init__(self, db)
-        UserDatastore.__init__(self, user_model, role_model)
+        self._peewee = _require("peewee", "peewee", "peewee")
+        # A peewee.Database has a .database too: its name, so test the type first.
+        self.db = db if isinstance(db, self._peewee.Database) else db.database
+        super().__init__(user_model, role_model)
         self.role_link = role_link
+
+    def put(self, model: Any) -> Any:
+        try:
+            model.save()
+        except self._peewee.IntegrityError as error:
+            raise DatastoreConflictError(str(error)) from error
+        return model
+
+    def delete(self, model: Any) -> None:
+        model.delete_instance(recursive=True)
 
     def _equal(self, fields):
         return [getattr(self.user_model, name) == v for name, v in fields.items()]
@@ -1939,12 +1848,7 @@ def url_for_security(endpoint: str, **values: Any) -> str:
     :param endpoint: the view's name (``login``, ``reset_password``, ...).
     :param values: URL arguments, and ``_external``, ``_anchor``, ``_method``.
     """
-    return url_for(get_security_endpoint_name(endpoint), **values)
-
-
-def get_security_endpoint_name(endpoint: str) -> str:
-    """Return ``endpoint`` prefixed with the security blueprint's name."""
-    return f"{config_value('BLUEPRINT_NAME')}.{endpoint}"
+    return url_for(f"{config_value('BLUEPRINT_NAME')}.{endpoint}", **values)
 
 
 def slash_url_suffix(url: str, suffix: str) -> str:
@@ -2005,42 +1909,14 @@ def _redirect_target(next_url, *view_keys):
     return "/"
 
 
-def _redirect_after(next_url, *view_keys):
-    return redirect(_redirect_target(next_url, *view_keys))
+def _next_or_view(declared, *view_keys):
+    """Where to go after an action: a safe ``next`` (``declared``, else the
+    request's), else the first configured view of ``view_keys``."""
+    return _redirect_target(declared or _next_argument(), *view_keys)
 
 
 def _next_argument():
     return request.args.get("next") or request.form.get("next")
-
-
-def get_post_action_redirect(config_key: str, declared: str | None = None) -> str:
-    """Return where to go after an action: a safe ``next`` (``declared`` or from the
-    request), else the view of ``config_key`` (e.g. ``SECURITY_POST_LOGIN_VIEW``)."""
-    return _redirect_target(
-        declared or _next_argument(), config_key.removeprefix("SECURITY_")
-    )
-
-
-def find_redirect(key: str) -> str:
-    """Return the URL of the view configured under ``key``, or ``/``."""
-    return _redirect_target(None, key.removeprefix("SECURITY_"))
-
-
-def get_post_login_redirect(declared: str | None = None) -> str:
-    """Return where to go after login: a safe ``next``, else ``POST_LOGIN_VIEW``."""
-    return _redirect_target(declared or _next_argument(), "POST_LOGIN_VIEW")
-
-
-def get_post_register_redirect(declared: str | None = None) -> str:
-    """Return where to go after registering: a safe ``next``, else
-    ``POST_REGISTER_VIEW`` or ``POST_LOGIN_VIEW``."""
-    keys = ("POST_REGISTER_VIEW", "POST_LOGIN_VIEW")
-    return _redirect_target(declared or _next_argument(), *keys)
-
-
-def get_post_logout_redirect(declared: str | None = None) -> str:
-    """Return where to go after logout: a safe ``next``, else ``POST_LOGOUT_VIEW``."""
-    return _redirect_target(declared or _next_argument(), "POST_LOGOUT_VIEW")
 
 
 # -- reading the body into a form ---------------------------------------------
@@ -2822,46 +2698,6 @@ class _EqualTo:
             raise ValidationError(get_message(self.key)[0])
 
 
-class ValidatorMixin:
-    """Lets a WTForms validator take a message key, as 1.7.4's did:
-    ``Required(message="EMAIL_NOT_PROVIDED")`` shows that message's text, read
-    when the validator runs, so ``SECURITY_MSG_*`` of the current app apply."""
-
-    def __call__(self, form, field):
-        try:
-            return super().__call__(form, field)
-        except (ValidationError, StopValidation) as error:
-            key = error.args[0] if error.args else None
-            if isinstance(key, str) and config_value("MSG_" + key) is not None:
-                raise type(error)(get_message(key)[0]) from None
-            raise
-
-
-class Required(ValidatorMixin, validators.DataRequired):
-    """The field must not be empty; ``message`` may be a message key."""
-
-
-class Email(ValidatorMixin, validators.Email):
-    """The field must hold an email address; ``message`` may be a message key."""
-
-
-class EqualTo(ValidatorMixin, validators.EqualTo):
-    """The field must equal ``fieldname``; ``message`` may be a message key."""
-
-
-class Length(ValidatorMixin, validators.Length):
-    """The field's length must lie in ``min``..``max``; ``message`` may be a
-    message key."""
-
-
-#: 1.7.4's name of WTForms' ``StringField``.
-TextField = StringField
-
-
-#: 1.7.4's name of Flask-WTF's form class, the base of :class:`Form`.
-BaseForm = FlaskForm
-
-
 class Form(FlaskForm):
     """Base of every security form (CSRF-protected through Flask-WTF)."""
 
@@ -3130,7 +2966,7 @@ def login() -> ResponseReturnValue:
         if _needs_second_factor(form.user):
             return _second_factor_done(form.user, form.remember.data, form.next.data)
         login_user(form.user, remember=form.remember.data)
-        next_url = get_post_login_redirect(form.next.data)
+        next_url = _next_or_view(form.next.data, "POST_LOGIN_VIEW")
         return _Done(form.user, token=True, next_url=next_url)
 
     return _form_view("login", "login_form", act)
@@ -3142,7 +2978,7 @@ def logout() -> ResponseReturnValue:
         logout_user()
     if _wants_json():
         return _json_answer(200, {})
-    return redirect(get_post_logout_redirect())
+    return redirect(_next_or_view(None, "POST_LOGOUT_VIEW"))
 
 
 # =============================================================================
@@ -3287,7 +3123,8 @@ class _EmailedLink(NamedTuple):
 
 
 def _read_link(link, token):
-    return _read_token(token, link.purpose, get_max_age(link.within))
+    max_age = get_within_delta(link.within + "_WITHIN").total_seconds()
+    return _read_token(token, link.purpose, max_age)
 
 
 def _link_refusal(link, check, key=None, go_to=None):
@@ -3314,7 +3151,7 @@ def _link_done(user, message_key, *view_keys):
     if _wants_json():
         return _json_answer(200, {"user": {"id": str(user.id)}})
     _flash_message(message_key)
-    return _redirect_after(_next_argument(), *view_keys)
+    return redirect(_next_or_view(None, *view_keys))
 
 
 # =============================================================================
@@ -3372,7 +3209,7 @@ def register() -> ResponseReturnValue:
             return _second_factor_done(user, False, next_url)
         # Until the address is confirmed: no session, and no token to keep.
         logged_in = not requires_confirmation(user) and login_user(user)
-        next_url = get_post_register_redirect(next_url)
+        next_url = _next_or_view(next_url, "POST_REGISTER_VIEW", "POST_LOGIN_VIEW")
         return _Done(user, token=logged_in, next_url=next_url)
 
     # JSON clients, like confirmable apps, send the password once.
@@ -3408,11 +3245,6 @@ def send_confirmation_instructions(user: Any) -> str:
     )
     _send_signal(confirm_instructions_sent, user=user)
     return token
-
-
-def confirm_email_token_status(token: str) -> tuple[bool, bool, Any]:
-    """Return ``(expired, invalid, user)`` for a confirmation token."""
-    return get_token_status(token, "confirm", "CONFIRM_EMAIL")
 
 
 def confirm_user(user: Any) -> bool:
@@ -3491,11 +3323,6 @@ def send_password_reset_notice(user: Any) -> None:
     if config_value("SEND_PASSWORD_RESET_NOTICE_EMAIL"):
         subject = config_value("EMAIL_SUBJECT_PASSWORD_NOTICE")
         send_mail(subject, user.email, "reset_notice", user=user)
-
-
-def reset_password_token_status(token: str) -> tuple[bool, bool, Any]:
-    """Return ``(expired, invalid, user)`` for a reset token."""
-    return get_token_status(token, "reset", "RESET_PASSWORD")
 
 
 def update_password(user: Any, password: str) -> bool:
@@ -3614,11 +3441,6 @@ def send_login_instructions(user: Any) -> None:
         login_link=link,
     )
     _send_signal(login_instructions_sent, user=user, login_token=token)
-
-
-def login_token_status(token: str) -> tuple[bool, bool, Any]:
-    """Return ``(expired, invalid, user)`` for a passwordless login token."""
-    return get_token_status(token, "login", "LOGIN")
 
 
 def send_login() -> ResponseReturnValue:
@@ -3918,7 +3740,7 @@ def _pending_user():
     pending = session.get(_TF_PENDING_KEY)
     if not isinstance(pending, dict):
         return None
-    max_age = get_max_age("TWO_FACTOR_LOGIN")
+    max_age = get_within_delta("TWO_FACTOR_LOGIN_WITHIN").total_seconds()
     check = _read_token(pending.get("token"), "two_factor", max_age)
     if not check.ok or not check.user.is_active:
         return None
@@ -4068,7 +3890,9 @@ def _tf_code_view(view, form_name, use_code, method):
             return None
         _clear_wrong_passwords(user)
         next_url = _complete_second_factor(user, method)
-        return _Done(user, token=True, next_url=get_post_login_redirect(next_url))
+        return _Done(
+            user, token=True, next_url=_next_or_view(next_url, "POST_LOGIN_VIEW")
+        )
 
     return _form_view(view, form_name, act)
 
@@ -4134,7 +3958,7 @@ def _tf_confirm_key(user, key, pending):
         return _tf_show_codes(codes, url_for_security("tf_setup"))
     next_url = _complete_second_factor(user, "authenticator")
     _flash_message("TF_ENABLED")
-    return _tf_show_codes(codes, get_post_login_redirect(next_url), user)
+    return _tf_show_codes(codes, _next_or_view(next_url, "POST_LOGIN_VIEW"), user)
 
 
 def _tf_new_key(form):
@@ -4906,6 +4730,212 @@ class BasicAuth(NamedTuple):
 
     username: str | None
     password: str | None
+
+
+# -- 1.7.4's other names ------------------------------------------------------
+
+
+def md5(data: str | bytes) -> str:
+    """Return the hex MD5 digest of ``data`` (kept for 1.7.4 code; not for secrets)."""
+    return hashlib.md5(_to_bytes(data), usedforsecurity=False).hexdigest()
+
+
+#: The 1.7.4 name of :func:`hash_password`.
+encrypt_password = hash_password
+
+
+def get_config(app: Flask) -> dict[str, Any]:
+    """Return the app's ``SECURITY_*`` settings, keys without the prefix."""
+    prefix = "SECURITY_"
+    return {
+        key[len(prefix) :]: value
+        for key, value in app.config.items()
+        if key.startswith(prefix)
+    }
+
+
+def get_max_age(key: str, app: Flask | None = None) -> float:
+    """Return the lifetime in seconds of ``SECURITY_<key>_WITHIN``."""
+    return get_within_delta(key + "_WITHIN", app).total_seconds()
+
+
+def get_security_endpoint_name(endpoint: str) -> str:
+    """Return ``endpoint`` prefixed with the security blueprint's name."""
+    return f"{config_value('BLUEPRINT_NAME')}.{endpoint}"
+
+
+def get_post_action_redirect(config_key: str, declared: str | None = None) -> str:
+    """Return where to go after an action: a safe ``next`` (``declared`` or from the
+    request), else the view of ``config_key`` (e.g. ``SECURITY_POST_LOGIN_VIEW``)."""
+    return _next_or_view(declared, config_key.removeprefix("SECURITY_"))
+
+
+def find_redirect(key: str) -> str:
+    """Return the URL of the view configured under ``key``, or ``/``."""
+    return _redirect_target(None, key.removeprefix("SECURITY_"))
+
+
+def get_post_login_redirect(declared: str | None = None) -> str:
+    """Return where to go after login: a safe ``next``, else ``POST_LOGIN_VIEW``."""
+    return _next_or_view(declared, "POST_LOGIN_VIEW")
+
+
+def get_post_register_redirect(declared: str | None = None) -> str:
+    """Return where to go after registering: a safe ``next``, else
+    ``POST_REGISTER_VIEW`` or ``POST_LOGIN_VIEW``."""
+    return _next_or_view(declared, "POST_REGISTER_VIEW", "POST_LOGIN_VIEW")
+
+
+def get_post_logout_redirect(declared: str | None = None) -> str:
+    """Return where to go after logout: a safe ``next``, else ``POST_LOGOUT_VIEW``."""
+    return _next_or_view(declared, "POST_LOGOUT_VIEW")
+
+
+def get_token_status(
+    token: str, serializer: str, max_age: str | None = None
+) -> tuple[bool, bool, Any]:
+    """Check a token; return 1.7.4's triple ``(expired, invalid, user)``.
+
+    :param token: the token from a link or request.
+    :param serializer: the token kind: ``confirm``, ``login``, ``reset`` or
+        ``remember``.
+    :param max_age: the lifetime setting's prefix (``CONFIRM_EMAIL``, ``LOGIN``,
+        ``RESET_PASSWORD``), or None for no expiry. A used token is invalid.
+    """
+    seconds = get_max_age(max_age) if max_age else None
+    check = _read_token(token, serializer, seconds)
+    return check.status == "expired", check.status in ("invalid", "used"), check.user
+
+
+def confirm_email_token_status(token: str) -> tuple[bool, bool, Any]:
+    """Return ``(expired, invalid, user)`` for a confirmation token."""
+    return get_token_status(token, "confirm", "CONFIRM_EMAIL")
+
+
+def reset_password_token_status(token: str) -> tuple[bool, bool, Any]:
+    """Return ``(expired, invalid, user)`` for a reset token."""
+    return get_token_status(token, "reset", "RESET_PASSWORD")
+
+
+def login_token_status(token: str) -> tuple[bool, bool, Any]:
+    """Return ``(expired, invalid, user)`` for a passwordless login token."""
+    return get_token_status(token, "login", "LOGIN")
+
+
+#: 1.7.4's name of WTForms' ``StringField``.
+TextField = StringField
+
+
+#: 1.7.4's name of Flask-WTF's form class, the base of :class:`Form`.
+BaseForm = FlaskForm
+
+
+class ValidatorMixin:
+    """Lets a WTForms validator take a message key, as 1.7.4's did:
+    ``Required(message="EMAIL_NOT_PROVIDED")`` shows that message's text, read
+    when the validator runs, so ``SECURITY_MSG_*`` of the current app apply."""
+
+    def __call__(self, form, field):
+        try:
+            return super().__call__(form, field)
+        except (ValidationError, StopValidation) as error:
+            key = error.args[0] if error.args else None
+            if isinstance(key, str) and config_value("MSG_" + key) is not None:
+                raise type(error)(get_message(key)[0]) from None
+            raise
+
+
+class Required(ValidatorMixin, validators.DataRequired):
+    """The field must not be empty; ``message`` may be a message key."""
+
+
+class Email(ValidatorMixin, validators.Email):
+    """The field must hold an email address; ``message`` may be a message key."""
+
+
+class EqualTo(ValidatorMixin, validators.EqualTo):
+    """The field must equal ``fieldname``; ``message`` may be a message key."""
+
+
+class Length(ValidatorMixin, validators.Length):
+    """The field's length must lie in ``min``..``max``; ``message`` may be a
+    message key."""
+
+
+# -- 1.7.4's persistence classes ------------------------------------------------
+
+
+class Datastore(abc.ABC):  # noqa: B024 (an ABC for register(): isinstance)
+    """How models are saved: 1.7.4's base of every datastore, kept for stores
+    written against it (``class MyStore(Datastore, UserDatastore)``). A store gives
+    ``put`` and ``delete``; ``commit`` does nothing unless the store stages writes.
+    Each of our adapters counts as an instance of its 1.7.4 class below.
+
+    :param db: whatever the store saves through.
+    """
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    def put(self, model: Any) -> Any:
+        """Save (or stage) ``model`` and return it."""
+        raise NotImplementedError
+
+    def delete(self, model: Any) -> None:
+        """Delete ``model``."""
+        raise NotImplementedError
+
+    def commit(self) -> None:  # noqa: B027 (a store that writes at put keeps it)
+        """Make staged writes durable: nothing to do unless a store stages them."""
+
+
+class SQLAlchemyDatastore(Datastore):
+    """Saving through Flask-SQLAlchemy's session, as :class:`SQLAlchemyUserDatastore`
+    saves.
+
+    :param db: the ``flask_sqlalchemy.SQLAlchemy`` object.
+    """
+
+    def __init__(self, db: Any) -> None:
+        self._sa = _require("sqlalchemy", "Flask-SQLAlchemy", "sqlalchemy")
+        super().__init__(db)
+
+    put = SQLAlchemyUserDatastore.put
+    delete = SQLAlchemyUserDatastore.delete
+    commit = SQLAlchemyUserDatastore.commit
+
+
+class MongoEngineDatastore(Datastore):
+    """Saving MongoEngine documents, as :class:`MongoEngineUserDatastore` saves.
+
+    :param db: the ``mongoengine`` module or a Flask-MongoEngine object.
+    """
+
+    def __init__(self, db: Any) -> None:
+        self._mongoengine = _require("mongoengine", "mongoengine", "mongoengine")
+        super().__init__(db)
+
+    put = MongoEngineUserDatastore.put
+    delete = MongoEngineUserDatastore.delete
+
+
+class PeeweeDatastore(Datastore):
+    """Saving peewee models, as :class:`PeeweeUserDatastore` saves.
+
+    :param db: a ``peewee.Database`` or an object with a ``.database``.
+    """
+
+    def __init__(self, db: Any) -> None:
+        self._peewee = _require("peewee", "peewee", "peewee")
+        super().__init__(db if isinstance(db, self._peewee.Database) else db.database)
+
+    put = PeeweeUserDatastore.put
+    delete = PeeweeUserDatastore.delete
+
+
+SQLAlchemyDatastore.register(SQLAlchemyUserDatastore)
+MongoEngineDatastore.register(MongoEngineUserDatastore)
+PeeweeDatastore.register(PeeweeUserDatastore)
 
 
 #: 1.7.4's proxies of the current app's state and datastore; the module itself
