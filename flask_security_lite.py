@@ -1016,49 +1016,43 @@ def _dead_passlib():
 # -- signed tokens ------------------------------------------------------------
 
 
-def _fingerprint(value):
-    """A short keyed digest of ``value``: binds tokens and sessions to user state."""
-    secret = current_app.secret_key
-    if not secret:
-        raise RuntimeError("flask-security-lite needs app.config['SECRET_KEY']")
-    digest = hmac.digest(_to_bytes(secret), _to_bytes(value), "sha256")
-    return base64.urlsafe_b64encode(digest[:12]).decode("ascii")
-
-
-def _password_state(user):
-    # A two-factor key joins the password: setting one up or turning it off ends
-    # the user's other sessions and tokens too.
-    key = (getattr(user, "tf_totp_secret", None) or "").partition(":")[0]
-    return "password:" + (user.password or "") + (f"|tf:{key}" if key else "")
-
-
-def _confirmation_state(user):
-    return f"email:{user.email}:{user.confirmed_at is None}"
-
-
-#: What each token kind is bound to: when it changes, older tokens stop working.
-_TOKEN_BINDINGS = {
-    "remember": _password_state,
-    "reset": _password_state,
-    "login": _password_state,
-    "confirm": _confirmation_state,
-    "two_factor": _password_state,
+#: The salt setting of each kind of signed token: ``auth`` for auth tokens and the
+#: session's binding, ``two_factor`` for the "password verified, code due" marker.
+_TOKEN_SALTS = {
+    "auth": "REMEMBER_SALT",
+    "confirm": "CONFIRM_SALT",
+    "reset": "RESET_SALT",
+    "login": "LOGIN_SALT",
+    "two_factor": "TWO_FACTOR_SALT",
 }
 
 
-def _binding(purpose, user):
-    """The keyed digest of what a token of ``purpose`` is bound to."""
-    return _fingerprint(_TOKEN_BINDINGS[purpose](user))
+def _binding(kind, user):
+    """A short keyed digest of the user state a token of ``kind`` is bound to: when
+    that state moves on, older tokens of the kind stop working. A confirmation
+    link is bound to the address and its confirmation; every other token to the
+    password and the two-factor key (setting one up or turning it off ends the
+    user's other sessions and tokens, as a new password does)."""
+    if kind == "confirm":
+        bound = f"email:{user.email}:{user.confirmed_at is None}"
+    else:
+        key = (getattr(user, "tf_totp_secret", None) or "").partition(":")[0]
+        bound = "password:" + (user.password or "") + (f"|tf:{key}" if key else "")
+    secret = current_app.secret_key
+    if not secret:
+        raise RuntimeError("flask-security-lite needs app.config['SECRET_KEY']")
+    digest = hmac.digest(_to_bytes(secret), bound.encode("utf-8"), "sha256")
+    return base64.urlsafe_b64encode(digest[:12]).decode("ascii")
 
 
-def _serializer(purpose):
-    """The itsdangerous serializer of a token kind, salted by ``<PURPOSE>_SALT``."""
-    salt = config_value(purpose.upper() + "_SALT")
+def _serializer(kind):
+    """The itsdangerous serializer of a token kind, salted by its own setting."""
+    salt = config_value(_TOKEN_SALTS[kind])
     return URLSafeTimedSerializer(current_app.secret_key, salt=salt)
 
 
-def _make_token(purpose, user):
-    return _serializer(purpose).dumps([str(user.id), _binding(purpose, user)])
+def _make_token(kind, user):
+    return _serializer(kind).dumps([str(user.id), _binding(kind, user)])
 
 
 class _TokenCheck(NamedTuple):
@@ -1070,14 +1064,10 @@ class _TokenCheck(NamedTuple):
     status: str
     user: object = None
 
-    @property
-    def ok(self):
-        return self.status == "ok"
 
-
-def _read_token(token, purpose, max_age):
-    """Check a token of ``purpose`` at most ``max_age`` seconds old (None: any age)."""
-    serializer = _serializer(purpose)
+def _read_token(token, kind, max_age):
+    """Check a token of ``kind`` at most ``max_age`` seconds old (None: any age)."""
+    serializer = _serializer(kind)
     status = "ok"
     try:
         data = serializer.loads(token, max_age=max_age)
@@ -1091,7 +1081,7 @@ def _read_token(token, purpose, max_age):
     user = _state().datastore.get_user_by_id(data[0])
     if user is None:
         return _TokenCheck("invalid")
-    if not hmac.compare_digest(_binding(purpose, user), data[1]):
+    if not hmac.compare_digest(_binding(kind, user), data[1]):
         return _TokenCheck("used", user)
     return _TokenCheck(status, user)
 
@@ -1112,11 +1102,11 @@ class UserMixin(flask_login.UserMixin):
     def get_session_identity(self) -> str:
         """What the session and remember cookie hold: the id bound to the password,
         so a new password ends every other session and remember cookie."""
-        return f"{self.id}|{_binding('remember', self)}"
+        return f"{self.id}|{_binding('auth', self)}"
 
     def get_auth_token(self) -> str:
         """Return a signed token for the auth-token header or query argument."""
-        return _make_token("remember", self)
+        return _make_token("auth", self)
 
     def has_role(self, role: Any) -> bool:
         """True if the user has ``role``, given as a name or a Role object."""
@@ -2189,7 +2179,7 @@ def _load_user_from_session(identity):
     user = _state().datastore.get_user_by_id(user_id)
     if user is None or not user.is_active or requires_confirmation(user):
         return None
-    if not hmac.compare_digest(binding, _binding("remember", user)):
+    if not hmac.compare_digest(binding, _binding("auth", user)):
         return None
     return user
 
@@ -2219,8 +2209,12 @@ def _check_token():
     token = _request_token()
     if not token:
         return False
-    check = _read_token(token, "remember", config_value("TOKEN_MAX_AGE"))
-    if not check.ok or not check.user.is_active or requires_confirmation(check.user):
+    check = _read_token(token, "auth", config_value("TOKEN_MAX_AGE"))
+    if (
+        check.status != "ok"
+        or not check.user.is_active
+        or requires_confirmation(check.user)
+    ):
         return False
     _set_request_user(check.user, "token")
     return True
@@ -3210,7 +3204,7 @@ def confirm_email(token: str) -> ResponseReturnValue:
     if check.status == "used" and check.user.confirmed_at is not None:
         done = _redirect_target(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
         raise _link_refusal(_CONFIRM_LINK, check, "ALREADY_CONFIRMED", done)
-    if not check.ok:
+    if check.status != "ok":
         raise _link_refusal(_CONFIRM_LINK, check)
     if not confirm_user(check.user):  # another request used the link first
         done = _redirect_target(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
@@ -3287,7 +3281,7 @@ def forgot_password() -> ResponseReturnValue:
 def reset_password(token: str) -> ResponseReturnValue:
     """Choose a new password from an emailed link; the link works once."""
     check = _read_link(_RESET_LINK, token)
-    if not check.ok:
+    if check.status != "ok":
         raise _link_refusal(_RESET_LINK, check)
 
     def act(form):
@@ -3387,7 +3381,7 @@ def token_login(token: str) -> ResponseReturnValue:
     check = _read_link(_LOGIN_LINK, token)
     if check.user is not None and not check.user.is_active:
         check = _TokenCheck("invalid", check.user)
-    if not check.ok:
+    if check.status != "ok":
         raise _link_refusal(_LOGIN_LINK, check)
     if _needs_second_factor(check.user):
         return _second_factor_due(check.user, None)
@@ -3669,7 +3663,7 @@ def _pending_user():
         return None
     max_age = get_within_delta("TWO_FACTOR_LOGIN_WITHIN").total_seconds()
     check = _read_token(pending.get("token"), "two_factor", max_age)
-    if not check.ok or not check.user.is_active:
+    if check.status != "ok" or not check.user.is_active:
         return None
     return check.user
 
@@ -4730,7 +4724,8 @@ def get_token_status(
         ``RESET_PASSWORD``), or None for no expiry. A used token is invalid.
     """
     seconds = get_max_age(max_age) if max_age else None
-    check = _read_token(token, serializer, seconds)
+    kind = "auth" if serializer == "remember" else serializer  # 1.7.4's name
+    check = _read_token(token, kind, seconds)
     return check.status == "expired", check.status in ("invalid", "used"), check.user
 
 
