@@ -649,6 +649,11 @@ def get_message(key: str, **kwargs: Any) -> tuple[str, str]:
     return text % kwargs, category
 
 
+def _text(key: str, **values: Any) -> str:
+    """The text of message ``key``, formatted with ``values``."""
+    return config_value("MSG_" + key)[0] % values
+
+
 def do_flash(message: str, category: str | None = None) -> None:
     """Flash ``message`` when ``SECURITY_FLASH_MESSAGES`` is on."""
     if config_value("FLASH_MESSAGES"):
@@ -2088,7 +2093,7 @@ def _needs_second_factor(user):
     )
 
 
-def _check_login(identifier, password, user=None):
+def _verify_login(identifier, password, user=None):
     """Check a password login; return ``(user, reason)``, reason None if it passed.
 
     Every outcome costs one password check (a dummy one when there is no hash to
@@ -2204,7 +2209,7 @@ def _request_token():
     return token if isinstance(token, str) else None
 
 
-def _check_token():
+def _authenticate_by_token():
     """Authenticate the request by its auth token: one HMAC and one lookup."""
     token = _request_token()
     if not token:
@@ -2220,12 +2225,12 @@ def _check_token():
     return True
 
 
-def _check_http_auth():
+def _authenticate_by_basic():
     """Authenticate the request by HTTP Basic credentials."""
     credentials = request.authorization
     if credentials is None or credentials.type != "basic":
         return False
-    user, reason = _check_login(credentials.username, credentials.password or "")
+    user, reason = _verify_login(credentials.username, credentials.password or "")
     if reason is not None:
         return False
     if _needs_second_factor(user) and not config_value("TWO_FACTOR_ALLOW_BASIC"):
@@ -2234,7 +2239,7 @@ def _check_http_auth():
     return True
 
 
-def _check_session():
+def _authenticate_by_session():
     if current_user.is_authenticated:
         _set_auth_method("session")
         return True
@@ -2243,9 +2248,9 @@ def _check_session():
 
 #: The ways a request can authenticate, by the names ``auth_required`` takes.
 _AUTH_CHECKS = {
-    "token": _check_token,
-    "basic": _check_http_auth,
-    "session": _check_session,
+    "token": _authenticate_by_token,
+    "basic": _authenticate_by_basic,
+    "session": _authenticate_by_session,
 }
 
 
@@ -2262,7 +2267,7 @@ def http_auth_required(realm: str | Callable) -> Callable:
     def protect(view, realm_name=None):
         @wraps(view)
         def wrapper(*args, **kwargs):
-            if _check_http_auth():
+            if _authenticate_by_basic():
                 return current_app.ensure_sync(view)(*args, **kwargs)
             realm = realm_name or config_value("DEFAULT_HTTP_AUTH_REALM")
             return _refusal_answer(_Refused(401, "LOGIN", realm=realm))
@@ -2279,7 +2284,7 @@ def auth_token_required(view: Callable) -> Callable:
 
     @wraps(view)
     def wrapper(*args, **kwargs):
-        if _check_token():
+        if _authenticate_by_token():
             return current_app.ensure_sync(view)(*args, **kwargs)
         return _refusal_answer(_Refused(401, "LOGIN"))
 
@@ -2562,7 +2567,7 @@ class _Required:
     def __call__(self, form, field):
         if not isinstance(field.data, str) or not field.data.strip():
             field.errors[:] = []
-            raise StopValidation(get_message(self.key)[0])
+            raise StopValidation(_text(self.key))
 
 
 def email_validator(form: FlaskForm, field: Field) -> None:
@@ -2572,7 +2577,7 @@ def email_validator(form: FlaskForm, field: Field) -> None:
     try:
         validate_email(field.data, check_deliverability=False)
     except EmailNotValidError:
-        raise ValidationError(get_message("INVALID_EMAIL_ADDRESS")[0]) from None
+        raise ValidationError(_text("INVALID_EMAIL_ADDRESS")) from None
 
 
 def password_length(form: FlaskForm, field: Field) -> None:
@@ -2580,16 +2585,15 @@ def password_length(form: FlaskForm, field: Field) -> None:
     and at most 4096 bytes (passlib hashes no longer secret)."""
     minimum = config_value("PASSWORD_LENGTH_MIN")
     if len(field.data) < minimum:
-        raise ValidationError(get_message("PASSWORD_INVALID_LENGTH", length=minimum)[0])
+        raise ValidationError(_text("PASSWORD_INVALID_LENGTH", length=minimum))
     if len(_to_bytes(field.data)) > _MAX_PASSWORD_BYTES:
-        message = get_message("PASSWORD_TOO_LONG", length=_MAX_PASSWORD_BYTES)
-        raise ValidationError(message[0])
+        raise ValidationError(_text("PASSWORD_TOO_LONG", length=_MAX_PASSWORD_BYTES))
 
 
 def unique_user_email(form: FlaskForm, field: Field) -> None:
     """Validator: no account may use the address yet."""
     if _state().datastore.find_user(email=field.data.strip()) is not None:
-        message = get_message("EMAIL_ALREADY_ASSOCIATED", email=field.data)[0]
+        message = _text("EMAIL_ALREADY_ASSOCIATED", email=field.data)
         raise ValidationError(message)
 
 
@@ -2597,7 +2601,7 @@ def valid_user_email(form: FlaskForm, field: Field) -> None:
     """Validator: an account must match the identifier; it is kept as ``form.user``."""
     form.user = _state().datastore.find_user_by_identity(field.data)
     if form.user is None and not config_value("RETURN_GENERIC_RESPONSES"):
-        raise ValidationError(get_message("USER_DOES_NOT_EXIST")[0])
+        raise ValidationError(_text("USER_DOES_NOT_EXIST"))
 
 
 #: Validator: the email field must not be empty.
@@ -2616,7 +2620,7 @@ class _EqualTo:
 
     def __call__(self, form, field):
         if field.data != form[self.other].data:
-            raise ValidationError(get_message(self.key)[0])
+            raise ValidationError(_text(self.key))
 
 
 class Form(FlaskForm):
@@ -2684,7 +2688,7 @@ class NextFormMixin:
         """Refuse a ``next`` that leaves this host."""
         if field.data and not validate_redirect_url(field.data):
             field.data = ""
-            raise ValidationError(get_message("INVALID_REDIRECT")[0])
+            raise ValidationError(_text("INVALID_REDIRECT"))
 
 
 class RegisterFormMixin:
@@ -2702,13 +2706,14 @@ class RegisterFormMixin:
         }
 
 
-def _refuse_known_address(form, key):
-    """Refuse a known address with message ``key``; with generic responses, act as
-    for an unknown one instead (no error, nobody to send to)."""
+def _passes_as_unknown(form, key):
+    """Whether a form about a known address that must not go on still passes: with
+    generic responses it does, as an unknown address would (no error, nobody to send
+    to); otherwise the address gets message ``key`` and the form fails."""
     if config_value("RETURN_GENERIC_RESPONSES"):
         form.user = None
         return True
-    form.email.errors.append(get_message(key)[0])
+    form.email.errors.append(_text(key))
     return False
 
 
@@ -2731,13 +2736,13 @@ class LoginForm(Form, NextFormMixin):
     def validate(self, extra_validators: Any = None) -> bool:
         if not super().validate(extra_validators):
             return False
-        self.user, reason = _check_login(self.email.data, self.password.data)
+        self.user, reason = _verify_login(self.email.data, self.password.data)
         if reason is None:
             return True
         field, key = _LOGIN_REFUSALS[reason]
         if config_value("RETURN_GENERIC_RESPONSES") and reason in _HIDDEN_BY_GENERIC:
             field, key = "password", "GENERIC_AUTHN_FAILED"
-        self[field].errors.append(get_message(key)[0])
+        self[field].errors.append(_text(key))
         return False
 
 
@@ -2773,13 +2778,13 @@ class ChangePasswordForm(Form, PasswordFormMixin):
         if not super().validate(extra_validators):
             return False
         user = current_user._get_current_object()
-        _, reason = _check_login(user.email, self.password.data, user=user)
+        _, reason = _verify_login(user.email, self.password.data, user=user)
         if reason is not None:
             key = "ACCOUNT_LOCKED" if reason == "locked" else "INVALID_PASSWORD"
-            self.password.errors.append(get_message(key)[0])
+            self.password.errors.append(_text(key))
             return False
         if self.password.data == self.new_password.data:
-            self.new_password.errors.append(get_message("PASSWORD_IS_SAME")[0])
+            self.new_password.errors.append(_text("PASSWORD_IS_SAME"))
             return False
         return True
 
@@ -2793,7 +2798,7 @@ class SendConfirmationForm(Form, UserEmailFormMixin):
         if not super().validate(extra_validators):
             return False
         if self.user is not None and self.user.confirmed_at is not None:
-            return _refuse_known_address(self, "ALREADY_CONFIRMED")
+            return _passes_as_unknown(self, "ALREADY_CONFIRMED")
         return True
 
 
@@ -2809,7 +2814,7 @@ class ForgotPasswordForm(Form, UserEmailFormMixin):
             return False
         if self.user is None or not requires_confirmation(self.user):
             return True
-        return _refuse_known_address(self, "CONFIRMATION_REQUIRED")
+        return _passes_as_unknown(self, "CONFIRMATION_REQUIRED")
 
 
 class PasswordlessLoginForm(Form, UserEmailFormMixin):
@@ -2821,7 +2826,7 @@ class PasswordlessLoginForm(Form, UserEmailFormMixin):
         if not super().validate(extra_validators):
             return False
         if self.user is not None and not self.user.is_active:
-            return _refuse_known_address(self, "DISABLED_ACCOUNT")
+            return _passes_as_unknown(self, "DISABLED_ACCOUNT")
         return True
 
 
@@ -3121,8 +3126,8 @@ def register() -> ResponseReturnValue:
         try:
             user = register_user(**fields)
         except DatastoreConflictError:
-            message = get_message("EMAIL_ALREADY_ASSOCIATED", email=fields["email"])
-            form.email.errors.append(message[0])
+            message = _text("EMAIL_ALREADY_ASSOCIATED", email=fields["email"])
+            form.email.errors.append(message)
             return None
         next_field = getattr(form, "next", None)
         next_url = getattr(next_field, "data", None)
@@ -3287,7 +3292,7 @@ def reset_password(token: str) -> ResponseReturnValue:
     def act(form):
         if not update_password(check.user, form.password.data):
             # Another request used the link first.
-            message = get_message("INVALID_RESET_PASSWORD_TOKEN")[0]
+            message = _text("INVALID_RESET_PASSWORD_TOKEN")
             form.password.errors.append(message)
             return None
         if _needs_second_factor(check.user):
@@ -3626,7 +3631,7 @@ class TwoFactorPasswordForm(Form, PasswordFormMixin):
         if not super().validate(extra_validators):
             return False
         if not verify_and_update_password(self.password.data, current_user):
-            self.password.errors.append(get_message("INVALID_PASSWORD")[0])
+            self.password.errors.append(_text("INVALID_PASSWORD"))
             return False
         return True
 
@@ -3803,11 +3808,11 @@ def _tf_code_view(view, form_name, use_code, method):
 
     def act(form):
         if _is_locked(user):
-            form.code.errors.append(get_message("ACCOUNT_LOCKED")[0])
+            form.code.errors.append(_text("ACCOUNT_LOCKED"))
             return None
         if not use_code(user, form.code.data):
             _count_wrong_code(user)
-            form.code.errors.append(get_message("TF_INVALID_CODE")[0])
+            form.code.errors.append(_text("TF_INVALID_CODE"))
             return None
         _clear_wrong_passwords(user)
         next_url = _complete_second_factor(user, method)
@@ -3870,7 +3875,7 @@ def _tf_confirm_key(user, key, pending):
         return _tf_show_key(user, key, form)
     stored = _accept_totp(key, form.code.data)
     if stored is None:
-        form.code.errors.append(get_message("TF_INVALID_CODE")[0])
+        form.code.errors.append(_text("TF_INVALID_CODE"))
         return _tf_show_key(user, key, form)
     codes = _enrol(user, stored)
     session.pop(_TF_NEW_KEY, None)
@@ -3897,7 +3902,7 @@ def tf_setup() -> ResponseReturnValue:
     A user sent here at login by ``SECURITY_TWO_FACTOR_REQUIRED`` gave the password
     a moment ago, and is logged in once the code is right.
     """
-    logged_in = _check_session()
+    logged_in = _authenticate_by_session()
     pending = None if logged_in else _pending_user()
     if pending is None and not logged_in:
         return _refuse_login()
@@ -4093,13 +4098,13 @@ def _users_create(email, password, active, confirmed):
         raise click.BadParameter(str(error), param_hint="EMAIL") from None
     minimum = config_value("PASSWORD_LENGTH_MIN")
     if len(password) < minimum:
-        message = get_message("PASSWORD_INVALID_LENGTH", length=minimum)[0]
+        message = _text("PASSWORD_INVALID_LENGTH", length=minimum)
         raise click.BadParameter(message, param_hint="--password")
     if len(_to_bytes(password)) > _MAX_PASSWORD_BYTES:
-        message = get_message("PASSWORD_TOO_LONG", length=_MAX_PASSWORD_BYTES)[0]
+        message = _text("PASSWORD_TOO_LONG", length=_MAX_PASSWORD_BYTES)
         raise click.BadParameter(message, param_hint="--password")
     if _state().datastore.find_user(email=email) is not None:
-        message = get_message("EMAIL_ALREADY_ASSOCIATED", email=email)[0]
+        message = _text("EMAIL_ALREADY_ASSOCIATED", email=email)
         raise click.ClickException(message)
     fields = {"email": email, "password": password, "active": active}
     if confirmed:
@@ -4200,7 +4205,7 @@ def _roles_remove(email, role):
 _LOCKOUT_FIELDS = ("failed_login_count", "locked_until")
 
 
-def _check_lockout_fields(app, datastore):
+def _require_lockout_fields(app, datastore):
     """With ``SECURITY_LOCKOUT_ATTEMPTS`` set, the user model must have the
     lockout fields: say so at start-up rather than at the first wrong password."""
     if not app.config["SECURITY_LOCKOUT_ATTEMPTS"]:
@@ -4215,7 +4220,7 @@ def _check_lockout_fields(app, datastore):
         )
 
 
-def _check_link_host(app):
+def _validate_link_base(app):
     """``SECURITY_LINK_BASE_URL`` must be a scheme and a host (links get their
     path from the view), and emailed links on with no host declared for them is
     worth a warning: they are then refused for requests not made to localhost."""
@@ -4283,11 +4288,11 @@ _MAIL_FEATURES = {
 }
 
 
-def _check_startup(app, datastore):
+def _validate_startup(app, datastore):
     """Every check ``init_app`` makes before it sets ``app`` up."""
-    _check_lockout_fields(app, datastore)
-    _check_link_host(app)
-    _check_setup(app, datastore)
+    _require_lockout_fields(app, datastore)
+    _validate_link_base(app)
+    _refuse_broken_setup(app, datastore)
     if app.config["SECURITY_PASSWORD_HASH"] == "plaintext" and not app.testing:
         _log.warning(
             "SECURITY_PASSWORD_HASH is 'plaintext': passwords are stored "
@@ -4295,7 +4300,7 @@ def _check_startup(app, datastore):
         )
 
 
-def _check_setup(app, datastore):
+def _refuse_broken_setup(app, datastore):
     """Refuse, at startup, a setup that would fail on a visitor's request: each
     problem is named with its fix. Unknown ``SECURITY_*`` keys only warn."""
     config = app.config
@@ -4393,7 +4398,7 @@ def _needed_by(name):
     return ""
 
 
-def _check_mail_on_first_request(app):
+def _require_mail_at_first_request(app):
     """Mail-sending features need ``Mail(app)`` or ``@security.send_mail_task``.
     Apps set up either after ``Security(app)``, so the check waits for the first
     request, where it fails loudly instead of when a visitor's mail is due."""
@@ -4422,7 +4427,7 @@ def _check_mail_on_first_request(app):
     app.before_request(check_mail)
 
 
-def _check_form_names(names):
+def _refuse_unknown_forms(names):
     unknown = set(names) - set(_default_forms)
     if unknown:
         raise TypeError(f"Security got unknown form arguments: {sorted(unknown)}")
@@ -4535,7 +4540,7 @@ class Security:
         register_blueprint: bool = True,
         **forms: type[Form],
     ) -> None:
-        _check_form_names(forms)
+        _refuse_unknown_forms(forms)
         self._datastore = datastore
         self._register_blueprint = register_blueprint
         self._forms = forms
@@ -4560,12 +4565,12 @@ class Security:
         :param forms: form classes replacing ours, by the keys of ``_default_forms``
             (``login_form``, ``register_form``, ...).
         """
-        _check_form_names(forms)
+        _refuse_unknown_forms(forms)
         datastore = datastore or self._datastore
         if datastore is None:
             raise ValueError("Security needs a datastore, e.g. SQLAlchemyUserDatastore")
         _set_config_defaults(app)
-        _check_startup(app, datastore)
+        _validate_startup(app, datastore)
         datastore._bind(app)
         state = _SecurityState(
             app,
@@ -4585,7 +4590,7 @@ class Security:
         app.register_error_handler(_Refused, _refusal_answer)
         app.context_processor(_template_globals)
         app.after_request(_keep_roles_readable)
-        _check_mail_on_first_request(app)
+        _require_mail_at_first_request(app)
         return state
 
     def _state(self):
@@ -4763,7 +4768,7 @@ class ValidatorMixin:
         except (ValidationError, StopValidation) as error:
             key = error.args[0] if error.args else None
             if isinstance(key, str) and config_value("MSG_" + key) is not None:
-                raise type(error)(get_message(key)[0]) from None
+                raise type(error)(_text(key)) from None
             raise
 
 
