@@ -1418,6 +1418,11 @@ class _AdapterDatastore(UserDatastore):
         self.put(user)
         return True
 
+    def _equal(self, fields):
+        """The conditions "column == value" of ``fields``, as SQLAlchemy and peewee
+        both write them."""
+        return [getattr(self.user_model, name) == v for name, v in fields.items()]
+
 
 class SQLAlchemyUserDatastore(_AdapterDatastore):
     """The datastore on Flask-SQLAlchemy; writes are staged in its session until
@@ -1457,9 +1462,6 @@ class SQLAlchemyUserDatastore(_AdapterDatastore):
         if _roles_wanted() and self._roles_join is not None:
             query = query.options(self._roles_join)
         return self.db.session.scalars(query).unique().first()
-
-    def _equal(self, fields):
-        return [getattr(self.user_model, name) == v for name, v in fields.items()]
 
     def _find_user(self, fields):
         return self._select_user(self._equal(fields))
@@ -1615,9 +1617,6 @@ class PeeweeUserDatastore(_AdapterDatastore):
 
     def delete(self, model: Any) -> None:
         model.delete_instance(recursive=True)
-
-    def _equal(self, fields):
-        return [getattr(self.user_model, name) == v for name, v in fields.items()]
 
     def _find_user(self, fields):
         return self.user_model.select().where(*self._equal(fields)).first()
@@ -2038,13 +2037,9 @@ def requires_confirmation(user: Any) -> bool:
 _COUNT_RETRIES = 50
 
 
-def _lockout_on():
-    return bool(config_value("LOCKOUT_ATTEMPTS"))
-
-
 def _is_locked(user):
     """True while ``user`` is locked out after too many wrong passwords."""
-    if not _lockout_on():
+    if not config_value("LOCKOUT_ATTEMPTS"):
         return False
     until = user.locked_until
     return until is not None and until > _now()
@@ -2076,7 +2071,9 @@ def _count_wrong_password(user):
 
 def _clear_wrong_passwords(user):
     """Forget the wrong passwords of ``user`` (after a login or a reset)."""
-    if _lockout_on() and (user.failed_login_count or user.locked_until is not None):
+    if config_value("LOCKOUT_ATTEMPTS") and (
+        user.failed_login_count or user.locked_until is not None
+    ):
         cleared = {"failed_login_count": 0, "locked_until": None}
         _state().datastore.compare_and_set(user, {}, cleared)
 
@@ -2123,7 +2120,15 @@ def _verify_login(identifier, password, user=None):
         if not _needs_second_factor(user):
             _clear_wrong_passwords(user)
         return user, None
-    if reason in ("locked", "invalid_password") and _lockout_on():
+    _login_failed(user, identifier, reason)
+    return user, reason
+
+
+def _login_failed(user, identifier, reason):
+    """Report a failed login by ``login_failed``; a wrong password or code (a locked
+    account's too) counts toward the lockout."""
+    wrong = reason in ("locked", "invalid_password", "invalid_code")
+    if wrong and config_value("LOCKOUT_ATTEMPTS"):
         _count_wrong_password(user)
     _send_signal(
         login_failed,
@@ -2132,7 +2137,6 @@ def _verify_login(identifier, password, user=None):
         reason=reason,
         remote_addr=request.remote_addr,
     )
-    return user, reason
 
 
 #: The field and message of each reason a password login fails.
@@ -2939,14 +2943,11 @@ def _require_declared_host():
         raise _Refused(400, "LINK_HOST_NOT_DECLARED")
 
 
-def _link_url(endpoint, **values):
-    """The absolute URL of a security view for an email, on the declared host:
-    ``SECURITY_LINK_BASE_URL``, ``SERVER_NAME``, or a trusted request host."""
-    base = config_value("LINK_BASE_URL")
-    if base:
-        return base.rstrip("/") + url_for_security(endpoint, **values)
-    _require_declared_host()
-    return url_for_security(endpoint, _external=True, **values)
+def _link_url(view, **values):
+    """The absolute URL of security view ``view`` for an email (see
+    :func:`_mail_url_for`)."""
+    endpoint = f"{config_value('BLUEPRINT_NAME')}.{view}"
+    return _mail_url_for(endpoint, _external=True, **values)
 
 
 def send_mail(subject: str, recipient: str, template: str, **context: Any) -> None:
@@ -2982,9 +2983,9 @@ def send_mail(subject: str, recipient: str, template: str, **context: Any) -> No
 
 
 def _mail_url_for(endpoint, **values):
-    """``url_for`` as email templates see it: an external URL is built on the
-    declared host (``SECURITY_LINK_BASE_URL``, ``SERVER_NAME``, a trusted host),
-    never on the ``Host`` a request claimed."""
+    """``url_for`` as emails (and their templates) see it: an external URL is built
+    on the declared host (``SECURITY_LINK_BASE_URL``, ``SERVER_NAME``, a trusted
+    host), never on the ``Host`` a request claimed."""
     if not values.pop("_external", False):
         return url_for(endpoint, **values)
     base = config_value("LINK_BASE_URL")
@@ -3260,7 +3261,7 @@ def update_password(user: Any, password: str) -> bool:
     :returns: False if the password had changed since ``user`` was read.
     """
     changes = {"password": hash_password(password)}
-    if _lockout_on():
+    if config_value("LOCKOUT_ATTEMPTS"):
         changes.update(failed_login_count=0, locked_until=None)
     if not _state().datastore.compare_and_set(
         user, {"password": user.password}, changes
@@ -3714,20 +3715,6 @@ def _use_rescue_code(user, code):
     return _consume(user, "tf_recovery_codes", left)
 
 
-def _count_wrong_code(user):
-    """A wrong code counts toward the lockout as a wrong password does, and is
-    reported by ``login_failed``."""
-    if _lockout_on():
-        _count_wrong_password(user)
-    _send_signal(
-        login_failed,
-        user=user,
-        identifier=user.email,
-        reason="invalid_code",
-        remote_addr=request.remote_addr,
-    )
-
-
 def send_two_factor_notice(user: Any, event: str) -> None:
     """Tell ``user`` that two-factor login changed on their account, if that email
     is on.
@@ -3811,7 +3798,7 @@ def _tf_code_view(view, form_name, use_code, method):
             form.code.errors.append(_text("ACCOUNT_LOCKED"))
             return None
         if not use_code(user, form.code.data):
-            _count_wrong_code(user)
+            _login_failed(user, user.email, "invalid_code")
             form.code.errors.append(_text("TF_INVALID_CODE"))
             return None
         _clear_wrong_passwords(user)
@@ -4070,6 +4057,17 @@ def _cli_role(name):
     return role
 
 
+def _cli_validate(value, param_hint, *validators):
+    """Run the forms' own ``validators`` on a command-line value; the first one
+    that fails is the command's error."""
+    field = types.SimpleNamespace(data=value)
+    for validator in validators:
+        try:
+            validator(None, field)
+        except ValidationError as error:
+            raise click.BadParameter(str(error), param_hint=param_hint) from None
+
+
 def _cli_commit(message):
     try:
         _state().datastore.commit()
@@ -4090,22 +4088,8 @@ def _cli_commit(message):
 )
 def _users_create(email, password, active, confirmed):
     """Create a user with EMAIL."""
-    from email_validator import EmailNotValidError, validate_email
-
-    try:
-        validate_email(email, check_deliverability=False)
-    except EmailNotValidError as error:
-        raise click.BadParameter(str(error), param_hint="EMAIL") from None
-    minimum = config_value("PASSWORD_LENGTH_MIN")
-    if len(password) < minimum:
-        message = _text("PASSWORD_INVALID_LENGTH", length=minimum)
-        raise click.BadParameter(message, param_hint="--password")
-    if len(_to_bytes(password)) > _MAX_PASSWORD_BYTES:
-        message = _text("PASSWORD_TOO_LONG", length=_MAX_PASSWORD_BYTES)
-        raise click.BadParameter(message, param_hint="--password")
-    if _state().datastore.find_user(email=email) is not None:
-        message = _text("EMAIL_ALREADY_ASSOCIATED", email=email)
-        raise click.ClickException(message)
+    _cli_validate(email, "EMAIL", email_validator, unique_user_email)
+    _cli_validate(password, "--password", password_length)
     fields = {"email": email, "password": password, "active": active}
     if confirmed:
         if not hasattr(_state().datastore.user_model, "confirmed_at"):
