@@ -4111,12 +4111,7 @@ def test_two_factor_pages_pass_axe(two_factor_site, axe_page):
 # =============================================================================
 
 TRACKED_TWO_FACTOR = dict(
-    SECURITY_TRACKABLE=True,
-    SECURITY_REGISTERABLE=True,
-    SECURITY_CONFIRMABLE=True,
-    SECURITY_RECOVERABLE=True,
-    SECURITY_PASSWORDLESS=False,
-    **TWO_FACTOR,
+    SECURITY_TRACKABLE=True, SECURITY_RECOVERABLE=True, **CONFIRM, **TWO_FACTOR
 )
 
 
