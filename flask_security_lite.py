@@ -876,31 +876,25 @@ def _is_password_hash(value):
     return True
 
 
-#: Shapes of stored hashes of any library, listed or not: modular crypt
-#: (``$1$``, ``$2b$``, ``$argon2id$``, ``$P$``), LDAP (``{SSHA}``), Werkzeug and
-#: Django (``pbkdf2:sha256:600000$salt$hash``, ``md5$salt$hash``), MySQL
-#: (``*`` and 40 hex digits), des_crypt and BSDi, and bare digests in hex (MD5 to
-#: SHA-512) or base64 (MD5, SHA-1, SHA-256, SHA-512).
-_HASH_SHAPES = re.compile(
-    r"""\$[\w.-]+\$.*
-    | \{[\w.-]+\}.*
-    | [a-z][\w.-]*(:[\w.-]+)*\$[^$]*\$.*
-    | \*[0-9a-f]{40}
-    | [./0-9a-z]{13} | _[./0-9a-z]{19}
-    | [0-9a-f]{16} | [0-9a-f]{32} | [0-9a-f]{40} | [0-9a-f]{56}
-    | [0-9a-f]{64} | [0-9a-f]{96} | [0-9a-f]{128}
-    | [a-z0-9+/]{22}== | [a-z0-9+/]{27}= | [a-z0-9+/]{43}= | [a-z0-9+/]{86}==""",
-    re.IGNORECASE | re.VERBOSE | re.DOTALL,
-)
-
-
-def _looks_like_a_hash(value):
-    """True if ``value`` has the shape of a password hash of any format.
-
-    Such a stored value is never compared as plaintext: with ``plaintext`` among
-    the schemes, a leaked hash of an unlisted format would otherwise log in.
-    """
-    return _HASH_SHAPES.fullmatch(value) is not None
+@cache
+def _hash_shapes():
+    """The shapes of stored hashes of any library, listed or not: modular crypt
+    (``$1$``, ``$2b$``, ``$argon2id$``, ``$P$``), LDAP (``{SSHA}``), Werkzeug and
+    Django (``pbkdf2:sha256:600000$salt$hash``, ``md5$salt$hash``), MySQL (``*`` and
+    40 hex digits), des_crypt and BSDi, and bare digests in hex (MD5 to SHA-512) or
+    base64 (MD5, SHA-1, SHA-256, SHA-512). Compiled on first use: compiling takes
+    longer than the rest of the module's import."""
+    return re.compile(
+        r"""\$[\w.-]+\$.*
+        | \{[\w.-]+\}.*
+        | [a-z][\w.-]*(:[\w.-]+)*\$[^$]*\$.*
+        | \*[0-9a-f]{40}
+        | [./0-9a-z]{13} | _[./0-9a-z]{19}
+        | [0-9a-f]{16} | [0-9a-f]{32} | [0-9a-f]{40} | [0-9a-f]{56}
+        | [0-9a-f]{64} | [0-9a-f]{96} | [0-9a-f]{128}
+        | [a-z0-9+/]{22}== | [a-z0-9+/]{27}= | [a-z0-9+/]{43}= | [a-z0-9+/]{86}==""",
+        re.IGNORECASE | re.VERBOSE | re.DOTALL,
+    )
 
 
 def verify_password(password: str, password_hash: str | None) -> bool:
@@ -913,7 +907,9 @@ def verify_password(password: str, password_hash: str | None) -> bool:
     if scheme is None or not isinstance(password, str):
         return False
     if scheme == "plaintext":
-        if _looks_like_a_hash(password_hash):
+        # A stored value shaped like a hash of any format is never compared as
+        # plaintext: a leaked hash of an unlisted format would otherwise log in.
+        if _hash_shapes().fullmatch(password_hash):
             return False
         return hmac.compare_digest(_to_bytes(password), _to_bytes(password_hash))
     try:

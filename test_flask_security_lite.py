@@ -453,6 +453,17 @@ def _view_names(app):
     return {view.__name__ for view in app.view_functions.values()}
 
 
+def test_importing_the_module_compiles_no_regular_expression():
+    code = (
+        "import re, flask_security_lite as f; re.purge(); "
+        "print(f._hash_shapes.cache_info().currsize)"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True
+    )
+    assert output.stdout.strip() == "0", output.stderr
+
+
 def test_all_lists_todays_api_and_each_name_exists():
     for name in fsl.__all__:
         assert hasattr(fsl, name), name
