@@ -455,8 +455,7 @@ def _view_names(app):
 
 def test_importing_the_module_compiles_no_regular_expression():
     code = (
-        "import re, flask_security_lite as f; re.purge(); "
-        "print(f._hash_shapes.cache_info().currsize)"
+        "import flask_security_lite as f; print(f._hash_shapes.cache_info().currsize)"
     )
     output = subprocess.run(
         [sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True
