@@ -86,6 +86,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import logging
+import math
 import os
 import re
 import secrets
@@ -1017,14 +1018,16 @@ def _dead_passlib():
 # -- signed tokens ------------------------------------------------------------
 
 
-#: The salt setting of each kind of signed token: ``auth`` for auth tokens and the
-#: session's binding, ``two_factor`` for the "password verified, code due" marker.
-_TOKEN_SALTS = {
-    "auth": "REMEMBER_SALT",
-    "confirm": "CONFIRM_SALT",
-    "reset": "RESET_SALT",
-    "login": "LOGIN_SALT",
-    "two_factor": "TWO_FACTOR_SALT",
+#: Each kind of signed token, with the settings of its salt and its lifetime: the
+#: ``auth`` token (and the session's binding) lives ``TOKEN_MAX_AGE`` seconds (None:
+#: until the password changes), the "password verified, code due" marker of a
+#: two-factor login ``TWO_FACTOR_LOGIN_WITHIN``, each emailed link its own time.
+_TOKEN_KINDS = {
+    "auth": ("REMEMBER_SALT", "TOKEN_MAX_AGE"),
+    "confirm": ("CONFIRM_SALT", "CONFIRM_EMAIL_WITHIN"),
+    "reset": ("RESET_SALT", "RESET_PASSWORD_WITHIN"),
+    "login": ("LOGIN_SALT", "LOGIN_WITHIN"),
+    "two_factor": ("TWO_FACTOR_SALT", "TWO_FACTOR_LOGIN_WITHIN"),
 }
 
 
@@ -1046,14 +1049,10 @@ def _binding(kind, user):
     return base64.urlsafe_b64encode(digest[:12]).decode("ascii")
 
 
-def _serializer(kind):
-    """The itsdangerous serializer of a token kind, salted by its own setting."""
-    salt = config_value(_TOKEN_SALTS[kind])
-    return URLSafeTimedSerializer(current_app.secret_key, salt=salt)
-
-
 def _make_token(kind, user):
-    return _serializer(kind).dumps([str(user.id), _binding(kind, user)])
+    salt = config_value(_TOKEN_KINDS[kind][0])
+    serializer = URLSafeTimedSerializer(current_app.secret_key, salt=salt)
+    return serializer.dumps([str(user.id), _binding(kind, user)])
 
 
 class _TokenCheck(NamedTuple):
@@ -1066,9 +1065,16 @@ class _TokenCheck(NamedTuple):
     user: object = None
 
 
-def _read_token(token, kind, max_age):
-    """Check a token of ``kind`` at most ``max_age`` seconds old (None: any age)."""
-    serializer = _serializer(kind)
+def _read_token(token, kind, max_age=None):
+    """Check a token of ``kind`` at most ``max_age`` seconds old (default: its
+    kind's lifetime)."""
+    salt_key, lifetime_key = _TOKEN_KINDS[kind]
+    if max_age is None:
+        max_age = config_value(lifetime_key)
+        if isinstance(max_age, str):  # "<amount> <unit>"
+            max_age = get_within_delta(lifetime_key).total_seconds()
+    salt = config_value(salt_key)
+    serializer = URLSafeTimedSerializer(current_app.secret_key, salt=salt)
     status = "ok"
     try:
         data = serializer.loads(token, max_age=max_age)
@@ -2214,7 +2220,7 @@ def _authenticate_by_token():
     token = _request_token()
     if not token:
         return False
-    check = _read_token(token, "auth", config_value("TOKEN_MAX_AGE"))
+    check = _read_token(token, "auth")
     if (
         check.status != "ok"
         or not check.user.is_active
@@ -3009,6 +3015,13 @@ def _send_after_response(send, user):
         return response
 
 
+# =============================================================================
+# 10. Account flows
+# =============================================================================
+# Each flow with its views: registration, confirmation, recovery, change password,
+# passwordless login.
+
+
 # -- the shape of an emailed-link view ----------------------------------------
 
 
@@ -3033,21 +3046,16 @@ def _instructions_view(view, form_name, send, message_key, tell_id):
 
 
 class _EmailedLink(NamedTuple):
-    """One kind of emailed link: its token kind, its lifetime setting (without
-    ``_WITHIN``), the messages for a link that is invalid (or used) and one that
-    expired, how to send a fresh one, and where a refused visitor goes."""
+    """One kind of emailed link: its token kind, its lifetime setting, the messages
+    for a link that is invalid (or used) and one that expired, how to send a fresh
+    one, and where a refused visitor goes."""
 
-    purpose: str
+    kind: str
     within: str
     invalid: str
     expired: str
     resend: object
     retry_url: object
-
-
-def _read_link(link, token):
-    max_age = get_within_delta(link.within + "_WITHIN").total_seconds()
-    return _read_token(token, link.purpose, max_age)
 
 
 def _link_refusal(link, check, key=None, go_to=None):
@@ -3064,7 +3072,7 @@ def _link_refusal(link, check, key=None, go_to=None):
         field="token",
         go_to=go_to or link.retry_url(),
         email=getattr(check.user, "email", ""),
-        within=config_value(link.within + "_WITHIN"),
+        within=config_value(link.within),
     )
 
 
@@ -3075,13 +3083,6 @@ def _link_done(user, message_key, *view_keys):
         return _json_answer(200, {"user": {"id": str(user.id)}})
     _flash_message(message_key)
     return redirect(_next_or_view(None, *view_keys))
-
-
-# =============================================================================
-# 10. Account flows
-# =============================================================================
-# Each flow with its views: registration, confirmation, recovery, change password,
-# passwordless login.
 
 
 # -- registration -------------------------------------------------------------
@@ -3202,7 +3203,7 @@ def send_confirmation() -> ResponseReturnValue:
 
 def confirm_email(token: str) -> ResponseReturnValue:
     """Confirm an address from an emailed link, and log its owner in."""
-    check = _read_link(_CONFIRM_LINK, token)
+    check = _read_token(token, _CONFIRM_LINK.kind)
     if check.status == "used" and check.user.confirmed_at is not None:
         done = _redirect_target(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
         raise _link_refusal(_CONFIRM_LINK, check, "ALREADY_CONFIRMED", done)
@@ -3282,7 +3283,7 @@ def forgot_password() -> ResponseReturnValue:
 @anonymous_user_required
 def reset_password(token: str) -> ResponseReturnValue:
     """Choose a new password from an emailed link; the link works once."""
-    check = _read_link(_RESET_LINK, token)
+    check = _read_token(token, _RESET_LINK.kind)
     if check.status != "ok":
         raise _link_refusal(_RESET_LINK, check)
 
@@ -3380,7 +3381,7 @@ def send_login() -> ResponseReturnValue:
 @anonymous_user_required
 def token_login(token: str) -> ResponseReturnValue:
     """Log in from a passwordless login link."""
-    check = _read_link(_LOGIN_LINK, token)
+    check = _read_token(token, _LOGIN_LINK.kind)
     if check.user is not None and not check.user.is_active:
         check = _TokenCheck("invalid", check.user)
     if check.status != "ok":
@@ -3397,7 +3398,7 @@ def token_login(token: str) -> ResponseReturnValue:
 #: The three kinds of emailed link.
 _CONFIRM_LINK = _EmailedLink(
     "confirm",
-    "CONFIRM_EMAIL",
+    "CONFIRM_EMAIL_WITHIN",
     "INVALID_CONFIRMATION_TOKEN",
     "CONFIRMATION_EXPIRED",
     send_confirmation_instructions,
@@ -3407,7 +3408,7 @@ _CONFIRM_LINK = _EmailedLink(
 
 _RESET_LINK = _EmailedLink(
     "reset",
-    "RESET_PASSWORD",
+    "RESET_PASSWORD_WITHIN",
     "INVALID_RESET_PASSWORD_TOKEN",
     "PASSWORD_RESET_EXPIRED",
     send_reset_password_instructions,
@@ -3417,7 +3418,7 @@ _RESET_LINK = _EmailedLink(
 
 _LOGIN_LINK = _EmailedLink(
     "login",
-    "LOGIN",
+    "LOGIN_WITHIN",
     "INVALID_LOGIN_TOKEN",
     "LOGIN_EXPIRED",
     send_login_instructions,
@@ -3663,8 +3664,7 @@ def _pending_user():
     pending = session.get(_TF_PENDING_KEY)
     if not isinstance(pending, dict):
         return None
-    max_age = get_within_delta("TWO_FACTOR_LOGIN_WITHIN").total_seconds()
-    check = _read_token(pending.get("token"), "two_factor", max_age)
+    check = _read_token(pending.get("token"), "two_factor")
     if check.status != "ok" or not check.user.is_active:
         return None
     return check.user
@@ -4708,7 +4708,7 @@ def get_token_status(
     :param max_age: the lifetime setting's prefix (``CONFIRM_EMAIL``, ``LOGIN``,
         ``RESET_PASSWORD``), or None for no expiry. A used token is invalid.
     """
-    seconds = get_max_age(max_age) if max_age else None
+    seconds = get_max_age(max_age) if max_age else math.inf
     kind = "auth" if serializer == "remember" else serializer  # 1.7.4's name
     check = _read_token(token, kind, seconds)
     return check.status == "expired", check.status in ("invalid", "used"), check.user
