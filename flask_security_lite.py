@@ -1420,11 +1420,6 @@ class _AdapterDatastore(UserDatastore):
         self.put(user)
         return True
 
-    def _equal(self, fields):
-        """The conditions "column == value" of ``fields``, as SQLAlchemy and peewee
-        both write them."""
-        return [getattr(self.user_model, name) == v for name, v in fields.items()]
-
 
 class SQLAlchemyUserDatastore(_AdapterDatastore):
     """The datastore on Flask-SQLAlchemy; writes are staged in its session until
@@ -1459,14 +1454,11 @@ class SQLAlchemyUserDatastore(_AdapterDatastore):
             self.db.session.rollback()
             raise DatastoreConflictError(str(error.orig)) from error
 
-    def _select_user(self, conditions):
-        query = self._sa.select(self.user_model).where(*conditions).limit(1)
-        if _roles_wanted() and self._roles_join is not None:
-            query = query.options(self._roles_join)
-        return self.db.session.scalars(query).unique().first()
-
-    def _find_user(self, fields):
-        return self._select_user(self._equal(fields))
+    def _find_user(self, fields, *conditions):
+        query = self._sa.select(self.user_model).filter_by(**fields).where(*conditions)
+        if _roles_wanted() and self._by_id.roles_join is not None:
+            query = query.options(self._by_id.roles_join)
+        return self.db.session.scalars(query.limit(1)).unique().first()
 
     def _find_user_unnormalised(self, fields):
         email = fields.pop("email")
@@ -1474,7 +1466,7 @@ class SQLAlchemyUserDatastore(_AdapterDatastore):
         # SQLite's lower() folds ASCII only: the exact form as typed matches too.
         lowered = self._sa.func.lower(column) == email.lower()
         either = self._sa.or_(column == email, lowered)
-        return self._select_user([*self._equal(fields), either])
+        return self._find_user(fields, either)
 
     def compare_and_set(
         self, user: Any, expected: dict[str, Any], changes: dict[str, Any]
@@ -1483,7 +1475,7 @@ class SQLAlchemyUserDatastore(_AdapterDatastore):
         statement = (
             self._sa.update(self.user_model)
             .where(getattr(self.user_model, key) == getattr(user, key))
-            .where(*self._equal(expected))
+            .filter_by(**expected)
             .values(**changes)
             .execution_options(synchronize_session=False)
         )
@@ -1501,45 +1493,39 @@ class SQLAlchemyUserDatastore(_AdapterDatastore):
         query = self._sa.select(self.role_model).filter_by(name=role).limit(1)
         return self.db.session.scalars(query).first()
 
-    @cached_property
-    def _key_type(self):
-        return self._sa.inspect(self.user_model).primary_key[0].type.python_type
-
     def get_user_by_id(self, user_id: Any) -> Any:
         # Convert first: PostgreSQL raises, and spoils the transaction, on "abc" = 1.
+        by_id, key = self._by_id, user_id
         try:
-            key = (
-                user_id
-                if isinstance(user_id, self._key_type)
-                else self._key_type(user_id)
-            )
-        except (NotImplementedError, TypeError, ValueError, AttributeError):
+            if not isinstance(user_id, by_id.key_type):
+                key = by_id.key_type(user_id)
+        except (TypeError, ValueError, AttributeError):  # key_type None among them
             return None
-        query = self._by_id_with_roles if _roles_wanted() else self._by_id
+        query = by_id.with_roles if _roles_wanted() else by_id.query
         return self.db.session.scalars(query, {"key": key}).unique().first()
 
     @cached_property
     def _by_id(self):
-        """The user by primary key: every protected request runs it."""
-        key = self._sa.inspect(self.user_model).primary_key[0]
-        return self._sa.select(self.user_model).where(key == self._sa.bindparam("key"))
-
-    @cached_property
-    def _by_id_with_roles(self):
-        """The user by primary key with its roles, in one query, for the requests
-        that check roles (a join costs every other request for nothing)."""
-        if self._roles_join is None:
-            return self._by_id
-        return self._by_id.options(self._roles_join)
-
-    @cached_property
-    def _roles_join(self):
-        """The option loading ``roles`` with the user, or None when the relationship
-        is a query of its own (dynamic, write-only) or missing."""
-        roles = self._sa.inspect(self.user_model).relationships.get("roles")
-        if roles is None or roles.lazy in ("dynamic", "write_only"):
-            return None
-        return self._sa.orm.joinedload(roles.class_attribute)
+        """How users are found by primary key, prepared once: the key's Python type
+        (None when its column type has none), the query (every protected request
+        runs it), the same query joining the roles for the requests that check them
+        (a join costs every other request for nothing), and that join, or None when
+        ``roles`` is a query of its own (dynamic, write-only) or missing."""
+        mapper = self._sa.inspect(self.user_model)
+        key = mapper.primary_key[0]
+        try:
+            key_type = key.type.python_type
+        except NotImplementedError:
+            key_type = None
+        query = self._sa.select(self.user_model).where(key == self._sa.bindparam("key"))
+        roles = mapper.relationships.get("roles")
+        join = None
+        if roles is not None and roles.lazy not in ("dynamic", "write_only"):
+            join = self._sa.orm.joinedload(roles.class_attribute)
+        with_roles = query if join is None else query.options(join)
+        return types.SimpleNamespace(
+            key_type=key_type, query=query, with_roles=with_roles, roles_join=join
+        )
 
 
 class MongoEngineUserDatastore(_AdapterDatastore):
@@ -1619,6 +1605,9 @@ class PeeweeUserDatastore(_AdapterDatastore):
 
     def delete(self, model: Any) -> None:
         model.delete_instance(recursive=True)
+
+    def _equal(self, fields):
+        return [getattr(self.user_model, name) == v for name, v in fields.items()]
 
     def _find_user(self, fields):
         return self.user_model.select().where(*self._equal(fields)).first()
@@ -2160,10 +2149,6 @@ _HIDDEN_BY_GENERIC = ("unknown_user", "no_password", "locked", "invalid_password
 # -- how a request authenticates ----------------------------------------------
 
 
-def _set_auth_method(method):
-    g.flask_security_auth_method = method
-
-
 def _auth_method():
     """How this request's user was authenticated: ``"session"``, ``"token"``,
     ``"basic"``, or None. Written only by the checks of :data:`_AUTH_CHECKS` and
@@ -2175,7 +2160,7 @@ def _set_request_user(user, method):
     """Make ``user`` the current user of this request only (nothing in the session)."""
     # Flask-Login's own setter of the request's user, as its request loaders use.
     current_app.login_manager._update_request_context_with_user(user)
-    _set_auth_method(method)
+    g.flask_security_auth_method = method
     flask_login.user_loaded_from_request.send(
         current_app._get_current_object(), user=user
     )
@@ -2204,7 +2189,9 @@ def _json_body():
         return None
 
 
-def _request_token():
+def _authenticate_by_token():
+    """Authenticate the request by its auth token (header, query argument or JSON
+    body): one HMAC and one lookup."""
     token = request.headers.get(config_value("TOKEN_AUTHENTICATION_HEADER"))
     key = config_value("TOKEN_AUTHENTICATION_KEY")
     if not token:
@@ -2212,13 +2199,7 @@ def _request_token():
     if not token and request.is_json:
         body = _json_body()
         token = body.get(key) if isinstance(body, dict) else None
-    return token if isinstance(token, str) else None
-
-
-def _authenticate_by_token():
-    """Authenticate the request by its auth token: one HMAC and one lookup."""
-    token = _request_token()
-    if not token:
+    if not token or not isinstance(token, str):
         return False
     check = _read_token(token, "auth")
     if (
@@ -2247,7 +2228,7 @@ def _authenticate_by_basic():
 
 def _authenticate_by_session():
     if current_user.is_authenticated:
-        _set_auth_method("session")
+        g.flask_security_auth_method = "session"
         return True
     return False
 
@@ -2867,7 +2848,7 @@ def login_user(user: Any, remember: bool | None = None) -> bool:
     # Flask-WTF keeps this request's CSRF token in g: it was the old session's.
     g.pop(current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"), None)
     flask_login.login_user(user, remember=remember)
-    _set_auth_method("session")
+    g.flask_security_auth_method = "session"
     _announce_identity(user)
     if config_value("TRACKABLE"):
         _track_login(user)
