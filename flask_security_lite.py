@@ -929,18 +929,13 @@ def verify_and_update_password(password: str, user: Any) -> bool:
         return False
     if not verify_password(password, user.password):
         return False
-    if _needs_rehash(user.password):
-        user.password = hash_password(password)
-        _state().datastore.put(user)
-        _state().datastore.commit()
-    return True
-
-
-def _needs_rehash(password_hash):
     # Never "upgrade" real hashes to plaintext when plaintext is configured.
     if config_value("PASSWORD_HASH") == "plaintext":
-        return False
-    return _state().pwd_context.needs_update(password_hash)
+        return True
+    if _state().pwd_context.needs_update(user.password):
+        user.password = hash_password(password)
+        _save(user)
+    return True
 
 
 def _burn_a_verify():
@@ -1178,6 +1173,13 @@ def _storable(value):
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _save(user):
+    """Write ``user`` and make it durable: the flows that change a user commit."""
+    datastore = _state().datastore
+    datastore.put(user)
+    datastore.commit()
 
 
 class UserDatastore:
@@ -2348,13 +2350,6 @@ def anonymous_user_required(view: Callable) -> Callable:
 # -- Flask-Principal, when the app has it -------------------------------------
 
 
-@cache
-def _principal():
-    """The flask_principal module, once found at setup (looked up once: every
-    request with an identity uses it)."""
-    return importlib.import_module("flask_principal")
-
-
 def _setup_principal(app):
     """Flask-Principal as 1.7.4 set it up, when it is installed and
     ``SECURITY_FLASK_PRINCIPAL`` is on; otherwise None, and no code of it runs.
@@ -2376,20 +2371,22 @@ def _setup_principal(app):
 
 def _session_identity():
     """Flask-Principal's identity loader: the session's user, if any."""
+    from flask_principal import Identity
+
     user = current_user._get_current_object()
-    if user.is_authenticated:
-        return _principal().Identity(user.id)
-    return None
+    return Identity(user.id) if user.is_authenticated else None
 
 
 def _add_needs(app, identity):
     """Give ``identity`` the needs of the current user, as 1.7.4 did: a ``UserNeed``
     and a ``RoleNeed`` per role, the roles read when a permission first looks."""
+    from flask_principal import UserNeed
+
     user = current_user._get_current_object()
     if not user.is_authenticated:
         return
     identity.user = user
-    given = {*identity.provides, _principal().UserNeed(user.id)}
+    given = {*identity.provides, UserNeed(user.id)}
     identity.provides = _NeedsWithRoles(given, user)
 
 
@@ -2404,8 +2401,9 @@ class _NeedsWithRoles(MutableSet):
 
     def _complete(self):
         if self._user is not None:
-            role_need = _principal().RoleNeed
-            self._needs.update(role_need(role.name) for role in self._user.roles)
+            from flask_principal import RoleNeed
+
+            self._needs.update(RoleNeed(role.name) for role in self._user.roles)
             # Only once read: a read that failed is tried again by the next one.
             self._user = None
         return self._needs
@@ -2452,13 +2450,10 @@ def _announce_identity(user):
     (None: nobody)."""
     if _state().principal is None:
         return
-    principal = _principal()
-    if user is None:
-        identity = principal.AnonymousIdentity()
-    else:
-        identity = principal.Identity(user.id)
-    app = current_app._get_current_object()
-    principal.identity_changed.send(app, identity=identity)
+    from flask_principal import AnonymousIdentity, Identity, identity_changed
+
+    identity = AnonymousIdentity() if user is None else Identity(user.id)
+    identity_changed.send(current_app._get_current_object(), identity=identity)
 
 
 # -- roles read ahead ---------------------------------------------------------
@@ -2852,8 +2847,7 @@ def login_user(user: Any, remember: bool | None = None) -> bool:
     _announce_identity(user)
     if config_value("TRACKABLE"):
         _track_login(user)
-        _state().datastore.put(user)
-        _state().datastore.commit()
+        _save(user)
     return True
 
 
@@ -3304,8 +3298,7 @@ def change_user_password(user: Any, password: str) -> None:
     if config_value("SEND_PASSWORD_CHANGE_EMAIL"):
         _require_declared_host()  # before the change: the notice may carry links
     user.password = hash_password(password)
-    _state().datastore.put(user)
-    _state().datastore.commit()
+    _save(user)
     _rebind_session(user)
     send_password_changed_notice(user)
     _send_signal(password_changed, user=user)
@@ -3665,11 +3658,6 @@ def _complete_second_factor(user, method):
         send_two_factor_notice(user, "recovery_code_used")
     _send_signal(tf_code_confirmed, user=user, method=method)
     return pending["next"]
-
-
-def _save(user):
-    _state().datastore.put(user)
-    _state().datastore.commit()
 
 
 def _consume(user, field, new_value):
