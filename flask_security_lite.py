@@ -2031,9 +2031,8 @@ _COUNT_RETRIES = 50
 
 
 def _is_locked(user):
-    """True while ``user`` is locked out after too many wrong passwords."""
-    if not config_value("LOCKOUT_ATTEMPTS"):
-        return False
+    """True while ``user`` is locked out after too many wrong passwords (asked only
+    when ``SECURITY_LOCKOUT_ATTEMPTS`` is set)."""
     until = user.locked_until
     return until is not None and until > _now()
 
@@ -2063,10 +2062,9 @@ def _count_wrong_password(user):
 
 
 def _clear_wrong_passwords(user):
-    """Forget the wrong passwords of ``user`` (after a login or a reset)."""
-    if config_value("LOCKOUT_ATTEMPTS") and (
-        user.failed_login_count or user.locked_until is not None
-    ):
+    """Forget the wrong passwords of ``user`` after a login (asked only when
+    ``SECURITY_LOCKOUT_ATTEMPTS`` is set)."""
+    if user.failed_login_count or user.locked_until is not None:
         cleared = {"failed_login_count": 0, "locked_until": None}
         _state().datastore.compare_and_set(user, {}, cleared)
 
@@ -2079,7 +2077,7 @@ def _has_second_factor(user):
 def _needs_second_factor(user):
     """True if a password (or an emailed link) alone may not log ``user`` in."""
     return bool(config_value("TWO_FACTOR")) and bool(
-        config_value("TWO_FACTOR_REQUIRED") or _has_second_factor(user)
+        config_value("TWO_FACTOR_REQUIRED") or getattr(user, "tf_totp_secret", None)
     )
 
 
@@ -2095,11 +2093,11 @@ def _verify_login(identifier, password, user=None):
     """
     if user is None:
         user = _state().datastore.find_user_by_identity(identifier)
-    reason = None
+    reason, lockout = None, config_value("LOCKOUT_ATTEMPTS")
     if user is None or not user.password:
         _burn_a_verify()
         reason = "unknown_user" if user is None else "no_password"
-    elif _is_locked(user):
+    elif lockout and _is_locked(user):
         verify_password(password, user.password)
         reason = "locked"
     elif not verify_and_update_password(password, user):
@@ -2110,7 +2108,7 @@ def _verify_login(identifier, password, user=None):
         reason = "disabled"
     if reason is None:
         # With a code still due, wrong codes keep counting until it is right.
-        if not _needs_second_factor(user):
+        if lockout and not _needs_second_factor(user):
             _clear_wrong_passwords(user)
         return user, None
     _login_failed(user, identifier, reason)
@@ -3439,11 +3437,6 @@ def _hotp(key, counter, digits=_TOTP_DIGITS, digest=hashlib.sha1):
     return str(number % 10**digits).zfill(digits)
 
 
-def _totp_step(at=None):
-    """The RFC 6238 time step of the Unix time ``at`` (default: now)."""
-    return int((time.time() if at is None else at) // _TOTP_PERIOD)
-
-
 def _new_totp_key():
     """A fresh key in base32, the form authenticator apps take."""
     return base64.b32encode(secrets.token_bytes(_TOTP_KEY_BYTES)).decode("ascii")
@@ -3458,29 +3451,22 @@ def _decode_totp_key(key):
         raise ValueError("tf_totp_secret does not hold a base32 key") from None
 
 
-def _split_totp_secret(stored):
-    """The key and the last time step used, from ``tf_totp_secret``.
-
-    The column holds the base32 key, then ``:<step>`` once a code was accepted:
-    keeping the step beside the key refuses a replayed code with no extra column.
-    """
-    key, _, step = stored.partition(":")
-    return key, int(step) if step.isdigit() else -1
-
-
 def totp_code(key: str, at: float | None = None) -> str:
     """Return the six-digit code an authenticator app shows for ``key``.
 
     :param key: the base32 key (as enrolment shows it, or ``tf_totp_secret``).
     :param at: a Unix time (default: now); for tests and support tools.
     """
-    return _hotp(_decode_totp_key(_split_totp_secret(key)[0]), _totp_step(at))
+    step = int((time.time() if at is None else at) // _TOTP_PERIOD)
+    return _hotp(_decode_totp_key(key.partition(":")[0]), step)
 
 
 def _accept_totp(stored, code, at=None):
     """Check ``code`` against ``tf_totp_secret``; return the value to store back
     (the key and the step the code belongs to), or None if it is wrong or used.
 
+    The column holds the base32 key, then ``:<step>`` once a code was accepted:
+    keeping the step beside the key refuses a replayed code with no extra column.
     A code of the previous or the next step is accepted too (clock drift), but
     never one of a step at or before the last one accepted.
     """
@@ -3489,13 +3475,14 @@ def _accept_totp(stored, code, at=None):
     code = "".join(code.split())
     if len(code) != _TOTP_DIGITS or not code.isascii() or not code.isdigit():
         return None
-    key, last_step = _split_totp_secret(stored)
+    key, _, last = stored.partition(":")
+    last_step = int(last) if last.isdigit() else -1
     try:
         raw_key = _decode_totp_key(key)
     except ValueError:
         _log.error("a tf_totp_secret is not a base32 key: no code can match it")
         return None
-    now = _totp_step(at)
+    now = int((time.time() if at is None else at) // _TOTP_PERIOD)
     for step in range(now - _TOTP_DRIFT, now + _TOTP_DRIFT + 1):
         if step > last_step and hmac.compare_digest(_hotp(raw_key, step), code):
             return f"{key}:{step}"
@@ -3619,20 +3606,6 @@ _TF_PENDING_KEY = "_security_tf_pending"
 _TF_NEW_KEY = "_security_tf_new_key"
 
 
-def _begin_second_factor(user, remember, next_url):
-    """Note that ``user`` passed the first step; nobody is logged in yet.
-
-    The marker is a signed token bound to the password, so it expires after
-    ``SECURITY_TWO_FACTOR_LOGIN_WITHIN`` and dies with a password change.
-    """
-    session.clear()
-    session[_TF_PENDING_KEY] = {
-        "token": _make_token("two_factor", user),
-        "remember": bool(remember),
-        "next": next_url or "",
-    }
-
-
 def _pending_user():
     """The active user who passed the first step in this session lately, or None."""
     pending = session.get(_TF_PENDING_KEY)
@@ -3660,24 +3633,25 @@ def _complete_second_factor(user, method):
     return pending["next"]
 
 
-def _consume(user, field, new_value):
-    """Store ``new_value`` in ``field`` only if no other request changed it since it
-    was read: of two requests with the same code, exactly one gets in."""
+#: Each way through the code step: the user's field a code is used up from, and
+#: the check giving that field's new value (None: the code is wrong or used).
+_CODE_CHECKS = {
+    "authenticator": ("tf_totp_secret", _accept_totp),
+    "recovery_code": ("tf_recovery_codes", _use_recovery_code),
+}
+
+
+def _use_code(user, method, code):
+    """Use ``code`` up, by ``method``; True if it was right. The field is written
+    only if no other request changed it since it was read: of two requests with
+    the same code, exactly one gets in."""
+    field, check = _CODE_CHECKS[method]
+    stored = getattr(user, field)
+    new_value = check(stored, code)
     if new_value is None:
         return False
-    expected = {field: getattr(user, field)}
-    return _state().datastore.compare_and_set(user, expected, {field: new_value})
-
-
-def _use_totp(user, code):
-    """Accept ``code`` from the authenticator app once; True if it was right."""
-    return _consume(user, "tf_totp_secret", _accept_totp(user.tf_totp_secret, code))
-
-
-def _use_rescue_code(user, code):
-    """Accept one of ``user``'s recovery codes once; True if it was one."""
-    left = _use_recovery_code(user.tf_recovery_codes, code)
-    return _consume(user, "tf_recovery_codes", left)
+    datastore = _state().datastore
+    return datastore.compare_and_set(user, {field: stored}, {field: new_value})
 
 
 def send_two_factor_notice(user: Any, event: str) -> None:
@@ -3726,10 +3700,17 @@ def reset_recovery_codes(user: Any) -> list[str]:
 
 
 def _second_factor_done(user, remember, next_url):
-    """A passed first step, as a form view's outcome: nobody is logged in; browsers
-    go to the code page (or to set-up, for users without a key), JSON clients get
-    ``tf_required`` and no token."""
-    _begin_second_factor(user, remember, next_url)
+    """A passed first step, as a form view's outcome: nobody is logged in yet, and
+    the session notes who passed it (a signed marker bound to the password, so it
+    expires after ``SECURITY_TWO_FACTOR_LOGIN_WITHIN`` and dies with a password
+    change). Browsers go to the code page (or to set-up, for users without a key),
+    JSON clients get ``tf_required`` and no token."""
+    session.clear()
+    session[_TF_PENDING_KEY] = {
+        "token": _make_token("two_factor", user),
+        "remember": bool(remember),
+        "next": next_url or "",
+    }
     has_key = _has_second_factor(user)
     return _Done(
         message=get_message("TF_REQUIRED" if has_key else "TF_SETUP_REQUIRED"),
@@ -3747,7 +3728,7 @@ def _second_factor_due(user, next_url):
     return redirect(done.next_url)
 
 
-def _tf_code_view(view, form_name, use_code, method):
+def _tf_code_view(view, form_name, method):
     """The code and the recovery-code steps of a login: a right code logs the
     user in, and the answer is the login's."""
     user = _pending_user()
@@ -3759,14 +3740,16 @@ def _tf_code_view(view, form_name, use_code, method):
         return redirect(url_for_security("tf_setup"))
 
     def act(form):
-        if _is_locked(user):
+        lockout = config_value("LOCKOUT_ATTEMPTS")
+        if lockout and _is_locked(user):
             form.code.errors.append(_text("ACCOUNT_LOCKED"))
             return None
-        if not use_code(user, form.code.data):
+        if not _use_code(user, method, form.code.data):
             _login_failed(user, user.email, "invalid_code")
             form.code.errors.append(_text("TF_INVALID_CODE"))
             return None
-        _clear_wrong_passwords(user)
+        if lockout:
+            _clear_wrong_passwords(user)
         next_url = _complete_second_factor(user, method)
         return _Done(
             user, token=True, next_url=_next_or_view(next_url, "POST_LOGIN_VIEW")
@@ -3777,14 +3760,12 @@ def _tf_code_view(view, form_name, use_code, method):
 
 def tf_validate() -> ResponseReturnValue:
     """The second step of a login: a code from the authenticator app."""
-    return _tf_code_view("tf_validate", "tf_code_form", _use_totp, "authenticator")
+    return _tf_code_view("tf_validate", "tf_code_form", "authenticator")
 
 
 def tf_rescue() -> ResponseReturnValue:
     """The second step of a login with a recovery code instead of the app."""
-    return _tf_code_view(
-        "tf_rescue", "tf_rescue_form", _use_rescue_code, "recovery_code"
-    )
+    return _tf_code_view("tf_rescue", "tf_rescue_form", "recovery_code")
 
 
 def _issuer():
