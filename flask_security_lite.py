@@ -131,7 +131,12 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import generate_csrf
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import (
+    BadSignature,
+    SignatureExpired,
+    URLSafeTimedSerializer,
+    want_bytes,
+)
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge, default_exceptions
 from werkzeug.local import LocalProxy
@@ -813,10 +818,6 @@ def capture_passwordless_login_requests() -> _Captured:
 _BCRYPT_MAX_BYTES = 72
 
 
-def _to_bytes(value):
-    return value.encode("utf-8") if isinstance(value, str) else value
-
-
 def get_hmac(password: str | bytes) -> bytes:
     """Return the base64 HMAC-SHA512 of ``password`` keyed by the password salt.
 
@@ -825,7 +826,7 @@ def get_hmac(password: str | bytes) -> bytes:
     salt = config_value("PASSWORD_SALT")
     if salt is None:
         raise RuntimeError("get_hmac needs SECURITY_PASSWORD_SALT to be set")
-    digest = hmac.new(_to_bytes(salt), _to_bytes(password), hashlib.sha512).digest()
+    digest = hmac.new(want_bytes(salt), want_bytes(password), hashlib.sha512).digest()
     return base64.b64encode(digest)
 
 
@@ -839,7 +840,7 @@ def _secret_for(password, scheme):
     if config_value("PASSWORD_SALT") is not None:
         secret = get_hmac(password)
         return secret[:_BCRYPT_MAX_BYTES] if scheme == "bcrypt" else secret
-    secret = _to_bytes(password)
+    secret = want_bytes(password)
     if scheme == "bcrypt" and len(secret) > _BCRYPT_MAX_BYTES:
         return base64.b64encode(hashlib.sha256(secret).digest())
     return secret
@@ -912,7 +913,7 @@ def verify_password(password: str, password_hash: str | None) -> bool:
         # plaintext: a leaked hash of an unlisted format would otherwise log in.
         if _hash_shapes().fullmatch(password_hash):
             return False
-        return hmac.compare_digest(_to_bytes(password), _to_bytes(password_hash))
+        return hmac.compare_digest(want_bytes(password), want_bytes(password_hash))
     try:
         return _state().pwd_context.verify(_secret_for(password, scheme), password_hash)
     except ValueError:  # a damaged hash: its prefix names a scheme, the rest is wrong
@@ -1040,7 +1041,7 @@ def _binding(kind, user):
     secret = current_app.secret_key
     if not secret:
         raise RuntimeError("flask-security-lite needs app.config['SECRET_KEY']")
-    digest = hmac.digest(_to_bytes(secret), bound.encode("utf-8"), "sha256")
+    digest = hmac.digest(want_bytes(secret), bound.encode("utf-8"), "sha256")
     return base64.urlsafe_b64encode(digest[:12]).decode("ascii")
 
 
@@ -1160,18 +1161,19 @@ def normalize_email(address: str) -> str:
     return unicodedata.normalize("NFC", address.lower())
 
 
-def _storable(value):
-    """False for a string no database can hold (a NUL, or a lone surrogate such
-    as JSON's "\\ud800"): it is never stored, and matches nothing when looked up
-    (PostgreSQL would raise on it)."""
-    if not isinstance(value, str):
-        return True
-    if "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
+def _storable(*values):
+    """False if one of ``values`` is a string no database can hold (a NUL, or a lone
+    surrogate such as JSON's "\\ud800"): it is never stored, and matches nothing
+    when looked up (PostgreSQL would raise on it)."""
+    for value in values:
+        if not isinstance(value, str):
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        if "\x00" in value:
+            return False
     return True
 
 
@@ -1292,7 +1294,7 @@ class UserDatastore:
         """
         if args:  # 1.7.4's signature; only a store's own find_user reads them
             raise NotImplementedError("find_user here takes field=value keywords")
-        if not all(_storable(value) for value in kwargs.values()):
+        if not _storable(*kwargs.values()):
             return None
         email = kwargs.get("email")
         if email is None:
@@ -1826,11 +1828,8 @@ def _redirect_target(next_url, *view_keys):
 def _next_or_view(declared, *view_keys):
     """Where to go after an action: a safe ``next`` (``declared``, else the
     request's), else the first configured view of ``view_keys``."""
-    return _redirect_target(declared or _next_argument(), *view_keys)
-
-
-def _next_argument():
-    return request.args.get("next") or request.form.get("next")
+    declared = declared or request.args.get("next") or request.form.get("next")
+    return _redirect_target(declared, *view_keys)
 
 
 # -- reading the body into a form ---------------------------------------------
@@ -2566,7 +2565,7 @@ def password_length(form: FlaskForm, field: Field) -> None:
     minimum = config_value("PASSWORD_LENGTH_MIN")
     if len(field.data) < minimum:
         raise ValidationError(_text("PASSWORD_INVALID_LENGTH", length=minimum))
-    if len(_to_bytes(field.data)) > _MAX_PASSWORD_BYTES:
+    if len(want_bytes(field.data)) > _MAX_PASSWORD_BYTES:
         raise ValidationError(_text("PASSWORD_TOO_LONG", length=_MAX_PASSWORD_BYTES))
 
 
@@ -3186,7 +3185,7 @@ def confirm_email(token: str) -> ResponseReturnValue:
         done = _redirect_target(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
         raise _link_refusal(_CONFIRM_LINK, check, "ALREADY_CONFIRMED", done)
     if _needs_second_factor(check.user):
-        return _second_factor_due(check.user, _next_argument())
+        return _second_factor_due(check.user, request.args.get("next"))
     login_user(check.user)
     return _link_done(
         check.user, "EMAIL_CONFIRMED", "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW"
@@ -4593,7 +4592,7 @@ class BasicAuth(NamedTuple):
 
 def md5(data: str | bytes) -> str:
     """Return the hex MD5 digest of ``data`` (kept for 1.7.4 code; not for secrets)."""
-    return hashlib.md5(_to_bytes(data), usedforsecurity=False).hexdigest()
+    return hashlib.md5(want_bytes(data), usedforsecurity=False).hexdigest()
 
 
 #: The 1.7.4 name of :func:`hash_password`.
