@@ -1896,30 +1896,16 @@ _FORM_VIEWS = {
 }
 
 
-def _template_values(processors, context):
-    """``security``, then what ``processors`` return, then ``context``: later wins."""
-    values = {"security": _state()}
-    for processor in processors:
-        values.update(processor())
-    values.update(context)
-    return values
-
-
 def _render(view, **context):
-    """Render a view's template with the context processors of the docs, through
-    ``security.render_template`` (an app may replace it, as in 1.7.4)."""
+    """Render a view's template with the values of its context processors (those
+    of the docs), ``context`` winning, through ``security.render_template`` (an app
+    may replace it, as in 1.7.4)."""
     processors = _state().security._context_processors
-    values = _template_values(processors["all"] + processors[view], context)
-    return _state().render_template(config_value(_FORM_VIEWS[view][0]), **values)
-
-
-def _template_globals():
-    """``url_for_security`` and ``security`` in every template of the app, its own
-    pages included, as 1.7.4 gave them."""
-    return {
-        "url_for_security": url_for_security,
-        "security": _state(),
-    }
+    values = {}
+    for processor in processors["all"] + processors[view]:
+        values.update(processor())
+    template = config_value(_FORM_VIEWS[view][0])
+    return _state().render_template(template, **{**values, **context})
 
 
 class _Done(NamedTuple):
@@ -1949,12 +1935,9 @@ def _form_view(view, form_name, act, csrf=True, **context):
         if done.next_url:
             return redirect(done.next_url)
     page = _render(view, **{_FORM_VIEWS[view][1]: form}, **context)
-    return page, 400 if _csrf_refused(form) else 200
-
-
-def _csrf_refused(form):
-    """True if ``form`` was refused for its CSRF token: a 400, as for JSON."""
-    return bool(form.meta.csrf) and form.meta.csrf_field_name in form.errors
+    # A form refused for its CSRF token is a 400, as for JSON.
+    csrf_refused = form.meta.csrf and form.meta.csrf_field_name in form.errors
+    return page, 400 if csrf_refused else 200
 
 
 def _form_json(form, done):
@@ -2935,10 +2918,10 @@ def send_mail(subject: str, recipient: str, template: str, **context: Any) -> No
     from flask_mail import Message
 
     security = _state().security
-    values = {
-        "url_for": _mail_url_for,
-        **_template_values(security._context_processors["mail"], context),
-    }
+    values = {"url_for": _mail_url_for}
+    for processor in security._context_processors["mail"]:
+        values.update(processor())
+    values.update(context)
     message = Message(
         subject, sender=config_value("EMAIL_SENDER"), recipients=[recipient]
     )
@@ -4517,7 +4500,9 @@ class Security:
             register_blueprint = self._register_blueprint
         _add_views_and_commands(app, register_blueprint)
         app.register_error_handler(_Refused, _refusal_answer)
-        app.context_processor(_template_globals)
+        # In every template of the app, its own pages included, as 1.7.4 gave them.
+        app.add_template_global(url_for_security, "url_for_security")
+        app.add_template_global(state, "security")
         app.after_request(_keep_roles_readable)
         _require_mail_at_first_request(app)
         return state
