@@ -156,7 +156,6 @@ from wtforms.validators import StopValidation
 
 __version__ = "0.1.0"
 
-
 #: Today's documented API. Flask-Security 1.7.4's other names (its aliases, its
 #: submodules' helpers and persistence classes) stay importable from this module and
 #: from its 1.7.4 submodule paths: see the last section.
@@ -235,7 +234,6 @@ __all__ = (
     # running a 1.7.4 application unchanged
     "install_as_flask_security",
 )
-
 
 _log = logging.getLogger("flask_security_lite")
 
@@ -445,14 +443,11 @@ _default_config = {
     "FLASK_PRINCIPAL": True,
 }
 
-
 #: Largest request body the security views read; larger ones get 413.
 _MAX_BODY_BYTES = 64 * 1024
 
-
 #: Longest new password, in UTF-8 bytes: passlib refuses to hash longer ones.
 _MAX_PASSWORD_BYTES = 4096
-
 
 _default_messages = {
     #: A user lacks a role the view requires.
@@ -583,7 +578,6 @@ _default_messages = {
         "error",
     ),
 }
-
 
 #: Other names of a message: 1.7.4's changelog calls ``PASSWORD_IS_THE_SAME``
 #: ``PASSWORD_IS_SAME``; either key works, and the alias wins when both are set.
@@ -720,47 +714,36 @@ def _require(module, package, extra=None):
 
 _signals = Namespace()
 
-
 #: A user registered; kwargs ``user`` and ``confirm_token`` (None unless confirmable).
 user_registered = _signals.signal("user-registered")
-
 
 #: A user confirmed their email; kwarg ``user``.
 user_confirmed = _signals.signal("user-confirmed")
 
-
 #: Confirmation instructions were sent; kwarg ``user``.
 confirm_instructions_sent = _signals.signal("confirm-instructions-sent")
-
 
 #: A passwordless login link was sent; kwargs ``user`` and ``login_token``.
 login_instructions_sent = _signals.signal("login-instructions-sent")
 
-
 #: A password reset completed; kwarg ``user``.
 password_reset = _signals.signal("password-reset")
-
 
 #: A password change completed; kwarg ``user``.
 password_changed = _signals.signal("password-changed")
 
-
 #: Two-factor login was set up; kwarg ``user``.
 tf_enrolled = _signals.signal("tf-enrolled")
 
-
 #: Two-factor login was turned off; kwarg ``user``.
 tf_disabled = _signals.signal("tf-disabled")
-
 
 #: A login passed its second step; kwargs ``user`` and ``method``
 #: (``authenticator`` or ``recovery_code``).
 tf_code_confirmed = _signals.signal("tf-code-confirmed")
 
-
 #: Reset instructions were sent; kwargs ``user`` and ``token``.
 reset_password_instructions_sent = _signals.signal("password-reset-instructions-sent")
-
 
 #: A password login failed (form, JSON, Basic, or a wrong current password on
 #: change); kwargs ``user`` (None when nobody matched), ``identifier`` (what was
@@ -2122,7 +2105,6 @@ _LOGIN_REFUSALS = {
     "disabled": ("email", "DISABLED_ACCOUNT"),
 }
 
-
 #: The reasons generic responses answer alike: each would tell something about an
 #: account to someone who has not shown its password.
 _HIDDEN_BY_GENERIC = ("unknown_user", "no_password", "locked", "invalid_password")
@@ -2568,7 +2550,6 @@ def valid_user_email(form: FlaskForm, field: Field) -> None:
 
 #: Validator: the email field must not be empty.
 email_required = _Required("EMAIL_NOT_PROVIDED")
-
 
 #: Validator: the password field must not be empty.
 password_required = _Required("PASSWORD_NOT_PROVIDED")
@@ -3359,7 +3340,6 @@ _CONFIRM_LINK = _EmailedLink(
     _confirm_retry_url,
 )
 
-
 _RESET_LINK = _EmailedLink(
     "reset",
     "RESET_PASSWORD_WITHIN",
@@ -3368,7 +3348,6 @@ _RESET_LINK = _EmailedLink(
     send_reset_password_instructions,
     partial(url_for_security, "forgot_password"),
 )
-
 
 _LOGIN_LINK = _EmailedLink(
     "login",
@@ -3394,18 +3373,14 @@ _LOGIN_LINK = _EmailedLink(
 #: Seconds a code lasts (RFC 6238's time step).
 _TOTP_PERIOD = 30
 
-
 #: Digits of a code.
 _TOTP_DIGITS = 6
-
 
 #: Time steps of clock drift accepted each way.
 _TOTP_DRIFT = 1
 
-
 #: Random bytes of a new key: 160 bits, as RFC 4226 recommends for HMAC-SHA-1.
 _TOTP_KEY_BYTES = 20
-
 
 #: How many recovery codes enrolment hands out.
 _RECOVERY_CODE_COUNT = 10
@@ -3582,7 +3557,6 @@ class TwoFactorPasswordForm(Form, PasswordFormMixin):
 
 #: Session key of the marker "password verified for this user, code still due".
 _TF_PENDING_KEY = "_security_tf_pending"
-
 
 #: Session key of a key being set up, until a first code confirms it.
 _TF_NEW_KEY = "_security_tf_new_key"
@@ -3967,7 +3941,6 @@ def _holds_our_templates(folder):
 
 users_cli = AppGroup("users", help="Create, activate, deactivate and unlock users.")
 
-
 roles_cli = AppGroup("roles", help="Create roles and give them to users.")
 
 
@@ -4173,7 +4146,6 @@ _FEATURE_SWITCHES = (
     "CHANGEABLE",
 )
 
-
 #: Fields of the user model, by the feature that reads them (``None``: always).
 _USER_FIELDS = {
     None: ("email", "password", "active", "roles"),
@@ -4187,7 +4159,6 @@ _USER_FIELDS = {
     ),
     "TWO_FACTOR": ("tf_totp_secret", "tf_recovery_codes"),
 }
-
 
 #: Features that send mail, each with the setting that can turn its mail off.
 _MAIL_FEATURES = {
@@ -4666,7 +4637,6 @@ def login_token_status(token: str) -> tuple[bool, bool, Any]:
 #: 1.7.4's name of WTForms' ``StringField``.
 TextField = StringField
 
-
 #: 1.7.4's name of Flask-WTF's form class, the base of :class:`Form`.
 BaseForm = FlaskForm
 
@@ -4778,12 +4748,10 @@ SQLAlchemyDatastore.register(SQLAlchemyUserDatastore)
 MongoEngineDatastore.register(MongoEngineUserDatastore)
 PeeweeDatastore.register(PeeweeUserDatastore)
 
-
 #: 1.7.4's proxies of the current app's state and datastore; the module itself
 #: reads both through :func:`_state`.
 _security = LocalProxy(_state)
 _datastore = LocalProxy(lambda: _state().datastore)
-
 
 #: The names each 1.7.4 submodule offered; all of them live in this one module.
 _SUBMODULES = {
@@ -4834,7 +4802,6 @@ _SUBMODULES = {
     "passwordless": """send_login_instructions generate_login_token
         login_token_status _security _datastore""",
 }
-
 
 #: 1.7.4 names whose object is known here by another name.
 _RENAMED = {
