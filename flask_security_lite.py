@@ -4027,7 +4027,7 @@ def _users_deactivate(email):
 def _users_unlock(email):
     """End the lockout of the user with EMAIL after too many wrong passwords."""
     user = _cli_user(email)
-    missing = [name for name in _LOCKOUT_FIELDS if not hasattr(user, name)]
+    missing = [n for n in _USER_FIELDS["LOCKOUT_ATTEMPTS"] if not hasattr(user, n)]
     if missing:
         raise click.ClickException(f"the user model has no {', '.join(missing)}")
     cleared = {"failed_login_count": 0, "locked_until": None}
@@ -4086,25 +4086,6 @@ def _roles_remove(email, role):
 # =============================================================================
 
 
-#: The user model fields the lockout keeps its count and its end in.
-_LOCKOUT_FIELDS = ("failed_login_count", "locked_until")
-
-
-def _require_lockout_fields(app, datastore):
-    """With ``SECURITY_LOCKOUT_ATTEMPTS`` set, the user model must have the
-    lockout fields: say so at start-up rather than at the first wrong password."""
-    if not app.config["SECURITY_LOCKOUT_ATTEMPTS"]:
-        return
-    model = datastore.user_model
-    missing = [name for name in _LOCKOUT_FIELDS if not hasattr(model, name)]
-    if missing:
-        raise ValueError(
-            f"SECURITY_LOCKOUT_ATTEMPTS needs these fields on {model.__name__}: "
-            f"{', '.join(missing)} (failed_login_count an integer, locked_until a "
-            "datetime, both empty by default)"
-        )
-
-
 def _validate_link_base(app):
     """``SECURITY_LINK_BASE_URL`` must be a scheme and a host (links get their
     path from the view), and emailed links on with no host declared for them is
@@ -4158,6 +4139,7 @@ _USER_FIELDS = {
         "login_count",
     ),
     "TWO_FACTOR": ("tf_totp_secret", "tf_recovery_codes"),
+    "LOCKOUT_ATTEMPTS": ("failed_login_count", "locked_until"),
 }
 
 #: Features that send mail, each with the setting that can turn its mail off.
@@ -4172,46 +4154,34 @@ _MAIL_FEATURES = {
 
 
 def _validate_startup(app, datastore):
-    """Every check ``init_app`` makes before it sets ``app`` up."""
-    _require_lockout_fields(app, datastore)
+    """Refuse, at startup, a setup that would fail on a visitor's request: each
+    problem is named with its fix. Unknown ``SECURITY_*`` keys only warn."""
+    config = app.config
     _validate_link_base(app)
-    _refuse_broken_setup(app, datastore)
-    if app.config["SECURITY_PASSWORD_HASH"] == "plaintext" and not app.testing:
+    problems = [
+        *_misspelt_settings(config),
+        *_unparsable_lifetimes(app),
+        *_missing_user_fields(app, datastore.user_model),
+    ]
+    if problems:
+        raise RuntimeError(
+            "flask-security-lite cannot start:\n- " + "\n- ".join(problems)
+        )
+    if "bcrypt" in list(config["SECURITY_PASSWORD_SCHEMES"]) and _dead_passlib():
+        _log.warning("%s; until then bcrypt hashes may fail", _dead_passlib())
+    if config["SECURITY_PASSWORD_HASH"] == "plaintext" and not app.testing:
         _log.warning(
             "SECURITY_PASSWORD_HASH is 'plaintext': passwords are stored "
             "unhashed. Use it only for tests."
         )
 
 
-def _refuse_broken_setup(app, datastore):
-    """Refuse, at startup, a setup that would fail on a visitor's request: each
-    problem is named with its fix. Unknown ``SECURITY_*`` keys only warn."""
-    config = app.config
-    problems = [
-        *_misspelt_settings(config),
-        *_unparsable_lifetimes(app),
-        *_missing_user_fields(app, datastore.user_model),
-    ]
-    if "bcrypt" in list(config["SECURITY_PASSWORD_SCHEMES"]) and _dead_passlib():
-        _log.warning("%s; until then bcrypt hashes may fail", _dead_passlib())
-    if problems:
-        raise RuntimeError(
-            "flask-security-lite cannot start:\n- " + "\n- ".join(problems)
-        )
-
-
-def _known_settings():
-    """Every ``SECURITY_*`` key this module reads."""
-    messages = [*_default_messages, *_message_aliases]
-    return [f"SECURITY_{key}" for key in _default_config] + [
-        f"SECURITY_MSG_{key}" for key in messages
-    ]
-
-
 def _misspelt_settings(config):
     """Warn about each unknown ``SECURITY_*`` key with the closest real one; a
     misspelt feature switch is a problem, since its feature is silently off."""
-    known = _known_settings()
+    messages = [*_default_messages, *_message_aliases]
+    known = [f"SECURITY_{key}" for key in _default_config]
+    known += [f"SECURITY_MSG_{key}" for key in messages]
     for key in sorted(k for k in config if k.startswith("SECURITY_")):
         if key in known:
             continue
@@ -4237,19 +4207,18 @@ def _missing_user_fields(app, user_model):
     """The fields the enabled features read, missing from the user model."""
     if not _declares_fields(user_model):  # a custom store's plain objects
         return []
-    wanted = [*_USER_FIELDS[None], *get_identity_attributes(app)]
+    wanted = dict.fromkeys([*_USER_FIELDS[None], *get_identity_attributes(app)])
     for feature, fields in _USER_FIELDS.items():
         if feature is not None and app.config["SECURITY_" + feature]:
-            wanted += [f for f in fields if f not in wanted]
+            wanted.update((name, feature) for name in fields if name not in wanted)
     if getattr(user_model, "is_active", None) is not UserMixin.is_active:
-        wanted.remove("active")  # the model decides activity its own way
-    missing = [
-        name for name in dict.fromkeys(wanted) if not _has_field(user_model, name)
-    ]
+        del wanted["active"]  # the model decides activity its own way
     return [
         f"the user model {user_model.__name__} has no {name!r} field"
-        f"{_needed_by(name)}: add it (README, Quick start, shows every field)"
-        for name in missing
+        + (f" (needed by SECURITY_{feature})" if feature else "")
+        + ": add it (README, Quick start, shows every field)"
+        for name, feature in wanted.items()
+        if not _has_field(user_model, name)
     ]
 
 
@@ -4272,13 +4241,6 @@ def _has_field(model, name):
         except Exception:  # another model is unfinished: the query will tell
             return True
     return hasattr(model, name)
-
-
-def _needed_by(name):
-    for feature, fields in _USER_FIELDS.items():
-        if feature is not None and name in fields:
-            return f" (needed by SECURITY_{feature})"
-    return ""
 
 
 def _require_mail_at_first_request(app):

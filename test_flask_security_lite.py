@@ -1777,7 +1777,7 @@ def test_cli_unlock_clears_the_lock(make_app):
 def test_lockout_needs_its_fields_on_the_user_model(make_app):
     from flask_sqlalchemy import SQLAlchemy
 
-    with pytest.raises(ValueError, match="failed_login_count"):
+    with pytest.raises(RuntimeError, match="failed_login_count"):
         app = Flask(__name__)
         app.config.update(
             SECRET_KEY="x", SQLALCHEMY_DATABASE_URI="sqlite://", **LOCKOUT
