@@ -42,38 +42,28 @@ Quick start::
         return f"Hello {security.current_user.email}"
 
 Vendoring this file: put the distribution's ``templates/`` folder beside it, renamed
-``flask_security_lite_templates/`` (your app's own ``templates/security/<page>.html``
-then overrides ours), and install its dependencies::
+``flask_security_lite_templates/``, and install what README's "Install" lists.
 
-    pip install "Flask>=3.1" "Flask-Login>=0.6.3" "Flask-WTF>=1.2" "WTForms>=3.0" \
-        "email-validator>=2.0" "Flask-Mail>=0.10" "itsdangerous>=2.2" \
-        "libpass>=1.9" "blinker>=1.6"
+Contents (``grep -n '^# [0-9]' flask_security_lite.py``), in the order a request
+travels; each section depends only on those above it, but for the login view and
+the account flows, which hand a user who has a second factor to section 11:
 
-with Flask-SQLAlchemy, mongoengine or peewee for your datastore, and bcrypt or
-argon2-cffi for those hashes. ``libpass`` is passlib's maintained fork (same import
-name); the unmaintained passlib 1.7.4 fails with bcrypt 4.1 and later.
-
-Contents (``grep -n '^# [0-9]' flask_security_lite.py``):
-
-     1. Configuration defaults
-     2. Messages
-     3. Signals
-     4. Helpers: config, messages, redirects
-     5. Passwords and tokens
-     6. Model mixins
-     7. The datastore
-     8. ORM adapters
-     9. Forms
-    10. Answers: JSON or HTML, and every failure
-    11. Authentication and decorators
-    12. Session login and logout
-    13. Mail
-    14. Account flows
-    15. Two-factor login
-    16. Views and blueprint
-    17. Command line
-    18. The Security extension
-    19. Flask-Security 1.7.4's module names
+     1. Settings and messages      the defaults, and each app's state
+     2. Signals
+     3. Passwords and tokens       hashing, and the signed tokens of every kind
+     4. Users, roles and datastores
+     5. Answers                    JSON or HTML, forms, redirects, every refusal
+     6. Authentication             who may log in, token, Basic, the decorators
+     7. Forms
+     8. Session login and logout   with the login and logout views
+     9. Mail and emailed links
+    10. Account flows              each with its views
+    11. Two-factor login           codes, forms and views
+    12. The blueprint
+    13. Command line
+    14. Startup checks
+    15. The Security extension
+    16. Flask-Security 1.7.4 compatibility
 """
 
 import abc
@@ -1641,7 +1631,7 @@ class PeeweeUserDatastore(_AdapterDatastore):
 
 
 # =============================================================================
-# 5. Answers: JSON or HTML, redirects, and every refusal
+# 5. Answers: JSON or HTML, forms, redirects, and every refusal
 # =============================================================================
 
 
@@ -4492,10 +4482,12 @@ class Security:
 # =============================================================================
 # 16. Flask-Security 1.7.4 compatibility
 # =============================================================================
-# 1.7.4 was a package, and its applications import from its submodules
-# (``from flask_security.utils import encrypt_password``). This module answers to
-# each of those names under whatever name it is imported as: ``flask_security_lite``,
-# or ``flask_security`` when the file is vendored under that name.
+# What a Flask-Security 1.7.4 application imports that today's API names otherwise
+# or no longer needs: aliases, helpers, persistence classes and proxies. Nothing
+# above uses them. 1.7.4 was a package whose applications import from its
+# submodules (``from flask_security.utils import encrypt_password``): this module
+# answers to each of those names under whatever name it is imported as,
+# ``flask_security_lite``, or ``flask_security`` when vendored under that name.
 
 
 class BasicAuth(NamedTuple):
