@@ -42,7 +42,15 @@ Quick start::
         return f"Hello {security.current_user.email}"
 
 Vendoring this file: put the distribution's ``templates/`` folder beside it, renamed
-``flask_security_lite_templates/``, and install what README's "Install" lists.
+``flask_security_lite_templates/`` (your app's own ``templates/security/<page>.html``
+then overrides ours), and install its dependencies::
+
+    pip install "Flask>=3.1" "Flask-Login>=0.6.3" "Flask-WTF>=1.2" "WTForms>=3.0" \
+        "email-validator>=2.0" "Flask-Mail>=0.10" "itsdangerous>=2.2" \
+        "libpass>=1.9" "blinker>=1.6"
+
+with Flask-SQLAlchemy, mongoengine or peewee for your datastore, and bcrypt or
+argon2-cffi for those hashes (``libpass`` is passlib's maintained fork).
 
 Contents (``grep -n '^# [0-9]' flask_security_lite.py``), in the order a request
 travels; each section depends only on those above it, but for the login view and
