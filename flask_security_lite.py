@@ -1297,7 +1297,7 @@ class UserDatastore:
         """Return the user one of ``SECURITY_USER_IDENTITY_ATTRIBUTES`` matches."""
         if not isinstance(identifier, str) or not identifier.strip():
             return None
-        for attribute in config_value("USER_IDENTITY_ATTRIBUTES"):
+        for attribute in get_identity_attributes():
             user = self.find_user(**{attribute: identifier.strip()})
             if user is not None:
                 return user
@@ -3138,12 +3138,11 @@ def send_confirmation() -> ResponseReturnValue:
 def confirm_email(token: str) -> ResponseReturnValue:
     """Confirm an address from an emailed link, and log its owner in."""
     check = _read_token(token, _CONFIRM_LINK.kind)
-    if check.status == "used" and check.user.confirmed_at is not None:
-        done = _redirect_target(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
-        raise _link_refusal(_CONFIRM_LINK, check, "ALREADY_CONFIRMED", done)
-    if check.status != "ok":
+    already = check.status == "used" and check.user.confirmed_at is not None
+    if check.status != "ok" and not already:
         raise _link_refusal(_CONFIRM_LINK, check)
-    if not confirm_user(check.user):  # another request used the link first
+    # Confirmed before, or just now by another request with the same link.
+    if already or not confirm_user(check.user):
         done = _redirect_target(None, "POST_CONFIRM_VIEW", "POST_LOGIN_VIEW")
         raise _link_refusal(_CONFIRM_LINK, check, "ALREADY_CONFIRMED", done)
     if _needs_second_factor(check.user):
@@ -3766,12 +3765,12 @@ def _tf_confirm_key(user, key, pending):
         return _tf_show_key(user, key, form)
     codes = _enrol(user, stored)
     session.pop(_TF_NEW_KEY, None)
-    if pending is None:
-        _flash_message("TF_ENABLED")
-        return _tf_show_codes(codes, url_for_security("tf_setup"))
-    next_url = _complete_second_factor(user, "authenticator")
-    _flash_message("TF_ENABLED")
-    return _tf_show_codes(codes, _next_or_view(next_url, "POST_LOGIN_VIEW"), user)
+    logged_in, continue_url = None, url_for_security("tf_setup")
+    if pending is not None:  # the login TWO_FACTOR_REQUIRED sent here ends now
+        next_url = _complete_second_factor(user, "authenticator")
+        logged_in, continue_url = user, _next_or_view(next_url, "POST_LOGIN_VIEW")
+    _flash_message("TF_ENABLED")  # after the login, which starts a new session
+    return _tf_show_codes(codes, continue_url, logged_in)
 
 
 def _tf_new_key(form):

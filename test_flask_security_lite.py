@@ -1190,6 +1190,12 @@ def test_identity_attributes_allow_username_login(store, make_app):
         assert app.datastore.get_user("matt").email == "matt@lp.com"
 
 
+def test_identity_attributes_given_as_a_string_allow_username_login(make_app):
+    app = make_app(SECURITY_USER_IDENTITY_ATTRIBUTES="email, username")
+    add_user(app, username="matt")
+    assert login(app.test_client(), email="matt").location == "/"
+
+
 def test_role_creation_and_find_or_create(store, make_app):
     app = make_app(store)
     with app.test_request_context():
