@@ -1297,7 +1297,10 @@ class UserDatastore:
         """Return the user one of ``SECURITY_USER_IDENTITY_ATTRIBUTES`` matches."""
         if not isinstance(identifier, str) or not identifier.strip():
             return None
-        for attribute in get_identity_attributes():
+        attributes = config_value("USER_IDENTITY_ATTRIBUTES")
+        if isinstance(attributes, str):  # "email, username", as 1.7.4 read it too
+            attributes = get_identity_attributes()
+        for attribute in attributes:
             user = self.find_user(**{attribute: identifier.strip()})
             if user is not None:
                 return user
