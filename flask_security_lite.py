@@ -513,10 +513,7 @@ _default_messages = {
     #: The account has no password (it was made for passwordless login).
     "PASSWORD_NOT_SET": ("This account has no password set.", "error"),
     #: A new password is too short.
-    "PASSWORD_INVALID_LENGTH": (
-        "This password is too short.",
-        "error",
-    ),
+    "PASSWORD_INVALID_LENGTH": ("This password is too short.", "error"),
     #: No account has this identifier.
     "USER_DOES_NOT_EXIST": ("No account matches this email address.", "error"),
     #: The password does not match the account.
@@ -3522,8 +3519,7 @@ class TwoFactorCodeForm(Form):
     """A six-digit code from an authenticator app."""
 
     code = StringField(
-        get_form_field_label("tf_code"),
-        [_Required("TF_CODE_NOT_PROVIDED")],
+        get_form_field_label("tf_code"), [_Required("TF_CODE_NOT_PROVIDED")]
     )
     submit = SubmitField(get_form_field_label("tf_verify"))
 
@@ -3532,8 +3528,7 @@ class TwoFactorRescueForm(Form):
     """One of the recovery codes handed out at enrolment."""
 
     code = StringField(
-        get_form_field_label("tf_recovery_code"),
-        [_Required("TF_CODE_NOT_PROVIDED")],
+        get_form_field_label("tf_recovery_code"), [_Required("TF_CODE_NOT_PROVIDED")]
     )
     submit = SubmitField(get_form_field_label("tf_rescue"))
 
