@@ -253,9 +253,9 @@ _default_config = {
     "SUBDOMAIN": None,
     #: Whether the views flash their messages.
     "FLASH_MESSAGES": True,
-    #: Scheme for new password hashes; 1.7.4's default was ``plaintext``.
+    #: Scheme for new password hashes.
     "PASSWORD_HASH": "pbkdf2_sha512",
-    #: Optional pepper: passwords are HMAC-SHA512'd with it before hashing, as in 1.7.4.
+    #: Optional pepper: passwords are HMAC-SHA512'd with it before hashing.
     "PASSWORD_SALT": None,
     #: Schemes the passlib context recognises when verifying stored hashes.
     "PASSWORD_SCHEMES": [
@@ -436,7 +436,7 @@ _default_config = {
     "LOCKOUT_ATTEMPTS": None,
     #: How long a locked account stays locked ("<amount> <unit>").
     "LOCKOUT_WITHIN": "15 minutes",
-    #: Load Flask-Principal identities as 1.7.4 did (a ``UserNeed``, a ``RoleNeed``
+    #: Load Flask-Principal identities (a ``UserNeed``, a ``RoleNeed``
     #: per role) when flask_principal is installed; False: never touch it.
     "FLASK_PRINCIPAL": True,
 }
@@ -593,7 +593,7 @@ class _SecurityState:
 
     Templates see it as ``security``. A setting reads as an attribute named like its
     key, lower-case and without the prefix (``security.registerable``), from the
-    app's config as it is now, as 1.7.4's templates expect.
+    app's config as it is now.
     """
 
     def __init__(self, app, security, datastore, forms, **parts):
@@ -603,8 +603,8 @@ class _SecurityState:
         self.security = security
         #: The :class:`UserDatastore` of the application.
         self.datastore = datastore
-        #: The form class of each ``init_app`` keyword (``login_form``, ...); 1.7.4's
-        #: custom views read them as attributes too (``security.login_form``).
+        #: The form class of each ``init_app`` keyword (``login_form``, ...); custom
+        #: views read them as attributes too (``security.login_form``).
         self.forms = forms
         vars(self).update(forms)
         #: ``login_manager`` (Flask-Login's, with our loader and handlers),
@@ -628,7 +628,7 @@ class _SecurityState:
         return self.security.render_template(*args, **kwargs)
 
     def send_mail_task(self, function: Callable) -> Callable:
-        """1.7.4 offered this on the state too: :meth:`Security.send_mail_task`."""
+        """:meth:`Security.send_mail_task`, offered on the state too."""
         return self.security.send_mail_task(function)
 
 
@@ -676,8 +676,8 @@ def get_within_delta(key: str, app: Flask | None = None) -> timedelta:
 
 
 def get_identity_attributes(app: Flask | None = None) -> list[str]:
-    """Return ``SECURITY_USER_IDENTITY_ATTRIBUTES`` as a list; like 1.7.4, a
-    comma-separated string (``"email, username"``) is accepted too."""
+    """Return ``SECURITY_USER_IDENTITY_ATTRIBUTES`` as a list; a comma-separated
+    string (``"email, username"``) is accepted too."""
     attributes = config_value("USER_IDENTITY_ATTRIBUTES", app=app)
     if isinstance(attributes, str):
         return [name.strip() for name in attributes.split(",") if name.strip()]
@@ -685,7 +685,7 @@ def get_identity_attributes(app: Flask | None = None) -> list[str]:
 
 
 def _now():
-    """The current UTC time, naive, as 1.7.4 stored it."""
+    """The current UTC time, naive, as the user model's datetime fields hold it."""
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
@@ -826,7 +826,7 @@ def _secret_for(password, scheme):
 
 def hash_password(password: str | None) -> str | None:
     """Hash ``password`` with ``SECURITY_PASSWORD_HASH`` (and the pepper, if set).
-    None stays None: an account without a password, as 1.7.4 passed it through."""
+    None stays None: an account without a password."""
     scheme = config_value("PASSWORD_HASH")
     if scheme == "plaintext" or password is None:
         return password
@@ -881,7 +881,7 @@ def verify_password(password: str, password_hash: str | None) -> bool:
     """Return True if ``password`` matches the stored ``password_hash``.
 
     A stored value shaped like a hash is never compared as plaintext, so a
-    1.7.4 plaintext row verifies only if it does not look like a hash.
+    plaintext row verifies only if it does not look like a hash.
     """
     scheme = _identify(password_hash)
     if scheme is None or not isinstance(password, str):
@@ -1295,7 +1295,7 @@ class UserDatastore:
         if not isinstance(identifier, str) or not identifier.strip():
             return None
         attributes = config_value("USER_IDENTITY_ATTRIBUTES")
-        if isinstance(attributes, str):  # "email, username", as 1.7.4 read it too
+        if isinstance(attributes, str):  # "email, username"
             attributes = get_identity_attributes()
         for attribute in attributes:
             user = self.find_user(**{attribute: identifier.strip()})
@@ -1653,7 +1653,7 @@ def _wants_json():
 
 
 def _json_answer(code, response):
-    """1.7.4's envelope ``{"meta": {"code": ...}, "response": {...}}`` as a Response."""
+    """The JSON envelope ``{"meta": {"code": ...}, "response": {...}}``, a Response."""
     answer = jsonify(meta={"code": code}, response=response)
     answer.status_code = code
     return answer
@@ -1689,7 +1689,7 @@ class _Refused(Exception):
 
 def _refusal_answer(refusal):
     """The answer to a refusal, by the one rule of :func:`_wants_json`: JSON clients
-    get 1.7.4's envelope with the field errors or the message; browsers the message
+    get the envelope with the field errors or the message; browsers the message
     and a redirect when the refusal names a page, else the app's own error page for
     the status (Werkzeug's, with the message, when the app has none)."""
     if _wants_json():
@@ -1816,6 +1816,15 @@ def _next_or_view(declared, *view_keys):
 # -- reading the body into a form ---------------------------------------------
 
 
+def _json_body():
+    """The request's JSON body; None when it is not valid JSON, or is nested deeper
+    than Python's parser can go (a 1,000-deep array is, and must not be a 500)."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        return None
+
+
 def _json_formdata(payload):
     """Turn a JSON object into form data; booleans become what a checkbox sends."""
     if not isinstance(payload, dict):
@@ -1860,7 +1869,7 @@ _CSRF_HEADERS = ["X-CSRFToken", "X-CSRF-Token"]
 # -- the shape of a form view -------------------------------------------------
 
 
-#: Each form view's template setting, and the name 1.7.4 gave its form there.
+#: Each form view's template setting, and the name its template knows the form by.
 _FORM_VIEWS = {
     "login": ("LOGIN_USER_TEMPLATE", "login_user_form"),
     "register": ("REGISTER_USER_TEMPLATE", "register_user_form"),
@@ -1880,7 +1889,7 @@ _FORM_VIEWS = {
 def _render(view, **context):
     """Render a view's template with the values of its context processors (those
     of the docs), ``context`` winning, through ``security.render_template`` (an app
-    may replace it, as in 1.7.4)."""
+    may replace it)."""
     processors = _state().security._context_processors
     values = {}
     for processor in processors["all"] + processors[view]:
@@ -1905,7 +1914,7 @@ class _Done(NamedTuple):
 def _form_view(view, form_name, act, csrf=True, **context):
     """Every form view: on a valid submit ``act(form)`` does the view's own work and
     returns a :class:`_Done` (None after adding a form error); then JSON clients get
-    1.7.4's envelope, browsers a flash and a redirect, or the form again."""
+    the JSON envelope, browsers a flash and a redirect, or the form again."""
     form = _build_form(form_name, csrf)
     done = act(form) if form.validate_on_submit() else None
     if _wants_json():
@@ -2142,15 +2151,6 @@ def _load_user_from_session(identity):
     return user
 
 
-def _json_body():
-    """The request's JSON body; None when it is not valid JSON, or is nested deeper
-    than Python's parser can go (a 1,000-deep array is, and must not be a 500)."""
-    try:
-        return request.get_json(silent=True)
-    except RecursionError:
-        return None
-
-
 def _authenticate_by_token():
     """Authenticate the request by its auth token (header, query argument or JSON
     body): one HMAC and one lookup."""
@@ -2311,7 +2311,7 @@ def anonymous_user_required(view: Callable) -> Callable:
 
 
 def _setup_principal(app):
-    """Flask-Principal as 1.7.4 set it up, when it is installed and
+    """Flask-Principal, when it is installed and
     ``SECURITY_FLASK_PRINCIPAL`` is on; otherwise None, and no code of it runs.
 
     Each request's identity then carries a ``UserNeed`` and one ``RoleNeed`` per
@@ -2338,7 +2338,7 @@ def _session_identity():
 
 
 def _add_needs(app, identity):
-    """Give ``identity`` the needs of the current user, as 1.7.4 did: a ``UserNeed``
+    """Give ``identity`` the needs of the current user: a ``UserNeed``
     and a ``RoleNeed`` per role, the roles read when a permission first looks."""
     from flask_principal import UserNeed
 
@@ -2745,7 +2745,7 @@ class SendConfirmationForm(Form, UserEmailFormMixin):
 
 class ForgotPasswordForm(Form, UserEmailFormMixin):
     """Ask for password reset instructions; an account that must confirm its
-    address first is told so (as in 1.7.4), unless generic responses are on: then
+    address first is told so, unless generic responses are on: then
     it is answered like an unknown address, and nothing is sent."""
 
     submit = SubmitField(get_form_field_label("recover_password"))
@@ -2962,7 +2962,7 @@ def _send_after_response(send, user):
 def _instructions_view(view, form_name, send, message_key, tell_id):
     """The three "email me a link" views: send to a known user, say so.
 
-    :param tell_id: answer JSON with the user's id, as 1.7.4 did, unless generic
+    :param tell_id: answer JSON with the user's id, unless generic
         responses must not reveal which addresses have accounts.
     """
 
@@ -3092,7 +3092,7 @@ def generate_confirmation_link(user: Any) -> tuple[str, str]:
 
 def send_confirmation_instructions(user: Any) -> str:
     """Email ``user`` a confirmation link; return its token. The signal carries
-    the user alone, as in 1.7.4."""
+    the user alone."""
     link, token = generate_confirmation_link(user)
     send_mail(
         config_value("EMAIL_SUBJECT_CONFIRM"),
@@ -4364,7 +4364,7 @@ class Security:
 
     One object may serve several applications, each with its own config and
     datastore: inside an application context it answers for the current app;
-    outside one, for the only app it was bound to (as 1.7.4 did). Any other
+    outside one, for the only app it was bound to. Any other
     attribute (``security.datastore``, ``security.registerable``,
     ``security.login_form``) is that app's :class:`_SecurityState`'s.
 
@@ -4428,7 +4428,7 @@ class Security:
             register_blueprint = self._register_blueprint
         _add_views_and_commands(app, register_blueprint)
         app.register_error_handler(_Refused, _refusal_answer)
-        # In every template of the app, its own pages included, as 1.7.4 gave them.
+        # In every template of the app, its own pages included.
         app.add_template_global(url_for_security, "url_for_security")
         app.add_template_global(state, "security")
         app.after_request(_keep_roles_readable)
