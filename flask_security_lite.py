@@ -2206,38 +2206,42 @@ _AUTH_CHECKS = {
 # -- decorators ---------------------------------------------------------------
 
 
+def _protect(view, methods, realm=None):
+    """``view`` behind the checks of ``methods``, tried in order. A refusal
+    challenges for Basic when it is listed, else sends browsers to the login page
+    when ``session`` is listed."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        for method in methods:
+            if _AUTH_CHECKS[method]():
+                return current_app.ensure_sync(view)(*args, **kwargs)
+        if "basic" in methods:
+            realm_name = realm or config_value("DEFAULT_HTTP_AUTH_REALM")
+            refusal = _Refused(401, "LOGIN", realm=realm_name)
+        elif "session" in methods:
+            refusal = _login_refusal()
+        else:
+            refusal = _Refused(401, "LOGIN")
+        return _refusal_answer(refusal)
+
+    return wrapper
+
+
 def http_auth_required(realm: str | Callable) -> Callable:
     """Protect a view with HTTP Basic auth; usable bare or as ``(realm)``.
 
     :param realm: the realm announced in ``WWW-Authenticate`` (default:
         ``SECURITY_DEFAULT_HTTP_AUTH_REALM``).
     """
-
-    def protect(view, realm_name=None):
-        @wraps(view)
-        def wrapper(*args, **kwargs):
-            if _authenticate_by_basic():
-                return current_app.ensure_sync(view)(*args, **kwargs)
-            realm = realm_name or config_value("DEFAULT_HTTP_AUTH_REALM")
-            return _refusal_answer(_Refused(401, "LOGIN", realm=realm))
-
-        return wrapper
-
     if callable(realm):
-        return protect(realm)
-    return lambda view: protect(view, realm)
+        return _protect(realm, ("basic",))
+    return lambda view: _protect(view, ("basic",), realm)
 
 
 def auth_token_required(view: Callable) -> Callable:
     """Protect a view with token authentication (header, query arg or JSON body)."""
-
-    @wraps(view)
-    def wrapper(*args, **kwargs):
-        if _authenticate_by_token():
-            return current_app.ensure_sync(view)(*args, **kwargs)
-        return _refusal_answer(_Refused(401, "LOGIN"))
-
-    return wrapper
+    return _protect(view, ("token",))
 
 
 def auth_required(*methods: str) -> Callable[[Callable], Callable]:
@@ -2247,24 +2251,7 @@ def auth_required(*methods: str) -> Callable[[Callable], Callable]:
     unknown = set(methods) - set(_AUTH_CHECKS)
     if unknown or not methods:
         raise ValueError(f"auth_required takes token, basic, session; not {unknown}")
-
-    def decorator(view):
-        @wraps(view)
-        def wrapper(*args, **kwargs):
-            if any(_AUTH_CHECKS[method]() for method in methods):
-                return current_app.ensure_sync(view)(*args, **kwargs)
-            if "basic" in methods:
-                realm = config_value("DEFAULT_HTTP_AUTH_REALM")
-                refusal = _Refused(401, "LOGIN", realm=realm)
-            elif "session" in methods:
-                refusal = _login_refusal()
-            else:
-                refusal = _Refused(401, "LOGIN")
-            return _refusal_answer(refusal)
-
-        return wrapper
-
-    return decorator
+    return lambda view: _protect(view, methods)
 
 
 def _roles_decorator(roles, allowed):
