@@ -2034,8 +2034,8 @@ def _count_wrong_password(user):
 
 
 def _clear_wrong_passwords(user):
-    """Forget the wrong passwords of ``user`` after a login (asked only when
-    ``SECURITY_LOCKOUT_ATTEMPTS`` is set)."""
+    """Forget the wrong passwords of ``user``: after a login (when lockout is on),
+    or by ``flask users unlock``."""
     if user.failed_login_count or user.locked_until is not None:
         cleared = {"failed_login_count": 0, "locked_until": None}
         _state().datastore.compare_and_set(user, {}, cleared)
@@ -2967,12 +2967,11 @@ def _instructions_view(view, form_name, send, message_key, tell_id):
 
 
 class _EmailedLink(NamedTuple):
-    """One kind of emailed link: its token kind, its lifetime setting, the messages
-    for a link that is invalid (or used) and one that expired, how to send a fresh
-    one, and where a refused visitor goes."""
+    """One kind of emailed link: its token kind, the messages for a link that is
+    invalid (or used) and one that expired, how to send a fresh one, and where a
+    refused visitor goes."""
 
     kind: str
-    within: str
     invalid: str
     expired: str
     resend: object
@@ -2993,7 +2992,7 @@ def _link_refusal(link, check, key=None, go_to=None):
         field="token",
         go_to=go_to or link.retry_url(),
         email=getattr(check.user, "email", ""),
-        within=config_value(link.within),
+        within=config_value(_TOKEN_KINDS[link.kind][1]),
     )
 
 
@@ -3317,7 +3316,6 @@ def token_login(token: str) -> ResponseReturnValue:
 #: The three kinds of emailed link.
 _CONFIRM_LINK = _EmailedLink(
     "confirm",
-    "CONFIRM_EMAIL_WITHIN",
     "INVALID_CONFIRMATION_TOKEN",
     "CONFIRMATION_EXPIRED",
     send_confirmation_instructions,
@@ -3326,7 +3324,6 @@ _CONFIRM_LINK = _EmailedLink(
 
 _RESET_LINK = _EmailedLink(
     "reset",
-    "RESET_PASSWORD_WITHIN",
     "INVALID_RESET_PASSWORD_TOKEN",
     "PASSWORD_RESET_EXPIRED",
     send_reset_password_instructions,
@@ -3335,7 +3332,6 @@ _RESET_LINK = _EmailedLink(
 
 _LOGIN_LINK = _EmailedLink(
     "login",
-    "LOGIN_WITHIN",
     "INVALID_LOGIN_TOKEN",
     "LOGIN_EXPIRED",
     send_login_instructions,
@@ -4012,8 +4008,7 @@ def _users_unlock(email):
     missing = [n for n in _USER_FIELDS["LOCKOUT_ATTEMPTS"] if not hasattr(user, n)]
     if missing:
         raise click.ClickException(f"the user model has no {', '.join(missing)}")
-    cleared = {"failed_login_count": 0, "locked_until": None}
-    _state().datastore.compare_and_set(user, {}, cleared)
+    _clear_wrong_passwords(user)
     click.echo(f"unlocked {user.email}")
 
 
