@@ -95,7 +95,7 @@ import types
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, MutableSet
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import datetime, timedelta, timezone
 from functools import cache, cached_property, partial, wraps
 from typing import Any, NamedTuple
@@ -915,11 +915,6 @@ def verify_and_update_password(password: str, user: Any) -> bool:
         user.password = hash_password(password)
         _save(user)
     return True
-
-
-def _burn_a_verify():
-    """Spend the time of one password check, so unknown users are not told apart."""
-    verify_password("not the password", _state().dummy_hash)
 
 
 #: The package each optional hashing scheme needs (its extra has the same name).
@@ -2067,7 +2062,8 @@ def _verify_login(identifier, password, user=None):
         user = _state().datastore.find_user_by_identity(identifier)
     reason, lockout = None, config_value("LOCKOUT_ATTEMPTS")
     if user is None or not user.password:
-        _burn_a_verify()
+        # As long as a real check, so unknown users are not told apart by time.
+        verify_password("not the password", _state().dummy_hash)
         reason = "unknown_user" if user is None else "no_password"
     elif lockout and _is_locked(user):
         verify_password(password, user.password)
@@ -2436,16 +2432,14 @@ def _keep_roles_readable(response):
     user = g.get("_login_user")
     if not (streamed or kept) or user is None:
         return response
-    try:
+    # Reading ahead must not change the answer (the view may have left the
+    # database session failed): a later read raises where it is made.
+    with suppress(Exception):
         if user.is_authenticated:
             _state().datastore._read_roles_ahead(user)
         provides = getattr(g.get("identity"), "provides", None)
         if isinstance(provides, _NeedsWithRoles):
             len(provides)
-    except Exception:
-        # Reading ahead must not change the answer (the view may have left the
-        # database session failed): a later read raises where it is made.
-        return response
     return response
 
 
