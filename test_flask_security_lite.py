@@ -2524,9 +2524,12 @@ def test_a_successful_login_clears_the_count(make_app):
 def test_a_password_reset_clears_the_lock(make_app):
     app = _lockout_site(make_app, **RECOVER)
     _fail_logins(app, 3)
+    assert get_user(app).locked_until is not None
+    assert json_login(app.test_client()).status_code == 400  # locked
     link = _reset_link(app)
     new = {"password": "new password", "password_confirm": "new password"}
     assert app.test_client().post(link, json=new).status_code == 200
+    assert get_user(app).locked_until is None
     assert json_login(app.test_client(), password="new password").status_code == 200
 
 
