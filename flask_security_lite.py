@@ -1436,8 +1436,9 @@ class SQLAlchemyUserDatastore(_AdapterDatastore):
 
     def _find_user(self, fields, *conditions):
         query = self._sa.select(self.user_model).filter_by(**fields).where(*conditions)
-        if _roles_wanted() and self._by_id.roles_join is not None:
-            query = query.options(self._by_id.roles_join)
+        roles_join = self._user_queries.roles_join
+        if roles_join is not None and _roles_wanted():
+            query = query.options(roles_join)
         return self.db.session.scalars(query.limit(1)).unique().first()
 
     def _find_user_unnormalised(self, fields):
@@ -1475,22 +1476,23 @@ class SQLAlchemyUserDatastore(_AdapterDatastore):
 
     def get_user_by_id(self, user_id: Any) -> Any:
         # Convert first: PostgreSQL raises, and spoils the transaction, on "abc" = 1.
-        by_id, key = self._by_id, user_id
+        queries, key = self._user_queries, user_id
         try:
-            if not isinstance(user_id, by_id.key_type):
-                key = by_id.key_type(user_id)
+            if not isinstance(user_id, queries.key_type):
+                key = queries.key_type(user_id)
         except (TypeError, ValueError, AttributeError):  # key_type None among them
             return None
-        query = by_id.with_roles if _roles_wanted() else by_id.query
+        query = queries.by_id_with_roles if _roles_wanted() else queries.by_id
         return self.db.session.scalars(query, {"key": key}).unique().first()
 
     @cached_property
-    def _by_id(self):
-        """How users are found by primary key, prepared once: the key's Python type
-        (None when its column type has none), the query (every protected request
-        runs it), the same query joining the roles for the requests that check them
-        (a join costs every other request for nothing), and that join, or None when
-        ``roles`` is a query of its own (dynamic, write-only) or missing."""
+    def _user_queries(self):
+        """How users are looked up, prepared once: the primary key's Python type
+        (None when its column type has none), the query by primary key (every
+        protected request runs it), the same query joining the roles for requests
+        that check them (a join costs every other request for nothing), and that
+        join, or None when ``roles`` is a query of its own (dynamic, write-only) or
+        missing."""
         mapper = self._sa.inspect(self.user_model)
         key = mapper.primary_key[0]
         try:
@@ -1504,7 +1506,7 @@ class SQLAlchemyUserDatastore(_AdapterDatastore):
             join = self._sa.orm.joinedload(roles.class_attribute)
         with_roles = query if join is None else query.options(join)
         return types.SimpleNamespace(
-            key_type=key_type, query=query, with_roles=with_roles, roles_join=join
+            key_type=key_type, by_id=query, by_id_with_roles=with_roles, roles_join=join
         )
 
 
