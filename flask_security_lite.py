@@ -1038,10 +1038,10 @@ def _read_token(token, kind, max_age=None):
     """Check a token of ``kind`` at most ``max_age`` seconds old (default: its
     kind's lifetime)."""
     salt_key, lifetime_key = _TOKEN_KINDS[kind]
-    if max_age is None:
+    if max_age is None and lifetime_key.endswith("_WITHIN"):  # "<amount> <unit>"
+        max_age = get_within_delta(lifetime_key).total_seconds()
+    elif max_age is None:
         max_age = config_value(lifetime_key)
-        if isinstance(max_age, str):  # "<amount> <unit>"
-            max_age = get_within_delta(lifetime_key).total_seconds()
     salt = config_value(salt_key)
     serializer = URLSafeTimedSerializer(current_app.secret_key, salt=salt)
     status = "ok"
@@ -1888,7 +1888,7 @@ def _render(view, **context):
     of the docs), ``context`` winning, through ``security.render_template`` (an app
     may replace it)."""
     processors = _state().security._context_processors
-    values = {}
+    values = {"security": _state()}  # for a render_template of the app's own
     for processor in processors["all"] + processors[view]:
         values.update(processor())
     template = config_value(_FORM_VIEWS[view][0])
@@ -2880,7 +2880,7 @@ def send_mail(subject: str, recipient: str, template: str, **context: Any) -> No
     from flask_mail import Message
 
     security = _state().security
-    values = {"url_for": _mail_url_for}
+    values = {"url_for": _mail_url_for, "security": _state()}
     for processor in security._context_processors["mail"]:
         values.update(processor())
     values.update(context)
@@ -3963,8 +3963,10 @@ def _cli_commit(message):
 )
 def _users_create(email, password, active, confirmed):
     """Create a user with EMAIL."""
-    _cli_validate(email, "EMAIL", email_validator, unique_user_email)
+    _cli_validate(email, "EMAIL", email_validator)
     _cli_validate(password, "--password", password_length)
+    if _state().datastore.find_user(email=email) is not None:
+        raise click.ClickException(_text("EMAIL_ALREADY_ASSOCIATED", email=email))
     fields = {"email": email, "password": password, "active": active}
     if confirmed:
         if not hasattr(_state().datastore.user_model, "confirmed_at"):

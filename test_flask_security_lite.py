@@ -2467,6 +2467,24 @@ def test_views_render_through_security_render_template(app):
     assert page.startswith("rendered security/login_user.html")
 
 
+def test_a_replacement_render_template_is_given_the_security_state(app):
+    seen = []
+
+    def render_template(template, **context):
+        seen.append(context["security"])
+        return "rendered"
+
+    app.security.render_template = render_template
+    app.test_client().get("/login")
+    assert seen == [app.extensions["security"]]
+
+
+def test_a_switch_turned_on_after_init_links_no_missing_view(app):
+    app.config["SECURITY_REGISTERABLE"] = True
+    page = app.test_client().get("/login")
+    assert page.status_code == 200 and 'href="/register"' not in page.text
+
+
 # =============================================================================
 # 6. Authentication: checking a password login, and the lockout
 # =============================================================================
@@ -2753,6 +2771,14 @@ def test_token_from_another_secret_key_is_refused(make_app):
         "/token", headers={"Authentication-Token": token}
     )
     assert response.status_code == 401
+
+
+def test_a_token_max_age_given_as_a_string_refuses_tokens_not_the_request(make_app):
+    app = make_app(SECURITY_TOKEN_MAX_AGE="3600")
+    add_user(app)
+    token = auth_token(app.test_client())
+    headers = {"Authentication-Token": token}
+    assert app.test_client().get("/token", headers=headers).status_code == 401
 
 
 def test_token_expires_after_token_max_age(make_app, clock):
@@ -5473,6 +5499,12 @@ def test_cli_reports_the_stored_address_not_the_one_typed(app):
     assert _cli(app, "roles", "remove", "Matt@lp.com", "admin").output == (
         "took admin from matt@lp.com\n"
     )
+
+
+def test_cli_create_of_a_known_address_is_an_error_not_a_usage_error(app):
+    add_user(app)
+    result = _cli(app, "users", "create", "matt@lp.com", "--password", PASSWORD)
+    assert result.exit_code == 1 and "already belongs" in result.output
 
 
 @pytest.mark.parametrize(
