@@ -825,9 +825,10 @@ def _secret_for(password, scheme):
 
 
 def hash_password(password: str | None) -> str | None:
-    """Hash ``password`` with ``SECURITY_PASSWORD_HASH`` (and the pepper, if set).
-    None stays None: an account without a password."""
-    scheme = config_value("PASSWORD_HASH")
+    """Hash ``password`` with ``SECURITY_PASSWORD_HASH`` as the app started with it
+    (the scheme of its password context), and the pepper, if set. None stays None:
+    an account without a password."""
+    scheme = _state().pwd_context.default_scheme()
     if scheme == "plaintext" or password is None:
         return password
     return _state().pwd_context.hash(_secret_for(password, scheme))
@@ -988,9 +989,10 @@ def _dead_passlib():
 
 
 #: Each kind of signed token, with the settings of its salt and its lifetime: the
-#: ``auth`` token (and the session's binding) lives ``TOKEN_MAX_AGE`` seconds (None:
-#: until the password changes), the "password verified, code due" marker of a
-#: two-factor login ``TWO_FACTOR_LOGIN_WITHIN``, each emailed link its own time.
+#: ``auth`` token lives ``TOKEN_MAX_AGE`` seconds (None: until the password
+#: changes), the "password verified, code due" marker of a two-factor login
+#: ``TWO_FACTOR_LOGIN_WITHIN``, each emailed link its own time. (The session's
+#: binding is an ``auth`` binding, and lives as long as the session.)
 _TOKEN_KINDS = {
     "auth": ("REMEMBER_SALT", "TOKEN_MAX_AGE"),
     "confirm": ("CONFIRM_SALT", "CONFIRM_EMAIL_WITHIN"),
@@ -4339,6 +4341,11 @@ def _adds_template_values(view):
     return decorator
 
 
+#: The attributes of an app's :class:`_SecurityState` that its Security object
+#: answers too, besides each setting and form class.
+_STATE_NAMES = ("app", "datastore", "forms", "login_manager", "pwd_context")
+
+
 class Security:
     """The extension: ``Security(app, datastore)`` or ``init_app`` later.
 
@@ -4431,7 +4438,8 @@ class Security:
         )
 
     def __getattr__(self, name):
-        if name.startswith("_"):
+        known = name in _STATE_NAMES or name in _default_forms
+        if name.startswith("_") or not (known or name.upper() in _default_config):
             raise AttributeError(name)
         return getattr(self._state(), name)
 

@@ -5770,6 +5770,19 @@ def test_security_object_answers_for_its_only_app_outside_a_context(make_app):
     assert hasattr(security, "registerable") and not hasattr(security, "no_such")
 
 
+def test_security_object_of_two_apps_has_no_unknown_attribute(make_app):
+    security = Security()
+    make_app(security=security), make_app(security=security)
+    assert not hasattr(security, "no_such_thing")
+
+
+def test_a_hash_setting_changed_after_init_still_stores_verifiable_hashes(app):
+    app.config["SECURITY_PASSWORD_HASH"] = "bcrypt"
+    long_password = "x" * 100
+    add_user(app, password=long_password)
+    assert json_login(app.test_client(), password=long_password).status_code == 200
+
+
 def test_security_object_of_two_apps_needs_a_context(make_app):
     security = Security()
     first, second = make_app(security=security), make_app(security=security)
