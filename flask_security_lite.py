@@ -1023,7 +1023,8 @@ def _binding(kind, user):
 def _make_token(kind, user):
     salt = config_value(_TOKEN_KINDS[kind][0])
     serializer = URLSafeTimedSerializer(current_app.secret_key, salt=salt)
-    return serializer.dumps([str(user.id), _binding(kind, user)])
+    # The kind is signed in too: equal salts must not make one kind pass as another.
+    return serializer.dumps([str(user.id), _binding(kind, user), kind])
 
 
 class _TokenCheck(NamedTuple):
@@ -1054,7 +1055,9 @@ def _read_token(token, kind, max_age=None):
         status, data = "expired", serializer.load_payload(error.payload)
     except (BadSignature, TypeError, ValueError):
         return _TokenCheck("invalid")
-    if not (isinstance(data, list) and len(data) == 2 and isinstance(data[1], str)):
+    if not (isinstance(data, list) and len(data) == 3 and data[2] == kind):
+        return _TokenCheck("invalid")
+    if not isinstance(data[1], str):
         return _TokenCheck("invalid")
     user = _state().datastore.get_user_by_id(data[0])
     if user is None:
@@ -2688,6 +2691,17 @@ class ResetPasswordForm(Form, NewPasswordFormMixin, PasswordConfirmFormMixin):
     submit = SubmitField(get_form_field_label("reset_password"))
 
 
+def _current_password_is_right(field):
+    """Check the logged-in user's password as a login is checked: a wrong one counts
+    toward the lockout and sends ``login_failed``, a locked account is refused."""
+    user = current_user._get_current_object()
+    _, reason = _verify_login(user.email, field.data, user=user)
+    if reason is not None:
+        key = "ACCOUNT_LOCKED" if reason == "locked" else "INVALID_PASSWORD"
+        field.errors.append(_text(key))
+    return reason is None
+
+
 class ChangePasswordForm(Form, PasswordFormMixin):
     """Change the password of the logged-in user."""
 
@@ -2703,11 +2717,7 @@ class ChangePasswordForm(Form, PasswordFormMixin):
     def validate(self, extra_validators: Any = None) -> bool:
         if not super().validate(extra_validators):
             return False
-        user = current_user._get_current_object()
-        _, reason = _verify_login(user.email, self.password.data, user=user)
-        if reason is not None:
-            key = "ACCOUNT_LOCKED" if reason == "locked" else "INVALID_PASSWORD"
-            self.password.errors.append(_text(key))
+        if not _current_password_is_right(self.password):
             return False
         if self.password.data == self.new_password.data:
             self.new_password.errors.append(_text("PASSWORD_IS_SAME"))
@@ -2824,9 +2834,9 @@ def login() -> ResponseReturnValue:
 
 
 def logout() -> ResponseReturnValue:
-    """Log out (GET or POST) and go to a safe ``next`` or ``POST_LOGOUT_VIEW``."""
-    if current_user.is_authenticated:
-        logout_user()
+    """Log out (GET or POST) and go to a safe ``next`` or ``POST_LOGOUT_VIEW``. A
+    login half done (the password given, the code due) ends too."""
+    logout_user()
     if _wants_json():
         return _json_answer(200, {})
     return redirect(_next_or_view(None, "POST_LOGOUT_VIEW"))
@@ -3046,13 +3056,14 @@ def register() -> ResponseReturnValue:
             form.email.errors.append(message)
             return None
         next_field = getattr(form, "next", None)
-        next_url = getattr(next_field, "data", None)
+        declared = getattr(next_field, "data", None)
+        next_url = _next_or_view(declared, "POST_REGISTER_VIEW", "POST_LOGIN_VIEW")
+        # Until the address is confirmed: no session, no second factor, no token.
+        if requires_confirmation(user):
+            return _Done(user, next_url=next_url)
         if _needs_second_factor(user):
-            return _second_factor_done(user, False, next_url)
-        # Until the address is confirmed: no session, and no token to keep.
-        logged_in = not requires_confirmation(user) and login_user(user)
-        next_url = _next_or_view(next_url, "POST_REGISTER_VIEW", "POST_LOGIN_VIEW")
-        return _Done(user, token=logged_in, next_url=next_url)
+            return _second_factor_done(user, False, declared)
+        return _Done(user, token=login_user(user), next_url=next_url)
 
     # JSON clients, like confirmable apps, send the password once.
     confirming = config_value("CONFIRMABLE") or request.is_json
@@ -3522,10 +3533,7 @@ class TwoFactorPasswordForm(Form, PasswordFormMixin):
     def validate(self, extra_validators: Any = None) -> bool:
         if not super().validate(extra_validators):
             return False
-        if not verify_and_update_password(self.password.data, current_user):
-            self.password.errors.append(_text("INVALID_PASSWORD"))
-            return False
-        return True
+        return _current_password_is_right(self.password)
 
 
 # -- the second step of a login -----------------------------------------------
@@ -3539,14 +3547,15 @@ _TF_NEW_KEY = "_security_tf_new_key"
 
 
 def _pending_user():
-    """The active user who passed the first step in this session lately, or None."""
+    """The active, confirmed user who passed the first step in this session lately,
+    or None."""
     pending = session.get(_TF_PENDING_KEY)
     if not isinstance(pending, dict):
         return None
     check = _read_token(pending.get("token"), "two_factor")
     if check.status != "ok" or not check.user.is_active:
         return None
-    return check.user
+    return None if requires_confirmation(check.user) else check.user
 
 
 def _complete_second_factor(user, method):
@@ -4139,6 +4148,7 @@ def _validate_startup(app, datastore):
         *_misspelt_settings(config),
         *_unparsable_lifetimes(app),
         *_missing_user_fields(app, datastore.user_model),
+        *_shared_salts(config),
     ]
     if problems:
         raise RuntimeError(
@@ -4168,6 +4178,18 @@ def _misspelt_settings(config):
         else:
             hint = f" (did you mean {close[0]}?)" if close else ""
             _log.warning("%s is not a flask-security-lite setting%s", key, hint)
+
+
+def _shared_salts(config):
+    """Each kind of token needs a salt of its own: tokens of two kinds made with one
+    salt differ only by the kind signed into them."""
+    keys_by_salt = {}
+    for salt_key, _ in _TOKEN_KINDS.values():
+        keys_by_salt.setdefault(config["SECURITY_" + salt_key], []).append(salt_key)
+    for keys in keys_by_salt.values():
+        if len(keys) > 1:
+            named = " and ".join(f"SECURITY_{key}" for key in keys)
+            yield f"{named} are the same: give each its own value"
 
 
 def _unparsable_lifetimes(app):

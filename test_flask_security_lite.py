@@ -4992,6 +4992,74 @@ def test_a_confirmation_link_confirms_once(make_app, monkeypatch):
 
 
 # =============================================================================
+# 11. Two-factor login: side doors the second attack review found (issue 17)
+# =============================================================================
+
+
+def test_logout_ends_a_login_waiting_for_its_code(make_app):
+    app = make_app(**TWO_FACTOR)
+    add_user(app)
+    key = give_key(app)
+    client = app.test_client()
+    assert login(client).location == "/tf-validate"
+    client.get("/logout")
+    answer = client.post("/tf-validate", data={"code": next_code(key)})
+    assert answer.status_code == 302 and answer.location == "/login"
+    assert client.get("/profile").status_code == 302
+
+
+def test_logout_ends_a_required_set_up_before_anyone_enrols(make_app):
+    app = make_app(SECURITY_TWO_FACTOR_REQUIRED=True, **TWO_FACTOR)
+    add_user(app)
+    client = app.test_client()
+    assert login(client).location == "/tf-setup"
+    client.get("/logout")
+    assert client.post("/tf-setup", json={}).status_code == 401
+
+
+def test_the_password_asked_again_for_two_factor_counts_and_obeys_the_lock(make_app):
+    app = _lockout_site(make_app, **TWO_FACTOR)
+    client = app.test_client()
+    login(client)
+    reasons = []
+    fsl.login_failed.connect(
+        lambda sender, **data: reasons.append(data["reason"]), app, weak=False
+    )
+    for _ in range(3):
+        client.post("/tf-setup", data={"password": "wrong password"})
+    assert reasons == ["invalid_password"] * 3
+    assert get_user(app).locked_until is not None
+    page = client.post("/tf-setup", data={"password": PASSWORD}, follow_redirects=True)
+    assert "This account is locked" in page.text and 'id="tf-key"' not in page.text
+
+
+def test_an_unconfirmed_registration_gets_no_second_factor_step_nor_token(make_app):
+    app = make_app(SECURITY_TWO_FACTOR_REQUIRED=True, **CONFIRM, **TWO_FACTOR)
+    client = app.test_client()
+    payload = {"email": "new@lp.com", "password": PASSWORD}
+    answer = client.post("/register", json=payload).json["response"]
+    assert "tf_required" not in answer
+    assert "authentication_token" not in answer.get("user", {})
+    assert client.post("/tf-setup", json={}).status_code == 401
+
+
+def test_equal_token_salts_are_refused_at_startup(make_app):
+    with pytest.raises(RuntimeError, match="SECURITY_REMEMBER_SALT and SECURITY_TWO"):
+        make_app(SECURITY_TWO_FACTOR_SALT="remember-salt", **TWO_FACTOR)
+
+
+def test_a_token_of_one_kind_never_passes_for_another_even_on_one_salt(app):
+    add_user(app)
+    app.config["SECURITY_TWO_FACTOR_SALT"] = app.config["SECURITY_REMEMBER_SALT"]
+    with app.test_request_context():
+        marker = fsl._make_token(
+            "two_factor", app.datastore.find_user(email="matt@lp.com")
+        )
+    headers = {"Authentication-Token": marker}
+    assert app.test_client().get("/token", headers=headers).status_code == 401
+
+
+# =============================================================================
 # 12. The blueprint: what the attack review found
 # =============================================================================
 
