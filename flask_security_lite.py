@@ -90,6 +90,7 @@ import re
 import secrets
 import struct
 import sys
+import threading
 import time
 import types
 import unicodedata
@@ -1162,6 +1163,10 @@ def _save(user):
     datastore.commit()
 
 
+#: Serialises the default ``UserDatastore.compare_and_set`` within this process.
+_DEFAULT_COMPARE_AND_SET_LOCK = threading.Lock()
+
+
 class UserDatastore:
     """The user and role operations every adapter shares.
 
@@ -1223,17 +1228,20 @@ class UserDatastore:
         :param changes: ``{field: value}`` to write.
         :returns: True if this call made the change.
 
-        The adapters write in one statement; this default, for stores written for
-        1.7.4, compares and writes in two steps, so it is atomic only within one
-        process.
+        The adapters write in one statement. This default, for stores written for
+        1.7.4, compares and writes in two steps under a lock of this process: it
+        cannot keep two processes (workers, hosts) from both passing, nor see a
+        write another process made if ``get_user_by_id`` answers from a cache. A
+        store that runs on more than one process must override it.
         """
-        current = self.get_user_by_id(user.id) or user
-        if any(getattr(current, name) != value for name, value in expected.items()):
-            return False
-        for name, value in changes.items():
-            setattr(user, name, value)
-        self.put(user)
-        self.commit()
+        with _DEFAULT_COMPARE_AND_SET_LOCK:
+            current = self.get_user_by_id(user.id) or user
+            if any(getattr(current, key) != value for key, value in expected.items()):
+                return False
+            for name, value in changes.items():
+                setattr(user, name, value)
+            self.put(user)
+            self.commit()
         return True
 
     def find_role(self, *args: Any, **kwargs: Any) -> Any:
@@ -2793,9 +2801,7 @@ def login_user(user: Any, remember: bool | None = None) -> bool:
         remember = config_value("DEFAULT_REMEMBER_ME")
     if not user.is_active:
         return False
-    session.clear()
-    # Flask-WTF keeps this request's CSRF token in g: it was the old session's.
-    g.pop(current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"), None)
+    _new_session()
     flask_login.login_user(user, remember=remember)
     g.flask_security_auth_method = "session"
     _announce_identity(user)
@@ -2805,9 +2811,16 @@ def login_user(user: Any, remember: bool | None = None) -> bool:
     return True
 
 
+def _new_session():
+    """Start this client's session afresh (no fixation), with a new CSRF token: the
+    one Flask-WTF keeps in ``g`` for this request was the old session's."""
+    session.clear()
+    g.pop(current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"), None)
+
+
 def logout_user() -> None:
     """Log the current user out and forget the remember-me cookie."""
-    session.clear()
+    _new_session()
     flask_login.logout_user()
     _announce_identity(None)
 
@@ -3646,7 +3659,7 @@ def _second_factor_done(user, remember, next_url):
     expires after ``SECURITY_TWO_FACTOR_LOGIN_WITHIN`` and dies with a password
     change). Browsers go to the code page (or to set-up, for users without a key),
     JSON clients get ``tf_required`` and no token."""
-    session.clear()
+    _new_session()
     session[_TF_PENDING_KEY] = {
         "token": _make_token("two_factor", user),
         "remember": bool(remember),

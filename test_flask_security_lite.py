@@ -1319,6 +1319,44 @@ class _MemoryDatastore(fsl.Datastore, fsl.UserDatastore):
         return next((group for group in groups if group.name == role), None)
 
 
+def test_the_default_compare_and_set_lets_one_of_two_threads_in():
+    class SlowPerson:
+        """A row whose field takes a while to read: the window of a race."""
+
+        id, _code = 1, "one"
+
+        @property
+        def code(self):
+            value = self._code
+            time.sleep(0.05)
+            return value
+
+        @code.setter
+        def code(self, value):
+            self._code = value
+
+    person = SlowPerson()
+
+    class Store(fsl.UserDatastore):
+        def get_user_by_id(self, user_id):
+            return person
+
+        def put(self, model):
+            return model
+
+    store, results = Store(SlowPerson, _Group), []
+
+    def use_the_code():
+        results.append(store.compare_and_set(person, {"code": "one"}, {"code": "x"}))
+
+    threads = [threading.Thread(target=use_the_code) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False, True]
+
+
 def test_abstract_datastore_leaves_storage_to_subclasses():
     store = fsl.UserDatastore(_Person, _Group)
     for call in (
@@ -5041,6 +5079,28 @@ def test_an_unconfirmed_registration_gets_no_second_factor_step_nor_token(make_a
     assert "tf_required" not in answer
     assert "authentication_token" not in answer.get("user", {})
     assert client.post("/tf-setup", json={}).status_code == 401
+
+
+def test_a_json_two_factor_login_completes_with_csrf_on(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True, **TWO_FACTOR)
+    add_user(app)
+    key = give_key(app)
+    client = app.test_client()
+    csrf = client.get("/login", headers={"Accept": "application/json"})
+    credentials = {"email": "matt@lp.com", "password": PASSWORD}
+    first = client.post(
+        "/login",
+        json=credentials,
+        headers={"X-CSRFToken": csrf.json["response"]["csrf_token"]},
+    ).json["response"]
+    assert first["tf_required"]
+    second = client.post(
+        "/tf-validate",
+        json={"code": next_code(key)},
+        headers={"X-CSRFToken": first["csrf_token"]},
+    )
+    assert second.status_code == 200
+    assert second.json["response"]["user"]["authentication_token"]
 
 
 def test_equal_token_salts_are_refused_at_startup(make_app):
