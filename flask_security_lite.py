@@ -2187,7 +2187,10 @@ def _authenticate_by_token():
 
 def _authenticate_by_basic():
     """Authenticate the request by HTTP Basic credentials."""
-    credentials = request.authorization
+    try:
+        credentials = request.authorization
+    except ValueError:  # a header Werkzeug cannot decode (not ASCII): no credentials
+        return False
     if credentials is None or credentials.type != "basic":
         return False
     user, reason = _verify_login(credentials.username, credentials.password or "")

@@ -5103,6 +5103,42 @@ def test_a_json_two_factor_login_completes_with_csrf_on(make_app):
     assert second.json["response"]["user"]["authentication_token"]
 
 
+#: Values no client should send, for every request header the module reads.
+ODD_HEADER_VALUES = [
+    "Basic " + "é" * 5,
+    "é",
+    "Basic \x01\x02",
+    "Basic " + "A" * 20_000,
+    "Basic " + base64.b64encode(b"\xff:\xfe").decode(),
+    "Bearer ü",
+]
+READ_HEADERS = [
+    "Authorization",
+    "Authentication-Token",
+    "X-CSRFToken",
+    "Accept",
+    "X-Forwarded-For",
+    "X-Forwarded-Host",
+    "X-Forwarded-Prefix",
+]
+
+
+@pytest.mark.parametrize("header", READ_HEADERS)
+def test_odd_values_in_any_header_read_are_never_a_500(make_app, header):
+    app = make_app(WTF_CSRF_ENABLED=True, **TWO_FACTOR, **RECOVER)
+    add_user(app)
+    paths = ["/basic", "/token", "/any", "/login", "/reset", "/profile", "/tf-setup"]
+    statuses = {
+        (path, value[:12]): app.test_client()
+        .get(path, headers={header: value})
+        .status_code
+        for path in paths
+        for value in ODD_HEADER_VALUES
+    }
+    assert {key: code for key, code in statuses.items() if code >= 500} == {}
+    assert statuses[("/basic", ODD_HEADER_VALUES[0][:12])] in (200, 401)
+
+
 def test_equal_token_salts_are_refused_at_startup(make_app):
     with pytest.raises(RuntimeError, match="SECURITY_REMEMBER_SALT and SECURITY_TWO"):
         make_app(SECURITY_TWO_FACTOR_SALT="remember-salt", **TWO_FACTOR)
