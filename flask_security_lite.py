@@ -567,6 +567,12 @@ _default_messages = {
     "PASSWORD_TOO_LONG": ("Passwords can have at most %(length)s bytes.", "error"),
     #: A request body is larger than the security views read.
     "REQUEST_TOO_LARGE": ("The request body is too large.", "error"),
+    #: An emailed link would leave the declared host (through a URL prefix).
+    "LINK_OFF_SITE": (
+        "This site cannot email a link to another site: check its URL prefix "
+        "(SCRIPT_NAME, X-Forwarded-Prefix).",
+        "error",
+    ),
     #: No link can be emailed: the application has not declared its host.
     "LINK_HOST_NOT_DECLARED": (
         "This site cannot email links until it declares its host name: set "
@@ -2875,12 +2881,22 @@ def _request_host_declared():
         return True  # Flask builds external URLs on it, whatever the request said
     if not has_request_context():
         return False
-    if config.get("TRUSTED_HOSTS"):
-        return host_is_trusted(request.host, config["TRUSTED_HOSTS"])
     try:
-        return urlsplit("//" + request.host).hostname in _LOCAL_HOSTS
+        parts = urlsplit("//" + request.host)
+        hostname, port = parts.hostname, parts.port
     except ValueError:
         return False
+    trusted = config.get("TRUSTED_HOSTS")
+    if trusted:
+        # Werkzeug's check ignores the port: a port the client chose is declared
+        # only where TRUSTED_HOSTS names "host:port" itself (any port of the
+        # developer's own machine will do).
+        with_port = [name.lower() for name in trusted]
+        chosen_port = port is not None and hostname not in _LOCAL_HOSTS
+        if chosen_port and request.host.lower() not in with_port:
+            return False
+        return host_is_trusted(request.host, trusted)
+    return hostname in _LOCAL_HOSTS
 
 
 def _require_declared_host():
@@ -2937,9 +2953,26 @@ def _mail_url_for(endpoint, **values):
         return url_for(endpoint, **values)
     base = config_value("LINK_BASE_URL")
     if base:
-        return base.rstrip("/") + url_for(endpoint, **values)
-    _require_declared_host()
-    return url_for(endpoint, _external=True, **values)
+        url = base.rstrip("/") + url_for(endpoint, **values)
+    else:
+        _require_declared_host()
+        url = url_for(endpoint, _external=True, **values)
+        server, subdomain = current_app.config.get("SERVER_NAME"), None
+        if server and endpoint.startswith(config_value("BLUEPRINT_NAME") + "."):
+            subdomain = config_value("SUBDOMAIN")
+        host = f"{subdomain}.{server}" if subdomain else server or request.host
+        base = "//" + host
+    # The path comes from the request, a proxy's prefix (X-Forwarded-Prefix) among
+    # it: the finished link must still be on the declared scheme, host and port.
+    declared, built = urlsplit(base), urlsplit(url)
+    if (
+        built.netloc.lower() != declared.netloc.lower()
+        or declared.scheme not in ("", built.scheme)
+        or not built.path.startswith("/")
+        or built.path.startswith("//")
+    ):
+        raise _Refused(400, "LINK_OFF_SITE")
+    return url
 
 
 def _send_after_response(send, user):

@@ -5103,6 +5103,57 @@ def test_a_json_two_factor_login_completes_with_csrf_on(make_app):
     assert second.json["response"]["user"]["authentication_token"]
 
 
+@pytest.mark.parametrize(
+    "declared",
+    [
+        {"SECURITY_LINK_BASE_URL": "http://localhost"},
+        {"SERVER_NAME": "localhost"},
+        {"TRUSTED_HOSTS": ["localhost"]},
+    ],
+)
+@pytest.mark.parametrize("prefix", ["@evil.com", "//evil.com", ".evil.com", ":666"])
+def test_a_proxy_prefix_cannot_take_an_emailed_link_off_the_declared_host(
+    make_app, declared, prefix
+):
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    app = make_app(**RECOVER, **declared)
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_prefix=1)
+    add_user(app)
+    with app.mail.record_messages() as outbox:
+        answer = app.test_client().post(
+            "/reset",
+            json={"email": "matt@lp.com"},
+            headers={"X-Forwarded-Prefix": prefix},
+        )
+    assert answer.status_code == 400 and outbox == []
+
+
+def test_a_trusted_host_does_not_lend_its_name_to_any_port(make_app):
+    app = make_app(TRUSTED_HOSTS=["example.com"], **RECOVER)
+    add_user(app)
+    client = app.test_client()
+    with app.mail.record_messages() as outbox:
+        client.post(
+            "/reset", json={"email": "matt@lp.com"}, base_url="http://example.com"
+        )
+        answer = client.post(
+            "/reset", json={"email": "matt@lp.com"}, base_url="http://example.com:666"
+        )
+    assert answer.status_code == 400
+    assert len(outbox) == 1 and "http://example.com/reset/" in outbox[0].body
+
+
+def test_a_port_listed_in_trusted_hosts_gets_its_links(make_app):
+    app = make_app(TRUSTED_HOSTS=["example.com", "example.com:8081"], **RECOVER)
+    add_user(app)
+    with app.mail.record_messages() as outbox:
+        app.test_client().post(
+            "/reset", json={"email": "matt@lp.com"}, base_url="http://example.com:8081"
+        )
+    assert "http://example.com:8081/reset/" in outbox[0].body
+
+
 #: Values no client should send, for every request header the module reads.
 ODD_HEADER_VALUES = [
     "Basic " + "é" * 5,
