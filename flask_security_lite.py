@@ -2018,35 +2018,32 @@ def requires_confirmation(user: Any) -> bool:
 _COUNT_RETRIES = 50
 
 
-def _is_locked(user):
-    """True while ``user`` is locked out after too many wrong passwords (asked only
-    when ``SECURITY_LOCKOUT_ATTEMPTS`` is set)."""
-    until = user.locked_until
-    return until is not None and until > _now()
+def _reserve_attempt(user):
+    """Count an attempt at ``user``'s password or code before it is checked; False
+    when it may not be checked, the account being locked.
 
-
-def _after_a_wrong_password(user):
-    """The lockout fields once one more wrong password is counted: a lapsed lock
-    starts the count again, a running one is not extended."""
-    now, count = _now(), (user.failed_login_count or 0) + 1
-    if user.locked_until is not None and user.locked_until > now:
-        return {"failed_login_count": count}
-    if user.locked_until is not None:
-        count = 1
-    locked = count >= config_value("LOCKOUT_ATTEMPTS")
-    until = now + get_within_delta("LOCKOUT_WITHIN") if locked else None
-    return {"failed_login_count": count, "locked_until": until}
-
-
-def _count_wrong_password(user):
-    """Count a wrong password on the user's row with a compare-and-set, retried
-    when another request wrote first: failures on every worker and host count."""
+    One compare-and-set on the count, retried when another request counted first,
+    so that of any number of requests at once, on any worker, at most
+    ``SECURITY_LOCKOUT_ATTEMPTS`` are checked before the lock: the attempt that
+    reaches the limit starts it. A lapsed lock starts the count again; a right
+    password (with no code due) or a right code clears it.
+    """
+    limit = config_value("LOCKOUT_ATTEMPTS")
     for _ in range(_COUNT_RETRIES):
+        now, count, until = _now(), user.failed_login_count or 0, user.locked_until
+        if until is not None and until > now:
+            return False
+        if until is not None:
+            count = 0
+        if count >= limit:  # the limit was lowered: lock now
+            count = limit - 1
+        changes = {"failed_login_count": count + 1, "locked_until": None}
+        if count + 1 >= limit:
+            changes["locked_until"] = now + get_within_delta("LOCKOUT_WITHIN")
         seen = {"failed_login_count": user.failed_login_count}
-        if _state().datastore.compare_and_set(
-            user, seen, _after_a_wrong_password(user)
-        ):
-            return
+        if _state().datastore.compare_and_set(user, seen, changes):
+            return True
+    return False
 
 
 def _clear_wrong_passwords(user):
@@ -2074,8 +2071,8 @@ def _verify_login(identifier, password, user=None):
 
     Every outcome costs one password check (a dummy one when there is no hash to
     check), so the time taken does not tell whether the account exists or is
-    locked. A wrong password counts toward the lockout (a locked account's too);
-    every failure sends ``login_failed``.
+    locked. With lockout on, the attempt is counted before the check (see
+    :func:`_reserve_attempt`); every failure sends ``login_failed``.
 
     :param user: the user to check (default: the one ``identifier`` names).
     """
@@ -2086,30 +2083,29 @@ def _verify_login(identifier, password, user=None):
         # As long as a real check, so unknown users are not told apart by time.
         verify_password("not the password", _state().dummy_hash)
         reason = "unknown_user" if user is None else "no_password"
-    elif lockout and _is_locked(user):
-        verify_password(password, user.password)
+    elif lockout and not _reserve_attempt(user):
+        verify_password(password, user.password)  # as long as a real check
         reason = "locked"
     elif not verify_and_update_password(password, user):
         reason = "invalid_password"
-    elif requires_confirmation(user):
-        reason = "unconfirmed"
-    elif not user.is_active:
-        reason = "disabled"
-    if reason is None:
-        # With a code still due, wrong codes keep counting until it is right.
+    else:
+        # The password was right. With a code due, the count runs on until the
+        # code is right too.
         if lockout and not _needs_second_factor(user):
             _clear_wrong_passwords(user)
+        if requires_confirmation(user):
+            reason = "unconfirmed"
+        elif not user.is_active:
+            reason = "disabled"
+    if reason is None:
         return user, None
     _login_failed(user, identifier, reason)
     return user, reason
 
 
 def _login_failed(user, identifier, reason):
-    """Report a failed login by ``login_failed``; a wrong password or code (a locked
-    account's too) counts toward the lockout."""
-    wrong = reason in ("locked", "invalid_password", "invalid_code")
-    if wrong and config_value("LOCKOUT_ATTEMPTS"):
-        _count_wrong_password(user)
+    """Report a failed login by ``login_failed`` (the lockout counted the attempt
+    before it was checked)."""
     _send_signal(
         login_failed,
         user=user,
@@ -3227,7 +3223,8 @@ def send_password_reset_notice(user: Any) -> None:
 
 
 def update_password(user: Any, password: str) -> bool:
-    """Set a new password from a reset link, notify and signal; a lockout ends.
+    """Set a new password from a reset link, notify and signal; a lockout ends (for
+    a user without a second factor).
 
     A compare-and-set on the password the link was bound to: of two requests
     using one link at once, one succeeds.
@@ -3235,7 +3232,9 @@ def update_password(user: Any, password: str) -> bool:
     :returns: False if the password had changed since ``user`` was read.
     """
     changes = {"password": hash_password(password)}
-    if config_value("LOCKOUT_ATTEMPTS"):
+    # The reset unlocks password login; a second factor's failed codes are not the
+    # mailbox's to forgive: they run out by time or a right code.
+    if config_value("LOCKOUT_ATTEMPTS") and not _has_second_factor(user):
         changes.update(failed_login_count=0, locked_until=None)
     if not _state().datastore.compare_and_set(
         user, {"password": user.password}, changes
@@ -3731,7 +3730,7 @@ def _tf_code_view(view, form_name, method):
 
     def act(form):
         lockout = config_value("LOCKOUT_ATTEMPTS")
-        if lockout and _is_locked(user):
+        if lockout and not _reserve_attempt(user):
             form.code.errors.append(_text("ACCOUNT_LOCKED"))
             return None
         if not _use_code(user, method, form.code.data):

@@ -5154,6 +5154,79 @@ def test_a_port_listed_in_trusted_hosts_gets_its_links(make_app):
     assert "http://example.com:8081/reset/" in outbox[0].body
 
 
+def _burst(count, request):
+    """Run ``request()`` in ``count`` threads released at once; their results."""
+    start, results = threading.Barrier(count), []
+
+    def run():
+        start.wait()
+        results.append(request())
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def _reasons(app):
+    """The reason of every ``login_failed`` the app sends, as a list kept current."""
+    reasons = []
+    fsl.login_failed.connect(
+        lambda sender, **data: reasons.append(data["reason"]), app, weak=False
+    )
+    return reasons
+
+
+def test_a_burst_of_wrong_passwords_gets_no_more_checks_than_the_limit(make_app):
+    app = _lockout_site(make_app, "postgres")  # 3 attempts
+    reasons = _reasons(app)
+    wrong = {"email": "matt@lp.com", "password": "wrong password"}
+    statuses = _burst(
+        24, lambda: app.test_client().post("/login", json=wrong).status_code
+    )
+    assert statuses == [400] * 24
+    assert reasons.count("invalid_password") <= 3
+    assert reasons.count("locked") >= 21
+    assert json_login(app.test_client()).status_code == 400  # and still locked
+
+
+def test_a_burst_of_wrong_codes_gets_no_more_checks_than_the_limit(make_app):
+    app = _lockout_site(make_app, "postgres", **TWO_FACTOR)  # 3 attempts
+    key = give_key(app)
+    reasons = _reasons(app)
+    pending = app.test_client()
+    assert login(pending).location == "/tf-validate"  # the password: attempt 1
+    cookie = pending.get_cookie("session").value
+    wrong = f"{int(next_code(key)) ^ 1:06d}"
+
+    def guess():
+        client = app.test_client()
+        client.set_cookie("session", cookie)
+        return client.post("/tf-validate", json={"code": wrong}).status_code
+
+    assert _burst(16, guess) == [400] * 16
+    assert reasons.count("invalid_code") <= 2
+    right = pending.post("/tf-validate", json={"code": next_code(key)})
+    assert right.status_code == 400  # locked: the right code waits for the time
+
+
+def test_a_password_reset_gives_no_code_guesses_back(make_app):
+    app = _lockout_site(make_app, **TWO_FACTOR, **RECOVER)  # 3 attempts
+    key = give_key(app)
+    client = app.test_client()
+    login(client)  # attempt 1: the password
+    wrong = f"{int(next_code(key)) ^ 1:06d}"
+    client.post("/tf-validate", data={"code": wrong})  # 2
+    client.post("/tf-validate", data={"code": wrong})  # 3: locked
+    new = {"password": "new password", "password_confirm": "new password"}
+    assert app.test_client().post(_reset_link(app), json=new).status_code == 200
+    assert get_user(app).locked_until is not None
+    page = login(app.test_client(), password="new password").get_data(True)
+    assert "This account is locked" in page  # until the lock runs out
+
+
 #: Values no client should send, for every request header the module reads.
 ODD_HEADER_VALUES = [
     "Basic " + "é" * 5,
