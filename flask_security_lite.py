@@ -1146,6 +1146,15 @@ def normalize_email(address: str) -> str:
     return unicodedata.normalize("NFC", address.lower())
 
 
+def _email_pattern(address):
+    """A LIKE pattern that every stored form of the normalised, non-ASCII
+    ``address`` matches, whatever its case: ASCII letters, digits and ``.@+-`` stay
+    (LIKE folds their case), and each run of anything else is a ``%`` (SQLite's
+    lower() folds ASCII only). It matches more than it should; the caller compares
+    the candidates normalised."""
+    return re.sub(r"[^A-Za-z0-9.@+-]+", "%", address)
+
+
 def _storable(*values):
     """False if one of ``values`` is a string no database can hold (a NUL, or a lone
     surrogate such as JSON's "\\ud800"): it is never stored, and matches nothing
@@ -1216,9 +1225,10 @@ class UserDatastore:
         raise NotImplementedError
 
     def _find_user_unnormalised(self, fields):
-        """Like ``_find_user``, but the stored email may differ from
-        ``fields["email"]`` in case: for rows written before emails were
-        normalised (Flask-SQLAlchemy on 1.7.4 stored them as typed)."""
+        """The users matching ``fields`` whose stored email may be
+        ``fields["email"]`` written otherwise (rows from before emails were
+        normalised: Flask-SQLAlchemy on 1.7.4 stored them as typed); a superset, as
+        :func:`_email_pattern` finds them, that :meth:`find_user` narrows."""
         raise NotImplementedError
 
     def compare_and_set(
@@ -1293,10 +1303,14 @@ class UserDatastore:
             return self._find_user(kwargs)
         if not isinstance(email, str):
             return None
-        found = self._find_user({**kwargs, "email": normalize_email(email)})
-        if found is None:
-            found = self._find_user_unnormalised({**kwargs, "email": email.strip()})
-        return found
+        wanted = normalize_email(email)
+        found = self._find_user({**kwargs, "email": wanted})
+        if found is not None:
+            return found
+        # Compared normalised, not by the database's lower(): SQLite's folds ASCII
+        # only, and "ÄRGER@..." must be found (and taken) when "ärger@..." is typed.
+        candidates = self._find_user_unnormalised({**kwargs, "email": wanted})
+        return next((u for u in candidates if normalize_email(u.email) == wanted), None)
 
     def get_user(self, id_or_email: Any) -> Any:
         """Return the user with this id, or whose identity attribute has this value."""
@@ -1461,12 +1475,13 @@ class SQLAlchemyUserDatastore(_AdapterDatastore):
         return self.db.session.scalars(query.limit(1)).unique().first()
 
     def _find_user_unnormalised(self, fields):
-        email = fields.pop("email")
-        column = self.user_model.email
-        # SQLite's lower() folds ASCII only: the exact form as typed matches too.
-        lowered = self._sa.func.lower(column) == email.lower()
-        either = self._sa.or_(column == email, lowered)
-        return self._find_user(fields, either)
+        email, column = fields.pop("email"), self.user_model.email
+        if email.isascii():  # README's index on lower(email) serves it
+            matching = self._sa.func.lower(column) == email
+        else:
+            matching = column.ilike(_email_pattern(email))
+        query = self._sa.select(self.user_model).filter_by(**fields).where(matching)
+        return self.db.session.scalars(query).all()
 
     def compare_and_set(
         self, user: Any, expected: dict[str, Any], changes: dict[str, Any]
@@ -1562,7 +1577,8 @@ class MongoEngineUserDatastore(_AdapterDatastore):
 
     def _find_user_unnormalised(self, fields):
         fields["email__iexact"] = fields.pop("email")
-        return self._query(self.user_model, **fields)
+        found = self._query(self.user_model, **fields)
+        return [] if found is None else [found]
 
     def compare_and_set(
         self, user: Any, expected: dict[str, Any], changes: dict[str, Any]
@@ -1614,11 +1630,12 @@ class PeeweeUserDatastore(_AdapterDatastore):
         return self.user_model.select().where(*self._equal(fields)).first()
 
     def _find_user_unnormalised(self, fields):
-        email = fields.pop("email")
-        column = self.user_model.email
-        # SQLite's LOWER() folds ASCII only: the exact form as typed matches too.
-        either = (column == email) | (self._peewee.fn.LOWER(column) == email.lower())
-        return self.user_model.select().where(*self._equal(fields), either).first()
+        email, column = fields.pop("email"), self.user_model.email
+        if email.isascii():  # README's index on lower(email) serves it
+            matching = self._peewee.fn.LOWER(column) == email
+        else:
+            matching = column ** _email_pattern(email)  # ILIKE (LIKE on SQLite)
+        return list(self.user_model.select().where(*self._equal(fields), matching))
 
     def compare_and_set(
         self, user: Any, expected: dict[str, Any], changes: dict[str, Any]

@@ -1113,6 +1113,16 @@ def test_rows_written_by_174_in_mixed_case_still_log_in(store, make_app, typed):
     assert json_login(app.test_client(), typed).status_code == 200
 
 
+def test_a_174_row_in_non_ascii_capitals_is_found_and_taken(store, make_app):
+    app = make_app(store, **REGISTER)
+    _add_174_row(app, "ÄRGER@lp.com")
+    assert json_login(app.test_client(), "ärger@lp.com").status_code == 200
+    payload = {"email": "ärger@lp.com", "password": PASSWORD}
+    answer = app.test_client().post("/register", json=payload)
+    assert answer.status_code == 400
+    assert "already belongs" in answer.json["response"]["errors"]["email"][0]
+
+
 def test_email_lookup_is_an_equality_on_the_email_column(app):
     from sqlalchemy import event
 
