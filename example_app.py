@@ -85,6 +85,8 @@ class User(db.Model, UserMixin):
     login_count = db.Column(db.Integer)
     failed_login_count = db.Column(db.Integer)
     locked_until = db.Column(db.DateTime())
+    tf_totp_secret = db.Column(db.String(255))
+    tf_recovery_codes = db.Column(db.Text())
     roles = db.relationship("Role", secondary=roles_users, backref="users")
 
 

@@ -7669,9 +7669,9 @@ class _Visitor:
         import urllib.request
 
         self.base, self.statuses, self.csrf = base, statuses, None
-        jar = http.cookiejar.CookieJar()
+        self.jar = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(jar)
+            urllib.request.HTTPCookieProcessor(self.jar)
         )
 
     def send(self, method, path, body=None, **headers):
@@ -7740,6 +7740,7 @@ def gunicorn_site(postgres_url, tmp_path):
         FLASK_SECURITY_PASSWORD_HASH_OPTIONS='{"pbkdf2_sha512": {"rounds": 1000}}',
         FLASK_SECURITY_LOCKOUT_ATTEMPTS=str(LOAD_LOCKOUT_ATTEMPTS),
         FLASK_SECURITY_LOCKOUT_WITHIN='"15 minutes"',
+        FLASK_SECURITY_TWO_FACTOR="true",
     )
     # No set-up run first: the four workers race to make the tables and demo users.
     port = _free_port()
@@ -7876,6 +7877,35 @@ def test_example_app_under_gunicorn_and_postgresql_keeps_its_promises(gunicorn_s
         .send("POST", "/login", {"email": victim, "password": password})
     )
     assert status == 400 and "locked" in str(body).lower()
+
+    # Wrong codes at once, through every worker, after a right password: the password
+    # and the codes together get exactly the limit of checks.
+    coder, key = emails[-2], "JBSWY3DPEHPK3PXP"
+    _query(
+        database,
+        f"UPDATE \"user\" SET tf_totp_secret = '{key}' WHERE email = '{coder}' "
+        "RETURNING id",
+    )
+    pending = visitor().take_csrf("/login")
+    status, body = pending.send(
+        "POST", "/login", {"email": coder, "password": password}
+    )
+    assert status == 200 and body["response"]["tf_required"], body
+    cookie = "; ".join(f"{c.name}={c.value}" for c in pending.jar)
+    csrf = body["response"]["csrf_token"]
+    wrong_code = f"{int(fsl.totp_code(key)) ^ 1:06d}"
+
+    def guess():
+        headers = {"Cookie": cookie, "X-CSRFToken": csrf}
+        return visitor().send("POST", "/tf-validate", {"code": wrong_code}, **headers)[
+            0
+        ]
+
+    assert _at_once([guess] * 32) == [400] * 32
+    (count,) = _query(
+        database, f"SELECT failed_login_count FROM \"user\" WHERE email = '{coder}'"
+    )[0]
+    assert count == LOAD_LOCKOUT_ATTEMPTS
 
     # Each reset link posted twice at once: one of the two resets the password.
     resetters = emails[LOAD_USERS // 2 : LOAD_USERS // 2 + 6]
