@@ -2958,6 +2958,11 @@ def send_mail(subject: str, recipient: str, template: str, **context: Any) -> No
     mail.send(message)
 
 
+def _mail_user(user, subject_key, template, **context):
+    """Send ``user`` the email ``template`` with the subject of ``subject_key``."""
+    send_mail(config_value(subject_key), user.email, template, user=user, **context)
+
+
 def _mail_url_for(endpoint, **values):
     """``url_for`` as emails (and their templates) see it: an external URL is built
     on the declared host (``SECURITY_LINK_BASE_URL``, ``SERVER_NAME``, a trusted
@@ -3095,13 +3100,8 @@ def register_user(**kwargs: Any) -> Any:
         _flash_message("CONFIRM_REGISTRATION", email=user.email)
     _send_signal(user_registered, user=user, confirm_token=token)
     if config_value("SEND_REGISTER_EMAIL"):
-        send_mail(
-            config_value("EMAIL_SUBJECT_REGISTER"),
-            user.email,
-            "welcome",
-            user=user,
-            confirmation_link=confirmation_link,
-        )
+        link = confirmation_link
+        _mail_user(user, "EMAIL_SUBJECT_REGISTER", "welcome", confirmation_link=link)
     return user
 
 
@@ -3151,13 +3151,8 @@ def send_confirmation_instructions(user: Any) -> str:
     """Email ``user`` a confirmation link; return its token. The signal carries
     the user alone."""
     link, token = generate_confirmation_link(user)
-    send_mail(
-        config_value("EMAIL_SUBJECT_CONFIRM"),
-        user.email,
-        "confirmation_instructions",
-        user=user,
-        confirmation_link=link,
-    )
+    template = "confirmation_instructions"
+    _mail_user(user, "EMAIL_SUBJECT_CONFIRM", template, confirmation_link=link)
     _send_signal(confirm_instructions_sent, user=user)
     return token
 
@@ -3222,12 +3217,8 @@ def send_reset_password_instructions(user: Any) -> None:
     """Email ``user`` a password reset link."""
     token = generate_reset_password_token(user)
     link = _link_url("reset_password", token=token)
-    send_mail(
-        config_value("EMAIL_SUBJECT_PASSWORD_RESET"),
-        user.email,
-        "reset_instructions",
-        user=user,
-        reset_link=link,
+    _mail_user(
+        user, "EMAIL_SUBJECT_PASSWORD_RESET", "reset_instructions", reset_link=link
     )
     _send_signal(reset_password_instructions_sent, user=user, token=token)
 
@@ -3235,8 +3226,7 @@ def send_reset_password_instructions(user: Any) -> None:
 def send_password_reset_notice(user: Any) -> None:
     """Tell ``user`` their password was reset, if that email is on."""
     if config_value("SEND_PASSWORD_RESET_NOTICE_EMAIL"):
-        subject = config_value("EMAIL_SUBJECT_PASSWORD_NOTICE")
-        send_mail(subject, user.email, "reset_notice", user=user)
+        _mail_user(user, "EMAIL_SUBJECT_PASSWORD_NOTICE", "reset_notice")
 
 
 def update_password(user: Any, password: str) -> bool:
@@ -3304,8 +3294,7 @@ def reset_password(token: str) -> ResponseReturnValue:
 def send_password_changed_notice(user: Any) -> None:
     """Tell ``user`` their password changed, if that email is on."""
     if config_value("SEND_PASSWORD_CHANGE_EMAIL"):
-        subject = config_value("EMAIL_SUBJECT_PASSWORD_CHANGE_NOTICE")
-        send_mail(subject, user.email, "change_notice", user=user)
+        _mail_user(user, "EMAIL_SUBJECT_PASSWORD_CHANGE_NOTICE", "change_notice")
 
 
 def change_user_password(user: Any, password: str) -> None:
@@ -3349,12 +3338,8 @@ def send_login_instructions(user: Any) -> None:
     """Email ``user`` a passwordless login link."""
     token = generate_login_token(user)
     link = _link_url("token_login", token=token)
-    send_mail(
-        config_value("EMAIL_SUBJECT_PASSWORDLESS"),
-        user.email,
-        "login_instructions",
-        user=user,
-        login_link=link,
+    _mail_user(
+        user, "EMAIL_SUBJECT_PASSWORDLESS", "login_instructions", login_link=link
     )
     _send_signal(login_instructions_sent, user=user, login_token=token)
 
@@ -3667,8 +3652,8 @@ def send_two_factor_notice(user: Any, event: str) -> None:
     :param event: ``enabled``, ``disabled`` or ``recovery_code_used``.
     """
     if config_value("SEND_TWO_FACTOR_NOTICE_EMAIL"):
-        subject = config_value("EMAIL_SUBJECT_TWO_FACTOR_NOTICE")
-        send_mail(subject, user.email, "two_factor_notice", user=user, event=event)
+        subject = "EMAIL_SUBJECT_TWO_FACTOR_NOTICE"
+        _mail_user(user, subject, "two_factor_notice", event=event)
 
 
 def _enrol(user, stored_secret):
