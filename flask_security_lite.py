@@ -1147,12 +1147,20 @@ def normalize_email(address: str) -> str:
 
 
 def _email_pattern(address):
-    """A LIKE pattern that every stored form of the normalised, non-ASCII
-    ``address`` matches, whatever its case: ASCII letters, digits and ``.@+-`` stay
-    (LIKE folds their case), and each run of anything else is a ``%`` (SQLite's
-    lower() folds ASCII only). It matches more than it should; the caller compares
-    the candidates normalised."""
-    return re.sub(r"[^A-Za-z0-9.@+-]+", "%", address)
+    """A LIKE pattern every stored form of the normalised, non-ASCII ``address``
+    matches whatever its case, for SQLite, whose lower() folds ASCII only: ASCII
+    letters, digits and ``.@+-`` stay (LIKE folds their case), each run of anything
+    else is a ``%``. None unless the domain is ASCII: a pattern such as ``%@%``
+    would read the whole table. It matches more than it should; the caller
+    compares the candidates normalised."""
+    local, _, domain = address.rpartition("@")
+    if not local or not domain.isascii() or set(domain) & set("%_\\"):
+        return None
+    return re.sub(r"[^A-Za-z0-9.+-]+", "%", local) + "@" + domain
+
+
+#: At most this many rows are compared by :func:`_email_pattern`'s lookup.
+_MAX_UNNORMALISED_CANDIDATES = 20
 
 
 def _storable(*values):
@@ -1476,11 +1484,15 @@ class SQLAlchemyUserDatastore(_AdapterDatastore):
 
     def _find_user_unnormalised(self, fields):
         email, column = fields.pop("email"), self.user_model.email
-        if email.isascii():  # README's index on lower(email) serves it
+        sqlite = self.db.session.get_bind(self.user_model).dialect.name == "sqlite"
+        if email.isascii() or not sqlite:  # README's index on lower(email) serves
             matching = self._sa.func.lower(column) == email
+        elif (pattern := _email_pattern(email)) is not None:
+            matching = column.ilike(pattern)
         else:
-            matching = column.ilike(_email_pattern(email))
+            return []
         query = self._sa.select(self.user_model).filter_by(**fields).where(matching)
+        query = query.limit(_MAX_UNNORMALISED_CANDIDATES)
         return self.db.session.scalars(query).all()
 
     def compare_and_set(
@@ -1631,11 +1643,15 @@ class PeeweeUserDatastore(_AdapterDatastore):
 
     def _find_user_unnormalised(self, fields):
         email, column = fields.pop("email"), self.user_model.email
-        if email.isascii():  # README's index on lower(email) serves it
+        sqlite = isinstance(self.db, self._peewee.SqliteDatabase)
+        if email.isascii() or not sqlite:  # README's index on lower(email) serves
             matching = self._peewee.fn.LOWER(column) == email
+        elif (pattern := _email_pattern(email)) is not None:
+            matching = column**pattern  # LIKE, which folds ASCII case on SQLite
         else:
-            matching = column ** _email_pattern(email)  # ILIKE (LIKE on SQLite)
-        return list(self.user_model.select().where(*self._equal(fields), matching))
+            return []
+        query = self.user_model.select().where(*self._equal(fields), matching)
+        return list(query.limit(_MAX_UNNORMALISED_CANDIDATES))
 
     def compare_and_set(
         self, user: Any, expected: dict[str, Any], changes: dict[str, Any]
@@ -2063,6 +2079,21 @@ def _reserve_attempt(user):
     return False
 
 
+def _release_attempt(user):
+    """Give back an attempt :func:`_reserve_attempt` counted, once its password
+    proved right; the lock it may have started ends if fewer attempts remain than
+    the limit. A compare-and-set on the count, retried like the reservation."""
+    limit = config_value("LOCKOUT_ATTEMPTS")
+    for _ in range(_COUNT_RETRIES):
+        count = max((user.failed_login_count or 0) - 1, 0)
+        changes = {"failed_login_count": count}
+        if count < limit:
+            changes["locked_until"] = None
+        seen = {"failed_login_count": user.failed_login_count}
+        if _state().datastore.compare_and_set(user, seen, changes):
+            return
+
+
 def _clear_wrong_passwords(user):
     """Forget the wrong passwords of ``user``: after a login (when lockout is on),
     or by ``flask users unlock``."""
@@ -2106,9 +2137,13 @@ def _verify_login(identifier, password, user=None):
     elif not verify_and_update_password(password, user):
         reason = "invalid_password"
     else:
-        # The password was right. With a code due, the count runs on until the
-        # code is right too.
-        if lockout and not _needs_second_factor(user):
+        # The password was right. A user with a second factor gets the attempt
+        # back but keeps the count: only a right code clears it, so knowing the
+        # password buys no more code guesses (and Basic or a password asked again
+        # cannot lock its owner out).
+        if lockout and _needs_second_factor(user):
+            _release_attempt(user)
+        elif lockout:
             _clear_wrong_passwords(user)
         if requires_confirmation(user):
             reason = "unconfirmed"

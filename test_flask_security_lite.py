@@ -1123,6 +1123,28 @@ def test_a_174_row_in_non_ascii_capitals_is_found_and_taken(store, make_app):
     assert "already belongs" in answer.json["response"]["errors"]["email"][0]
 
 
+@pytest.mark.parametrize("typed", ["é", "é@é", "ü%@x.com", "%é@%"])
+def test_a_non_ascii_address_never_reads_the_whole_table(app, typed):
+    from sqlalchemy import event
+
+    for number in range(5):
+        add_user(app, f"user{number}@x.com")
+    statements = []
+    with app.app_context():
+        engine = app.datastore.db.engine
+        record = lambda *args: statements.append(args[2])  # noqa: E731
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            assert app.datastore.find_user(email=typed) is None
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+    patterns = [s for s in statements if " LIKE " in s.upper()]
+    assert all("LIMIT" in s.upper() for s in patterns)
+    domain = typed.rpartition("@")[2]
+    if "@" not in typed or not domain.isascii() or "%" in domain:
+        assert patterns == []
+
+
 def test_email_lookup_is_an_equality_on_the_email_column(app):
     from sqlalchemy import event
 
@@ -5207,7 +5229,7 @@ def test_a_burst_of_wrong_codes_gets_no_more_checks_than_the_limit(make_app):
     key = give_key(app)
     reasons = _reasons(app)
     pending = app.test_client()
-    assert login(pending).location == "/tf-validate"  # the password: attempt 1
+    assert login(pending).location == "/tf-validate"  # a right password: no attempt
     cookie = pending.get_cookie("session").value
     wrong = f"{int(next_code(key)) ^ 1:06d}"
 
@@ -5217,19 +5239,50 @@ def test_a_burst_of_wrong_codes_gets_no_more_checks_than_the_limit(make_app):
         return client.post("/tf-validate", json={"code": wrong}).status_code
 
     assert _burst(16, guess) == [400] * 16
-    assert reasons.count("invalid_code") <= 2
+    assert reasons.count("invalid_code") <= 3
     right = pending.post("/tf-validate", json={"code": next_code(key)})
     assert right.status_code == 400  # locked: the right code waits for the time
+
+
+@pytest.mark.parametrize("allow_basic", [True, False])
+def test_right_passwords_never_lock_out_a_user_with_a_second_factor(
+    make_app, allow_basic
+):
+    app = _lockout_site(
+        make_app, SECURITY_TWO_FACTOR_ALLOW_BASIC=allow_basic, **TWO_FACTOR
+    )
+    give_key(app)
+    for _ in range(6):
+        app.test_client().get("/basic", headers=_basic())
+    client = app.test_client()
+    login(client)
+    for _ in range(6):
+        client.post("/tf-setup", data={"password": PASSWORD})
+    assert get_user(app).locked_until is None
+    assert login(app.test_client()).location == "/tf-validate"
+
+
+def test_a_right_password_gives_no_code_guesses_back(make_app):
+    app = _lockout_site(make_app, **TWO_FACTOR)  # 3 attempts
+    key = give_key(app)
+    client = app.test_client()
+    wrong = f"{int(next_code(key)) ^ 1:06d}"
+    login(client)
+    client.post("/tf-validate", data={"code": wrong})
+    client.post("/tf-validate", data={"code": wrong})
+    login(client)  # the password again: the two wrong codes still count
+    client.post("/tf-validate", data={"code": wrong})
+    assert get_user(app).locked_until is not None
 
 
 def test_a_password_reset_gives_no_code_guesses_back(make_app):
     app = _lockout_site(make_app, **TWO_FACTOR, **RECOVER)  # 3 attempts
     key = give_key(app)
     client = app.test_client()
-    login(client)  # attempt 1: the password
+    login(client)  # a right password: no attempt used
     wrong = f"{int(next_code(key)) ^ 1:06d}"
-    client.post("/tf-validate", data={"code": wrong})  # 2
-    client.post("/tf-validate", data={"code": wrong})  # 3: locked
+    for _ in range(3):  # the third wrong code locks
+        client.post("/tf-validate", data={"code": wrong})
     new = {"password": "new password", "password_confirm": "new password"}
     assert app.test_client().post(_reset_link(app), json=new).status_code == 200
     assert get_user(app).locked_until is not None
@@ -7878,8 +7931,8 @@ def test_example_app_under_gunicorn_and_postgresql_keeps_its_promises(gunicorn_s
     )
     assert status == 400 and "locked" in str(body).lower()
 
-    # Wrong codes at once, through every worker, after a right password: the password
-    # and the codes together get exactly the limit of checks.
+    # Wrong codes at once, through every worker, after a right password: the codes
+    # get exactly the limit of checks.
     coder, key = emails[-2], "JBSWY3DPEHPK3PXP"
     _query(
         database,
