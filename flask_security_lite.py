@@ -2059,7 +2059,8 @@ def _reserve_attempt(user):
     so that of any number of requests at once, on any worker, at most
     ``SECURITY_LOCKOUT_ATTEMPTS`` are checked before the lock: the attempt that
     reaches the limit starts it. A lapsed lock starts the count again; a right
-    password (with no code due) or a right code clears it.
+    password clears it (or, for a user with a second factor, gives the attempt
+    back), and so does a right code.
     """
     limit = config_value("LOCKOUT_ATTEMPTS")
     for _ in range(_COUNT_RETRIES):
