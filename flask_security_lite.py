@@ -432,8 +432,9 @@ _default_config = {
     #: ``TRUSTED_HOSTS`` lists it; with none of the three, links are mailed only
     #: for requests to localhost, never to a host a request merely claims.
     "LINK_BASE_URL": None,
-    #: Consecutive wrong passwords that lock an account (``None``: no lockout). The
-    #: user model then needs ``failed_login_count`` and ``locked_until`` fields.
+    #: Consecutive wrong passwords or two-factor codes that lock an account, each
+    #: counted before it is checked (``None``: no lockout). The user model then
+    #: needs ``failed_login_count`` and ``locked_until`` fields.
     "LOCKOUT_ATTEMPTS": None,
     #: How long a locked account stays locked ("<amount> <unit>").
     "LOCKOUT_WITHIN": "15 minutes",
