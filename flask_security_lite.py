@@ -129,7 +129,7 @@ from flask.cli import AppGroup
 from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
-from flask_wtf.csrf import generate_csrf
+from flask_wtf.csrf import generate_csrf, validate_csrf
 from itsdangerous import (
     BadSignature,
     SignatureExpired,
@@ -205,6 +205,8 @@ __all__ = (
     "TwoFactorCodeForm",
     "TwoFactorRescueForm",
     "TwoFactorPasswordForm",
+    "TwoFactorDisableForm",
+    "SessionsForm",
     # signals
     "user_registered",
     "user_confirmed",
@@ -289,8 +291,13 @@ _default_config = {
     "TOKEN_AUTHENTICATION_KEY": "auth_token",
     #: HTTP header carrying an auth token.
     "TOKEN_AUTHENTICATION_HEADER": "Authentication-Token",
-    #: Seconds an auth token stays valid; ``None``: until the password changes.
+    #: Seconds an auth token stays valid; ``None``: until the password changes or
+    #: the user logs out.
     "TOKEN_MAX_AGE": None,
+    #: Accept the auth token in the query string (``?auth_token=...``), as 1.7.4
+    #: did. URLs end up in server logs and browser history: turn it off in
+    #: production, and send the header instead.
+    "TOKEN_IN_QUERY_STRING": True,
     #: Realm announced by ``http_auth_required`` without an argument.
     "DEFAULT_HTTP_AUTH_REALM": "Login Required",
     #: Attributes of the user model a login identifier is matched against.
@@ -413,8 +420,8 @@ _default_config = {
     "CONFIRM_EMAIL_WITHIN": "5 days",
     #: Lifetime of a password-reset link.
     "RESET_PASSWORD_WITHIN": "5 days",
-    #: Lifetime of a passwordless login link.
-    "LOGIN_WITHIN": "1 days",
+    #: Lifetime of a passwordless login link (1.7.4: a day).
+    "LOGIN_WITHIN": "10 minutes",
     #: Let unconfirmed users log in when ``CONFIRMABLE`` is on.
     "LOGIN_WITHOUT_CONFIRMATION": False,
     #: itsdangerous salt of confirmation tokens.
@@ -427,6 +434,21 @@ _default_config = {
     "REMEMBER_SALT": "remember-salt",
     #: Remember-me value when a login does not say.
     "DEFAULT_REMEMBER_ME": False,
+    #: A session ends after this long without a request ("<amount> <unit>"); a
+    #: remember cookie then starts a new one.
+    "SESSION_IDLE_WITHIN": "60 minutes",
+    #: A session ends this long after it started, however busy; a remember cookie
+    #: then starts a new one.
+    "SESSION_ABSOLUTE_WITHIN": "24 hours",
+    #: A remember cookie logs its user back in for this long after the login that
+    #: set it; checked on the server, and the cookie's own expiry
+    #: (``REMEMBER_COOKIE_DURATION``) follows it unless the app sets that.
+    "REMEMBER_WITHIN": "30 days",
+    #: URL of the page showing this session and ending the user's sessions; it
+    #: exists when the user model has a ``security_stamp`` field.
+    "SESSIONS_URL": "/sessions",
+    #: Template of the sessions page.
+    "SESSIONS_TEMPLATE": "security/sessions.html",
     #: Scheme and host (no path) of the links in emails: ``"https://www.example.com"``.
     #: ``None``: Flask's ``SERVER_NAME``, else the request's host when
     #: ``TRUSTED_HOSTS`` lists it; with none of the three, links are mailed only
@@ -555,6 +577,10 @@ _default_messages = {
         "You logged in with a recovery code; %(count)s are left.",
         "info",
     ),
+    #: The user ended every other session of theirs.
+    "OTHER_SESSIONS_ENDED": ("You are logged out on every other device.", "success"),
+    #: The user ended every session of theirs, this one too.
+    "ALL_SESSIONS_ENDED": ("You are logged out on every device.", "success"),
     #: A view needs a logged-in user.
     "LOGIN": ("Please log in to see this page.", "info"),
     #: A view needs a fresh login.
@@ -695,6 +721,11 @@ def get_identity_attributes(app: Flask | None = None) -> list[str]:
 def _now():
     """The current UTC time, naive, as the user model's datetime fields hold it."""
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _timestamp():
+    """The time of :func:`_now` in whole seconds since 1970: the clock of sessions."""
+    return int((_now() - datetime(1970, 1, 1)).total_seconds())
 
 
 def _require(module, package, extra=None):
@@ -993,6 +1024,34 @@ def _dead_passlib():
     )
 
 
+# -- the security stamp -------------------------------------------------------
+# A user model may have a ``security_stamp`` field: two random values, ``a:b``.
+# Sessions, remember cookies, auth tokens and the "code due" marker of a login are
+# bound to ``a``, passwordless login links to both: a new ``a`` ends the user's
+# sessions and tokens on every device (logout), a new ``b`` voids the login links
+# sent before (a link is used, or a newer one sent). Without the field, none of
+# them can be ended before it expires or the password changes, as in 1.7.4.
+
+
+#: Random bytes of each value of a security stamp.
+_STAMP_BYTES = 12
+
+
+def _stamp_of(user):
+    """The user's security stamp ("" when unset or not a field of the model)."""
+    return getattr(user, "security_stamp", None) or ""
+
+
+def _stamp_with_new_sessions(stamp):
+    """``stamp`` with a new first value: what was bound to the old one ends."""
+    return f"{secrets.token_urlsafe(_STAMP_BYTES)}:{stamp.partition(':')[2]}"
+
+
+def _stamp_with_new_links(stamp):
+    """``stamp`` with a new second value: the login links sent before are void."""
+    return f"{stamp.partition(':')[0]}:{secrets.token_urlsafe(_STAMP_BYTES)}"
+
+
 # -- signed tokens ------------------------------------------------------------
 
 
@@ -1015,12 +1074,18 @@ def _binding(kind, user):
     that state moves on, older tokens of the kind stop working. A confirmation
     link is bound to the address and its confirmation; every other token to the
     password and the two-factor key (setting one up or turning it off ends the
-    user's other sessions and tokens, as a new password does)."""
+    user's other sessions and tokens, as a new password does), and all but reset
+    links to the security stamp too."""
     if kind == "confirm":
         bound = f"email:{user.email}:{user.confirmed_at is None}"
     else:
         key = (getattr(user, "tf_totp_secret", None) or "").partition(":")[0]
         bound = "password:" + (user.password or "") + (f"|tf:{key}" if key else "")
+        stamp = _stamp_of(user)
+        if kind == "login" and stamp:
+            bound += f"|stamp:{stamp}"
+        elif kind != "reset" and stamp.partition(":")[0]:
+            bound += f"|sessions:{stamp.partition(':')[0]}"
     secret = current_app.secret_key
     if not secret:
         raise RuntimeError("flask-security-lite needs app.config['SECRET_KEY']")
@@ -1089,9 +1154,11 @@ class UserMixin(flask_login.UserMixin):
         return bool(self.active)
 
     def get_session_identity(self) -> str:
-        """What the session and remember cookie hold: the id bound to the password,
-        so a new password ends every other session and remember cookie."""
-        return f"{self.id}|{_binding('auth', self)}"
+        """What the session and remember cookie hold: the id, bound to the password
+        and the security stamp (a new password, or a logout, ends every other
+        session and remember cookie), and the time of the login, which a remember
+        cookie must be younger than ``SECURITY_REMEMBER_WITHIN``."""
+        return f"{self.id}|{_binding('auth', self)}|{_timestamp()}"
 
     def get_auth_token(self) -> str:
         """Return a signed token for the auth-token header or query argument."""
@@ -1416,8 +1483,14 @@ class UserDatastore:
 
     def toggle_active(self, user: Any) -> bool:
         """Flip ``user.active``. Always returns True. As in 1.7.4 only the user
-        object changes; the ORM adapters also save it."""
+        object changes; the ORM adapters also save it.
+
+        With a ``security_stamp`` it is renewed too, so that the sessions and
+        tokens of a deactivated user do not come back with the account.
+        """
         user.active = not user.active
+        if hasattr(user, "security_stamp"):
+            user.security_stamp = _stamp_with_new_sessions(_stamp_of(user))
         return True
 
     def deactivate_user(self, user: Any) -> bool:
@@ -1931,8 +2004,9 @@ _FORM_VIEWS = {
     "tf_setup": ("TWO_FACTOR_SETUP_TEMPLATE", "tf_password_form"),
     "tf_validate": ("TWO_FACTOR_VALIDATE_TEMPLATE", "tf_code_form"),
     "tf_rescue": ("TWO_FACTOR_RESCUE_TEMPLATE", "tf_rescue_form"),
-    "tf_disable": ("TWO_FACTOR_DISABLE_TEMPLATE", "tf_password_form"),
+    "tf_disable": ("TWO_FACTOR_DISABLE_TEMPLATE", "tf_disable_form"),
     "tf_recovery_codes": ("TWO_FACTOR_RECOVERY_CODES_TEMPLATE", "tf_password_form"),
+    "sessions": ("SESSIONS_TEMPLATE", "sessions_form"),
 }
 
 
@@ -2205,17 +2279,80 @@ def _set_request_user(user, method):
     _announce_identity(user)
 
 
-def _load_user_from_session(identity):
-    """Flask-Login's user loader: the id must still match the current password."""
-    user_id, _, binding = identity.rpartition("|")
-    if not user_id:
-        return None
+#: Session keys of a session's clock, in seconds of :func:`_timestamp`: when it
+#: started (a login, or a remember cookie starting it again), and its last request.
+_SESSION_STARTED_KEY = "_security_started"
+_SESSION_SEEN_KEY = "_security_seen"
+
+#: Seconds between writes of a session's last request: most answers then carry no
+#: new session cookie, and the idle limit holds to within this much.
+_SESSION_SEEN_STEP = 60
+
+
+def _user_of_identity(identity):
+    """The user a session identity names, and the time of its login, while it
+    holds: the user is active (and confirmed, if that is required), and their
+    password and security stamp are still those it was bound to; else
+    ``(None, 0)``."""
+    parts = identity.rsplit("|", 2) if isinstance(identity, str) else []
+    if len(parts) != 3 or not (parts[2].isascii() and parts[2].isdigit()):
+        return None, 0
+    user_id, binding, issued = parts
     user = _state().datastore.get_user_by_id(user_id)
     if user is None or not user.is_active or requires_confirmation(user):
-        return None
+        return None, 0
     if not hmac.compare_digest(binding, _binding("auth", user)):
-        return None
-    return user
+        return None, 0
+    return user, int(issued)
+
+
+def _lifetime(key):
+    """Setting ``key`` ("<amount> <unit>") in seconds."""
+    return get_within_delta(key).total_seconds()
+
+
+def _start_session_clock():
+    """Start the clock of this session: its lifetimes count from now."""
+    session[_SESSION_STARTED_KEY] = session[_SESSION_SEEN_KEY] = _timestamp()
+
+
+def _session_lapsed(now):
+    """True once this session has been idle, or open, longer than its settings
+    allow."""
+    idle = now - session.get(_SESSION_SEEN_KEY, 0)
+    age = now - session[_SESSION_STARTED_KEY]
+    return idle > _lifetime("SESSION_IDLE_WITHIN") or age > _lifetime(
+        "SESSION_ABSOLUTE_WITHIN"
+    )
+
+
+def _forget_session_user():
+    """Drop the user and the clock of this session (the rest of it stays)."""
+    for key in ("_user_id", "_fresh", _SESSION_STARTED_KEY, _SESSION_SEEN_KEY):
+        session.pop(key, None)
+
+
+def _load_user_from_session(identity):
+    """Flask-Login's user loader, for the session and the remember cookie alike:
+    the identity must still hold (:func:`_user_of_identity`) and the session be
+    within its lifetimes, all checked here, whatever the cookies' own expiry.
+
+    A session refused forgets its user, so that a remember cookie, when the client
+    has one, starts a new session: Flask-Login tries it next, writing its identity
+    into the session, without a clock, before calling this loader again.
+    """
+    user, issued = _user_of_identity(identity)
+    now = _timestamp()
+    if _SESSION_STARTED_KEY not in session:  # restored by the remember cookie
+        if user is not None and now - issued <= _lifetime("REMEMBER_WITHIN"):
+            _start_session_clock()
+            return user
+    elif user is not None and not _session_lapsed(now):
+        if now - session.get(_SESSION_SEEN_KEY, 0) >= _SESSION_SEEN_STEP:
+            session[_SESSION_SEEN_KEY] = now
+        return user
+    _forget_session_user()
+    return None
 
 
 def _authenticate_by_token():
@@ -2223,7 +2360,7 @@ def _authenticate_by_token():
     body): one HMAC and one lookup."""
     token = request.headers.get(config_value("TOKEN_AUTHENTICATION_HEADER"))
     key = config_value("TOKEN_AUTHENTICATION_KEY")
-    if not token:
+    if not token and config_value("TOKEN_IN_QUERY_STRING"):
         token = request.args.get(key)
     if not token and request.is_json:
         body = _json_body()
@@ -2862,6 +2999,7 @@ def login_user(user: Any, remember: bool | None = None) -> bool:
         return False
     _new_session()
     flask_login.login_user(user, remember=remember)
+    _start_session_clock()
     g.flask_security_auth_method = "session"
     _announce_identity(user)
     if config_value("TRACKABLE"):
@@ -2878,17 +3016,69 @@ def _new_session():
 
 
 def logout_user() -> None:
-    """Log the current user out and forget the remember-me cookie."""
+    """Log the current user out: this session and remember cookie end and, when the
+    user model has a ``security_stamp``, every other session, remember cookie and
+    auth token of the user too, on every device: a copy of any of them would
+    otherwise still work."""
+    user = current_user._get_current_object()
+    if user.is_authenticated:
+        _end_sessions(user)
     _new_session()
     flask_login.logout_user()
     _announce_identity(None)
 
 
+def _renew_stamp(user, renewed):
+    """Write ``renewed(stamp)`` as ``user``'s security stamp: a compare-and-set,
+    retried while other requests write it first (so that a login link sent at the
+    same moment is not undone). False if the user model has no such field."""
+    if not hasattr(user, "security_stamp"):
+        return False
+    for _ in range(_COUNT_RETRIES):
+        seen = {"security_stamp": user.security_stamp}
+        changes = {"security_stamp": renewed(_stamp_of(user))}
+        if _state().datastore.compare_and_set(user, seen, changes):
+            return True
+    return False
+
+
+def _end_sessions(user):
+    """End every session, remember cookie, auth token and login link of ``user``,
+    on every device; False if the user model has no ``security_stamp``."""
+    return _renew_stamp(user, _stamp_with_new_sessions)
+
+
 def _rebind_session(user):
-    """Keep this session after the user's password changed (others stop working)."""
+    """Keep this session after the user's password or stamp changed (others stop
+    working)."""
     remember = current_app.config.get("REMEMBER_COOKIE_NAME", flask_login.COOKIE_NAME)
     if _auth_method() == "session":
         flask_login.login_user(user, remember=remember in request.cookies)
+
+
+def _end_other_sessions(user):
+    """End every session and token of ``user`` but this session."""
+    _end_sessions(user)
+    _rebind_session(user)
+
+
+def _csrf_refusal():
+    """The refusal of a POST that carries no valid CSRF token (in the form or a
+    header), for views that take no form; None when it has one, or CSRF is off."""
+    config = current_app.config
+    if not config.get("WTF_CSRF_ENABLED", True):
+        return None
+    field = config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+    headers = config.get("WTF_CSRF_HEADERS", _CSRF_HEADERS)
+    body = _json_body() if request.is_json else request.form
+    token = body.get(field) if isinstance(body, dict) else None
+    if not isinstance(token, str) or not token:
+        token = next(filter(None, map(request.headers.get, headers)), None)
+    try:
+        validate_csrf(token, token_key=field)
+    except ValidationError as error:
+        return _Refused(400, errors={field: [str(error)]})
+    return None
 
 
 @anonymous_user_required
@@ -2906,12 +3096,85 @@ def login() -> ResponseReturnValue:
 
 
 def logout() -> ResponseReturnValue:
-    """Log out (GET or POST) and go to a safe ``next`` or ``POST_LOGOUT_VIEW``. A
-    login half done (the password given, the code due) ends too."""
+    """Log out (see :func:`logout_user`) and go to a safe ``next`` or
+    ``POST_LOGOUT_VIEW``. A login half done (the password given, the code due)
+    ends too. A request with an auth token logs its user out; a POST by a session
+    needs the session's CSRF token, as a form does (GET needs none, as in 1.7.4:
+    ``SECURITY_LOGOUT_METHODS`` can leave it out)."""
+    by_token = _authenticate_by_token()
+    if request.method == "POST" and not by_token and current_user.is_authenticated:
+        refusal = _csrf_refusal()
+        if refusal is not None:
+            raise refusal
     logout_user()
     if _wants_json():
         return _json_answer(200, {})
     return redirect(_next_or_view(None, "POST_LOGOUT_VIEW"))
+
+
+# -- the sessions page --------------------------------------------------------
+
+
+#: What the sessions page can end: ``others`` keeps this session, ``all`` ends it.
+_SESSION_ENDINGS = ("others", "all")
+
+
+class SessionsForm(Form):
+    """End the user's sessions: ``end`` is ``others`` (every other device) or
+    ``all`` (this one too)."""
+
+    end = HiddenField()
+
+    def validate_end(self, field: Field) -> None:
+        """Refuse anything but the two choices."""
+        if field.data not in _SESSION_ENDINGS:
+            raise ValidationError('Expected "others" or "all".')
+
+
+def _this_session():
+    """What the sessions page says of this session: when it started, when it ends
+    (idle or not), and whether a remember cookie will start another then."""
+    started = session[_SESSION_STARTED_KEY]
+    idle_end = session[_SESSION_SEEN_KEY] + _lifetime("SESSION_IDLE_WITHIN")
+    last_end = started + _lifetime("SESSION_ABSOLUTE_WITHIN")
+    cookie = current_app.config.get("REMEMBER_COOKIE_NAME", flask_login.COOKIE_NAME)
+
+    def utc(seconds):
+        return datetime.fromtimestamp(seconds, timezone.utc).isoformat()
+
+    return {
+        "started_at": utc(started),
+        "ends_at": utc(min(idle_end, last_end)),
+        "idle_within": config_value("SESSION_IDLE_WITHIN"),
+        "remembered": cookie in request.cookies,
+    }
+
+
+@auth_required("session")
+@flask_login.fresh_login_required
+def sessions() -> ResponseReturnValue:
+    """Show this session, and end the user's other sessions or all of them: a
+    login in this session (not one a remember cookie restored) and the CSRF token
+    are needed. Other devices are not listed: their sessions are signed cookies
+    the server keeps no list of, and they end together."""
+
+    def act(form):
+        user = current_user._get_current_object()
+        if form.end.data == "all":
+            logout_user()
+            next_url = _redirect_target(None, "POST_LOGOUT_VIEW")
+            return _Done(message=get_message("ALL_SESSIONS_ENDED"), next_url=next_url)
+        _end_other_sessions(user)
+        message = get_message("OTHER_SESSIONS_ENDED")
+        return _Done(message=message, next_url=url_for_security("sessions"))
+
+    if request.method == "GET" and _wants_json():
+        response = {"session": _this_session()}
+        if current_app.config.get("WTF_CSRF_ENABLED", True):
+            field = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+            response["csrf_token"] = generate_csrf(token_key=field)
+        return _json_answer(200, response)
+    return _form_view("sessions", "sessions_form", act, this_session=_this_session())
 
 
 # =============================================================================
@@ -3367,12 +3630,16 @@ def change_password() -> ResponseReturnValue:
 
 
 def generate_login_token(user: Any) -> str:
-    """Return a passwordless login token."""
+    """Return a passwordless login token: valid for ``SECURITY_LOGIN_WITHIN``, and,
+    when the user model has a ``security_stamp``, once, and until a newer link is
+    sent."""
     return _make_token("login", user)
 
 
 def send_login_instructions(user: Any) -> None:
-    """Email ``user`` a passwordless login link."""
+    """Email ``user`` a passwordless login link; the links sent before stop
+    working."""
+    _renew_stamp(user, _stamp_with_new_links)
     token = generate_login_token(user)
     link = _link_url("token_login", token=token)
     _mail_user(
@@ -3392,12 +3659,26 @@ def send_login() -> ResponseReturnValue:
     )
 
 
+def _use_login_link(user):
+    """Use up the login link just checked for ``user`` (see
+    :func:`generate_login_token`): a compare-and-set on the security stamp it was
+    bound to, so that of two requests with one link, one logs in. True without the
+    field: the link then works until it expires."""
+    if not hasattr(user, "security_stamp"):
+        return True
+    stamp = user.security_stamp
+    used = {"security_stamp": _stamp_with_new_links(_stamp_of(user))}
+    return _state().datastore.compare_and_set(user, {"security_stamp": stamp}, used)
+
+
 @anonymous_user_required
 def token_login(token: str) -> ResponseReturnValue:
-    """Log in from a passwordless login link."""
+    """Log in from a passwordless login link, which works once."""
     check = _read_token(token, _LOGIN_LINK.kind)
     if check.user is not None and not check.user.is_active:
         check = _TokenCheck("invalid", check.user)
+    if check.status == "ok" and not _use_login_link(check.user):
+        check = _TokenCheck("used", check.user)
     if check.status != "ok":
         raise _link_refusal(_LOGIN_LINK, check)
     if _needs_second_factor(check.user):
@@ -3623,6 +3904,39 @@ class TwoFactorPasswordForm(Form, PasswordFormMixin):
         return _current_password_is_right(self.password)
 
 
+def _current_code_is_right(field):
+    """Check a code of the logged-in user's second factor as the code step of a
+    login does: counted toward the lockout before it is checked, and used up when
+    right. An authenticator code or a recovery code will do (the phone may be
+    lost)."""
+    user = current_user._get_current_object()
+    lockout = config_value("LOCKOUT_ATTEMPTS")
+    if lockout and not _reserve_attempt(user):
+        field.errors.append(_text("ACCOUNT_LOCKED"))
+        return False
+    if not any(_use_code(user, method, field.data) for method in _CODE_CHECKS):
+        _login_failed(user, user.email, "invalid_code")
+        field.errors.append(_text("TF_INVALID_CODE"))
+        return False
+    if lockout:
+        _clear_wrong_passwords(user)
+    return True
+
+
+class TwoFactorDisableForm(TwoFactorPasswordForm):
+    """The current password and a current code, asked before two-factor login is
+    turned off: a stolen session, or a password alone, must not turn it off."""
+
+    code = StringField(
+        get_form_field_label("tf_code"), [_Required("TF_CODE_NOT_PROVIDED")]
+    )
+
+    def validate(self, extra_validators: Any = None) -> bool:
+        if not super().validate(extra_validators):
+            return False
+        return _current_code_is_right(self.code)
+
+
 # -- the second step of a login -----------------------------------------------
 
 
@@ -3717,10 +4031,13 @@ def disable_two_factor(user: Any) -> None:
 
 
 def reset_recovery_codes(user: Any) -> list[str]:
-    """Replace ``user``'s recovery codes; return the new ones (shown once only)."""
+    """Replace ``user``'s recovery codes; return the new ones (shown once only).
+    The user's other sessions and tokens end, as when the key changes (with a
+    ``security_stamp`` on the user model)."""
     codes = _new_recovery_codes()
     user.tf_recovery_codes = _stored_recovery_codes(codes)
     _save(user)
+    _end_other_sessions(user)
     return codes
 
 
@@ -3886,14 +4203,17 @@ def tf_setup() -> ResponseReturnValue:
 
 @auth_required("session")
 def tf_disable() -> ResponseReturnValue:
-    """Turn two-factor login off, after the password again."""
+    """Turn two-factor login off, after the password and a code again."""
+
+    if not _has_second_factor(current_user):
+        return redirect(url_for_security("tf_setup"))
 
     def act(form):
         disable_two_factor(current_user._get_current_object())
         message = get_message("TF_DISABLED")
         return _Done(message=message, next_url=url_for_security("tf_setup"))
 
-    return _form_view("tf_disable", "tf_password_form", act)
+    return _form_view("tf_disable", "tf_disable_form", act)
 
 
 @auth_required("session")
@@ -3962,6 +4282,8 @@ def create_blueprint(app: Flask, import_name: str = __name__) -> Blueprint:
         bp.add_url_rule(
             slash_url_suffix(confirm_url, "<token>"), "confirm_email", confirm_email
         )
+    if _can_end_sessions(app):
+        bp.add_url_rule(setting("SESSIONS_URL"), "sessions", sessions, methods=post)
     if setting("TWO_FACTOR"):
         for name, view in (
             ("setup", tf_setup),
@@ -3976,6 +4298,13 @@ def create_blueprint(app: Flask, import_name: str = __name__) -> Blueprint:
     bp.after_request(_security_headers)
     bp.register_error_handler(RequestEntityTooLarge, _refuse_too_large)
     return bp
+
+
+def _can_end_sessions(app):
+    """True if the user model of ``app`` has a ``security_stamp`` field, which
+    the sessions page needs."""
+    state = app.extensions.get("security")
+    return state is not None and hasattr(state.datastore.user_model, "security_stamp")
 
 
 def _templates_folder():
@@ -4094,6 +4423,20 @@ def _users_deactivate(email):
     changed = _state().datastore.deactivate_user(user)
     done = "deactivated {}" if changed else "{} was already inactive"
     _cli_commit(done.format(user.email))
+
+
+@users_cli.command("logout")
+@click.argument("email")
+def _users_logout(email):
+    """End every session, remember cookie and auth token of the user with EMAIL."""
+    if not hasattr(_state().datastore.user_model, "security_stamp"):
+        raise click.ClickException(
+            "the user model has no security_stamp field, so sessions cannot be "
+            "ended before they expire: add it (README, Sessions)"
+        )
+    user = _cli_user(email)
+    _end_sessions(user)
+    click.echo(f"logged {user.email} out everywhere")
 
 
 @users_cli.command("unlock")
@@ -4382,12 +4725,15 @@ _default_forms = {
     "tf_code_form": TwoFactorCodeForm,
     "tf_rescue_form": TwoFactorRescueForm,
     "tf_password_form": TwoFactorPasswordForm,
+    "tf_disable_form": TwoFactorDisableForm,
+    "sessions_form": SessionsForm,
 }
 
 
 def _set_config_defaults(app):
     """Every ``SECURITY_*`` setting and message, where the app has not set it; each
-    app gets its own copy of the lists and dicts among them."""
+    app gets its own copy of the lists and dicts among them. Cookie settings of
+    Flask and Flask-Login get safer defaults too."""
     for key, value in _default_config.items():
         app.config.setdefault("SECURITY_" + key, copy.deepcopy(value))
     for key, value in _default_messages.items():
@@ -4399,6 +4745,16 @@ def _set_config_defaults(app):
     # Remember cookies are not sent on cross-site requests unless the app says so.
     app.config.setdefault("REMEMBER_COOKIE_SAMESITE", "Lax")
     app.config.setdefault("REMEMBER_COOKIE_HTTPONLY", True)
+    # Nor is the session cookie: Flask's default (None) is only a default, not a
+    # value the app chose, so it is replaced; an app wanting None sets it after
+    # init_app.
+    if app.config.get("SESSION_COOKIE_SAMESITE") is None:
+        app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    # The browser keeps a remember cookie as long as the server accepts it (an
+    # unparsable setting is reported by the startup checks).
+    with suppress(ValueError):
+        remember = get_within_delta("REMEMBER_WITHIN", app)
+        app.config.setdefault("REMEMBER_COOKIE_DURATION", remember)
 
 
 def _make_login_manager(app):
@@ -4567,6 +4923,7 @@ class Security:
     tf_rescue_context_processor = _adds_template_values("tf_rescue")
     tf_disable_context_processor = _adds_template_values("tf_disable")
     tf_recovery_codes_context_processor = _adds_template_values("tf_recovery_codes")
+    sessions_context_processor = _adds_template_values("sessions")
     mail_context_processor = _adds_template_values("mail")
 
     def send_mail_task(self, function: _MailTask) -> _MailTask:

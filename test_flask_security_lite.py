@@ -103,6 +103,7 @@ def _sqlalchemy_store(app, uri):
         locked_until = db.Column(db.DateTime())
         tf_totp_secret = db.Column(db.String(64))
         tf_recovery_codes = db.Column(db.Text)
+        security_stamp = db.Column(db.String(64))
         roles = db.relationship(
             "Role", secondary=roles_users, backref=db.backref("users", lazy="dynamic")
         )
@@ -149,6 +150,7 @@ def _peewee_store(app, path):
         locked_until = peewee.DateTimeField(null=True)
         tf_totp_secret = peewee.TextField(null=True)
         tf_recovery_codes = peewee.TextField(null=True)
+        security_stamp = peewee.TextField(null=True)
 
     class UserRoles(Base):
         user = peewee.ForeignKeyField(User, backref="roles")
@@ -199,6 +201,7 @@ def _mongo_store(app, path):
         locked_until = mongoengine.DateTimeField()
         tf_totp_secret = mongoengine.StringField()
         tf_recovery_codes = mongoengine.StringField()
+        security_stamp = mongoengine.StringField()
         roles = mongoengine.ListField(mongoengine.ReferenceField(Role), default=[])
         meta = {"db_alias": alias}
 
