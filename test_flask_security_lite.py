@@ -30,7 +30,8 @@ import threading
 import time
 import types
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -427,6 +428,24 @@ def clock(monkeypatch):
         TimestampSigner, "get_timestamp", lambda self: int(time.time() + clock.offset)
     )
     return clock
+
+
+@pytest.fixture
+def later(monkeypatch):
+    """Move the module's own clock (sessions, lockout) forward; signed tokens and
+    Flask's session cookie keep the real time, as a replayed cookie would."""
+    from datetime import timedelta
+
+    class Later:
+        offset = timedelta()
+
+        def advance(self, **delta):
+            self.offset += timedelta(**delta)
+
+    later = Later()
+    real_now = fsl._now
+    monkeypatch.setattr(fsl, "_now", lambda: real_now() + later.offset)
+    return later
 
 
 # =============================================================================
@@ -2872,6 +2891,21 @@ def test_token_without_max_age_keeps_working(app, clock):
     assert response.status_code == 200
 
 
+def test_asvs_14_2_1_token_in_the_query_string_can_be_turned_off(make_app):
+    app = make_app(SECURITY_TOKEN_IN_QUERY_STRING=False)
+    add_user(app)
+    token = auth_token(app.test_client())
+    assert app.test_client().get(f"/token?auth_token={token}").status_code == 401
+    headers = {"Authentication-Token": token}
+    assert app.test_client().get("/token", headers=headers).status_code == 200
+
+
+def test_token_in_the_query_string_works_by_default_as_in_174(app):
+    add_user(app)
+    token = auth_token(app.test_client())
+    assert app.test_client().get(f"/token?auth_token={token}").status_code == 200
+
+
 def test_custom_token_header_and_key(make_app):
     app = make_app(
         SECURITY_TOKEN_AUTHENTICATION_HEADER="X-Auth",
@@ -2958,6 +2992,27 @@ def test_inactive_user_is_refused_on_every_path(store, make_app, path):
         assert app.test_client().get("/token", headers=headers).status_code == 401
     else:
         assert app.test_client().get("/basic", headers=_basic()).status_code == 401
+
+
+def test_asvs_7_4_2_a_reactivated_user_gets_no_old_session_or_token_back(
+    store, make_app
+):
+    app = make_app(store)
+    add_user(app)
+    client = app.test_client()
+    login(client, remember="y")
+    headers = {"Authentication-Token": auth_token(app.test_client())}
+    remembered = _copy_cookies(client, app, "remember_token")
+    with app.test_request_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        app.datastore.deactivate_user(user)
+        app.datastore.commit()
+        app.datastore.activate_user(user)
+        app.datastore.commit()
+    assert client.get("/profile").status_code == 302
+    assert remembered.get("/profile").status_code == 302
+    assert app.test_client().get("/token", headers=headers).status_code == 401
+    assert json_login(app.test_client()).status_code == 200
 
 
 def test_current_user_is_loaded_with_one_query(app):
@@ -3264,6 +3319,374 @@ def test_trackable_records_untrackable_without_a_remote_address(make_app):
         environ_overrides={"REMOTE_ADDR": ""},
     )
     assert get_user(app).current_login_ip == "untrackable"
+
+
+# -- what logout ends (ASVS 7.4.1) ---------------------------------------------
+
+
+def _copy_cookies(client, app, *names):
+    """A new client holding copies of ``client``'s cookies ``names``."""
+    copy = app.test_client()
+    for name in names:
+        copy.set_cookie(name, client.get_cookie(name).value)
+    return copy
+
+
+def test_asvs_7_4_1_session_cookie_copied_before_logout_is_refused_after(
+    store, make_app
+):
+    app = make_app(store)
+    client = logged_in_client(app)
+    copy = _copy_cookies(client, app, "session")
+    assert copy.get("/profile").status_code == 200
+    client.get("/logout")
+    assert copy.get("/profile").status_code == 302
+
+
+def test_asvs_7_4_1_remember_cookie_copied_before_logout_is_refused_after(make_app):
+    app = make_app()
+    add_user(app)
+    client = app.test_client()
+    login(client, remember="y")
+    copy = _copy_cookies(client, app, "remember_token")
+    assert copy.get("/profile").status_code == 200
+    client.post("/logout")
+    assert _copy_cookies(client, app).get("/profile").status_code == 302
+    assert copy.get("/profile").status_code == 302
+
+
+def test_asvs_7_4_1_auth_token_given_before_logout_is_refused_after(make_app):
+    app = make_app()
+    add_user(app)
+    client = app.test_client()
+    headers = {"Authentication-Token": auth_token(client)}
+    client.get("/logout")
+    assert app.test_client().get("/token", headers=headers).status_code == 401
+
+
+def test_asvs_7_4_1_logout_with_an_auth_token_ends_that_token(make_app):
+    app = make_app()
+    add_user(app)
+    headers = {"Authentication-Token": auth_token(app.test_client())}
+    app.config["WTF_CSRF_ENABLED"] = True  # a token alone needs no CSRF token
+    response = app.test_client().post("/logout", json={}, headers=headers)
+    assert response.status_code == 200
+    assert app.test_client().get("/token", headers=headers).status_code == 401
+
+
+def test_asvs_7_4_1_logout_ends_the_users_sessions_on_other_devices_too(make_app):
+    app = make_app()
+    add_user(app)
+    phone, laptop = app.test_client(), app.test_client()
+    login(phone, remember="y")
+    login(laptop)
+    laptop.get("/logout")
+    assert phone.get("/profile").status_code == 302
+
+
+def test_logout_leaves_other_users_logged_in(make_app):
+    app = make_app()
+    add_user(app)
+    add_user(app, email="joe@lp.com")
+    matt, joe = app.test_client(), app.test_client()
+    login(matt)
+    login(joe, email="joe@lp.com")
+    matt.get("/logout")
+    assert joe.get("/profile").status_code == 200
+
+
+def app_without_security_stamp(**config):
+    """An app on a user model of 1.7.4's fields, without ``security_stamp``."""
+    app, datastore = _app_with_user_fields(
+        ALWAYS_NEEDED,
+        TESTING=True,
+        WTF_CSRF_ENABLED=False,
+        SECURITY_PASSWORD_HASH_OPTIONS=FAST_HASHING,
+        **config,
+    )
+    Security(app, datastore)
+    app.datastore, app.mail = datastore, Mail(app)
+    _add_test_views(app)
+    with app.app_context():
+        datastore.db.create_all()
+    return app
+
+
+def test_without_a_security_stamp_logout_ends_this_session_only():
+    app = app_without_security_stamp()
+    client = logged_in_client(app)
+    copy = _copy_cookies(client, app, "session")
+    client.get("/logout")
+    assert client.get("/profile").status_code == 302
+    assert copy.get("/profile").status_code == 200
+    assert client.get("/sessions").status_code == 404
+
+
+# -- session lifetimes (ASVS 7.3.1, 7.3.2) -------------------------------------
+
+
+def test_asvs_7_3_1_session_idle_longer_than_session_idle_within_is_refused(
+    make_app, later
+):
+    app = make_app(SECURITY_SESSION_IDLE_WITHIN="30 minutes")
+    client = logged_in_client(app)
+    later.advance(minutes=31)
+    assert client.get("/profile").status_code == 302
+
+
+def test_each_request_restarts_the_idle_time_of_a_session(make_app, later):
+    app = make_app(SECURITY_SESSION_IDLE_WITHIN="30 minutes")
+    client = logged_in_client(app)
+    for _ in range(4):
+        later.advance(minutes=20)
+        assert client.get("/profile").status_code == 200
+
+
+def test_asvs_7_3_1_idle_limit_holds_for_a_copy_of_the_session_cookie(make_app, later):
+    app = make_app(SECURITY_SESSION_IDLE_WITHIN="30 minutes")
+    client = logged_in_client(app)
+    copy = _copy_cookies(client, app, "session")
+    later.advance(minutes=31)
+    assert copy.get("/profile").status_code == 302
+
+
+def test_asvs_7_3_2_session_older_than_session_absolute_within_is_refused(
+    make_app, later
+):
+    app = make_app(SECURITY_SESSION_ABSOLUTE_WITHIN="2 hours")
+    client = logged_in_client(app)
+    for _ in range(3):
+        later.advance(minutes=40)
+        assert client.get("/profile").status_code == 200
+    later.advance(minutes=40)
+    assert client.get("/profile").status_code == 302
+
+
+def test_session_lifetimes_default_to_an_hour_idle_and_a_day_in_all(app, later):
+    client = logged_in_client(app)
+    later.advance(minutes=59)
+    assert client.get("/profile").status_code == 200
+    later.advance(minutes=61)
+    assert client.get("/profile").status_code == 302
+    login(client)
+    for _ in range(29):
+        later.advance(minutes=50)
+        client.get("/profile")
+    assert client.get("/profile").status_code == 302
+
+
+def test_remember_cookie_starts_a_new_session_when_one_lapses(make_app, later):
+    app = make_app()
+    add_user(app)
+    client = app.test_client()
+    login(client, remember="y")
+    later.advance(hours=2)
+    assert client.get("/profile").status_code == 200
+    later.advance(minutes=30)
+    assert client.get("/profile").status_code == 200
+
+
+def test_asvs_7_3_2_remember_cookie_older_than_remember_within_is_refused(
+    make_app, later
+):
+    app = make_app(SECURITY_REMEMBER_WITHIN="7 days")
+    add_user(app)
+    client = app.test_client()
+    login(client, remember="y")
+    copy = _copy_cookies(client, app, "remember_token")
+    later.advance(days=6)
+    assert (
+        _copy_cookies(client, app, "remember_token").get("/profile").status_code == 200
+    )
+    later.advance(days=2)
+    # The browser would still send it: the server refuses it.
+    assert copy.get("/profile").status_code == 302
+
+
+def test_asvs_7_3_2_remember_cookie_expires_with_remember_within(make_app):
+    app = make_app(SECURITY_REMEMBER_WITHIN="7 days")
+    add_user(app)
+    response = login(app.test_client(), remember="y")
+    cookie = next(
+        header
+        for header in response.headers.getlist("Set-Cookie")
+        if header.startswith("remember_token=")
+    )
+    expires = re.search(r"Expires=([^;]+)", cookie).group(1)
+    left = parsedate_to_datetime(expires) - datetime.now(timezone.utc)
+    assert 6.9 < left.total_seconds() / 86400 <= 7
+
+
+def test_remember_within_defaults_to_30_days(app, later):
+    add_user(app)
+    client = app.test_client()
+    login(client, remember="y")
+    copy = _copy_cookies(client, app, "remember_token")
+    later.advance(days=29)
+    assert (
+        _copy_cookies(client, app, "remember_token").get("/profile").status_code == 200
+    )
+    later.advance(days=2)
+    assert copy.get("/profile").status_code == 302
+
+
+def test_an_app_own_remember_cookie_duration_is_kept(make_app):
+    from datetime import timedelta
+
+    app = make_app(REMEMBER_COOKIE_DURATION=timedelta(days=2))
+    assert app.config["REMEMBER_COOKIE_DURATION"] == timedelta(days=2)
+
+
+# -- cookies and forged requests (ASVS V3) -------------------------------------
+
+
+def test_asvs_3_3_2_session_cookie_is_samesite_lax_by_default(app):
+    add_user(app)
+    response = login(app.test_client())
+    cookie = next(
+        header
+        for header in response.headers.getlist("Set-Cookie")
+        if header.startswith("session=")
+    )
+    assert "SameSite=Lax" in cookie
+
+
+def test_an_app_that_chose_a_session_cookie_samesite_keeps_it(make_app):
+    app = make_app(SESSION_COOKIE_SAMESITE="Strict")
+    assert app.config["SESSION_COOKIE_SAMESITE"] == "Strict"
+
+
+def csrf_login(client):
+    """Log in over JSON with CSRF on, as a script does; return the new CSRF token."""
+    first = client.get("/login", headers={"Accept": "application/json"})
+    headers = {"X-CSRFToken": first.json["response"]["csrf_token"]}
+    response = client.post(
+        "/login", json={"email": "matt@lp.com", "password": PASSWORD}, headers=headers
+    )
+    return response.json["response"]["csrf_token"]
+
+
+def test_asvs_3_5_1_post_logout_without_the_csrf_token_is_refused(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True)
+    add_user(app)
+    client = app.test_client()
+    csrf = csrf_login(client)
+    response = client.post("/logout", json={})
+    assert response.status_code == 400
+    assert response.json["response"]["errors"]["csrf_token"]
+    assert client.get("/profile").status_code == 200
+    assert client.post("/logout", data={"csrf_token": "forged"}).status_code == 400
+    response = client.post("/logout", json={}, headers={"X-CSRFToken": csrf})
+    assert response.status_code == 200
+    assert client.get("/profile").status_code == 302
+
+
+def test_post_logout_from_a_form_with_its_csrf_token_logs_out(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True)
+    add_user(app)
+    client = app.test_client()
+    csrf = csrf_login(client)
+    assert client.post("/logout", data={"csrf_token": csrf}).status_code == 302
+    assert client.get("/profile").status_code == 302
+
+
+def test_get_logout_needs_no_csrf_token_as_in_174(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True)
+    add_user(app)
+    client = app.test_client()
+    csrf_login(client)
+    assert client.get("/logout").status_code == 302
+    assert client.get("/profile").status_code == 302
+
+
+def test_anonymous_post_logout_needs_no_csrf_token(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True)
+    assert app.test_client().post("/logout").status_code == 302
+
+
+# -- the sessions page (ASVS 7.5.2) --------------------------------------------
+
+
+def test_asvs_7_5_2_sessions_page_logs_out_other_devices_and_keeps_this_one(
+    store, make_app
+):
+    app = make_app(store)
+    client = logged_in_client(app)
+    other = app.test_client()
+    login(other, remember="y")
+    token_headers = {"Authentication-Token": auth_token(app.test_client())}
+    page = client.get("/sessions").get_data(as_text=True)
+    assert "<h1>Sessions</h1>" in page and 'value="others"' in page
+    response = client.post("/sessions", data={"end": "others"})
+    assert response.location == "/sessions"
+    assert client.get("/profile").status_code == 200
+    assert other.get("/profile").status_code == 302
+    assert app.test_client().get("/token", headers=token_headers).status_code == 401
+
+
+def test_asvs_7_5_2_sessions_page_logs_out_everywhere(make_app):
+    app = make_app()
+    client = logged_in_client(app)
+    other = app.test_client()
+    login(other)
+    response = client.post("/sessions", json={"end": "all"})
+    assert response.status_code == 200
+    assert client.get("/profile").status_code == 302
+    assert other.get("/profile").status_code == 302
+
+
+def test_asvs_7_5_2_sessions_json_shows_this_session(make_app):
+    app = make_app()
+    add_user(app)
+    client = app.test_client()
+    login(client, remember="y")
+    answer = client_get_json(client, "/sessions").json["response"]["session"]
+    started = datetime.fromisoformat(answer["started_at"])
+    assert abs((datetime.now(timezone.utc) - started).total_seconds()) < 60
+    ends = datetime.fromisoformat(answer["ends_at"]) - started
+    assert 3590 <= ends.total_seconds() <= 3600
+    assert answer["idle_within"] == "60 minutes" and answer["remembered"] is True
+
+
+def test_asvs_7_5_2_sessions_page_needs_a_login_of_this_session(make_app):
+    app = make_app()
+    add_user(app)
+    client = app.test_client()
+    login(client, remember="y")
+    restored = _copy_cookies(client, app, "remember_token")
+    assert restored.get("/profile").status_code == 200
+    response = restored.post("/sessions", json={"end": "others"})
+    assert response.status_code == 401
+    assert response.json["response"]["error"] == "Please log in again to see this page."
+    assert client.get("/profile").status_code == 200
+    assert app.test_client().get("/sessions").location.startswith("/login?next=")
+
+
+def test_asvs_7_5_2_sessions_page_needs_the_csrf_token(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True)
+    add_user(app)
+    client = app.test_client()
+    csrf = csrf_login(client)
+    other = app.test_client()
+    csrf_login(other)
+    assert client.post("/sessions", data={"end": "others"}).status_code == 400
+    assert other.get("/profile").status_code == 200
+    page = client.get("/sessions").get_data(as_text=True)
+    assert 'name="csrf_token"' in page
+    response = client.post(
+        "/sessions", json={"end": "others"}, headers={"X-CSRFToken": csrf}
+    )
+    assert response.status_code == 200
+    assert other.get("/profile").status_code == 302
+
+
+def test_sessions_page_refuses_other_choices(app):
+    client = logged_in_client(app)
+    response = client.post("/sessions", json={"end": "mine"})
+    assert response.status_code == 400
+    assert response.json["response"]["errors"] == {
+        "end": ['Expected "others" or "all".']
+    }
 
 
 # =============================================================================
@@ -4058,6 +4481,80 @@ def test_logged_in_user_sees_the_passwordless_form(make_app):
     assert client.get("/login").status_code == 200
 
 
+def test_asvs_6_5_1_passwordless_link_logs_in_once(store, make_app):
+    app = make_app(store, **PASSWORDLESS)
+    add_user(app)
+    link = _login_link(app)
+    first, second = app.test_client(), app.test_client()
+    assert first.get(link).location == "/"
+    response = second.get(link, headers={"Accept": "application/json"})
+    assert response.status_code == 400
+    assert response.json["response"]["errors"]["token"] == [
+        "This login link is not valid."
+    ]
+    assert second.get("/profile").status_code == 302
+    assert first.get("/profile").status_code == 200
+
+
+def test_asvs_6_5_1_passwordless_link_opened_twice_at_once_logs_in_once(make_app):
+    app = make_app("postgres", **PASSWORDLESS)
+    add_user(app)
+    link = _login_link(app)
+    _hold_token_readers(app, 2)
+
+    def open_link():
+        client = app.test_client()
+        client.get(link, headers={"Accept": "application/json"})
+        return client.get("/profile").status_code
+
+    assert sorted(_in_threads(open_link, 2)) == [200, 302]
+
+
+def test_asvs_6_6_2_a_newer_passwordless_link_voids_the_older_ones(make_app):
+    app = make_app(**PASSWORDLESS)
+    add_user(app)
+    older, newer = _login_link(app), _login_link(app)
+    client = app.test_client()
+    assert client.get(older).location == "/login"
+    assert client.get("/profile").status_code == 302
+    assert client.get(newer).location == "/"
+
+
+def test_asvs_6_5_5_passwordless_link_lasts_ten_minutes_by_default(make_app, clock):
+    app = make_app(**PASSWORDLESS)
+    assert app.config["SECURITY_LOGIN_WITHIN"] == "10 minutes"
+    add_user(app)
+    link = _login_link(app)
+    clock.advance(minutes=11)
+    client = app.test_client()
+    with app.mail.record_messages() as outbox:
+        assert client.get(link).location == "/login"
+    assert "10 minutes" in client.get("/login").get_data(as_text=True)
+    assert client.get("/profile").status_code == 302
+    assert outbox[0].subject == "Login instructions"
+
+
+def test_passwordless_links_leave_the_users_sessions_alone(make_app):
+    app = make_app(**PASSWORDLESS)
+    add_user(app)
+    laptop = app.test_client()
+    laptop.get(_login_link(app))
+    phone = app.test_client()
+    phone.get(_login_link(app))
+    assert laptop.get("/profile").status_code == 200
+    assert phone.get("/profile").status_code == 200
+
+
+def test_without_a_security_stamp_a_passwordless_link_works_until_it_expires():
+    app = app_without_security_stamp(**PASSWORDLESS)
+    add_user(app)
+    link = _login_link(app)
+    for _ in range(2):
+        client = app.test_client()
+        client.get(link)
+        assert client.get("/profile").status_code == 200
+
+
 # =============================================================================
 # 11. Two-factor login: codes
 # =============================================================================
@@ -4674,11 +5171,10 @@ def test_disabling_needs_the_password_and_ends_the_code_step(store, make_app):
     client = app.test_client()
     login(client)
     client.post("/tf-validate", data={"code": next_code(key)})
-    assert (
-        b"The password is wrong."
-        in client.post("/tf-disable", data={"password": "wrong one"}).data
-    )
-    assert client.post("/tf-disable", data={"password": PASSWORD}).status_code == 302
+    wrong = {"password": "wrong one", "code": next_code(key, 1)}
+    assert b"The password is wrong." in client.post("/tf-disable", data=wrong).data
+    right = {"password": PASSWORD, "code": next_code(key, 1)}
+    assert client.post("/tf-disable", data=right).status_code == 302
     assert client.get("/profile").status_code == 200
     user = get_user(app)
     assert user.tf_totp_secret is None and user.tf_recovery_codes is None
@@ -4701,6 +5197,69 @@ def test_new_recovery_codes_replace_the_old_ones(make_app):
     assert client.post("/tf-rescue", data={"code": new[0]}).status_code == 302
 
 
+def _enrolled_client(app):
+    """A client of matt@lp.com who has just set up two-factor login: the client,
+    the key and the recovery codes."""
+    client = logged_in_client(app)
+    key = shown_key(setup_page(client)).replace(" ", "")
+    page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
+    return client, key, re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page)
+
+
+def test_asvs_7_5_1_turning_two_factor_off_needs_a_code_as_well_as_the_password(
+    store, make_app
+):
+    app = make_app(store, **TWO_FACTOR)
+    client, key, _ = _enrolled_client(app)
+    response = client.post("/tf-disable", json={"password": PASSWORD})
+    assert response.json["response"]["errors"] == {"code": ["Please enter the code."]}
+    wrong = {"password": PASSWORD, "code": next_code(key, 5)}
+    response = client.post("/tf-disable", json=wrong)
+    assert response.json["response"]["errors"] == {"code": ["This code is not valid."]}
+    assert get_user(app).tf_totp_secret is not None
+    right = {"password": PASSWORD, "code": next_code(key, 1)}
+    assert client.post("/tf-disable", json=right).status_code == 200
+    assert get_user(app).tf_totp_secret is None
+
+
+def test_asvs_7_5_1_wrong_codes_to_turn_two_factor_off_lock_the_account(make_app):
+    app = make_app(**TWO_FACTOR, **LOCKOUT)
+    client, key, _ = _enrolled_client(app)
+    for _ in range(3):
+        client.post("/tf-disable", json={"password": PASSWORD, "code": "000000"})
+    right = {"password": PASSWORD, "code": next_code(key, 1)}
+    response = client.post("/tf-disable", json=right)
+    assert "This account is locked" in str(response.json["response"]["errors"])
+    assert get_user(app).tf_totp_secret is not None
+
+
+def test_a_recovery_code_turns_two_factor_off_when_the_phone_is_lost(make_app):
+    app = make_app(**TWO_FACTOR)
+    client, _, codes = _enrolled_client(app)
+    response = client.post("/tf-disable", json={"password": PASSWORD, "code": codes[3]})
+    assert response.status_code == 200
+    assert get_user(app).tf_totp_secret is None
+
+
+def test_turn_off_page_asks_for_the_password_and_a_code(make_app):
+    app = make_app(**TWO_FACTOR)
+    client, _, _ = _enrolled_client(app)
+    page = client.get("/tf-disable").get_data(as_text=True)
+    assert 'name="password"' in page and 'name="code"' in page
+
+
+def test_asvs_7_4_3_new_recovery_codes_end_the_other_sessions_but_this_one(make_app):
+    app = make_app(**TWO_FACTOR)
+    client, key, _ = _enrolled_client(app)
+    other = app.test_client()
+    login(other)
+    other.post("/tf-validate", data={"code": next_code(key, 1)})
+    assert other.get("/profile").status_code == 200
+    client.post("/tf-recovery-codes", data={"password": PASSWORD})
+    assert client.get("/profile").status_code == 200
+    assert other.get("/profile").status_code == 302
+
+
 def test_two_factor_changes_are_emailed_to_the_user(make_app):
     app = make_app(**TWO_FACTOR)
     client = logged_in_client(app)
@@ -4708,11 +5267,11 @@ def test_two_factor_changes_are_emailed_to_the_user(make_app):
         page = setup_page(client)
         key = shown_key(page).replace(" ", "")
         page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
-        code = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page)[0]
+        codes = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page)
         client.get("/logout")
         login(client)
-        client.post("/tf-rescue", data={"code": code})
-        client.post("/tf-disable", data={"password": PASSWORD})
+        client.post("/tf-rescue", data={"code": codes[0]})
+        client.post("/tf-disable", data={"password": PASSWORD, "code": codes[1]})
     assert [message.recipients for message in outbox] == [["matt@lp.com"]] * 3
     assert outbox[0].subject == "Two-factor login on your account"
     assert "turned on" in outbox[0].body
@@ -4749,11 +5308,12 @@ def test_two_factor_signals(make_app):
         login(client)
         page = setup_page(client)
         key = shown_key(page).replace(" ", "")
-        client.post("/tf-setup", data={"code": next_code(key)})
+        page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
+        code = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page)[0]
         client.get("/logout")
         login(client)
         client.post("/tf-validate", data={"code": next_code(key, 1)})
-        client.post("/tf-disable", data={"password": PASSWORD})
+        client.post("/tf-disable", data={"password": PASSWORD, "code": code})
     finally:
         for tf_signal, receiver in receivers:
             tf_signal.disconnect(receiver)
@@ -5900,6 +6460,36 @@ def test_cli_tf_reset_bad_input_is_a_clear_error(make_app, email, fragment):
     result = _cli(app, "users", "tf-reset", email)
     assert result.exit_code != 0
     assert fragment in result.output
+
+
+def test_asvs_7_4_5_cli_logout_ends_every_session_and_token_of_a_user(store, make_app):
+    app = make_app(store)
+    add_user(app)
+    add_user(app, email="joe@lp.com")
+    client = app.test_client()
+    login(client, remember="y")
+    remembered = _copy_cookies(client, app, "remember_token")
+    headers = {"Authentication-Token": auth_token(app.test_client())}
+    joe = app.test_client()
+    login(joe, email="joe@lp.com")
+    result = _cli(app, "users", "logout", "Matt@LP.com")
+    assert result.exit_code == 0 and "logged matt@lp.com out" in result.output
+    assert client.get("/profile").status_code == 302
+    assert remembered.get("/profile").status_code == 302
+    assert app.test_client().get("/token", headers=headers).status_code == 401
+    assert joe.get("/profile").status_code == 200
+
+
+def test_asvs_7_4_5_cli_logout_of_an_unknown_user_is_a_clear_error(app):
+    result = _cli(app, "users", "logout", "nobody@lp.com")
+    assert result.exit_code == 1 and "no user has the email" in result.output
+
+
+def test_cli_logout_without_a_security_stamp_field_says_what_to_add():
+    app = app_without_security_stamp()
+    add_user(app)
+    result = _cli(app, "users", "logout", "matt@lp.com")
+    assert result.exit_code == 1 and "no security_stamp field" in result.output
 
 
 # =============================================================================
