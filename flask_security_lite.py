@@ -936,15 +936,18 @@ _SCHEME_PACKAGES = {"argon2": "argon2-cffi", "bcrypt": "bcrypt"}
 
 
 def _build_password_context(config):
-    """The passlib context of ``SECURITY_PASSWORD_*``. The hash in use is always
-    among the schemes verified: 1.7.4 apps list e.g. ``["bcrypt", "plaintext"]``
-    and keep the default hash, which is ours now."""
+    """The passlib context of ``SECURITY_PASSWORD_*``. The hash in use and our
+    default are always among the schemes verified: 1.7.4 apps list e.g.
+    ``["bcrypt", "plaintext"]``, and may switch hash after users were made."""
     from passlib.context import CryptContext
 
     scheme = config["SECURITY_PASSWORD_HASH"]
     schemes = list(config["SECURITY_PASSWORD_SCHEMES"])
-    if scheme not in schemes:
-        schemes.insert(0, scheme)
+    # Every hash this module may have written stays verifiable: the one in use,
+    # and our default, which users made before a switch of hash were given.
+    for written in (_default_config["PASSWORD_HASH"], scheme):
+        if written not in schemes:
+            schemes.insert(0, written)
     settings = {}
     for name, options in config["SECURITY_PASSWORD_HASH_OPTIONS"].items():
         for option, value in options.items():
@@ -1130,7 +1133,26 @@ class AnonymousUser(flask_login.AnonymousUserMixin):
 
 
 class DatastoreConflictError(Exception):
-    """A write broke a uniqueness rule, e.g. two registrations of one email at once."""
+    """A write broke a uniqueness rule, e.g. two registrations of one email at once.
+
+    What an adapter raises is also its ORM's own error (SQLAlchemy's and peewee's
+    ``IntegrityError``, mongoengine's ``NotUniqueError``), so code written for
+    1.7.4 that catches those around ``create_user`` and ``commit`` still catches it.
+    """
+
+
+@cache
+def _conflict_type(orm_error: type) -> type:
+    """The :class:`DatastoreConflictError` that is also ``orm_error``; its text is
+    the database's own message (never the statement and its values)."""
+
+    def database_message(self):
+        return str(getattr(self, "orig", None) or Exception.__str__(self))
+
+    namespace = {"__module__": __name__, "__str__": database_message}
+    return type(
+        "DatastoreConflictError", (DatastoreConflictError, orm_error), namespace
+    )
 
 
 def normalize_email(address: str) -> str:
@@ -1468,8 +1490,12 @@ class SQLAlchemyUserDatastore(_AdapterDatastore):
             self.db.session.flush()
         except self._sa.exc.IntegrityError as error:
             self.db.session.rollback()
-            raise DatastoreConflictError(str(error.orig)) from error
+            raise self._conflict(error) from error
         return model
+
+    def _conflict(self, error):
+        conflict = _conflict_type(self._sa.exc.IntegrityError)
+        return conflict(error.statement, error.params, error.orig)
 
     def delete(self, model: Any) -> None:
         self.db.session.delete(model)
@@ -1479,7 +1505,7 @@ class SQLAlchemyUserDatastore(_AdapterDatastore):
             self.db.session.commit()
         except self._sa.exc.IntegrityError as error:
             self.db.session.rollback()
-            raise DatastoreConflictError(str(error.orig)) from error
+            raise self._conflict(error) from error
 
     def _find_user(self, fields, *conditions):
         query = self._sa.select(self.user_model).filter_by(**fields).where(*conditions)
@@ -1578,7 +1604,7 @@ class MongoEngineUserDatastore(_AdapterDatastore):
         try:
             model.save()
         except self._mongoengine.NotUniqueError as error:
-            raise DatastoreConflictError(str(error)) from error
+            raise _conflict_type(type(error))(*error.args) from error
         return model
 
     def delete(self, model: Any) -> None:
@@ -1635,7 +1661,7 @@ class PeeweeUserDatastore(_AdapterDatastore):
         try:
             model.save()
         except self._peewee.IntegrityError as error:
-            raise DatastoreConflictError(str(error)) from error
+            raise _conflict_type(type(error))(*error.args) from error
         return model
 
     def delete(self, model: Any) -> None:
@@ -4249,7 +4275,8 @@ def _validate_startup(app, datastore):
     problems = [
         *_misspelt_settings(config),
         *_unparsable_lifetimes(app),
-        *_missing_user_fields(app, datastore.user_model),
+        # A custom store (or a 1.7.4 test double) may not name its model.
+        *_missing_user_fields(app, getattr(datastore, "user_model", None)),
         *_shared_salts(config),
     ]
     if problems:
@@ -4539,7 +4566,8 @@ class Security:
             raise ValueError("Security needs a datastore, e.g. SQLAlchemyUserDatastore")
         _set_config_defaults(app)
         _validate_startup(app, datastore)
-        datastore._bind(app)
+        if isinstance(datastore, UserDatastore):
+            datastore._bind(app)
         state = _SecurityState(
             app,
             self,

@@ -980,6 +980,20 @@ def test_md5_is_the_hex_digest(app):
     assert fsl.md5("abc") == hashlib.md5(b"abc").hexdigest()
 
 
+def test_users_hashed_by_default_log_in_after_a_switch_to_bcrypt(make_app, tmp_path):
+    """1.7.4's hashing test: schemes listed without our default, users made, then
+    the hash switched: the users made first still log in."""
+    schemes = dict(SECURITY_PASSWORD_SCHEMES=["bcrypt", "plaintext"])
+    first = make_app(**schemes)
+    add_user(first)
+    first.config["SECURITY_PASSWORD_HASH"] = "bcrypt"
+    with first.app_context():
+        context = fsl._build_password_context(first.config)
+        user = first.datastore.find_user(email="matt@lp.com")
+        assert user.password.startswith("$pbkdf2-sha512$")
+        assert context.verify(PASSWORD, user.password)
+
+
 # =============================================================================
 # 4. Users, roles and datastores: the mixins
 # =============================================================================
@@ -1448,6 +1462,45 @@ def test_custom_174_datastore_serves_tokens():
     client.get("/logout")
     response = client.get("/token", headers={"Authentication-Token": token})
     assert response.json == {"email": "matt@lp.com"}
+
+
+def _orm_conflict_error(store):
+    """The exception the ORM of ``store`` raises for a broken unique rule."""
+    if store == "peewee":
+        import peewee
+
+        return peewee.IntegrityError
+    if store == "mongo":
+        import mongoengine
+
+        return mongoengine.NotUniqueError
+    import sqlalchemy.exc
+
+    return sqlalchemy.exc.IntegrityError
+
+
+def test_a_duplicate_user_is_the_orms_own_error_as_in_174(make_app, store):
+    app = make_app(store=store)
+    add_user(app)
+    with app.app_context():
+        with pytest.raises(_orm_conflict_error(store)) as caught:
+            app.datastore.create_user(email="matt@lp.com", password=PASSWORD)
+            app.datastore.commit()
+    assert isinstance(caught.value, fsl.DatastoreConflictError)
+
+
+def test_a_conflict_at_commit_is_sqlalchemys_integrity_error(make_app):
+    import sqlalchemy.exc
+
+    app = make_app()
+    add_user(app)
+    with app.app_context():
+        db = app.datastore.db
+        db.session.add(app.datastore.user_model(email="matt@lp.com", password="x"))
+        with pytest.raises(sqlalchemy.exc.IntegrityError) as caught:
+            app.datastore.commit()
+    assert isinstance(caught.value, fsl.DatastoreConflictError)
+    assert "UNIQUE" in str(caught.value) and "INSERT" not in str(caught.value)
 
 
 # =============================================================================
@@ -6150,6 +6203,14 @@ def test_missing_hashing_backend_names_the_package_and_the_extra(
         f"pip install {package} (or pip install 'flask-security-lite[{scheme}]')"
         in (str(error.value))
     )
+
+
+@pytest.mark.parametrize("store", [fsl.Datastore(None), types.SimpleNamespace()])
+def test_a_datastore_the_checks_cannot_inspect_still_starts(store):
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "test secret"
+    Security(app, datastore=store)
+    assert app.test_client().get("/login").status_code == 200
 
 
 # =============================================================================
