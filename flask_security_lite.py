@@ -4272,11 +4272,15 @@ def _validate_startup(app, datastore):
     problem is named with its fix. Unknown ``SECURITY_*`` keys only warn."""
     config = app.config
     _validate_link_base(app)
+    user_model = getattr(datastore, "user_model", None)
     problems = [
+        *_missing_secret_key(app),
         *_misspelt_settings(config),
+        *_mistyped_settings(config),
         *_unparsable_lifetimes(app),
         # A custom store (or a 1.7.4 test double) may not name its model.
-        *_missing_user_fields(app, getattr(datastore, "user_model", None)),
+        *_missing_user_methods(user_model),
+        *_missing_user_fields(app, user_model),
         *_shared_salts(config),
     ]
     if problems:
@@ -4307,6 +4311,82 @@ def _misspelt_settings(config):
         else:
             hint = f" (did you mean {close[0]}?)" if close else ""
             _log.warning("%s is not a flask-security-lite setting%s", key, hint)
+
+
+def _missing_secret_key(app):
+    """Sessions, CSRF tokens and every token of this module are signed with it."""
+    if not app.secret_key:
+        yield (
+            "SECRET_KEY is not set: set app.config['SECRET_KEY'] to a long random "
+            "value, e.g. from python -c 'import secrets; print(secrets.token_hex())' "
+            "(README.md, Troubleshooting, 'No SECRET_KEY')"
+        )
+
+
+#: Settings whose default is None that take a number of seconds or of attempts.
+_NUMBER_SETTINGS = ("TOKEN_MAX_AGE", "LOCKOUT_ATTEMPTS")
+
+
+def _mistyped_settings(config):
+    """Each setting of another type than its default's, named with the type wanted.
+    A switch given as a string ``'False'`` is on, as 1.7.x took it: kept, and
+    warned about with the boolean to write."""
+    for key, default in _default_config.items():
+        name, value = "SECURITY_" + key, config["SECURITY_" + key]
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                _log.warning(
+                    "%s is the string %r, which turns it on, as 1.7.x did: write "
+                    "True to keep it on, or False to turn it off",
+                    name,
+                    value,
+                )
+            continue
+        wanted = _wanted_type(key, default, value)
+        if wanted:
+            yield (
+                f"{name} must be {wanted}, not {value!r} "
+                "(docs/configuration.md lists each setting)"
+            )
+
+
+def _wanted_type(key, default, value):
+    """What ``value`` of setting ``key`` should have been, or None if it fits."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if key in _NUMBER_SETTINGS:
+        return None if value is None or number else "a number (of seconds) or None"
+    if isinstance(default, int):
+        return None if number and int(value) == value else "a whole number"
+    if isinstance(default, list):
+        fits = isinstance(value, list | tuple | set | frozenset)
+        if key == "USER_IDENTITY_ATTRIBUTES":
+            fits = fits or isinstance(value, str)  # 1.7.4's "email, username"
+        return None if fits else "a list"
+    if isinstance(default, dict):
+        return None if isinstance(value, dict) else "a dict"
+    return None
+
+
+#: What the module asks of every user object, as :class:`UserMixin` gives it.
+_USER_METHODS = (
+    "is_active",
+    "is_authenticated",
+    "get_session_identity",
+    "get_auth_token",
+    "has_role",
+)
+
+
+def _missing_user_methods(user_model):
+    """The user model must have :class:`UserMixin`'s methods (a model with only
+    Flask-Login's mixin would fail at its first login)."""
+    missing = [name for name in _USER_METHODS if not hasattr(user_model, name)]
+    if user_model is not None and missing:
+        yield (
+            f"the user model {user_model.__name__} lacks {', '.join(missing)}: "
+            "derive it from flask_security_lite.UserMixin (README.md, "
+            "Troubleshooting, 'A user model without UserMixin')"
+        )
 
 
 def _shared_salts(config):
@@ -4344,7 +4424,7 @@ def _missing_user_fields(app, user_model):
     return [
         f"the user model {user_model.__name__} has no {name!r} field"
         + (f" (needed by SECURITY_{feature})" if feature else "")
-        + ": add it (README, Quick start, shows every field)"
+        + ": add it (README.md, 'The fields each feature needs')"
         for name, feature in wanted.items()
         if not _has_field(user_model, name)
     ]

@@ -35,6 +35,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import flask
+import flask_login
 import pytest
 from flask import Flask, Response, jsonify
 from flask_mail import Mail
@@ -2894,14 +2895,6 @@ def test_token_from_another_secret_key_is_refused(make_app):
         "/token", headers={"Authentication-Token": token}
     )
     assert response.status_code == 401
-
-
-def test_a_token_max_age_given_as_a_string_refuses_tokens_not_the_request(make_app):
-    app = make_app(SECURITY_TOKEN_MAX_AGE="3600")
-    add_user(app)
-    token = auth_token(app.test_client())
-    headers = {"Authentication-Token": token}
-    assert app.test_client().get("/token", headers=headers).status_code == 401
 
 
 def test_token_expires_after_token_max_age(make_app, clock):
@@ -6203,6 +6196,71 @@ def test_missing_hashing_backend_names_the_package_and_the_extra(
         f"pip install {package} (or pip install 'flask-security-lite[{scheme}]')"
         in (str(error.value))
     )
+
+
+def test_no_secret_key_is_refused_at_init_app_with_the_fix(make_app):
+    with pytest.raises(RuntimeError) as error:
+        make_app(SECRET_KEY=None)
+    assert "SECRET_KEY is not set" in str(error.value)
+    assert "'No SECRET_KEY'" in str(error.value)
+
+
+def test_a_user_model_without_usermixin_is_refused_at_init_app():
+    class User(flask_login.UserMixin):  # Flask-Login's mixin, not ours
+        pass
+
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "test secret"
+    with pytest.raises(RuntimeError) as error:
+        Security(app, datastore=types.SimpleNamespace(user_model=User))
+    assert "User lacks get_session_identity, get_auth_token, has_role" in str(
+        error.value
+    )
+    assert "flask_security_lite.UserMixin" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, wanted",
+    [
+        ("SECURITY_TOKEN_MAX_AGE", "1 day", "a number (of seconds) or None"),
+        ("SECURITY_PASSWORD_LENGTH_MIN", "8", "a whole number"),
+        ("SECURITY_LOCKOUT_ATTEMPTS", "5", "a number (of seconds) or None"),
+        ("SECURITY_PASSWORD_SCHEMES", "bcrypt", "a list"),
+        ("SECURITY_PASSWORD_HASH_OPTIONS", [], "a dict"),
+    ],
+)
+def test_a_setting_of_the_wrong_type_is_refused_with_the_type_wanted(
+    make_app, key, value, wanted
+):
+    with pytest.raises(RuntimeError) as error:
+        make_app(**{key: value})
+    assert f"{key} must be {wanted}, not {value!r}" in str(error.value)
+
+
+def test_settings_of_the_right_types_start(make_app):
+    make_app(
+        SECURITY_TOKEN_MAX_AGE=3600.5,
+        SECURITY_PASSWORD_LENGTH_MIN=10,
+        SECURITY_USER_IDENTITY_ATTRIBUTES="email, username",
+        SECURITY_LOGOUT_METHODS=("POST",),
+    )
+
+
+def test_a_switch_given_as_a_string_is_on_as_in_17x_and_warned(make_app, caplog):
+    app = make_app(**CONFIRM, SECURITY_LOGIN_WITHOUT_CONFIRMATION="False")
+    assert (
+        "SECURITY_LOGIN_WITHOUT_CONFIRMATION is the string 'False', which turns it "
+        "on, as 1.7.x did: write True to keep it on, or False to turn it off"
+    ) in caplog.text
+    add_user(app)  # never confirmed
+    assert json_login(app.test_client()).status_code == 200
+
+
+def test_a_startup_error_about_a_field_names_the_section_with_every_field():
+    app, datastore = _app_with_user_fields(ALWAYS_NEEDED, SECURITY_TRACKABLE=True)
+    with pytest.raises(RuntimeError) as error:
+        Security(app, datastore)
+    assert "README.md, 'The fields each feature needs'" in str(error.value)
 
 
 @pytest.mark.parametrize("store", [fsl.Datastore(None), types.SimpleNamespace()])
