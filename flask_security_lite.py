@@ -116,6 +116,7 @@ from flask import (
     current_app,
     flash,
     g,
+    got_request_exception,
     has_app_context,
     has_request_context,
     jsonify,
@@ -1153,6 +1154,26 @@ def _conflict_type(orm_error: type) -> type:
     return type(
         "DatastoreConflictError", (DatastoreConflictError, orm_error), namespace
     )
+
+
+#: What to do when the database has no tables yet.
+_CREATE_THE_TABLES = (
+    "the database has no tables for users and roles yet: create them with "
+    "db.create_all() (Flask-SQLAlchemy), db.create_tables([...]) (peewee) or your "
+    "migrations; flask-security-lite never creates tables (README.md, "
+    "Troubleshooting, 'Tables not created')"
+)
+
+
+def _is_missing_table(error: BaseException) -> bool:
+    """True for the database's "no such table" (SQLite) or "relation does not
+    exist" (PostgreSQL), through SQLAlchemy or peewee."""
+    if type(error).__name__ not in ("OperationalError", "ProgrammingError"):
+        return False
+    cause = getattr(error, "orig", None) or error
+    code = getattr(cause, "pgcode", None) or getattr(cause, "sqlstate", None)
+    text = str(cause).lower()
+    return code == "42P01" or "no such table" in text or "does not exist" in text
 
 
 def normalize_email(address: str) -> str:
@@ -4048,9 +4069,24 @@ def _holds_our_templates(folder):
 # =============================================================================
 
 
-users_cli = AppGroup("users", help="Create, activate, deactivate and unlock users.")
+class _SecurityCommands(AppGroup):
+    """A ``flask`` command group whose commands end with one line, not a
+    traceback, when the database has no tables yet."""
 
-roles_cli = AppGroup("roles", help="Create roles and give them to users.")
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as error:
+            if _is_missing_table(error):
+                raise click.ClickException(_CREATE_THE_TABLES) from None
+            raise
+
+
+users_cli = _SecurityCommands(
+    "users", help="Create, activate, deactivate and unlock users."
+)
+
+roles_cli = _SecurityCommands("roles", help="Create roles and give them to users.")
 
 
 def _cli_user(email):
@@ -4107,10 +4143,12 @@ def _users_create(email, password, active, confirmed):
         if not hasattr(_state().datastore.user_model, "confirmed_at"):
             raise click.UsageError("--confirmed needs a confirmed_at field on the user")
         fields["confirmed_at"] = _now()
-    _state().datastore.create_user(**fields)
+    user = _state().datastore.create_user(**fields)
     if config_value("CONFIRMABLE") and not confirmed:
-        click.echo(f"{email} must confirm the address before logging in (--confirmed)")
-    _cli_commit(f"created user {email}")
+        click.echo(
+            f"{user.email} must confirm the address before logging in (--confirmed)"
+        )
+    _cli_commit(f"created user {user.email}")
 
 
 @users_cli.command("activate")
@@ -4163,9 +4201,15 @@ def _users_tf_reset(email):
 @click.option("--description", default=None, help="What the role allows.")
 def _roles_create(name, description):
     """Create the role NAME."""
-    if _state().datastore.find_role(name) is not None:
+    datastore = _state().datastore
+    if datastore.find_role(name) is not None:
         raise click.ClickException(f"the role {name} exists already")
-    _state().datastore.create_role(name=name, description=description)
+    fields = {"name": name}
+    if description is not None:  # a role model may have no description
+        if not hasattr(datastore.role_model, "description"):
+            raise click.UsageError("--description needs a description field")
+        fields["description"] = description
+    datastore.create_role(**fields)
     _cli_commit(f"created role {name}")
 
 
@@ -4497,6 +4541,13 @@ def _refuse_mail_until_set_up(app):
     app.before_request_funcs.setdefault(blueprint, []).append(refuse_unmailable_post)
 
 
+def _name_missing_tables(sender, exception, **extra):
+    """A request that failed for want of tables logs one line naming the fix,
+    beside Flask's traceback (connected to ``got_request_exception`` per app)."""
+    if _is_missing_table(exception):
+        _log.error("flask-security-lite: %s", _CREATE_THE_TABLES)
+
+
 def _refuse_unknown_forms(names):
     unknown = set(names) - set(_default_forms)
     if unknown:
@@ -4669,6 +4720,7 @@ class Security:
         app.add_template_global(state, "security")
         app.after_request(_keep_roles_readable)
         _refuse_mail_until_set_up(app)
+        got_request_exception.connect(_name_missing_tables, app)
         return state
 
     def _state(self):

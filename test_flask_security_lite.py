@@ -3359,6 +3359,31 @@ def test_context_processor_for_every_template_reaches_the_emails(make_app, tmp_p
     assert outbox[0].body == "Example Ltd"
 
 
+#: The first sentence of each of 1.7.4's emails, which apps and its tests look for.
+FIRST_SENTENCES_OF_174 = {
+    "welcome": "Welcome matt@lp.com!",
+    "confirmation_instructions": "Please confirm your email through the link below:",
+    "login_instructions": "Welcome matt@lp.com!",
+    "reset_instructions": "Click the link below to reset your password:",
+    "reset_notice": "Your password has been reset",
+    "change_notice": "Your password has been changed",
+}
+
+
+@pytest.mark.parametrize("template, sentence", FIRST_SENTENCES_OF_174.items())
+def test_each_default_email_starts_with_the_sentence_of_174(
+    make_app, template, sentence
+):
+    app = make_app(**RECOVER)
+    add_user(app)
+    links = dict(confirmation_link="L", login_link="L", reset_link="L")
+    with app.test_request_context(), app.mail.record_messages() as outbox:
+        user = app.datastore.find_user(email="matt@lp.com")
+        fsl.send_mail("Hi", "matt@lp.com", template, user=user, **links)
+    assert outbox[0].body.startswith(sentence)
+    assert outbox[0].html.startswith(f"<p>{sentence}")
+
+
 def test_send_mail_without_flask_mail_says_what_to_do(app):
     del app.extensions["mail"]
     with app.test_request_context(), pytest.raises(RuntimeError, match="Mail"):
@@ -5888,6 +5913,93 @@ def test_cli_says_an_unconfirmed_user_must_confirm_first(make_app):
     result = _cli(app, "users", "create", "new@lp.com", "--password", PASSWORD)
     assert "new@lp.com must confirm the address before logging in" in result.output
     assert json_login(app.test_client(), "new@lp.com").status_code == 400
+
+
+def test_cli_prints_the_address_as_stored(app):
+    result = _cli(app, "users", "create", "Matt@LP.com", "--password", PASSWORD)
+    assert result.output == "created user matt@lp.com\n"
+
+
+def test_cli_creates_a_role_on_a_model_without_description():
+    app, datastore = _app_with_user_fields(ALWAYS_NEEDED)
+    Security(app, datastore)
+    with app.app_context():
+        datastore.db.create_all()
+    result = app.test_cli_runner().invoke(args=["roles", "create", "admin"])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        assert datastore.find_role("admin") is not None
+
+
+def test_cli_refuses_a_description_the_role_model_cannot_hold():
+    app, datastore = _app_with_user_fields(ALWAYS_NEEDED)
+    Security(app, datastore)
+    with app.app_context():
+        datastore.db.create_all()
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["roles", "create", "admin", "--description", "x"])
+    assert result.exit_code == 2
+    assert "--description needs a description field" in result.output
+
+
+def _peewee_app_without_tables():
+    """A secured app on peewee whose tables were never created."""
+    import peewee
+
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "test secret"
+    db = peewee.SqliteDatabase(":memory:")
+
+    class Role(peewee.Model, fsl.RoleMixin):
+        name = peewee.CharField(unique=True)
+
+        class Meta:
+            database = db
+
+    class User(peewee.Model, fsl.UserMixin):
+        email = peewee.TextField(unique=True)
+        password = peewee.TextField(null=True)
+        active = peewee.BooleanField(default=True)
+
+        class Meta:
+            database = db
+
+    class UserRoles(peewee.Model):
+        user = peewee.ForeignKeyField(User, backref="roles")
+        role = peewee.ForeignKeyField(Role, backref="users")
+
+        class Meta:
+            database = db
+
+    Security(app, fsl.PeeweeUserDatastore(db, User, Role, UserRoles))
+    return app
+
+
+def _sqlalchemy_app_without_tables():
+    app, datastore = _app_with_user_fields(ALWAYS_NEEDED)
+    Security(app, datastore)
+    return app
+
+
+APPS_WITHOUT_TABLES = [_sqlalchemy_app_without_tables, _peewee_app_without_tables]
+
+
+@pytest.mark.parametrize("make", APPS_WITHOUT_TABLES)
+def test_cli_without_tables_says_so_in_one_line_and_fails(make):
+    result = make().test_cli_runner().invoke(args=["users", "unlock", "a@lp.com"])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1
+    assert "db.create_all()" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("make", APPS_WITHOUT_TABLES)
+def test_a_request_without_tables_logs_the_fix(make, caplog):
+    app = make()
+    app.config["WTF_CSRF_ENABLED"] = False
+    response = json_login(app.test_client())
+    assert response.status_code == 500
+    (line,) = [r for r in caplog.records if "db.create_all()" in r.getMessage()]
+    assert "'Tables not created'" in line.getMessage()
 
 
 def test_cli_normalises_emails_like_the_views(app):
