@@ -4361,8 +4361,8 @@ def create_blueprint(app: Flask, import_name: str = __name__) -> Blueprint:
 def _can_end_sessions(app):
     """True if the user model of ``app`` has a ``security_stamp`` field, which
     the sessions page needs."""
-    state = app.extensions.get("security")
-    return state is not None and hasattr(state.datastore.user_model, "security_stamp")
+    datastore = getattr(app.extensions.get("security"), "datastore", None)
+    return hasattr(getattr(datastore, "user_model", None), "security_stamp")
 
 
 def _templates_folder():
