@@ -982,6 +982,20 @@ def test_md5_is_the_hex_digest(app):
     assert fsl.md5("abc") == hashlib.md5(b"abc").hexdigest()
 
 
+def test_users_hashed_by_default_log_in_after_a_switch_to_bcrypt(make_app, tmp_path):
+    """1.7.4's hashing test: schemes listed without our default, users made, then
+    the hash switched: the users made first still log in."""
+    schemes = dict(SECURITY_PASSWORD_SCHEMES=["bcrypt", "plaintext"])
+    first = make_app(**schemes)
+    add_user(first)
+    first.config["SECURITY_PASSWORD_HASH"] = "bcrypt"
+    with first.app_context():
+        context = fsl._build_password_context(first.config)
+        user = first.datastore.find_user(email="matt@lp.com")
+        assert user.password.startswith("$pbkdf2-sha512$")
+        assert context.verify(PASSWORD, user.password)
+
+
 # =============================================================================
 # 4. Users, roles and datastores: the mixins
 # =============================================================================
@@ -1450,6 +1464,45 @@ def test_custom_174_datastore_serves_tokens():
     client.get("/logout")
     response = client.get("/token", headers={"Authentication-Token": token})
     assert response.json == {"email": "matt@lp.com"}
+
+
+def _orm_conflict_error(store):
+    """The exception the ORM of ``store`` raises for a broken unique rule."""
+    if store == "peewee":
+        import peewee
+
+        return peewee.IntegrityError
+    if store == "mongo":
+        import mongoengine
+
+        return mongoengine.NotUniqueError
+    import sqlalchemy.exc
+
+    return sqlalchemy.exc.IntegrityError
+
+
+def test_a_duplicate_user_is_the_orms_own_error_as_in_174(make_app, store):
+    app = make_app(store=store)
+    add_user(app)
+    with app.app_context():
+        with pytest.raises(_orm_conflict_error(store)) as caught:
+            app.datastore.create_user(email="matt@lp.com", password=PASSWORD)
+            app.datastore.commit()
+    assert isinstance(caught.value, fsl.DatastoreConflictError)
+
+
+def test_a_conflict_at_commit_is_sqlalchemys_integrity_error(make_app):
+    import sqlalchemy.exc
+
+    app = make_app()
+    add_user(app)
+    with app.app_context():
+        db = app.datastore.db
+        db.session.add(app.datastore.user_model(email="matt@lp.com", password="x"))
+        with pytest.raises(sqlalchemy.exc.IntegrityError) as caught:
+            app.datastore.commit()
+    assert isinstance(caught.value, fsl.DatastoreConflictError)
+    assert "UNIQUE" in str(caught.value) and "INSERT" not in str(caught.value)
 
 
 # =============================================================================
@@ -3302,6 +3355,17 @@ def test_mail_context_processor_adds_values(make_app, tmp_path):
     with app.test_request_context(), app.mail.record_messages() as outbox:
         fsl.send_mail("Hi", "matt@lp.com", "reset_notice", user=None)
     assert outbox[0].body == "from processor"
+
+
+def test_context_processor_for_every_template_reaches_the_emails(make_app, tmp_path):
+    (tmp_path / "security" / "email").mkdir(parents=True)
+    (tmp_path / "security" / "email" / "reset_notice.txt").write_text("{{ site }}")
+    (tmp_path / "security" / "email" / "reset_notice.html").write_text("{{ site }}")
+    app = make_app(template_folder=str(tmp_path))
+    app.security.context_processor(lambda: {"site": "Example Ltd"})
+    with app.test_request_context(), app.mail.record_messages() as outbox:
+        fsl.send_mail("Hi", "matt@lp.com", "reset_notice", user=None)
+    assert outbox[0].body == "Example Ltd"
 
 
 def test_send_mail_without_flask_mail_says_what_to_do(app):
@@ -6017,16 +6081,73 @@ def test_known_settings_and_messages_do_not_warn(make_app, caplog):
     assert "not a flask-security-lite setting" not in caplog.text
 
 
-@pytest.mark.parametrize("feature", ["REGISTERABLE", "RECOVERABLE", "PASSWORDLESS"])
-def test_mail_feature_without_mail_fails_on_the_first_request(make_app, feature):
-    app = make_app(**{f"SECURITY_{feature}": True})
+def test_a_mail_feature_without_mail_is_logged_once_with_its_fix(make_app, caplog):
+    app = make_app(**REGISTER)
     del app.extensions["mail"]
-    with pytest.raises(RuntimeError) as error:
-        app.test_client().get("/")
-    assert f"SECURITY_{feature} send mail" in str(error.value)
-    assert "Mail(app)" in str(error.value) and "@security.send_mail_task" in str(
-        error.value
-    )
+    client = app.test_client()
+    client.get("/")
+    client.get("/")
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    assert "SECURITY_REGISTERABLE sends mail" in errors[0].getMessage()
+    assert "Mail(app)" in errors[0].getMessage()
+    assert "@security.send_mail_task" in errors[0].getMessage()
+
+
+def test_without_mail_every_page_that_sends_none_keeps_working(make_app):
+    app = make_app(**REGISTER, **RECOVER)
+    del app.extensions["mail"]
+    add_user(app)
+    client = app.test_client()
+    assert client.get("/").status_code == 200
+    assert client.get("/register").status_code == 200
+    assert json_login(client).status_code == 200
+    assert client.get("/profile").status_code == 200
+    assert client.get("/logout").status_code == 302
+
+
+#: A post that would send mail, with the feature that makes it mail.
+MAILING_POSTS = [
+    pytest.param(REGISTER, "/register", {"email": "new@lp.com"}, id="register"),
+    pytest.param(RECOVER, "/reset", {"email": "matt@lp.com"}, id="forgot"),
+    pytest.param(PASSWORDLESS, "/login", {"email": "matt@lp.com"}, id="passwordless"),
+    pytest.param(CONFIRM, "/confirm", {"email": "matt@lp.com"}, id="confirm"),
+]
+
+
+@pytest.mark.parametrize("feature, url, fields", MAILING_POSTS)
+def test_without_mail_a_post_that_would_mail_is_refused_with_503(
+    make_app, feature, url, fields
+):
+    app = make_app(**feature)
+    del app.extensions["mail"]
+    add_user(app)
+    fields = {**fields, "password": PASSWORD, "password_confirm": PASSWORD}
+    response = app.test_client().post(url, json=fields)
+    assert response.status_code == 503
+    expected = app.config["SECURITY_MSG_MAIL_NOT_SET_UP"][0]
+    assert response.json["response"]["error"] == expected
+
+
+def test_without_mail_a_registration_writes_nothing(make_app):
+    app = make_app(**REGISTER)
+    del app.extensions["mail"]
+    fields = {"email": "new@lp.com", "password": PASSWORD}
+    assert app.test_client().post("/register", data=fields).status_code == 503
+    assert get_user(app, "new@lp.com") is None
+
+
+def test_without_mail_a_password_change_is_refused_before_it_is_made(make_app):
+    app = make_app(**CHANGE)
+    client = logged_in_client(app)
+    del app.extensions["mail"]
+    fields = {
+        "password": PASSWORD,
+        "new_password": "another long secret",
+        "new_password_confirm": "another long secret",
+    }
+    assert client.post("/change", json=fields).status_code == 503
+    assert json_login(app.test_client()).status_code == 200
 
 
 def test_a_send_mail_task_registered_after_init_app_is_enough(make_app):
@@ -6084,6 +6205,14 @@ def test_missing_hashing_backend_names_the_package_and_the_extra(
         f"pip install {package} (or pip install 'flask-security-lite[{scheme}]')"
         in (str(error.value))
     )
+
+
+@pytest.mark.parametrize("store", [fsl.Datastore(None), types.SimpleNamespace()])
+def test_a_datastore_the_checks_cannot_inspect_still_starts(store):
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "test secret"
+    Security(app, datastore=store)
+    assert app.test_client().get("/login").status_code == 200
 
 
 # =============================================================================
