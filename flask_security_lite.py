@@ -116,6 +116,7 @@ from flask import (
     current_app,
     flash,
     g,
+    got_request_exception,
     has_app_context,
     has_request_context,
     jsonify,
@@ -1153,6 +1154,26 @@ def _conflict_type(orm_error: type) -> type:
     return type(
         "DatastoreConflictError", (DatastoreConflictError, orm_error), namespace
     )
+
+
+#: What to do when the database has no tables yet.
+_CREATE_THE_TABLES = (
+    "the database has no tables for users and roles yet: create them with "
+    "db.create_all() (Flask-SQLAlchemy), db.create_tables([...]) (peewee) or your "
+    "migrations; flask-security-lite never creates tables (README.md, "
+    "Troubleshooting, 'Tables not created')"
+)
+
+
+def _is_missing_table(error: BaseException) -> bool:
+    """True for the database's "no such table" (SQLite) or "relation does not
+    exist" (PostgreSQL), through SQLAlchemy or peewee."""
+    if type(error).__name__ not in ("OperationalError", "ProgrammingError"):
+        return False
+    cause = getattr(error, "orig", None) or error
+    code = getattr(cause, "pgcode", None) or getattr(cause, "sqlstate", None)
+    text = str(cause).lower()
+    return code == "42P01" or "no such table" in text or "does not exist" in text
 
 
 def normalize_email(address: str) -> str:
@@ -4048,9 +4069,24 @@ def _holds_our_templates(folder):
 # =============================================================================
 
 
-users_cli = AppGroup("users", help="Create, activate, deactivate and unlock users.")
+class _SecurityCommands(AppGroup):
+    """A ``flask`` command group whose commands end with one line, not a
+    traceback, when the database has no tables yet."""
 
-roles_cli = AppGroup("roles", help="Create roles and give them to users.")
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as error:
+            if _is_missing_table(error):
+                raise click.ClickException(_CREATE_THE_TABLES) from None
+            raise
+
+
+users_cli = _SecurityCommands(
+    "users", help="Create, activate, deactivate and unlock users."
+)
+
+roles_cli = _SecurityCommands("roles", help="Create roles and give them to users.")
 
 
 def _cli_user(email):
@@ -4107,10 +4143,12 @@ def _users_create(email, password, active, confirmed):
         if not hasattr(_state().datastore.user_model, "confirmed_at"):
             raise click.UsageError("--confirmed needs a confirmed_at field on the user")
         fields["confirmed_at"] = _now()
-    _state().datastore.create_user(**fields)
+    user = _state().datastore.create_user(**fields)
     if config_value("CONFIRMABLE") and not confirmed:
-        click.echo(f"{email} must confirm the address before logging in (--confirmed)")
-    _cli_commit(f"created user {email}")
+        click.echo(
+            f"{user.email} must confirm the address before logging in (--confirmed)"
+        )
+    _cli_commit(f"created user {user.email}")
 
 
 @users_cli.command("activate")
@@ -4163,9 +4201,15 @@ def _users_tf_reset(email):
 @click.option("--description", default=None, help="What the role allows.")
 def _roles_create(name, description):
     """Create the role NAME."""
-    if _state().datastore.find_role(name) is not None:
+    datastore = _state().datastore
+    if datastore.find_role(name) is not None:
         raise click.ClickException(f"the role {name} exists already")
-    _state().datastore.create_role(name=name, description=description)
+    fields = {"name": name}
+    if description is not None:  # a role model may have no description
+        if not hasattr(datastore.role_model, "description"):
+            raise click.UsageError("--description needs a description field")
+        fields["description"] = description
+    datastore.create_role(**fields)
     _cli_commit(f"created role {name}")
 
 
@@ -4272,11 +4316,15 @@ def _validate_startup(app, datastore):
     problem is named with its fix. Unknown ``SECURITY_*`` keys only warn."""
     config = app.config
     _validate_link_base(app)
+    user_model = getattr(datastore, "user_model", None)
     problems = [
+        *_missing_secret_key(app),
         *_misspelt_settings(config),
+        *_mistyped_settings(config),
         *_unparsable_lifetimes(app),
         # A custom store (or a 1.7.4 test double) may not name its model.
-        *_missing_user_fields(app, getattr(datastore, "user_model", None)),
+        *_missing_user_methods(user_model),
+        *_missing_user_fields(app, user_model),
         *_shared_salts(config),
     ]
     if problems:
@@ -4307,6 +4355,82 @@ def _misspelt_settings(config):
         else:
             hint = f" (did you mean {close[0]}?)" if close else ""
             _log.warning("%s is not a flask-security-lite setting%s", key, hint)
+
+
+def _missing_secret_key(app):
+    """Sessions, CSRF tokens and every token of this module are signed with it."""
+    if not app.secret_key:
+        yield (
+            "SECRET_KEY is not set: set app.config['SECRET_KEY'] to a long random "
+            "value, e.g. from python -c 'import secrets; print(secrets.token_hex())' "
+            "(README.md, Troubleshooting, 'No SECRET_KEY')"
+        )
+
+
+#: Settings whose default is None that take a number of seconds or of attempts.
+_NUMBER_SETTINGS = ("TOKEN_MAX_AGE", "LOCKOUT_ATTEMPTS")
+
+
+def _mistyped_settings(config):
+    """Each setting of another type than its default's, named with the type wanted.
+    A switch given as a string ``'False'`` is on, as 1.7.x took it: kept, and
+    warned about with the boolean to write."""
+    for key, default in _default_config.items():
+        name, value = "SECURITY_" + key, config["SECURITY_" + key]
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                _log.warning(
+                    "%s is the string %r, which turns it on, as 1.7.x did: write "
+                    "True to keep it on, or False to turn it off",
+                    name,
+                    value,
+                )
+            continue
+        wanted = _wanted_type(key, default, value)
+        if wanted:
+            yield (
+                f"{name} must be {wanted}, not {value!r} "
+                "(docs/configuration.md lists each setting)"
+            )
+
+
+def _wanted_type(key, default, value):
+    """What ``value`` of setting ``key`` should have been, or None if it fits."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if key in _NUMBER_SETTINGS:
+        return None if value is None or number else "a number (of seconds) or None"
+    if isinstance(default, int):
+        return None if number and int(value) == value else "a whole number"
+    if isinstance(default, list):
+        fits = isinstance(value, list | tuple | set | frozenset)
+        if key == "USER_IDENTITY_ATTRIBUTES":
+            fits = fits or isinstance(value, str)  # 1.7.4's "email, username"
+        return None if fits else "a list"
+    if isinstance(default, dict):
+        return None if isinstance(value, dict) else "a dict"
+    return None
+
+
+#: What the module asks of every user object, as :class:`UserMixin` gives it.
+_USER_METHODS = (
+    "is_active",
+    "is_authenticated",
+    "get_session_identity",
+    "get_auth_token",
+    "has_role",
+)
+
+
+def _missing_user_methods(user_model):
+    """The user model must have :class:`UserMixin`'s methods (a model with only
+    Flask-Login's mixin would fail at its first login)."""
+    missing = [name for name in _USER_METHODS if not hasattr(user_model, name)]
+    if user_model is not None and missing:
+        yield (
+            f"the user model {user_model.__name__} lacks {', '.join(missing)}: "
+            "derive it from flask_security_lite.UserMixin (README.md, "
+            "Troubleshooting, 'A user model without UserMixin')"
+        )
 
 
 def _shared_salts(config):
@@ -4344,7 +4468,7 @@ def _missing_user_fields(app, user_model):
     return [
         f"the user model {user_model.__name__} has no {name!r} field"
         + (f" (needed by SECURITY_{feature})" if feature else "")
-        + ": add it (README, Quick start, shows every field)"
+        + ": add it (README.md, 'The fields each feature needs')"
         for name, feature in wanted.items()
         if not _has_field(user_model, name)
     ]
@@ -4415,6 +4539,13 @@ def _refuse_mail_until_set_up(app):
 
     app.before_request(say_once)
     app.before_request_funcs.setdefault(blueprint, []).append(refuse_unmailable_post)
+
+
+def _name_missing_tables(sender, exception, **extra):
+    """A request that failed for want of tables logs one line naming the fix,
+    beside Flask's traceback (connected to ``got_request_exception`` per app)."""
+    if _is_missing_table(exception):
+        _log.error("flask-security-lite: %s", _CREATE_THE_TABLES)
 
 
 def _refuse_unknown_forms(names):
@@ -4589,6 +4720,7 @@ class Security:
         app.add_template_global(state, "security")
         app.after_request(_keep_roles_readable)
         _refuse_mail_until_set_up(app)
+        got_request_exception.connect(_name_missing_tables, app)
         return state
 
     def _state(self):

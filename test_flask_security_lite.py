@@ -35,6 +35,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import flask
+import flask_login
 import pytest
 from flask import Flask, Response, jsonify
 from flask_mail import Mail
@@ -2898,14 +2899,6 @@ def test_token_from_another_secret_key_is_refused(make_app):
     assert response.status_code == 401
 
 
-def test_a_token_max_age_given_as_a_string_refuses_tokens_not_the_request(make_app):
-    app = make_app(SECURITY_TOKEN_MAX_AGE="3600")
-    add_user(app)
-    token = auth_token(app.test_client())
-    headers = {"Authentication-Token": token}
-    assert app.test_client().get("/token", headers=headers).status_code == 401
-
-
 def test_token_expires_after_token_max_age(make_app, clock):
     app = make_app(SECURITY_TOKEN_MAX_AGE=60)
     add_user(app)
@@ -3366,6 +3359,31 @@ def test_context_processor_for_every_template_reaches_the_emails(make_app, tmp_p
     with app.test_request_context(), app.mail.record_messages() as outbox:
         fsl.send_mail("Hi", "matt@lp.com", "reset_notice", user=None)
     assert outbox[0].body == "Example Ltd"
+
+
+#: The first sentence of each of 1.7.4's emails, which apps and its tests look for.
+FIRST_SENTENCES_OF_174 = {
+    "welcome": "Welcome matt@lp.com!",
+    "confirmation_instructions": "Please confirm your email through the link below:",
+    "login_instructions": "Welcome matt@lp.com!",
+    "reset_instructions": "Click the link below to reset your password:",
+    "reset_notice": "Your password has been reset",
+    "change_notice": "Your password has been changed",
+}
+
+
+@pytest.mark.parametrize("template, sentence", FIRST_SENTENCES_OF_174.items())
+def test_each_default_email_starts_with_the_sentence_of_174(
+    make_app, template, sentence
+):
+    app = make_app(**RECOVER)
+    add_user(app)
+    links = dict(confirmation_link="L", login_link="L", reset_link="L")
+    with app.test_request_context(), app.mail.record_messages() as outbox:
+        user = app.datastore.find_user(email="matt@lp.com")
+        fsl.send_mail("Hi", "matt@lp.com", template, user=user, **links)
+    assert outbox[0].body.startswith(sentence)
+    assert outbox[0].html.startswith(f"<p>{sentence}")
 
 
 def test_send_mail_without_flask_mail_says_what_to_do(app):
@@ -5899,6 +5917,93 @@ def test_cli_says_an_unconfirmed_user_must_confirm_first(make_app):
     assert json_login(app.test_client(), "new@lp.com").status_code == 400
 
 
+def test_cli_prints_the_address_as_stored(app):
+    result = _cli(app, "users", "create", "Matt@LP.com", "--password", PASSWORD)
+    assert result.output == "created user matt@lp.com\n"
+
+
+def test_cli_creates_a_role_on_a_model_without_description():
+    app, datastore = _app_with_user_fields(ALWAYS_NEEDED)
+    Security(app, datastore)
+    with app.app_context():
+        datastore.db.create_all()
+    result = app.test_cli_runner().invoke(args=["roles", "create", "admin"])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        assert datastore.find_role("admin") is not None
+
+
+def test_cli_refuses_a_description_the_role_model_cannot_hold():
+    app, datastore = _app_with_user_fields(ALWAYS_NEEDED)
+    Security(app, datastore)
+    with app.app_context():
+        datastore.db.create_all()
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["roles", "create", "admin", "--description", "x"])
+    assert result.exit_code == 2
+    assert "--description needs a description field" in result.output
+
+
+def _peewee_app_without_tables():
+    """A secured app on peewee whose tables were never created."""
+    import peewee
+
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "test secret"
+    db = peewee.SqliteDatabase(":memory:")
+
+    class Role(peewee.Model, fsl.RoleMixin):
+        name = peewee.CharField(unique=True)
+
+        class Meta:
+            database = db
+
+    class User(peewee.Model, fsl.UserMixin):
+        email = peewee.TextField(unique=True)
+        password = peewee.TextField(null=True)
+        active = peewee.BooleanField(default=True)
+
+        class Meta:
+            database = db
+
+    class UserRoles(peewee.Model):
+        user = peewee.ForeignKeyField(User, backref="roles")
+        role = peewee.ForeignKeyField(Role, backref="users")
+
+        class Meta:
+            database = db
+
+    Security(app, fsl.PeeweeUserDatastore(db, User, Role, UserRoles))
+    return app
+
+
+def _sqlalchemy_app_without_tables():
+    app, datastore = _app_with_user_fields(ALWAYS_NEEDED)
+    Security(app, datastore)
+    return app
+
+
+APPS_WITHOUT_TABLES = [_sqlalchemy_app_without_tables, _peewee_app_without_tables]
+
+
+@pytest.mark.parametrize("make", APPS_WITHOUT_TABLES)
+def test_cli_without_tables_says_so_in_one_line_and_fails(make):
+    result = make().test_cli_runner().invoke(args=["users", "unlock", "a@lp.com"])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1
+    assert "db.create_all()" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("make", APPS_WITHOUT_TABLES)
+def test_a_request_without_tables_logs_the_fix(make, caplog):
+    app = make()
+    app.config["WTF_CSRF_ENABLED"] = False
+    response = json_login(app.test_client())
+    assert response.status_code == 500
+    (line,) = [r for r in caplog.records if "db.create_all()" in r.getMessage()]
+    assert "'Tables not created'" in line.getMessage()
+
+
 def test_cli_normalises_emails_like_the_views(app):
     email = "\u00c4rger@LP.com"
     assert _cli(app, "users", "create", email, "--password", PASSWORD).exit_code == 0
@@ -6205,6 +6310,71 @@ def test_missing_hashing_backend_names_the_package_and_the_extra(
         f"pip install {package} (or pip install 'flask-security-lite[{scheme}]')"
         in (str(error.value))
     )
+
+
+def test_no_secret_key_is_refused_at_init_app_with_the_fix(make_app):
+    with pytest.raises(RuntimeError) as error:
+        make_app(SECRET_KEY=None)
+    assert "SECRET_KEY is not set" in str(error.value)
+    assert "'No SECRET_KEY'" in str(error.value)
+
+
+def test_a_user_model_without_usermixin_is_refused_at_init_app():
+    class User(flask_login.UserMixin):  # Flask-Login's mixin, not ours
+        pass
+
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "test secret"
+    with pytest.raises(RuntimeError) as error:
+        Security(app, datastore=types.SimpleNamespace(user_model=User))
+    assert "User lacks get_session_identity, get_auth_token, has_role" in str(
+        error.value
+    )
+    assert "flask_security_lite.UserMixin" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, wanted",
+    [
+        ("SECURITY_TOKEN_MAX_AGE", "1 day", "a number (of seconds) or None"),
+        ("SECURITY_PASSWORD_LENGTH_MIN", "8", "a whole number"),
+        ("SECURITY_LOCKOUT_ATTEMPTS", "5", "a number (of seconds) or None"),
+        ("SECURITY_PASSWORD_SCHEMES", "bcrypt", "a list"),
+        ("SECURITY_PASSWORD_HASH_OPTIONS", [], "a dict"),
+    ],
+)
+def test_a_setting_of_the_wrong_type_is_refused_with_the_type_wanted(
+    make_app, key, value, wanted
+):
+    with pytest.raises(RuntimeError) as error:
+        make_app(**{key: value})
+    assert f"{key} must be {wanted}, not {value!r}" in str(error.value)
+
+
+def test_settings_of_the_right_types_start(make_app):
+    make_app(
+        SECURITY_TOKEN_MAX_AGE=3600.5,
+        SECURITY_PASSWORD_LENGTH_MIN=10,
+        SECURITY_USER_IDENTITY_ATTRIBUTES="email, username",
+        SECURITY_LOGOUT_METHODS=("POST",),
+    )
+
+
+def test_a_switch_given_as_a_string_is_on_as_in_17x_and_warned(make_app, caplog):
+    app = make_app(**CONFIRM, SECURITY_LOGIN_WITHOUT_CONFIRMATION="False")
+    assert (
+        "SECURITY_LOGIN_WITHOUT_CONFIRMATION is the string 'False', which turns it "
+        "on, as 1.7.x did: write True to keep it on, or False to turn it off"
+    ) in caplog.text
+    add_user(app)  # never confirmed
+    assert json_login(app.test_client()).status_code == 200
+
+
+def test_a_startup_error_about_a_field_names_the_section_with_every_field():
+    app, datastore = _app_with_user_fields(ALWAYS_NEEDED, SECURITY_TRACKABLE=True)
+    with pytest.raises(RuntimeError) as error:
+        Security(app, datastore)
+    assert "README.md, 'The fields each feature needs'" in str(error.value)
 
 
 @pytest.mark.parametrize("store", [fsl.Datastore(None), types.SimpleNamespace()])
