@@ -6377,6 +6377,18 @@ def test_a_startup_error_about_a_field_names_the_section_with_every_field():
     assert "README.md, 'The fields each feature needs'" in str(error.value)
 
 
+def test_every_page_a_startup_message_names_has_the_section_it_names():
+    source = (HERE / "flask_security_lite.py").read_text()
+    named = set(re.findall(r"\((README\.md|docs/[\w-]+\.md)(?:, '([^']+)')?", source))
+    assert len(named) >= 9
+    for page, heading in named:
+        text = (HERE / page).read_text()
+        assert not heading or re.search(rf"^#+ {re.escape(heading)}$", text, re.M), (
+            page,
+            heading,
+        )
+
+
 @pytest.mark.parametrize("store", [fsl.Datastore(None), types.SimpleNamespace()])
 def test_a_datastore_the_checks_cannot_inspect_still_starts(store):
     app = Flask(__name__)
