@@ -671,6 +671,12 @@ class _SecurityState:
         """:meth:`Security.send_mail_task`, offered on the state too."""
         return self.security.send_mail_task(function)
 
+    def csrf_token(self) -> str:
+        """The session's CSRF token, for a form of a template's own: a logout
+        button when ``SECURITY_LOGOUT_METHODS`` is ``["POST"]``."""
+        field = self.app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+        return generate_csrf(token_key=field)
+
 
 def config_value(key: str, app: Flask | None = None, default: Any = None) -> Any:
     """Return ``SECURITY_<key>`` from the config of ``app`` (default: current app)."""
@@ -3230,8 +3236,7 @@ def sessions() -> ResponseReturnValue:
     if request.method == "GET" and _wants_json():
         response = {"session": _this_session()}
         if current_app.config.get("WTF_CSRF_ENABLED", True):
-            field = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
-            response["csrf_token"] = generate_csrf(token_key=field)
+            response["csrf_token"] = _state().csrf_token()
         return _json_answer(200, response)
     return _form_view("sessions", "sessions_form", act, this_session=_this_session())
 

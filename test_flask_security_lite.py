@@ -3652,6 +3652,46 @@ def test_anonymous_post_logout_needs_no_csrf_token(make_app):
     assert app.test_client().post("/logout").status_code == 302
 
 
+def test_with_logout_by_post_only_our_menu_logs_out_with_a_form(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True, SECURITY_LOGOUT_METHODS=["POST"])
+    add_user(app)
+    client = app.test_client()
+    csrf_login(client)
+    page = client.get("/sessions").get_data(as_text=True)
+    menu = page[page.index('class="security-menu"') :]
+    form = _Tags(menu, "form").found[0]
+    token = _Tags(menu, "input").found[0]
+    assert (form["action"], form["method"]) == ("/logout", "post")
+    assert client.get("/logout").status_code == 405
+    response = client.post("/logout", data={token["name"]: token["value"]})
+    assert response.status_code == 302
+    assert client.get("/profile").status_code == 302
+
+
+def test_host_prefixed_cookie_names_of_the_checklist_work_over_https(make_app):
+    app = make_app(
+        SESSION_COOKIE_NAME="__Host-session",
+        SESSION_COOKIE_SECURE=True,
+        REMEMBER_COOKIE_NAME="__Host-remember",
+        REMEMBER_COOKIE_SECURE=True,
+    )
+    add_user(app)
+    client = app.test_client()
+    https = {"base_url": "https://localhost"}
+    response = client.post(
+        "/login",
+        data={"email": "matt@lp.com", "password": PASSWORD, "remember": "y"},
+        **https,
+    )
+    cookies = response.headers.getlist("Set-Cookie")
+    assert {c.split("=")[0] for c in cookies} == {"__Host-session", "__Host-remember"}
+    assert all("Secure" in c and "Path=/" in c and "Domain" not in c for c in cookies)
+    assert client.get("/profile", **https).status_code == 200
+    restored = app.test_client()
+    restored.set_cookie("__Host-remember", client.get_cookie("__Host-remember").value)
+    assert restored.get("/profile", **https).status_code == 200
+
+
 # -- the sessions page (ASVS 7.5.2) --------------------------------------------
 
 
