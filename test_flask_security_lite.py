@@ -8134,6 +8134,30 @@ def _run_proxy_fix(block, tmp_path, monkeypatch):
     assert isinstance(namespace["app"].wsgi_app, ProxyFix)
 
 
+def _run_logout_form(block, tmp_path, monkeypatch):
+    """The logout form of docs/security.md logs out an app that allows POST only."""
+    app, datastore = _app_with_user_fields(
+        [*ALWAYS_NEEDED, "security_stamp"],
+        TESTING=True,
+        SECURITY_LOGOUT_METHODS=["POST"],
+        SECURITY_PASSWORD_HASH_OPTIONS=FAST_HASHING,
+    )
+    Security(app, datastore)
+    app.datastore = datastore
+    _add_test_views(app)
+    app.add_url_rule("/page", "page", lambda: flask.render_template_string(block))
+    with app.app_context():
+        datastore.db.create_all()
+    add_user(app)
+    client = app.test_client()
+    csrf_login(client)
+    page = client.get("/page").get_data(as_text=True)
+    form, token = _Tags(page, "form").found[0], _Tags(page, "input").found[0]
+    response = client.post(form["action"], data={token["name"]: token["value"]})
+    assert response.status_code == 302
+    assert client.get("/profile").status_code == 302
+
+
 def _run_sql_on_sqlite(block, tmp_path, monkeypatch):
     import sqlite3
 
@@ -8301,6 +8325,7 @@ DOC_BLOCK_RUNNERS = {
     ): "test_example_app_under_gunicorn_and_postgresql_keeps_its_promises",
     ("docs/security.md", "Running on many workers and hosts", 2): _run_proxy_fix,
     ("docs/security.md", "Running on many workers and hosts", 3): _run_sql_on_sqlite,
+    ("docs/security.md", "Sessions", 1): _run_logout_form,
     ("bench/README.md", "Benchmarks", 1): _check_bench_install,
 }
 
