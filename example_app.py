@@ -160,11 +160,12 @@ def home():
 
 
 def _api_lines(user):
-    """Two ``curl`` lines to paste: one calls /api/whoami with ``user``'s auth
-    token, one logs in by JSON for a new token. That login needs the CSRF token of
+    """``user``'s auth token, and two ``curl`` lines to paste: one calls
+    /api/whoami with it, one logs in by JSON for a new token. That login needs the CSRF token of
     a session, so the line fetches one first and keeps the session's cookie."""
     header = app.config["SECURITY_TOKEN_AUTHENTICATION_HEADER"]
-    header_line = shlex.quote(f"{header}: {user.get_auth_token()}")
+    token = user.get_auth_token()
+    header_line = shlex.quote(f"{header}: {token}")
     whoami_url = shlex.quote(url_for("whoami", _external=True))
     login_url = shlex.quote(url_for("security.login", _external=True))
     password = DEMO_PASSWORDS.get(user.email, "YOUR-PASSWORD")
@@ -176,6 +177,7 @@ def _api_lines(user):
         f"-d {body} {login_url}"
     )
     return {
+        "token": token,
         "header": header,
         "whoami": f"curl -s -H {header_line} {whoami_url}",
         "login": login,
