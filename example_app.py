@@ -86,7 +86,7 @@ app.config.setdefault(
         "Too many failed attempts: this account is locked for "
         f"{app.config['SECURITY_LOCKOUT_WITHIN']}. To get back in sooner, reset the "
         "password by “Forgot password” (if two-factor login is off), or run "
-        "flask --app example_app users unlock EMAIL",
+        "flask --app example_app users unlock EMAIL.",
         "error",
     ),
 )
@@ -161,8 +161,8 @@ def home():
 
 def _api_lines(user):
     """``user``'s auth token, and two ``curl`` lines to paste: one calls
-    /api/whoami with it, one logs in by JSON for a new token. That login needs the CSRF token of
-    a session, so the line fetches one first and keeps the session's cookie."""
+    /api/whoami with it, one logs in by JSON for a new token. That login needs the
+    CSRF token of a session, so the line fetches one first and keeps the cookie."""
     header = app.config["SECURITY_TOKEN_AUTHENTICATION_HEADER"]
     token = user.get_auth_token()
     header_line = shlex.quote(f"{header}: {token}")

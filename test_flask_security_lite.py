@@ -7796,6 +7796,32 @@ def test_example_app_home_page_curl_lines_work_when_pasted(example_site, tmp_pat
     assert _whoami(url, token)["email"] == "demo@example.com"
 
 
+@pytest.mark.slow
+def test_example_app_unlock_command_it_names_opens_a_locked_account(
+    example_site, tmp_path
+):
+    url, _ = example_site
+    for _ in range(5):
+        _home_page_as(url, "demo@example.com", "not the password")
+    locked = _home_page_as(url, "demo@example.com", "demo-password")
+    command = re.search(r"run (flask --app example_app users unlock) EMAIL", locked)
+    env = dict(
+        os.environ,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'example.db'}",
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    )
+    result = subprocess.run(
+        [*command[1].split(), "demo@example.com"],
+        cwd=HERE,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    home = _home_page_as(url, "demo@example.com", "demo-password")
+    assert "Logged in as <strong>demo@example.com</strong>" in home
+
+
 #: The tables of the demo before its two-factor and lockout fields.
 OLD_DEMO_SCHEMA = """
 CREATE TABLE role (id INTEGER PRIMARY KEY, name VARCHAR(80) UNIQUE,
