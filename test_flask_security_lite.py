@@ -35,6 +35,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import flask
+import flask_login
 import pytest
 from flask import Flask, Response, jsonify
 from flask_mail import Mail
@@ -980,6 +981,20 @@ def test_md5_is_the_hex_digest(app):
     assert fsl.md5("abc") == hashlib.md5(b"abc").hexdigest()
 
 
+def test_users_hashed_by_default_log_in_after_a_switch_to_bcrypt(make_app, tmp_path):
+    """1.7.4's hashing test: schemes listed without our default, users made, then
+    the hash switched: the users made first still log in."""
+    schemes = dict(SECURITY_PASSWORD_SCHEMES=["bcrypt", "plaintext"])
+    first = make_app(**schemes)
+    add_user(first)
+    first.config["SECURITY_PASSWORD_HASH"] = "bcrypt"
+    with first.app_context():
+        context = fsl._build_password_context(first.config)
+        user = first.datastore.find_user(email="matt@lp.com")
+        assert user.password.startswith("$pbkdf2-sha512$")
+        assert context.verify(PASSWORD, user.password)
+
+
 # =============================================================================
 # 4. Users, roles and datastores: the mixins
 # =============================================================================
@@ -1448,6 +1463,45 @@ def test_custom_174_datastore_serves_tokens():
     client.get("/logout")
     response = client.get("/token", headers={"Authentication-Token": token})
     assert response.json == {"email": "matt@lp.com"}
+
+
+def _orm_conflict_error(store):
+    """The exception the ORM of ``store`` raises for a broken unique rule."""
+    if store == "peewee":
+        import peewee
+
+        return peewee.IntegrityError
+    if store == "mongo":
+        import mongoengine
+
+        return mongoengine.NotUniqueError
+    import sqlalchemy.exc
+
+    return sqlalchemy.exc.IntegrityError
+
+
+def test_a_duplicate_user_is_the_orms_own_error_as_in_174(make_app, store):
+    app = make_app(store=store)
+    add_user(app)
+    with app.app_context():
+        with pytest.raises(_orm_conflict_error(store)) as caught:
+            app.datastore.create_user(email="matt@lp.com", password=PASSWORD)
+            app.datastore.commit()
+    assert isinstance(caught.value, fsl.DatastoreConflictError)
+
+
+def test_a_conflict_at_commit_is_sqlalchemys_integrity_error(make_app):
+    import sqlalchemy.exc
+
+    app = make_app()
+    add_user(app)
+    with app.app_context():
+        db = app.datastore.db
+        db.session.add(app.datastore.user_model(email="matt@lp.com", password="x"))
+        with pytest.raises(sqlalchemy.exc.IntegrityError) as caught:
+            app.datastore.commit()
+    assert isinstance(caught.value, fsl.DatastoreConflictError)
+    assert "UNIQUE" in str(caught.value) and "INSERT" not in str(caught.value)
 
 
 # =============================================================================
@@ -2843,14 +2897,6 @@ def test_token_from_another_secret_key_is_refused(make_app):
     assert response.status_code == 401
 
 
-def test_a_token_max_age_given_as_a_string_refuses_tokens_not_the_request(make_app):
-    app = make_app(SECURITY_TOKEN_MAX_AGE="3600")
-    add_user(app)
-    token = auth_token(app.test_client())
-    headers = {"Authentication-Token": token}
-    assert app.test_client().get("/token", headers=headers).status_code == 401
-
-
 def test_token_expires_after_token_max_age(make_app, clock):
     app = make_app(SECURITY_TOKEN_MAX_AGE=60)
     add_user(app)
@@ -3300,6 +3346,42 @@ def test_mail_context_processor_adds_values(make_app, tmp_path):
     with app.test_request_context(), app.mail.record_messages() as outbox:
         fsl.send_mail("Hi", "matt@lp.com", "reset_notice", user=None)
     assert outbox[0].body == "from processor"
+
+
+def test_context_processor_for_every_template_reaches_the_emails(make_app, tmp_path):
+    (tmp_path / "security" / "email").mkdir(parents=True)
+    (tmp_path / "security" / "email" / "reset_notice.txt").write_text("{{ site }}")
+    (tmp_path / "security" / "email" / "reset_notice.html").write_text("{{ site }}")
+    app = make_app(template_folder=str(tmp_path))
+    app.security.context_processor(lambda: {"site": "Example Ltd"})
+    with app.test_request_context(), app.mail.record_messages() as outbox:
+        fsl.send_mail("Hi", "matt@lp.com", "reset_notice", user=None)
+    assert outbox[0].body == "Example Ltd"
+
+
+#: The first sentence of each of 1.7.4's emails, which apps and its tests look for.
+FIRST_SENTENCES_OF_174 = {
+    "welcome": "Welcome matt@lp.com!",
+    "confirmation_instructions": "Please confirm your email through the link below:",
+    "login_instructions": "Welcome matt@lp.com!",
+    "reset_instructions": "Click the link below to reset your password:",
+    "reset_notice": "Your password has been reset",
+    "change_notice": "Your password has been changed",
+}
+
+
+@pytest.mark.parametrize("template, sentence", FIRST_SENTENCES_OF_174.items())
+def test_each_default_email_starts_with_the_sentence_of_174(
+    make_app, template, sentence
+):
+    app = make_app(**RECOVER)
+    add_user(app)
+    links = dict(confirmation_link="L", login_link="L", reset_link="L")
+    with app.test_request_context(), app.mail.record_messages() as outbox:
+        user = app.datastore.find_user(email="matt@lp.com")
+        fsl.send_mail("Hi", "matt@lp.com", template, user=user, **links)
+    assert outbox[0].body.startswith(sentence)
+    assert outbox[0].html.startswith(f"<p>{sentence}")
 
 
 def test_send_mail_without_flask_mail_says_what_to_do(app):
@@ -5833,6 +5915,93 @@ def test_cli_says_an_unconfirmed_user_must_confirm_first(make_app):
     assert json_login(app.test_client(), "new@lp.com").status_code == 400
 
 
+def test_cli_prints_the_address_as_stored(app):
+    result = _cli(app, "users", "create", "Matt@LP.com", "--password", PASSWORD)
+    assert result.output == "created user matt@lp.com\n"
+
+
+def test_cli_creates_a_role_on_a_model_without_description():
+    app, datastore = _app_with_user_fields(ALWAYS_NEEDED)
+    Security(app, datastore)
+    with app.app_context():
+        datastore.db.create_all()
+    result = app.test_cli_runner().invoke(args=["roles", "create", "admin"])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        assert datastore.find_role("admin") is not None
+
+
+def test_cli_refuses_a_description_the_role_model_cannot_hold():
+    app, datastore = _app_with_user_fields(ALWAYS_NEEDED)
+    Security(app, datastore)
+    with app.app_context():
+        datastore.db.create_all()
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["roles", "create", "admin", "--description", "x"])
+    assert result.exit_code == 2
+    assert "--description needs a description field" in result.output
+
+
+def _peewee_app_without_tables():
+    """A secured app on peewee whose tables were never created."""
+    import peewee
+
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "test secret"
+    db = peewee.SqliteDatabase(":memory:")
+
+    class Role(peewee.Model, fsl.RoleMixin):
+        name = peewee.CharField(unique=True)
+
+        class Meta:
+            database = db
+
+    class User(peewee.Model, fsl.UserMixin):
+        email = peewee.TextField(unique=True)
+        password = peewee.TextField(null=True)
+        active = peewee.BooleanField(default=True)
+
+        class Meta:
+            database = db
+
+    class UserRoles(peewee.Model):
+        user = peewee.ForeignKeyField(User, backref="roles")
+        role = peewee.ForeignKeyField(Role, backref="users")
+
+        class Meta:
+            database = db
+
+    Security(app, fsl.PeeweeUserDatastore(db, User, Role, UserRoles))
+    return app
+
+
+def _sqlalchemy_app_without_tables():
+    app, datastore = _app_with_user_fields(ALWAYS_NEEDED)
+    Security(app, datastore)
+    return app
+
+
+APPS_WITHOUT_TABLES = [_sqlalchemy_app_without_tables, _peewee_app_without_tables]
+
+
+@pytest.mark.parametrize("make", APPS_WITHOUT_TABLES)
+def test_cli_without_tables_says_so_in_one_line_and_fails(make):
+    result = make().test_cli_runner().invoke(args=["users", "unlock", "a@lp.com"])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1
+    assert "db.create_all()" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("make", APPS_WITHOUT_TABLES)
+def test_a_request_without_tables_logs_the_fix(make, caplog):
+    app = make()
+    app.config["WTF_CSRF_ENABLED"] = False
+    response = json_login(app.test_client())
+    assert response.status_code == 500
+    (line,) = [r for r in caplog.records if "db.create_all()" in r.getMessage()]
+    assert "'Tables not created'" in line.getMessage()
+
+
 def test_cli_normalises_emails_like_the_views(app):
     email = "\u00c4rger@LP.com"
     assert _cli(app, "users", "create", email, "--password", PASSWORD).exit_code == 0
@@ -6015,16 +6184,73 @@ def test_known_settings_and_messages_do_not_warn(make_app, caplog):
     assert "not a flask-security-lite setting" not in caplog.text
 
 
-@pytest.mark.parametrize("feature", ["REGISTERABLE", "RECOVERABLE", "PASSWORDLESS"])
-def test_mail_feature_without_mail_fails_on_the_first_request(make_app, feature):
-    app = make_app(**{f"SECURITY_{feature}": True})
+def test_a_mail_feature_without_mail_is_logged_once_with_its_fix(make_app, caplog):
+    app = make_app(**REGISTER)
     del app.extensions["mail"]
-    with pytest.raises(RuntimeError) as error:
-        app.test_client().get("/")
-    assert f"SECURITY_{feature} send mail" in str(error.value)
-    assert "Mail(app)" in str(error.value) and "@security.send_mail_task" in str(
-        error.value
-    )
+    client = app.test_client()
+    client.get("/")
+    client.get("/")
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    assert "SECURITY_REGISTERABLE sends mail" in errors[0].getMessage()
+    assert "Mail(app)" in errors[0].getMessage()
+    assert "@security.send_mail_task" in errors[0].getMessage()
+
+
+def test_without_mail_every_page_that_sends_none_keeps_working(make_app):
+    app = make_app(**REGISTER, **RECOVER)
+    del app.extensions["mail"]
+    add_user(app)
+    client = app.test_client()
+    assert client.get("/").status_code == 200
+    assert client.get("/register").status_code == 200
+    assert json_login(client).status_code == 200
+    assert client.get("/profile").status_code == 200
+    assert client.get("/logout").status_code == 302
+
+
+#: A post that would send mail, with the feature that makes it mail.
+MAILING_POSTS = [
+    pytest.param(REGISTER, "/register", {"email": "new@lp.com"}, id="register"),
+    pytest.param(RECOVER, "/reset", {"email": "matt@lp.com"}, id="forgot"),
+    pytest.param(PASSWORDLESS, "/login", {"email": "matt@lp.com"}, id="passwordless"),
+    pytest.param(CONFIRM, "/confirm", {"email": "matt@lp.com"}, id="confirm"),
+]
+
+
+@pytest.mark.parametrize("feature, url, fields", MAILING_POSTS)
+def test_without_mail_a_post_that_would_mail_is_refused_with_503(
+    make_app, feature, url, fields
+):
+    app = make_app(**feature)
+    del app.extensions["mail"]
+    add_user(app)
+    fields = {**fields, "password": PASSWORD, "password_confirm": PASSWORD}
+    response = app.test_client().post(url, json=fields)
+    assert response.status_code == 503
+    expected = app.config["SECURITY_MSG_MAIL_NOT_SET_UP"][0]
+    assert response.json["response"]["error"] == expected
+
+
+def test_without_mail_a_registration_writes_nothing(make_app):
+    app = make_app(**REGISTER)
+    del app.extensions["mail"]
+    fields = {"email": "new@lp.com", "password": PASSWORD}
+    assert app.test_client().post("/register", data=fields).status_code == 503
+    assert get_user(app, "new@lp.com") is None
+
+
+def test_without_mail_a_password_change_is_refused_before_it_is_made(make_app):
+    app = make_app(**CHANGE)
+    client = logged_in_client(app)
+    del app.extensions["mail"]
+    fields = {
+        "password": PASSWORD,
+        "new_password": "another long secret",
+        "new_password_confirm": "another long secret",
+    }
+    assert client.post("/change", json=fields).status_code == 503
+    assert json_login(app.test_client()).status_code == 200
 
 
 def test_a_send_mail_task_registered_after_init_app_is_enough(make_app):
@@ -6082,6 +6308,79 @@ def test_missing_hashing_backend_names_the_package_and_the_extra(
         f"pip install {package} (or pip install 'flask-security-lite[{scheme}]')"
         in (str(error.value))
     )
+
+
+def test_no_secret_key_is_refused_at_init_app_with_the_fix(make_app):
+    with pytest.raises(RuntimeError) as error:
+        make_app(SECRET_KEY=None)
+    assert "SECRET_KEY is not set" in str(error.value)
+    assert "'No SECRET_KEY'" in str(error.value)
+
+
+def test_a_user_model_without_usermixin_is_refused_at_init_app():
+    class User(flask_login.UserMixin):  # Flask-Login's mixin, not ours
+        pass
+
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "test secret"
+    with pytest.raises(RuntimeError) as error:
+        Security(app, datastore=types.SimpleNamespace(user_model=User))
+    assert "User lacks get_session_identity, get_auth_token, has_role" in str(
+        error.value
+    )
+    assert "flask_security_lite.UserMixin" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, wanted",
+    [
+        ("SECURITY_TOKEN_MAX_AGE", "1 day", "a number (of seconds) or None"),
+        ("SECURITY_PASSWORD_LENGTH_MIN", "8", "a whole number"),
+        ("SECURITY_LOCKOUT_ATTEMPTS", "5", "a number (of seconds) or None"),
+        ("SECURITY_PASSWORD_SCHEMES", "bcrypt", "a list"),
+        ("SECURITY_PASSWORD_HASH_OPTIONS", [], "a dict"),
+    ],
+)
+def test_a_setting_of_the_wrong_type_is_refused_with_the_type_wanted(
+    make_app, key, value, wanted
+):
+    with pytest.raises(RuntimeError) as error:
+        make_app(**{key: value})
+    assert f"{key} must be {wanted}, not {value!r}" in str(error.value)
+
+
+def test_settings_of_the_right_types_start(make_app):
+    make_app(
+        SECURITY_TOKEN_MAX_AGE=3600.5,
+        SECURITY_PASSWORD_LENGTH_MIN=10,
+        SECURITY_USER_IDENTITY_ATTRIBUTES="email, username",
+        SECURITY_LOGOUT_METHODS=("POST",),
+    )
+
+
+def test_a_switch_given_as_a_string_is_on_as_in_17x_and_warned(make_app, caplog):
+    app = make_app(**CONFIRM, SECURITY_LOGIN_WITHOUT_CONFIRMATION="False")
+    assert (
+        "SECURITY_LOGIN_WITHOUT_CONFIRMATION is the string 'False', which turns it "
+        "on, as 1.7.x did: write True to keep it on, or False to turn it off"
+    ) in caplog.text
+    add_user(app)  # never confirmed
+    assert json_login(app.test_client()).status_code == 200
+
+
+def test_a_startup_error_about_a_field_names_the_section_with_every_field():
+    app, datastore = _app_with_user_fields(ALWAYS_NEEDED, SECURITY_TRACKABLE=True)
+    with pytest.raises(RuntimeError) as error:
+        Security(app, datastore)
+    assert "README.md, 'The fields each feature needs'" in str(error.value)
+
+
+@pytest.mark.parametrize("store", [fsl.Datastore(None), types.SimpleNamespace()])
+def test_a_datastore_the_checks_cannot_inspect_still_starts(store):
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "test secret"
+    Security(app, datastore=store)
+    assert app.test_client().get("/login").status_code == 200
 
 
 # =============================================================================
