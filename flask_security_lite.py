@@ -1161,7 +1161,7 @@ _CREATE_THE_TABLES = (
     "the database has no tables for users and roles yet: create them with "
     "db.create_all() (Flask-SQLAlchemy), db.create_tables([...]) (peewee) or your "
     "migrations; flask-security-lite never creates tables (README.md, "
-    "Troubleshooting, 'Tables not created')"
+    "'Tables not created')"
 )
 
 
@@ -4082,11 +4082,11 @@ class _SecurityCommands(AppGroup):
             raise
 
 
-users_cli = _SecurityCommands(
+_users_cli = _SecurityCommands(
     "users", help="Create, activate, deactivate and unlock users."
 )
 
-roles_cli = _SecurityCommands("roles", help="Create roles and give them to users.")
+_roles_cli = _SecurityCommands("roles", help="Create roles and give them to users.")
 
 
 def _cli_user(email):
@@ -4122,7 +4122,7 @@ def _cli_commit(message):
     click.echo(message)
 
 
-@users_cli.command("create")
+@_users_cli.command("create")
 @click.argument("email")
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
 @click.option("--active/--inactive", default=True, help="Whether the user can log in.")
@@ -4151,7 +4151,7 @@ def _users_create(email, password, active, confirmed):
     _cli_commit(f"created user {user.email}")
 
 
-@users_cli.command("activate")
+@_users_cli.command("activate")
 @click.argument("email")
 def _users_activate(email):
     """Let the user with EMAIL log in again."""
@@ -4161,7 +4161,7 @@ def _users_activate(email):
     _cli_commit(done.format(user.email))
 
 
-@users_cli.command("deactivate")
+@_users_cli.command("deactivate")
 @click.argument("email")
 def _users_deactivate(email):
     """Stop the user with EMAIL from logging in (sessions and tokens too)."""
@@ -4171,7 +4171,7 @@ def _users_deactivate(email):
     _cli_commit(done.format(user.email))
 
 
-@users_cli.command("unlock")
+@_users_cli.command("unlock")
 @click.argument("email")
 def _users_unlock(email):
     """End the lockout of the user with EMAIL after too many wrong passwords."""
@@ -4183,7 +4183,7 @@ def _users_unlock(email):
     click.echo(f"unlocked {user.email}")
 
 
-@users_cli.command("tf-reset")
+@_users_cli.command("tf-reset")
 @click.argument("email")
 def _users_tf_reset(email):
     """Turn two-factor login off for the user with EMAIL (lost phone and codes)."""
@@ -4196,7 +4196,7 @@ def _users_tf_reset(email):
     click.echo(f"turned two-factor login off for {user.email}")
 
 
-@roles_cli.command("create")
+@_roles_cli.command("create")
 @click.argument("name")
 @click.option("--description", default=None, help="What the role allows.")
 def _roles_create(name, description):
@@ -4213,7 +4213,7 @@ def _roles_create(name, description):
     _cli_commit(f"created role {name}")
 
 
-@roles_cli.command("add")
+@_roles_cli.command("add")
 @click.argument("email")
 @click.argument("role")
 def _roles_add(email, role):
@@ -4224,7 +4224,7 @@ def _roles_add(email, role):
     _cli_commit(done.format(user.email, role))
 
 
-@roles_cli.command("remove")
+@_roles_cli.command("remove")
 @click.argument("email")
 @click.argument("role")
 def _roles_remove(email, role):
@@ -4251,12 +4251,13 @@ def _validate_link_base(app):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(
                 "SECURITY_LINK_BASE_URL must look like 'https://www.example.com', "
-                f"not {base!r}"
+                f"not {base!r} (docs/configuration.md)"
             )
         if parts.path.strip("/") or parts.query or parts.fragment:
             raise ValueError(
                 "SECURITY_LINK_BASE_URL is a scheme and a host only: the path of an "
-                "app mounted under a prefix comes from its SCRIPT_NAME"
+                "app mounted under a prefix comes from its SCRIPT_NAME "
+                "(docs/configuration.md)"
             )
     mails_links = any(
         config["SECURITY_" + feature]
@@ -4267,7 +4268,7 @@ def _validate_link_base(app):
         _log.warning(
             "flask-security-lite emails links, but the app declares no host for "
             "them: set SECURITY_LINK_BASE_URL, SERVER_NAME or TRUSTED_HOSTS. Until "
-            "then links are only sent for requests to localhost."
+            "then links are only sent for requests to localhost (docs/security.md)."
         )
 
 
@@ -4351,7 +4352,10 @@ def _misspelt_settings(config):
             continue
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
         if close and close[0].removeprefix("SECURITY_") in _FEATURE_SWITCHES:
-            yield f"{key} is not a setting: did you mean {close[0]}?"
+            yield (
+                f"{key} is not a setting: did you mean {close[0]}? "
+                "(docs/configuration.md)"
+            )
         else:
             hint = f" (did you mean {close[0]}?)" if close else ""
             _log.warning("%s is not a flask-security-lite setting%s", key, hint)
@@ -4363,7 +4367,7 @@ def _missing_secret_key(app):
         yield (
             "SECRET_KEY is not set: set app.config['SECRET_KEY'] to a long random "
             "value, e.g. from python -c 'import secrets; print(secrets.token_hex())' "
-            "(README.md, Troubleshooting, 'No SECRET_KEY')"
+            "(README.md, 'No SECRET_KEY')"
         )
 
 
@@ -4390,7 +4394,7 @@ def _mistyped_settings(config):
         if wanted:
             yield (
                 f"{name} must be {wanted}, not {value!r} "
-                "(docs/configuration.md lists each setting)"
+                "(README.md, 'A setting of the wrong type')"
             )
 
 
@@ -4429,7 +4433,7 @@ def _missing_user_methods(user_model):
         yield (
             f"the user model {user_model.__name__} lacks {', '.join(missing)}: "
             "derive it from flask_security_lite.UserMixin (README.md, "
-            "Troubleshooting, 'A user model without UserMixin')"
+            "'A user model without UserMixin')"
         )
 
 
@@ -4442,7 +4446,9 @@ def _shared_salts(config):
     for keys in keys_by_salt.values():
         if len(keys) > 1:
             named = " and ".join(f"SECURITY_{key}" for key in keys)
-            yield f"{named} are the same: give each its own value"
+            yield (
+                f"{named} are the same: give each its own value (docs/configuration.md)"
+            )
 
 
 def _unparsable_lifetimes(app):
@@ -4522,7 +4528,7 @@ def _refuse_mail_until_set_up(app):
                 "@security.send_mail_task: add Mail(app) (pip install Flask-Mail) "
                 "with your MAIL_* settings, or register a function with "
                 "@security.send_mail_task. Until then the pages that send mail "
-                "answer 503 (README.md, Troubleshooting, 'No mail').",
+                "answer 503 (README.md, 'No mail').",
                 ", ".join(features),
                 "sends" if len(features) == 1 else "send",
             )
@@ -4615,8 +4621,8 @@ def _add_views_and_commands(app, with_views):
             "security_templates", __name__, template_folder=_templates_folder()
         )
         app.register_blueprint(templates)
-    app.cli.add_command(users_cli)
-    app.cli.add_command(roles_cli)
+    app.cli.add_command(_users_cli)
+    app.cli.add_command(_roles_cli)
 
 
 #: A function a context processor decorator takes: it returns template values.
