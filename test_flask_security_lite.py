@@ -8531,6 +8531,8 @@ def test_sdist_carries_tests_example_and_documents(built_distributions):
         "templates/security/login_user.html",
         "templates/security/email/welcome.txt",
         *_documents(),
+        "example/templates/security/base.html",
+        "example/static/demo.css",
     }
     assert expected <= names, expected - names
 
@@ -8702,7 +8704,8 @@ def test_example_app_demo_user_flow_with_curl_like_requests(
     )
     body = json.load(opener.open(login_request))
     token = body["response"]["user"]["authentication_token"]
-    assert 'href="/admin"' not in opener.open(url + "/").read().decode()
+    home = opener.open(url + "/").read().decode()
+    assert 'href="/admin"' not in re.search(r"<header.*</header>", home, re.S)[0]
     with pytest.raises(urllib.error.HTTPError) as refused:
         opener.open(url + "/admin")
     assert refused.value.code == 403
@@ -8713,63 +8716,177 @@ def test_example_app_demo_user_flow_with_curl_like_requests(
     assert json.load(urllib.request.urlopen(api))["email"] == "demo@example.com"
 
 
-@pytest.mark.slow
-def test_example_app_in_a_browser(example_site, browser):
-    url, lines = example_site
-    page = browser.new_page()
-    page.goto(url + "/")
-    assert "not logged in" in page.content()
+def _whoami(url, token):
+    """What /api/whoami answers to ``token``."""
+    import json
+    import urllib.request
 
-    # log in as the demo user; the admin page is refused
-    page.goto(url + "/profile")
-    page.fill("input[name=email]", "demo@example.com")
-    page.fill("input[name=password]", "demo-password")
-    _navigate_by(page, "input[type=submit]")
-    assert "demo@example.com" in page.content()
-    assert page.locator("a[href='/admin']").count() == 0
-    assert page.goto(url + "/admin").status == 403
-    assert "This page needs the admin role" in page.content()
-    page.goto(url + "/logout")
-
-    # the admin sees the Admin link and the page
-    page.goto(url + "/login")
-    page.fill("input[name=email]", "admin@example.com")
-    page.fill("input[name=password]", "admin-password")
-    _navigate_by(page, "input[type=submit]")
-    _navigate_by(page, "a[href='/admin']")
-    assert "Only admins see this page." in page.content()
-    page.goto(url + "/logout")
-
-    # register, confirm from the mailed link, log out
-    page.goto(url + "/register")
-    page.fill("input[name=email]", "walker@example.com")
-    page.fill("input[name=password]", "first password")
-    _navigate_by(page, "input[type=submit]")
-    page.goto(_last_link(lines, "/confirm"))
-    assert (
-        "Your email address is confirmed" in page.content()
-        or "confirmed" in page.content()
+    request = urllib.request.Request(
+        url + "/api/whoami", headers={"Authentication-Token": token}
     )
-    assert "walker@example.com" in page.content()
-    page.goto(url + "/logout")
+    with urllib.request.urlopen(request) as response:
+        return json.load(response)
 
-    # forget the password, reset it from the mailed link, log in with the new one
+
+class _Walker:
+    """A visitor of the demo in a browser page that runs axe on every page it
+    shows, starting each step from the home page's checklist."""
+
+    def __init__(self, url, lines, page):
+        self.url, self.lines, self.page = url, lines, page
+        self.found, self.followed, self.checked = [], set(), set()
+
+    def check(self):
+        """axe on the page shown, unless it showed the same before; what it finds
+        is kept for the end."""
+        shown = (self.page.url, self.page.inner_text("body"))
+        if shown not in self.checked:
+            self.checked.add(shown)
+            self.found += self.page.check()
+
+    def follow(self, name):
+        """Open the home page and the checklist's link ``name``."""
+        self.page.goto(self.url + "/")
+        self.check()
+        checklist = self.page.locator(".checklist")
+        link = checklist.get_by_role("link", name=name, exact=True)
+        self.followed.add(link.get_attribute("href"))
+        if link.get_attribute("href").startswith("#"):
+            link.click()
+            return
+        with self.page.expect_navigation():
+            link.click()
+        self.check()
+
+    def submit(self, **fields):
+        """Fill the page's form and send it; axe the answer."""
+        for name, value in fields.items():
+            self.page.fill(f"main input[name={name}]", value)
+        _navigate_by(self.page, "main input[type=submit]")
+        self.check()
+
+    def open(self, url):
+        """Open ``url`` (a mailed link); axe the page."""
+        self.page.goto(url)
+        self.check()
+
+    def click(self, selector):
+        """Click what opens another page; axe the page."""
+        _navigate_by(self.page, selector)
+        self.check()
+
+    def log_in(self, email, password):
+        """The checklist's login, as ``email``."""
+        self.follow("Log in")
+        self.submit(email=email, password=password)
+
+    def log_out(self):
+        """The menu's logout."""
+        self.click("header a[href='/logout']")
+
+    def text(self):
+        """What the page says."""
+        return self.page.inner_text("body")
+
+
+@pytest.mark.slow
+def test_example_app_walk_through_every_link_of_its_checklist(
+    example_site_started_each_way, axe_page
+):
+    import urllib.error
+
+    url, lines = example_site_started_each_way
+    walker, page = _Walker(url, lines, axe_page), axe_page
+    page.goto(url + "/")
+    hrefs = "links => links.map(link => link.getAttribute('href'))"
+    checklist = set(page.locator(".checklist a").evaluate_all(hrefs))
+
+    # register, confirm from the printed mail, log out
+    walker.follow("Register an account")
+    walker.submit(email="walker@example.com", password="walker password")
+    assert "We sent confirmation instructions to walker@example.com" in walker.text()
+    walker.open(_last_link(lines, "/confirm"))
+    assert "your email address is confirmed" in walker.text()
+    assert "Logged in as walker@example.com" in walker.text()
+    walker.log_out()
+
+    # log in, enrol two-factor with a code from the shown key, log out
+    walker.log_in("walker@example.com", "walker password")
+    walker.follow("Set up two-factor login")
+    walker.submit(password="walker password")
+    assert page.locator("figure.tf-qr svg").count() == 1
+    key = page.inner_text("#tf-key").replace(" ", "")
+    walker.submit(code=next_code(key))
+    recovery_codes = page.locator("ul.tf-recovery-codes code").all_inner_texts()
+    assert len(recovery_codes) == 10
+    walker.click("text=I saved them: continue")
+    assert "Two-factor login is on" in walker.text()
+    walker.follow("See your profile")
+    assert "Make new recovery codes" in walker.text()
+    walker.log_out()
+
+    # log in with a code, log out; log in with a recovery code, once
+    walker.log_in("walker@example.com", "walker password")
+    assert page.url == url + "/tf-validate"
+    walker.submit(code=next_code(key, 1))
+    assert "Logged in as walker@example.com" in walker.text()
+    walker.log_out()
+    walker.log_in("walker@example.com", "walker password")
+    walker.click("text=Use a recovery code")
+    walker.submit(code=recovery_codes[0])
+    assert "You logged in with a recovery code; 9 are left." in walker.text()
+
+    # read the token and call /api/whoami with it
+    walker.follow("Call the API with your auth token")
+    token = page.inner_text("#auth-token")
+    assert _whoami(url, token)["email"] == "walker@example.com"
+
+    # the admin page is not for this account, nor is its menu item
+    walker.follow("Open the admin page")
+    assert "This page needs the admin role" in walker.text()
+    assert page.locator("header a[href='/admin']").count() == 0
+
+    # change the password: the token stops working
+    walker.follow("Change your password")
+    walker.submit(
+        password="walker password",
+        new_password="walker's new password",
+        new_password_confirm="walker's new password",
+    )
+    assert "Your password has been changed." in walker.text()
+    with pytest.raises(urllib.error.HTTPError):
+        _whoami(url, token)
+    walker.log_out()
+
+    # trip the lockout; get back in by a reset link
+    walker.follow("Lock an account")
+    for _ in range(5):
+        walker.submit(email="demo@example.com", password="not the password")
+    walker.submit(email="demo@example.com", password="demo-password")
+    assert "this account is locked for 15 minutes" in walker.text()
+    assert "reset the password by “Forgot password”" in walker.text()
+    assert "flask --app example_app users unlock EMAIL" in walker.text()
     mark = len(lines)
-    page.goto(url + "/reset")
-    page.fill("input[name=email]", "walker@example.com")
-    _navigate_by(page, "input[type=submit]")
-    page.goto(_last_link(lines, "/reset", after=mark))
-    page.fill("input[name=password]", "second password")
-    page.fill("input[name=password_confirm]", "second password")
-    _navigate_by(page, "input[type=submit]")
-    assert "walker@example.com" in page.content()
-    page.goto(url + "/logout")
-    page.goto(url + "/login")
-    page.fill("input[name=email]", "walker@example.com")
-    page.fill("input[name=password]", "second password")
-    _navigate_by(page, "input[type=submit]")
-    assert "walker@example.com" in page.content()
-    page.screenshot(path=str(Path(tempfile.gettempdir()) / "fsl-example.png"))
+    walker.follow("Reset a forgotten password")
+    walker.submit(email="demo@example.com")
+    walker.open(_last_link(lines, "/reset", after=mark))
+    walker.submit(
+        password="demo's new password", password_confirm="demo's new password"
+    )
+    assert "Your password has been reset and you are logged in." in walker.text()
+    walker.log_out()
+    walker.log_in("demo@example.com", "demo's new password")
+    assert "Logged in as demo@example.com" in walker.text()
+    walker.log_out()
+
+    # the admin sees the menu item and reaches the page
+    walker.log_in("admin@example.com", "admin-password")
+    walker.click("header a[href='/admin']")
+    assert "Only admins see this page." in walker.text()
+    assert "walker@example.com" in walker.text()  # among the accounts listed
+
+    assert walker.followed == checklist
+    assert walker.found == []
 
 
 @pytest.mark.slow
@@ -8785,6 +8902,140 @@ def test_example_app_passwordless_login_in_a_browser(
     assert "We sent a login link to demo@example.com" in page.content()
     page.goto(_last_link(lines, "/login", after=mark))
     assert "Logged in as <strong>demo@example.com</strong>" in page.content()
+
+
+@pytest.mark.slow
+def test_example_app_checklist_offers_no_lockout_without_a_password_form(
+    passwordless_example_site,
+):
+    import urllib.request
+
+    url, _ = passwordless_example_site
+    home = urllib.request.urlopen(url + "/").read().decode()
+    assert "Log in by email" in home
+    assert "Lock an account" not in home
+
+
+@pytest.mark.slow
+def test_example_app_pages_and_security_pages_share_its_stylesheet(
+    example_site, browser
+):
+    url, _ = example_site
+    page = browser.new_page()  # the pages' own CSP applies
+    refused = []
+    page.on("console", lambda message: refused.append(message.text))
+    header_colours = {}
+    for path in ("/", "/login"):
+        response = page.goto(url + path)
+        header_colours[path] = page.eval_on_selector(
+            "header.site", "header => getComputedStyle(header).backgroundColor"
+        )
+    assert response.header_value("Content-Security-Policy")  # a security page's
+    assert header_colours == {"/": "rgb(29, 35, 48)", "/login": "rgb(29, 35, 48)"}
+    assert [text for text in refused if "Content Security Policy" in text] == []
+
+
+def _home_page_as(url, email, password):
+    """The demo's home page after a browser-like login as ``email``."""
+    import http.cookiejar
+    import urllib.parse
+    import urllib.request
+
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+    )
+    page = opener.open(url + "/login").read().decode()
+    csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)[1]
+    form = {"email": email, "password": password, "csrf_token": csrf}
+    data = urllib.parse.urlencode(form).encode()
+    return opener.open(url + "/login", data).read().decode()
+
+
+@pytest.mark.slow
+def test_example_app_home_page_curl_lines_work_when_pasted(example_site, tmp_path):
+    import html
+    import json
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    url, _ = example_site
+    home = _home_page_as(url, "demo@example.com", "demo-password")
+    answers = {}
+    for name in ("curl-whoami", "curl-login"):
+        line = re.search(rf'<pre class="command" id="{name}">(.*?)</pre>', home, re.S)
+        result = subprocess.run(
+            ["bash", "-c", html.unescape(line[1])],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        answers[name] = json.loads(result.stdout)
+    assert answers["curl-whoami"] == {"email": "demo@example.com", "roles": []}
+    token = answers["curl-login"]["response"]["user"]["authentication_token"]
+    assert _whoami(url, token)["email"] == "demo@example.com"
+
+
+@pytest.mark.slow
+def test_example_app_unlock_command_it_names_opens_a_locked_account(
+    example_site, tmp_path
+):
+    url, _ = example_site
+    for _ in range(5):
+        _home_page_as(url, "demo@example.com", "not the password")
+    locked = _home_page_as(url, "demo@example.com", "demo-password")
+    command = re.search(r"run (flask --app example_app users unlock) EMAIL", locked)
+    env = dict(
+        os.environ,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'example.db'}",
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    )
+    result = subprocess.run(
+        [*command[1].split(), "demo@example.com"],
+        cwd=HERE,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    home = _home_page_as(url, "demo@example.com", "demo-password")
+    assert "Logged in as <strong>demo@example.com</strong>" in home
+
+
+#: The tables of the demo before its two-factor and lockout fields.
+OLD_DEMO_SCHEMA = """
+CREATE TABLE role (id INTEGER PRIMARY KEY, name VARCHAR(80) UNIQUE,
+                   description VARCHAR(255));
+CREATE TABLE user (id INTEGER PRIMARY KEY, email VARCHAR(255) UNIQUE,
+                   password VARCHAR(255), active BOOLEAN, confirmed_at DATETIME,
+                   last_login_at DATETIME, current_login_at DATETIME,
+                   last_login_ip VARCHAR(100), current_login_ip VARCHAR(100),
+                   login_count INTEGER);
+CREATE TABLE roles_users (user_id INTEGER REFERENCES user(id),
+                          role_id INTEGER REFERENCES role(id));
+INSERT INTO user (email, active) VALUES ('earlier@example.com', 1);
+"""
+
+
+@pytest.mark.slow
+def test_example_app_adds_the_columns_an_older_database_lacks(tmp_path):
+    import sqlite3
+
+    database = sqlite3.connect(tmp_path / "example.db")
+    database.executescript(OLD_DEMO_SCHEMA)
+    database.close()
+    process, url, lines = _start_example(tmp_path)
+    try:
+        home = _home_page_as(url, "demo@example.com", "demo-password")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert "Logged in as <strong>demo@example.com</strong>" in home
+    log = "".join(lines)
+    assert "had no user.tf_totp_secret column: added" in log
+    assert "Traceback" not in log
+    database = sqlite3.connect(tmp_path / "example.db")
+    rows = database.execute("SELECT email, tf_totp_secret FROM user").fetchall()
+    assert ("earlier@example.com", None) in rows
 
 
 #: axe-core's browser bundle: .ci/run installs it from npm.
