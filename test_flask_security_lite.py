@@ -9099,7 +9099,7 @@ def test_every_default_page_passes_axe(
     page.fill("input[name=email]", "demo@example.com")
     page.fill("input[name=password]", "demo-password")
     _navigate_by(page, "input[type=submit]")
-    for path in ("/", "/profile", "/admin", "/change"):
+    for path in ("/", "/profile", "/admin", "/sessions", "/change"):
         page.goto(url + path)
         found += page.check()
     _submit_unchecked(page)
