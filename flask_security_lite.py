@@ -2386,9 +2386,8 @@ def _session_lapsed(now):
     allow."""
     idle = now - session.get(_SESSION_SEEN_KEY, 0)
     age = now - session[_SESSION_STARTED_KEY]
-    return idle > _lifetime("SESSION_IDLE_WITHIN") or age > _lifetime(
-        "SESSION_ABSOLUTE_WITHIN"
-    )
+    too_idle = idle > _lifetime("SESSION_IDLE_WITHIN")
+    return too_idle or age > _lifetime("SESSION_ABSOLUTE_WITHIN")
 
 
 def _forget_session_user():
@@ -3052,7 +3051,8 @@ def _track_login(user):
 
 
 def login_user(user: Any, remember: bool | None = None) -> bool:
-    """Log ``user`` in: a fresh session (no fixation), tracking when enabled.
+    """Log ``user`` in: a fresh session (no fixation) whose lifetimes start now,
+    tracking when enabled.
 
     :param remember: set the remember-me cookie (default:
         ``SECURITY_DEFAULT_REMEMBER_ME``).
@@ -4267,7 +4267,6 @@ def tf_setup() -> ResponseReturnValue:
 @auth_required("session")
 def tf_disable() -> ResponseReturnValue:
     """Turn two-factor login off, after the password and a code again."""
-
     if not _has_second_factor(current_user):
         return redirect(url_for_security("tf_setup"))
 
