@@ -3198,10 +3198,9 @@ class SessionsForm(Form):
 
 def _this_session():
     """What the sessions page says of this session: when it started, when it ends
-    (idle or not), and whether a remember cookie will start another then."""
+    at the latest, how long it may be idle, and whether a remember cookie will
+    start another then."""
     started = session[_SESSION_STARTED_KEY]
-    idle_end = session[_SESSION_SEEN_KEY] + _lifetime("SESSION_IDLE_WITHIN")
-    last_end = started + _lifetime("SESSION_ABSOLUTE_WITHIN")
     cookie = current_app.config.get("REMEMBER_COOKIE_NAME", flask_login.COOKIE_NAME)
 
     def utc(seconds):
@@ -3209,7 +3208,7 @@ def _this_session():
 
     return {
         "started_at": utc(started),
-        "ends_at": utc(min(idle_end, last_end)),
+        "ends_at": utc(started + _lifetime("SESSION_ABSOLUTE_WITHIN")),
         "idle_within": config_value("SESSION_IDLE_WITHIN"),
         "remembered": cookie in request.cookies,
     }
