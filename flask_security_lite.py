@@ -1156,24 +1156,22 @@ def _conflict_type(orm_error: type) -> type:
     )
 
 
-#: What to do when the database has no tables yet.
-_CREATE_THE_TABLES = (
-    "the database has no tables for users and roles yet: create them with "
-    "db.create_all() (Flask-SQLAlchemy), db.create_tables([...]) (peewee) or your "
-    "migrations; flask-security-lite never creates tables "
-    "(README.md, 'Tables not created')"
-)
-
-
-def _is_missing_table(error: BaseException) -> bool:
-    """True for the database's "no such table" (SQLite) or "relation does not
-    exist" (PostgreSQL), through SQLAlchemy or peewee."""
+def _missing_table_advice(error: BaseException) -> str | None:
+    """What to do when ``error`` is the database saying a table does not exist
+    (SQLite's "no such table", PostgreSQL's SQLSTATE 42P01, through SQLAlchemy or
+    peewee); None for any other error."""
     if type(error).__name__ not in ("OperationalError", "ProgrammingError"):
-        return False
+        return None
     cause = getattr(error, "orig", None) or error
     code = getattr(cause, "pgcode", None) or getattr(cause, "sqlstate", None)
-    text = str(cause).lower()
-    return code == "42P01" or "no such table" in text or "does not exist" in text
+    if code != "42P01" and not (code is None and "no such table" in str(cause)):
+        return None
+    return (
+        f"the database has no such table ({str(cause).strip()}): create the tables "
+        "with db.create_all() (Flask-SQLAlchemy), db.create_tables([...]) (peewee) "
+        "or your migrations; flask-security-lite never creates tables "
+        "(README.md, 'Tables not created')"
+    )
 
 
 def normalize_email(address: str) -> str:
@@ -1682,7 +1680,8 @@ class PeeweeUserDatastore(_AdapterDatastore):
         try:
             model.save()
         except self._peewee.IntegrityError as error:
-            raise _conflict_type(type(error))(*error.args) from error
+            # peewee keeps the driver's error apart from args: pass it on as orig
+            raise _conflict_type(type(error))(error.orig, *error.args) from error
         return model
 
     def delete(self, model: Any) -> None:
@@ -3022,6 +3021,20 @@ def _link_url(view, **values):
     return _mail_url_for(endpoint, _external=True, **values)
 
 
+def _mail_is_set_up(app=None):
+    """Mail can go out: the app has Flask-Mail or a ``@security.send_mail_task``."""
+    app = app or current_app
+    security = app.extensions["security"].security
+    return "mail" in app.extensions or security._send_mail_task is not None
+
+
+def _require_mail():
+    """Refuse (503), before anything is written, work that would send mail that
+    cannot be sent."""
+    if not _mail_is_set_up():
+        raise _Refused(503, "MAIL_NOT_SET_UP")
+
+
 def send_mail(subject: str, recipient: str, template: str, **context: Any) -> None:
     """Send ``security/email/<template>.txt`` and ``.html`` to ``recipient``.
 
@@ -3159,6 +3172,7 @@ def _link_refusal(link, check, key=None, go_to=None):
     400 about its token, with message ``key`` (default: the invalid or the expired
     one), sending browsers to ``go_to`` or the link's retry page."""
     if check.status == "expired":
+        _require_mail()
         link.resend(check.user)
     if key is None:
         key = link.expired if check.status == "expired" else link.invalid
@@ -3190,6 +3204,8 @@ def register_user(**kwargs: Any) -> Any:
     :returns: the new user.
     :raises DatastoreConflictError: the identifier was taken meanwhile.
     """
+    if config_value("SEND_REGISTER_EMAIL"):
+        _require_mail()
     if config_value("CONFIRMABLE"):
         _require_declared_host()
     kwargs["password"] = hash_password(kwargs["password"])
@@ -4077,15 +4093,18 @@ def _holds_our_templates(folder):
 
 class _SecurityCommands(AppGroup):
     """A ``flask`` command group whose commands end with one line, not a
-    traceback, when the database has no tables yet."""
+    traceback, when a write conflicts or the database has no tables yet."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except DatastoreConflictError as error:  # no statement, no values shown
+            raise click.ClickException(f"nothing was saved: {error}") from None
         except Exception as error:
-            if _is_missing_table(error):
-                raise click.ClickException(_CREATE_THE_TABLES) from None
-            raise
+            advice = _missing_table_advice(error)
+            if advice is None:
+                raise
+            raise click.ClickException(advice) from None
 
 
 _users_cli = _SecurityCommands(
@@ -4121,10 +4140,7 @@ def _cli_validate(value, param_hint, *validators):
 
 
 def _cli_commit(message):
-    try:
-        _state().datastore.commit()
-    except DatastoreConflictError as error:
-        raise click.ClickException(f"nothing was saved: {error}") from None
+    _state().datastore.commit()
     click.echo(message)
 
 
@@ -4314,18 +4330,19 @@ _USER_FIELDS = {
     "LOCKOUT_ATTEMPTS": ("failed_login_count", "locked_until"),
 }
 
-#: The views that send mail: each with the feature that makes it mail and the
-#: setting that can turn that mail off (None: it always mails).
+#: The views that send mail (by function, whatever the blueprint is called): each
+#: with the feature that makes it mail and the setting that can turn that mail off
+#: (None: it always mails).
 _MAILING_VIEWS = {
-    "register": ("REGISTERABLE", "SEND_REGISTER_EMAIL"),
-    "send_confirmation": ("CONFIRMABLE", None),
-    "forgot_password": ("RECOVERABLE", None),
-    "reset_password": ("RECOVERABLE", "SEND_PASSWORD_RESET_NOTICE_EMAIL"),
-    "login": ("PASSWORDLESS", None),
-    "change_password": ("CHANGEABLE", "SEND_PASSWORD_CHANGE_EMAIL"),
-    "tf_setup": ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
-    "tf_disable": ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
-    "tf_rescue": ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
+    register: ("REGISTERABLE", "SEND_REGISTER_EMAIL"),
+    send_confirmation: ("CONFIRMABLE", None),
+    forgot_password: ("RECOVERABLE", None),
+    reset_password: ("RECOVERABLE", "SEND_PASSWORD_RESET_NOTICE_EMAIL"),
+    send_login: ("PASSWORDLESS", None),
+    change_password: ("CHANGEABLE", "SEND_PASSWORD_CHANGE_EMAIL"),
+    tf_setup: ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
+    tf_disable: ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
+    tf_rescue: ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
 }
 
 
@@ -4339,12 +4356,15 @@ def _validate_startup(app, datastore):
         *_missing_secret_key(app),
         *_misspelt_settings(config),
         *_mistyped_settings(config),
-        *_unparsable_lifetimes(app),
-        # A custom store (or a 1.7.4 test double) may not name its model.
-        *_missing_user_methods(user_model),
-        *_missing_user_fields(app, user_model),
-        *_shared_salts(config),
     ]
+    if not problems:  # the checks below read the settings: their types first
+        problems = [
+            *_unparsable_lifetimes(app),
+            # A custom store (or a 1.7.4 test double) may not name its model.
+            *_missing_user_methods(user_model),
+            *_missing_user_fields(app, user_model),
+            *_shared_salts(config),
+        ]
     if problems:
         raise RuntimeError(
             "flask-security-lite cannot start:\n- " + "\n- ".join(problems)
@@ -4388,24 +4408,39 @@ def _missing_secret_key(app):
         )
 
 
-#: Settings whose default is None that take a number of seconds or of attempts.
-_NUMBER_SETTINGS = ("TOKEN_MAX_AGE", "LOCKOUT_ATTEMPTS")
+#: Settings whose default is None that take a number when set: seconds, attempts.
+_NUMBER_SETTINGS = {"TOKEN_MAX_AGE": "seconds", "LOCKOUT_ATTEMPTS": "attempts"}
+
+#: The switches 1.7.4 had: one given as a string is on, as 1.7.x took it.
+_SWITCHES_OF_174 = (
+    "FLASH_MESSAGES",
+    "CONFIRMABLE",
+    "REGISTERABLE",
+    "RECOVERABLE",
+    "TRACKABLE",
+    "PASSWORDLESS",
+    "CHANGEABLE",
+    "SEND_REGISTER_EMAIL",
+    "SEND_PASSWORD_CHANGE_EMAIL",
+    "SEND_PASSWORD_RESET_NOTICE_EMAIL",
+    "LOGIN_WITHOUT_CONFIRMATION",
+    "DEFAULT_REMEMBER_ME",
+)
 
 
 def _mistyped_settings(config):
-    """Each setting of another type than its default's, named with the type wanted.
-    A switch given as a string ``'False'`` is on, as 1.7.x took it: kept, and
+    """Each setting or message of the wrong type, named with the type wanted. A
+    1.7.4 switch given as a string (``'False'``) is on, as 1.7.x took it: kept, and
     warned about with the boolean to write."""
     for key, default in _default_config.items():
         name, value = "SECURITY_" + key, config["SECURITY_" + key]
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                _log.warning(
-                    "%s is the string %r, which turns it on, as 1.7.x did: write "
-                    "True to keep it on, or False to turn it off",
-                    name,
-                    value,
-                )
+        if key in _SWITCHES_OF_174 and isinstance(value, str):
+            _log.warning(
+                "%s is the string %r, which turns it on, as 1.7.x did: write True "
+                "to keep it on, or False to turn it off",
+                name,
+                value,
+            )
             continue
         wanted = _wanted_type(key, default, value)
         if wanted:
@@ -4413,20 +4448,38 @@ def _mistyped_settings(config):
                 f"{name} must be {wanted}, not {value!r} "
                 "(README.md, 'A setting of the wrong type')"
             )
+    for key in [*_default_messages, *_message_aliases]:
+        value = config["SECURITY_MSG_" + key]
+        if not (isinstance(value, tuple | list) and len(value) == 2):
+            yield (
+                f"SECURITY_MSG_{key} must be a (text, category) pair, such as "
+                f"('...', 'error'), not {value!r}"
+            )
 
 
 def _wanted_type(key, default, value):
     """What ``value`` of setting ``key`` should have been, or None if it fits."""
     number = isinstance(value, int | float) and not isinstance(value, bool)
+    if number and not math.isfinite(value):
+        number = False
+    if isinstance(default, bool):
+        return (
+            None if isinstance(value, bool | int) or value is None else "True or False"
+        )
     if key in _NUMBER_SETTINGS:
-        return None if value is None or number else "a number (of seconds) or None"
+        fits = value is None or number
+        return None if fits else f"a number (of {_NUMBER_SETTINGS[key]}) or None"
+    if key == "PASSWORD_SALT":
+        return None if isinstance(value, str | bytes) or value is None else "a string"
     if isinstance(default, int):
         return None if number and int(value) == value else "a whole number"
     if isinstance(default, list):
+        items = [value] if isinstance(value, str) else value
         fits = isinstance(value, list | tuple | set | frozenset)
         if key == "USER_IDENTITY_ATTRIBUTES":
             fits = fits or isinstance(value, str)  # 1.7.4's "email, username"
-        return None if fits else "a list"
+        fits = fits and all(isinstance(item, str) for item in items)
+        return None if fits else "a list of strings"
     if isinstance(default, dict):
         return None if isinstance(value, dict) else "a dict"
     return None
@@ -4520,10 +4573,10 @@ def _has_field(model, name):
 
 def _refuse_mail_until_set_up(app):
     """Mail goes through ``Mail(app)`` or ``@security.send_mail_task``, which apps
-    often set up after ``Security(app)``. So from the first request: when neither
-    is there, say so once at ERROR level, and refuse the posts that would send
-    mail before they write anything. Every other page keeps working."""
-    config, security = app.config, app.extensions["security"].security
+    often set up after ``Security(app)``. So from the first request, until either
+    is there: say so once at ERROR level, and refuse the posts to views that would
+    send mail before they write anything. Every other page keeps working."""
+    config = app.config
     mailing = {
         view: feature
         for view, (feature, switch) in _MAILING_VIEWS.items()
@@ -4532,13 +4585,18 @@ def _refuse_mail_until_set_up(app):
     }
     if not mailing:
         return
-    blueprint = config["SECURITY_BLUEPRINT_NAME"]
+    said = False
 
-    def mail_is_set_up():
-        return "mail" in app.extensions or security._send_mail_task is not None
-
-    def say_once():
-        if not mail_is_set_up():
+    def refuse_until_mail_is_set_up():
+        nonlocal said
+        if _mail_is_set_up(app):  # for good: off the app's list this check goes
+            hooks = app.before_request_funcs
+            hooks[None] = [
+                h for h in hooks[None] if h is not refuse_until_mail_is_set_up
+            ]
+            return
+        if not said:
+            said = True
             features = sorted({f"SECURITY_{name}" for name in mailing.values()})
             _log.error(
                 "%s %s mail, but this app has no Flask-Mail and no "
@@ -4549,26 +4607,19 @@ def _refuse_mail_until_set_up(app):
                 ", ".join(features),
                 "sends" if len(features) == 1 else "send",
             )
-        # Said at most once: off the app's list it goes.
-        hooks = app.before_request_funcs
-        hooks[None] = [hook for hook in hooks[None] if hook is not say_once]
-
-    def refuse_unmailable_post():
-        view = (request.endpoint or "").removeprefix(blueprint + ".")
-        if request.method in ("GET", "HEAD", "OPTIONS") or view not in mailing:
-            return
-        if not mail_is_set_up():
+        view = app.view_functions.get(request.endpoint)
+        if request.method not in ("GET", "HEAD", "OPTIONS") and view in mailing:
             raise _Refused(503, "MAIL_NOT_SET_UP")
 
-    app.before_request(say_once)
-    app.before_request_funcs.setdefault(blueprint, []).append(refuse_unmailable_post)
+    app.before_request(refuse_until_mail_is_set_up)
 
 
 def _name_missing_tables(sender, exception, **extra):
     """A request that failed for want of tables logs one line naming the fix,
     beside Flask's traceback (connected to ``got_request_exception`` per app)."""
-    if _is_missing_table(exception):
-        _log.error("flask-security-lite: %s", _CREATE_THE_TABLES)
+    advice = _missing_table_advice(exception)
+    if advice is not None:
+        _log.error("flask-security-lite: %s", advice)
 
 
 def _refuse_unknown_forms(names):

@@ -6006,6 +6006,23 @@ def _sqlalchemy_app_without_tables():
 APPS_WITHOUT_TABLES = [_sqlalchemy_app_without_tables, _peewee_app_without_tables]
 
 
+def test_only_a_missing_table_is_taken_for_one():
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    def error(text):
+        return sqlalchemy.exc.OperationalError(
+            "SELECT", {}, sqlite3.OperationalError(text)
+        )
+
+    assert "no such table: user" in fsl._missing_table_advice(
+        error("no such table: user")
+    )
+    assert fsl._missing_table_advice(error("no such column: user.locked_until")) is None
+    assert fsl._missing_table_advice(ValueError("no such table: user")) is None
+
+
 @pytest.mark.parametrize("make", APPS_WITHOUT_TABLES)
 def test_cli_without_tables_says_so_in_one_line_and_fails(make):
     result = make().test_cli_runner().invoke(args=["users", "unlock", "a@lp.com"])
@@ -6254,6 +6271,39 @@ def test_without_mail_a_post_that_would_mail_is_refused_with_503(
     assert response.json["response"]["error"] == expected
 
 
+def test_without_mail_an_expired_link_is_refused_with_503_not_resent(make_app, clock):
+    app = make_app(SECURITY_CONFIRM_EMAIL_WITHIN="1 hours", **CONFIRM)
+    link = _register_and_capture_link(app)
+    del app.extensions["mail"]
+    clock.advance(hours=2)
+    response = app.test_client().get(link, headers={"Accept": "application/json"})
+    assert response.status_code == 503
+
+
+def test_without_mail_the_apps_own_signup_view_writes_nothing(make_app):
+    app = make_app(**REGISTER)
+    del app.extensions["mail"]
+
+    @app.post("/signup")
+    def signup():
+        fsl.register_user(email="new@lp.com", password=PASSWORD)
+        return "welcome"
+
+    assert app.test_client().post("/signup").status_code == 503
+    assert get_user(app, "new@lp.com") is None
+
+
+def test_without_mail_a_blueprint_registered_under_another_name_refuses_too(
+    make_app,
+):
+    app = make_app(**REGISTER, security_kwargs={"register_blueprint": False})
+    del app.extensions["mail"]
+    app.register_blueprint(fsl.create_blueprint(app), name="auth", url_prefix="/auth")
+    fields = {"email": "new@lp.com", "password": PASSWORD}
+    assert app.test_client().post("/auth/register", json=fields).status_code == 503
+    assert get_user(app, "new@lp.com") is None
+
+
 def test_without_mail_a_registration_writes_nothing(make_app):
     app = make_app(**REGISTER)
     del app.extensions["mail"]
@@ -6264,8 +6314,8 @@ def test_without_mail_a_registration_writes_nothing(make_app):
 
 def test_without_mail_a_password_change_is_refused_before_it_is_made(make_app):
     app = make_app(**CHANGE)
-    client = logged_in_client(app)
     del app.extensions["mail"]
+    client = logged_in_client(app)
     fields = {
         "password": PASSWORD,
         "new_password": "another long secret",
@@ -6358,8 +6408,12 @@ def test_a_user_model_without_usermixin_is_refused_at_init_app():
     [
         ("SECURITY_TOKEN_MAX_AGE", "1 day", "a number (of seconds) or None"),
         ("SECURITY_PASSWORD_LENGTH_MIN", "8", "a whole number"),
-        ("SECURITY_LOCKOUT_ATTEMPTS", "5", "a number (of seconds) or None"),
-        ("SECURITY_PASSWORD_SCHEMES", "bcrypt", "a list"),
+        ("SECURITY_LOCKOUT_ATTEMPTS", "5", "a number (of attempts) or None"),
+        ("SECURITY_PASSWORD_SCHEMES", "bcrypt", "a list of strings"),
+        ("SECURITY_USER_IDENTITY_ATTRIBUTES", [{"email": {}}], "a list of strings"),
+        ("SECURITY_PASSWORD_LENGTH_MIN", float("inf"), "a whole number"),
+        ("SECURITY_PASSWORD_SALT", 12345, "a string"),
+        ("SECURITY_TWO_FACTOR_ALLOW_BASIC", "False", "True or False"),
         ("SECURITY_PASSWORD_HASH_OPTIONS", [], "a dict"),
     ],
 )
@@ -6369,6 +6423,12 @@ def test_a_setting_of_the_wrong_type_is_refused_with_the_type_wanted(
     with pytest.raises(RuntimeError) as error:
         make_app(**{key: value})
     assert f"{key} must be {wanted}, not {value!r}" in str(error.value)
+
+
+def test_a_message_that_is_not_a_pair_is_refused(make_app):
+    with pytest.raises(RuntimeError) as error:
+        make_app(SECURITY_MSG_LOGIN="Please log in.")
+    assert "SECURITY_MSG_LOGIN must be a (text, category) pair" in str(error.value)
 
 
 def test_settings_of_the_right_types_start(make_app):
