@@ -364,6 +364,10 @@ _default_config = {
     "TWO_FACTOR_ISSUER": None,
     #: Time allowed between the password and the code.
     "TWO_FACTOR_LOGIN_WITHIN": "5 minutes",
+    #: How many 30-second steps late an authenticator code is still accepted (a
+    #: slow typist, a phone clock a little behind); a code of a later step never
+    #: is. 0: the current step's code only, which lives 30 seconds at most.
+    "TWO_FACTOR_DRIFT_STEPS": 1,
     #: itsdangerous salt of the "password verified, code due" marker.
     "TWO_FACTOR_SALT": "tf-salt",
     #: URL of the two-factor set-up view.
@@ -3452,9 +3456,6 @@ _TOTP_PERIOD = 30
 #: Digits of a code.
 _TOTP_DIGITS = 6
 
-#: Time steps of clock drift accepted each way.
-_TOTP_DRIFT = 1
-
 #: Random bytes of a new key: 160 bits, as RFC 4226 recommends for HMAC-SHA-1.
 _TOTP_KEY_BYTES = 20
 
@@ -3500,8 +3501,9 @@ def _accept_totp(stored, code, at=None):
 
     The column holds the base32 key, then ``:<step>`` once a code was accepted:
     keeping the step beside the key refuses a replayed code with no extra column.
-    A code of the previous or the next step is accepted too (clock drift), but
-    never one of a step at or before the last one accepted.
+    A code of up to ``SECURITY_TWO_FACTOR_DRIFT_STEPS`` earlier steps is accepted
+    too (clock drift), but never one of a later step, nor one of a step at or
+    before the last one accepted.
     """
     if not isinstance(code, str):
         return None
@@ -3516,7 +3518,7 @@ def _accept_totp(stored, code, at=None):
         _log.error("a tf_totp_secret is not a base32 key: no code can match it")
         return None
     now = int((time.time() if at is None else at) // _TOTP_PERIOD)
-    for step in range(now - _TOTP_DRIFT, now + _TOTP_DRIFT + 1):
+    for step in range(now - config_value("TWO_FACTOR_DRIFT_STEPS"), now + 1):
         if step > last_step and hmac.compare_digest(_hotp(raw_key, step), code):
             return f"{key}:{step}"
     return None
