@@ -4226,10 +4226,20 @@ def test_key_is_shown_in_groups_of_four():
     assert fsl._key_in_groups("JBSWY3DPEHPK3PXP") == "JBSW Y3DP EHPK 3PXP"
 
 
-def test_ten_distinct_recovery_codes_of_80_bits():
+def test_asvs_6_5_2_ten_distinct_recovery_codes_of_120_bits():
     codes = fsl._new_recovery_codes()
     assert len(set(codes)) == 10
-    assert all(re.fullmatch(r"[a-z2-7]{4}(-[a-z2-7]{4}){3}", code) for code in codes)
+    # 24 base32 characters, 5 bits each.
+    assert all(re.fullmatch(r"[a-z2-7]{4}(-[a-z2-7]{4}){5}", code) for code in codes)
+
+
+def test_recovery_codes_of_the_former_80_bit_kind_still_work():
+    # As stored by earlier versions: the unsalted SHA-256 of the code, cut to 128
+    # bits, in URL-safe base64 without padding.
+    printed = "abcd-efgh-ijkl-mnop"
+    digest = hashlib.sha256(b"abcdefghijklmnop").digest()[:16]
+    stored = base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    assert fsl._use_recovery_code(f"{stored} other", printed) == "other"
 
 
 def test_only_hashes_of_recovery_codes_are_stored():
@@ -4337,7 +4347,7 @@ def test_enrolment_in_html_then_login_needs_a_code(store, make_app, wait_a_step)
     key = shown_key(page).replace(" ", "")
     assert "<svg" in page and "otpauth://" not in page.split("<svg")[0][-20:]
     page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
-    assert len(re.findall(r"<li><code>[a-z2-7-]{19}</code></li>", page)) == 10
+    assert len(re.findall(r"<li><code>[a-z2-7-]{29}</code></li>", page)) == 10
     assert get_user(app).tf_totp_secret.startswith(key + ":")
 
     client.get("/logout")
@@ -4540,7 +4550,7 @@ def test_recovery_code_logs_in_once(store, make_app):
     client = logged_in_client(app)
     key = shown_key(setup_page(client))
     page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
-    code = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page)[0]
+    code = re.findall(r"<li><code>([a-z2-7-]{29})</code></li>", page)[0]
     client.get("/logout")
 
     login(client)
@@ -4730,9 +4740,9 @@ def test_new_recovery_codes_replace_the_old_ones(make_app):
     client = logged_in_client(app)
     key = shown_key(setup_page(client))
     page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
-    old = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page)
+    old = re.findall(r"<li><code>([a-z2-7-]{29})</code></li>", page)
     page = client.post("/tf-recovery-codes", data={"password": PASSWORD})
-    new = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page.get_data(True))
+    new = re.findall(r"<li><code>([a-z2-7-]{29})</code></li>", page.get_data(True))
     assert len(new) == 10 and not set(old) & set(new)
     client.get("/logout")
     login(client)
@@ -4747,7 +4757,7 @@ def test_two_factor_changes_are_emailed_to_the_user(make_app):
         page = setup_page(client)
         key = shown_key(page).replace(" ", "")
         page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
-        code = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page)[0]
+        code = re.findall(r"<li><code>([a-z2-7-]{29})</code></li>", page)[0]
         client.get("/logout")
         login(client)
         client.post("/tf-rescue", data={"code": code})
