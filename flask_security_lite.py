@@ -2017,13 +2017,21 @@ def _limit_body(endpoint, values):
     )
 
 
+#: The policy of the security pages, unless the app sets its own: not framed
+#: (clickjacking), no plugins, and no ``<base>`` an injection could point the
+#: forms' relative URLs elsewhere with.
+_CONTENT_SECURITY_POLICY = "frame-ancestors 'none'; object-src 'none'; base-uri 'none'"
+
+
 def _security_headers(response):
-    """Security pages are not cached, not framed (clickjacking), and not named in
-    the ``Referer`` of what they link to: their URLs may carry a token."""
+    """Security pages are not cached, not framed, not read as another content type
+    than the one sent, and not named in the ``Referer`` of what they link to: their
+    URLs may carry a token."""
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["X-Frame-Options"] = "DENY"
-    response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers.setdefault("Content-Security-Policy", _CONTENT_SECURITY_POLICY)
     return response
 
 

@@ -5815,6 +5815,19 @@ def test_security_pages_cannot_be_framed(make_app, path):
 
 
 @pytest.mark.parametrize("path", ["/login", "/register", "/reset", "/confirm"])
+def test_asvs_3_4_4_security_pages_are_not_content_sniffed(make_app, path):
+    response = make_app(**ALL_FLOWS).test_client().get(path)
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize("path", ["/login", "/register", "/reset", "/confirm"])
+def test_asvs_3_4_3_security_pages_allow_no_plugins_and_no_base_url(make_app, path):
+    policy = make_app(**ALL_FLOWS).test_client().get(path).headers
+    directives = policy["Content-Security-Policy"].split("; ")
+    assert "object-src 'none'" in directives and "base-uri 'none'" in directives
+
+
+@pytest.mark.parametrize("path", ["/login", "/register", "/reset", "/confirm"])
 def test_html_form_refused_for_its_csrf_token_answers_400(make_app, path):
     app = make_app(**ALL_FLOWS, WTF_CSRF_ENABLED=True)
     response = app.test_client().post(
