@@ -283,6 +283,24 @@ _default_config = {
     },
     #: Shortest password accepted by the register, reset and change forms.
     "PASSWORD_LENGTH_MIN": 8,
+    #: Refuse a new password found on the list of common passwords, ignoring case.
+    "PASSWORD_CHECK_COMMON": True,
+    #: File of that list: UTF-8, one password a line, ``#`` starting a comment line
+    #: (``None``: the list of some 14,000 shipped with the module). Read once, on
+    #: first use.
+    "PASSWORD_COMMON_LIST": None,
+    #: Refuse a new password holding its owner's email address, the part before
+    #: the ``@``, a word of that part, or a label of the domain but the last,
+    #: ignoring case; parts shorter than four characters are not looked for.
+    "PASSWORD_CHECK_ADDRESS": True,
+    #: Refuse a new password that the breached-password range API lists. Only the
+    #: first five hex digits of the password's SHA-1 are sent. When the API does not
+    #: answer in time, the password is accepted and a warning logged.
+    "PASSWORD_CHECK_BREACHED": False,
+    #: The range API: the five hex digits are appended to this URL.
+    "PASSWORD_BREACHED_URL": "https://api.pwnedpasswords.com/range/",
+    #: Seconds the range API is given to connect, and again to answer each read.
+    "PASSWORD_BREACHED_TIMEOUT": 2,
     #: Sender of every security email.
     "EMAIL_SENDER": "no-reply@localhost",
     #: Query-string (and JSON body) key carrying an auth token.
@@ -570,6 +588,21 @@ _default_messages = {
     ),
     #: A new password is longer than can be hashed.
     "PASSWORD_TOO_LONG": ("Passwords can have at most %(length)s bytes.", "error"),
+    #: A new password is on the list of common passwords.
+    "PASSWORD_COMMON": (
+        "This password is one of the most common ones: please choose another.",
+        "error",
+    ),
+    #: A new password holds its owner's email address, or a part of it.
+    "PASSWORD_HOLDS_ADDRESS": (
+        "Your password must not contain your email address or a part of it.",
+        "error",
+    ),
+    #: A new password appears in known data breaches.
+    "PASSWORD_BREACHED": (
+        "This password has appeared in a data breach: please choose another.",
+        "error",
+    ),
     #: A request body is larger than the security views read.
     "REQUEST_TOO_LARGE": ("The request body is too large.", "error"),
     #: An emailed link would leave the declared host (through a URL prefix).
@@ -2599,6 +2632,146 @@ def password_length(form: FlaskForm, field: Field) -> None:
         raise ValidationError(_text("PASSWORD_TOO_LONG", length=_MAX_PASSWORD_BYTES))
 
 
+# -- passwords too easy to guess ----------------------------------------------
+
+
+#: The common-password list shipped with the module, in its templates folder.
+_COMMON_PASSWORDS_FILE = "common_passwords.txt"
+
+#: Parts of an address shorter than this are not looked for in passwords: too many
+#: hold "bob" or "mail" by chance.
+_ADDRESS_PART_MIN = 4
+
+#: Most of an answer of the range API read: a real one is some 40 KB.
+_RANGE_ANSWER_MAX_BYTES = 1024 * 1024
+
+
+def _fold(text):
+    """``text`` as the password checks compare it: NFKC-normalised, case folded."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+@cache
+def _password_list(path):
+    """The folded passwords of the list in the file ``path``, read once per
+    process."""
+    try:
+        with open(path, encoding="utf-8") as lines:
+            passwords = [line.rstrip("\r\n") for line in lines]
+    except (OSError, UnicodeDecodeError) as error:
+        raise RuntimeError(
+            f"flask-security-lite cannot read the common-password list {path} "
+            f"({error}): set SECURITY_PASSWORD_COMMON_LIST to a readable UTF-8 file, "
+            "or copy the distribution's templates folder as the module's docstring "
+            "says"
+        ) from None
+    return frozenset(_fold(p) for p in passwords if p and not p.startswith("#"))
+
+
+def _is_common(password):
+    """True if ``password`` is on the common-password list, ignoring case."""
+    path = config_value("PASSWORD_COMMON_LIST") or os.path.join(
+        _templates_folder(), _COMMON_PASSWORDS_FILE
+    )
+    return _fold(password) in _password_list(path)
+
+
+def _address_parts(address):
+    """What a password must not hold of ``address``: all of it, the part before
+    the ``@`` and each of its words, and each label of the domain but the last
+    (``com`` says nothing of its owner); folded, and none too short."""
+    folded = _fold(address)
+    local, _, domain = folded.rpartition("@")
+    parts = {folded, local, *re.split(r"[\W_]+", local), *domain.split(".")[:-1]}
+    return {part for part in parts if len(part) >= _ADDRESS_PART_MIN}
+
+
+def _holds_address(password, address):
+    """True if ``password`` holds ``address`` or a part of it, ignoring case."""
+    if not isinstance(address, str):
+        return False
+    folded = _fold(password)
+    return any(part in folded for part in _address_parts(address))
+
+
+def _is_breached(password):
+    """True if the range API lists ``password`` in known breaches. Only the first
+    five hex digits of its SHA-1 leave this server (k-anonymity), and the answer is
+    padded so its size tells nothing. An API that fails or does not answer in
+    time cannot stop a user choosing a password: it is accepted, and a warning
+    logged."""
+    import http.client
+    import urllib.request
+
+    digest = hashlib.sha1(password.encode("utf-8")).hexdigest().upper()
+    base_url = config_value("PASSWORD_BREACHED_URL")
+    asking = urllib.request.Request(
+        base_url + digest[:5],
+        headers={"Add-Padding": "true", "User-Agent": "flask-security-lite"},
+    )
+    timeout = config_value("PASSWORD_BREACHED_TIMEOUT")
+    try:
+        with urllib.request.urlopen(asking, timeout=timeout) as answer:
+            listing = answer.read(_RANGE_ANSWER_MAX_BYTES).decode("ascii")
+    except (OSError, ValueError, http.client.HTTPException) as error:
+        _log.warning(
+            "the breached-password check could not ask %s (%s): the password was "
+            "accepted unchecked",
+            base_url,
+            error,
+        )
+        return False
+    return _range_lists(listing, digest[5:])
+
+
+def _range_lists(listing, suffix):
+    """True if the range API's ``listing`` (``SUFFIX:COUNT`` lines) counts the
+    SHA-1 ``suffix`` at least once; padding lines count 0."""
+    for line in listing.splitlines():
+        listed, _, count = line.partition(":")
+        if listed.strip().upper() == suffix and count.strip() not in ("", "0"):
+            return True
+    return False
+
+
+def _guessable(password, address):
+    """The message key refusing ``password`` as a new password of the owner of
+    ``address``, or None: a common password, one holding the address, or one
+    known from breaches, each when its ``SECURITY_PASSWORD_CHECK_*`` is on (the
+    network last)."""
+    if config_value("PASSWORD_CHECK_COMMON") and _is_common(password):
+        return "PASSWORD_COMMON"
+    if config_value("PASSWORD_CHECK_ADDRESS") and _holds_address(password, address):
+        return "PASSWORD_HOLDS_ADDRESS"
+    if config_value("PASSWORD_CHECK_BREACHED") and _is_breached(password):
+        return "PASSWORD_BREACHED"
+    return None
+
+
+def _owner_address(form):
+    """The address of whoever chooses the password of ``form``: the one typed on a
+    registration form, the logged-in user's (change password), or the address of
+    the user the reset link of this request names; None when there is none."""
+    if isinstance(getattr(form, "email", None), Field):
+        return form.email.data
+    if current_user.is_authenticated:
+        return current_user.email
+    token = (request.view_args or {}).get("token")
+    user = _read_token(token, "reset").user if isinstance(token, str) else None
+    return getattr(user, "email", None)
+
+
+def _password_not_guessable(form: FlaskForm, field: Field) -> None:
+    """Validator: a new password must not be common, hold its owner's address, or
+    be known from breaches (``SECURITY_PASSWORD_CHECK_*``). Skipped for a password
+    already refused, so a short one costs no request to the range API."""
+    if field.errors:
+        return
+    refused = _guessable(field.data, _owner_address(form))
+    if refused is not None:
+        raise ValidationError(_text(refused))
+
+
 def unique_user_email(form: FlaskForm, field: Field) -> None:
     """Validator: no account may use the address yet."""
     if _state().datastore.find_user(email=field.data.strip()) is not None:
@@ -2674,7 +2847,8 @@ class NewPasswordFormMixin:
     """A new password, long enough."""
 
     password = PasswordField(
-        get_form_field_label("password"), [password_required, password_length]
+        get_form_field_label("password"),
+        [password_required, password_length, _password_not_guessable],
     )
 
 
@@ -2785,7 +2959,8 @@ class ChangePasswordForm(Form, PasswordFormMixin):
     """Change the password of the logged-in user."""
 
     new_password = PasswordField(
-        get_form_field_label("new_password"), [password_required, password_length]
+        get_form_field_label("new_password"),
+        [password_required, password_length, _password_not_guessable],
     )
     new_password_confirm = PasswordField(
         get_form_field_label("retype_new_password"),
@@ -4081,6 +4256,9 @@ def _users_create(email, password, active, confirmed):
     """Create a user with EMAIL."""
     _cli_validate(email, "EMAIL", email_validator)
     _cli_validate(password, "--password", password_length)
+    refused = _guessable(password, email)
+    if refused is not None:
+        raise click.BadParameter(_text(refused), param_hint="--password")
     if _state().datastore.find_user(email=email) is not None:
         raise click.ClickException(_text("EMAIL_ALREADY_ASSOCIATED", email=email))
     fields = {"email": email, "password": password, "active": active}

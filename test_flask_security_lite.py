@@ -6717,7 +6717,7 @@ def test_174_app_logs_in_through_its_template(app_174):
 
 def test_174_app_registers_with_its_extended_form_and_signal(app_174):
     client = app_174.app.test_client()
-    form = {"email": "reader@catalogue.org", "password": "reader password"}
+    form = {"email": "reader@catalogue.org", "password": "shelves of novels"}
     form["password_confirm"] = form["password"]
     refused = client.post("/register", data=form)
     assert "This field is required." in refused.get_data(as_text=True)
@@ -6734,8 +6734,8 @@ def test_174_app_password_change_reaches_a_two_argument_receiver(app_174):
     _login_174(client)
     change = {
         "password": "admin password",
-        "new_password": "new admin password",
-        "new_password_confirm": "new admin password",
+        "new_password": "a fresh shelf key",
+        "new_password_confirm": "a fresh shelf key",
     }
     assert client.post("/change", data=change).status_code == 302
     assert app_174.events == [("password changed", "admin@catalogue.org")]
@@ -7909,7 +7909,7 @@ def test_example_app_under_gunicorn_and_postgresql_keeps_its_promises(gunicorn_s
     def visitor():
         return _Visitor(base, statuses)
 
-    password = "load password"
+    password = "steady traffic"
     emails = [f"user{i}@load.example" for i in range(LOAD_USERS)]
 
     # Register everyone at once; four addresses also arrive a second time, upper case.
