@@ -3158,6 +3158,268 @@ def test_validator_given_plain_text_shows_it(make_app):
 
 
 # =============================================================================
+# 7. Forms: passwords too easy to guess
+# =============================================================================
+
+
+#: The settings of the three flows that choose a password, with no mail to send.
+CHOOSING = dict(
+    **REGISTER,
+    **RECOVER,
+    **CHANGE,
+    SECURITY_SEND_REGISTER_EMAIL=False,
+    SECURITY_SEND_PASSWORD_CHANGE_EMAIL=False,
+    SECURITY_SEND_PASSWORD_RESET_NOTICE_EMAIL=False,
+)
+
+PASSWORD_FLOWS = ["register", "reset", "change"]
+
+
+def _choose_password(app, flow, password, email="matt@lp.com"):
+    """Choose ``password`` by ``flow`` (register, reset, change) as the owner of
+    ``email``; return the JSON answer."""
+    client = app.test_client()
+    if flow == "register":
+        return _register(client, email, password)
+    add_user(app, email=email)
+    if flow == "reset":
+        return client.post(_reset_link(app, email), json={"password": password})
+    json_login(client, email)
+    return client.post("/change", json={"password": PASSWORD, "new_password": password})
+
+
+def _password_error(answer):
+    """The one error of the password field of a refused JSON answer."""
+    errors = answer.json["response"]["errors"]
+    (error,) = errors.get("password") or errors["new_password"]
+    return error
+
+
+def _shipped_list():
+    path = os.path.join(fsl._templates_folder(), fsl._COMMON_PASSWORDS_FILE)
+    return fsl._password_list(path)
+
+
+@pytest.mark.parametrize("flow", PASSWORD_FLOWS)
+@pytest.mark.parametrize("password", ["password", "12345678", "iloveyou", "Qwerty123"])
+def test_asvs_6_2_4_common_password_is_refused(make_app, flow, password):
+    answer = _choose_password(make_app(**CHOOSING), flow, password)
+    assert answer.status_code == 400
+    assert _password_error(answer) == (
+        "This password is one of the most common ones: please choose another."
+    )
+
+
+def test_asvs_6_2_4_common_password_is_refused_by_the_command_line(app):
+    result = _cli(app, "users", "create", "cli@lp.com", "--password", "iloveyou")
+    assert result.exit_code == 2 and "most common" in result.output
+    assert get_user(app, "cli@lp.com") is None
+
+
+def test_asvs_6_2_4_shipped_list_has_3000_passwords_long_enough_to_choose():
+    assert sum(len(password) >= 8 for password in _shipped_list()) >= 3000
+
+
+def test_shipped_list_is_folded_and_holds_no_comment():
+    passwords = _shipped_list()
+    assert "password1" in passwords and "qwerty123" in passwords
+    assert all(p == fsl._fold(p) and not p.startswith("#") for p in passwords)
+
+
+def test_password_not_on_the_list_is_accepted(make_app):
+    answer = _choose_password(make_app(**CHOOSING), "register", "plum tree in june")
+    assert answer.status_code == 200
+
+
+def test_common_password_list_may_be_another_file(make_app, tmp_path):
+    own_list = tmp_path / "list.txt"
+    own_list.write_text("# our own\nZebra Crossing\n", encoding="utf-8")
+    app = make_app(SECURITY_PASSWORD_COMMON_LIST=str(own_list), **CHOOSING)
+    assert _choose_password(app, "register", "zebra crossing").status_code == 400
+    assert _choose_password(app, "register", "password", "b@lp.com").status_code == 200
+
+
+def test_comment_lines_of_a_password_list_are_not_passwords(make_app, tmp_path):
+    own_list = tmp_path / "list.txt"
+    own_list.write_text("# a list of our own\n", encoding="utf-8")
+    app = make_app(SECURITY_PASSWORD_COMMON_LIST=str(own_list), **CHOOSING)
+    assert _choose_password(app, "register", "# a list of our own").status_code == 200
+
+
+def test_unreadable_password_list_names_the_setting(make_app, tmp_path):
+    app = make_app(SECURITY_PASSWORD_COMMON_LIST=str(tmp_path / "missing.txt"))
+    with app.app_context(), pytest.raises(RuntimeError) as error:
+        fsl._is_common("anything at all")
+    assert "SECURITY_PASSWORD_COMMON_LIST" in str(error.value)
+
+
+def test_common_password_check_can_be_turned_off(make_app):
+    app = make_app(SECURITY_PASSWORD_CHECK_COMMON=False, **CHOOSING)
+    assert _choose_password(app, "register", "password").status_code == 200
+
+
+@pytest.mark.parametrize("flow", PASSWORD_FLOWS)
+@pytest.mark.parametrize(
+    "password",
+    ["Rose.Tyler@Tardis.example!", "ROSE.TYLER 2005", "bad wolf tyler", "my tardis"],
+)
+def test_asvs_6_2_11_password_holding_the_address_is_refused(make_app, flow, password):
+    app = make_app(**CHOOSING)
+    answer = _choose_password(app, flow, password, "rose.tyler@tardis.example")
+    assert answer.status_code == 400
+    assert _password_error(answer) == (
+        "Your password must not contain your email address or a part of it."
+    )
+
+
+def test_asvs_6_2_11_password_holding_the_address_is_refused_by_the_command_line(app):
+    result = _cli(
+        app, "users", "create", "rose@tardis.example", "--password", "tardis!!"
+    )
+    assert result.exit_code == 2 and "email address" in result.output
+
+
+@pytest.mark.parametrize("password", ["jo and ab unite", "dot com boom", "example, no"])
+def test_short_address_parts_and_the_last_domain_label_may_be_in_passwords(
+    make_app, password
+):
+    app = make_app(**CHOOSING)
+    answer = _choose_password(app, "register", password, "jo.ab@x.example")
+    assert answer.status_code == 200
+
+
+def test_address_check_can_be_turned_off(make_app):
+    app = make_app(SECURITY_PASSWORD_CHECK_ADDRESS=False, **CHOOSING)
+    answer = _choose_password(app, "register", "matt's own key", "matt@lp.com")
+    assert answer.status_code == 200
+
+
+def test_too_short_password_gets_that_error_alone(make_app):
+    answer = _choose_password(make_app(**CHOOSING), "register", "1234")
+    assert _password_error(answer) == "This password is too short."
+
+
+@pytest.fixture
+def range_api(monkeypatch):
+    """A breached-password range API on loopback, like the real one: it answers
+    ``/range/<five hex digits>`` with the SHA-1 suffixes of ``api.breached`` that
+    have that prefix, each with a count, among padding lines of count 0; it
+    records what it was asked, and waits ``api.delay`` seconds first."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    api = types.SimpleNamespace(breached=[], asked=[], delay=0, status=200)
+
+    class RangeHandler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            api.asked.append((self.path, dict(self.headers)))
+            time.sleep(api.delay)
+            prefix = self.path.rsplit("/", 1)[-1]
+            lines = [f"{'0' * 35}:0"]
+            for password in api.breached:
+                digest = hashlib.sha1(password.encode()).hexdigest().upper()
+                if digest.startswith(prefix):
+                    lines += [f"{digest[5:]}:42", f"{digest[5:-1]}0:0"]
+            body = "\r\n".join(lines).encode()
+            self.send_response(api.status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    class RangeServer(ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # a client that gave up waiting (the slow case) is no error here
+
+    # Loopback is never sent to a proxy the environment may name.
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    server = RangeServer(("127.0.0.1", 0), RangeHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    api.url = f"http://127.0.0.1:{server.server_port}/range/"
+    yield api
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def _breach_checking_app(make_app, url, **config):
+    return make_app(
+        SECURITY_PASSWORD_CHECK_BREACHED=True,
+        SECURITY_PASSWORD_BREACHED_URL=url,
+        **CHOOSING,
+        **config,
+    )
+
+
+@pytest.mark.parametrize("flow", PASSWORD_FLOWS)
+def test_asvs_6_2_12_breached_password_is_refused(make_app, range_api, flow):
+    range_api.breached.append("plum tree in june")
+    app = _breach_checking_app(make_app, range_api.url)
+    answer = _choose_password(app, flow, "plum tree in june")
+    assert answer.status_code == 400
+    assert _password_error(answer) == (
+        "This password has appeared in a data breach: please choose another."
+    )
+
+
+def test_asvs_6_2_12_breached_password_is_refused_by_the_command_line(
+    make_app, range_api
+):
+    range_api.breached.append("plum tree in june")
+    app = _breach_checking_app(make_app, range_api.url)
+    result = _cli(app, "users", "create", "a@lp.com", "--password", "plum tree in june")
+    assert result.exit_code == 2 and "data breach" in result.output
+
+
+def test_range_api_is_sent_five_hex_digits_of_the_sha1_and_asked_for_padding(
+    make_app, range_api
+):
+    app = _breach_checking_app(make_app, range_api.url)
+    assert _choose_password(app, "register", "plum tree in june").status_code == 200
+    digest = hashlib.sha1(b"plum tree in june").hexdigest().upper()
+    ((path, headers),) = range_api.asked
+    assert path == "/range/" + digest[:5]
+    assert headers["Add-Padding"] == "true"
+
+
+def test_breached_password_check_is_off_by_default(make_app, range_api):
+    range_api.breached.append("plum tree in june")
+    app = make_app(SECURITY_PASSWORD_BREACHED_URL=range_api.url, **CHOOSING)
+    assert _choose_password(app, "register", "plum tree in june").status_code == 200
+    assert range_api.asked == []
+
+
+def test_common_password_is_refused_without_asking_the_range_api(make_app, range_api):
+    app = _breach_checking_app(make_app, range_api.url)
+    assert _choose_password(app, "register", "password").status_code == 400
+    assert range_api.asked == []
+
+
+def _closed_port_url():
+    return f"http://127.0.0.1:{_free_port()}/range/"
+
+
+@pytest.mark.parametrize("failure", ["no server", "server error", "too slow"])
+def test_range_api_failing_lets_the_password_through_and_warns(
+    make_app, range_api, caplog, failure
+):
+    range_api.breached.append("plum tree in june")
+    range_api.status = 500 if failure == "server error" else 200
+    range_api.delay = 3 if failure == "too slow" else 0
+    url = _closed_port_url() if failure == "no server" else range_api.url
+    app = _breach_checking_app(make_app, url, SECURITY_PASSWORD_BREACHED_TIMEOUT=0.2)
+    started = time.monotonic()
+    answer = _choose_password(app, "register", "plum tree in june")
+    assert answer.status_code == 200
+    assert time.monotonic() - started < 2
+    assert "breached-password check could not ask" in caplog.text
+
+
+# =============================================================================
 # 8. Session login and logout
 # =============================================================================
 
@@ -7422,6 +7684,7 @@ def test_sdist_carries_tests_example_and_documents(built_distributions):
         "setup.py",
         "templates/security/login_user.html",
         "templates/security/email/welcome.txt",
+        "templates/common_passwords.txt",
     }
     assert expected <= names, expected - names
 
@@ -7466,6 +7729,8 @@ with app.test_request_context(), mail.record_messages() as outbox:
     user = User(email="a@b.c")
     fsl.send_mail("s", "a@b.c", "welcome", user=user, confirmation_link="L")
 assert "a@b.c" in outbox[0].body and "<p>" in outbox[0].html
+with app.app_context():
+    assert fsl._is_common("iloveyou") and not fsl._is_common("plum tree in june")
 print("ok")
 """
     )
