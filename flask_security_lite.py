@@ -236,6 +236,10 @@ __all__ = (
 
 _log = logging.getLogger("flask_security_lite")
 
+#: Where security events are logged, one record each: logins, failed logins,
+#: lockouts, changes of the second factor, password resets and changes, logouts.
+_event_log = logging.getLogger("flask_security_lite.events")
+
 
 # =============================================================================
 # 1. Settings and messages
@@ -795,6 +799,21 @@ login_failed = _signals.signal("login-failed")
 
 def _send_signal(signal, **kwargs):
     signal.send(current_app._get_current_object(), **kwargs)
+
+
+def _log_event(event, user, level=logging.INFO, **details):
+    """Log the security event ``event`` of ``user`` (None: no account matched) to
+    ``flask_security_lite.events``: a line of text, and the same as fields of the
+    record for structured handlers (``event``, ``user_id``, ``remote_addr`` and
+    ``details``). Callers never pass a password, code, token or key."""
+    fields = {
+        "event": event,
+        "user_id": None if user is None else str(user.id),
+        "remote_addr": request.remote_addr if has_request_context() else None,
+        **details,
+    }
+    text = " ".join(f"{name}={value}" for name, value in fields.items())
+    _event_log.log(level, "security event: %s", text, extra=fields)
 
 
 @contextmanager
@@ -2122,6 +2141,9 @@ def _reserve_attempt(user):
             changes["locked_until"] = now + get_within_delta("LOCKOUT_WITHIN")
         seen = {"failed_login_count": user.failed_login_count}
         if _state().datastore.compare_and_set(user, seen, changes):
+            if changes["locked_until"] is not None:
+                until = changes["locked_until"].isoformat()
+                _log_event("account_locked", user, logging.WARNING, until=until)
             return True
     return False
 
@@ -3914,6 +3936,7 @@ def reset_recovery_codes(user: Any) -> list[str]:
     codes = _new_recovery_codes()
     user.tf_recovery_codes = _stored_recovery_codes(codes)
     _save(user)
+    _log_event("recovery_codes_replaced", user)
     return codes
 
 
@@ -4565,6 +4588,72 @@ def _refuse_unknown_forms(names):
 # =============================================================================
 
 
+# -- the security event log ---------------------------------------------------
+
+
+def _log_login(app, user):
+    """Flask-Login's ``user_logged_in``: a login, but not a session of a user
+    already logged in bound anew to a changed password or second factor, which
+    Flask-Login announces alike."""
+    if _auth_method() != "session":
+        _log_event("login", user)
+
+
+def _log_logout(app, user):
+    """Flask-Login's ``user_logged_out``: a logout of the user it names."""
+    if user is not None and user.is_authenticated:
+        _log_event("logout", user)
+
+
+def _log_login_failed(app, user, reason, **unlogged):
+    """``login_failed``: what was typed as the identifier is left out, as it may
+    be a password typed in the wrong field."""
+    _log_event("login_failed", user, reason=reason)
+
+
+def _log_recovery_code_used(app, user, method):
+    """``tf_code_confirmed``: a login with a recovery code spends one."""
+    if method == "recovery_code":
+        _log_event("recovery_code_used", user)
+
+
+def _log_two_factor_enabled(app, user):
+    _log_event("two_factor_enabled", user)
+
+
+def _log_two_factor_disabled(app, user):
+    _log_event("two_factor_disabled", user)
+
+
+def _log_password_reset(app, user):
+    _log_event("password_reset", user)
+
+
+def _log_password_changed(app, user):
+    _log_event("password_changed", user)
+
+
+#: Each signal whose events are logged, with its receiver. Lockouts and new
+#: recovery codes, which send no signal, are logged where they happen.
+_EVENT_RECEIVERS = (
+    (flask_login.user_logged_in, _log_login),
+    (flask_login.user_logged_out, _log_logout),
+    (login_failed, _log_login_failed),
+    (tf_code_confirmed, _log_recovery_code_used),
+    (tf_enrolled, _log_two_factor_enabled),
+    (tf_disabled, _log_two_factor_disabled),
+    (password_reset, _log_password_reset),
+    (password_changed, _log_password_changed),
+)
+
+
+def _log_security_events(app):
+    """Log the security events of ``app`` to ``flask_security_lite.events`` (ASVS
+    16.3.1), by receivers of its signals and Flask-Login's."""
+    for signal, receiver in _EVENT_RECEIVERS:
+        signal.connect(receiver, app)
+
+
 #: The form each ``init_app`` keyword replaces.
 _default_forms = {
     "login_form": LoginForm,
@@ -4725,6 +4814,7 @@ class Security:
         app.add_template_global(state, "security")
         app.after_request(_keep_roles_readable)
         _require_mail_at_first_request(app)
+        _log_security_events(app)
         return state
 
     def _state(self):

@@ -6499,6 +6499,136 @@ def test_unknown_security_argument_is_refused():
 
 
 # =============================================================================
+# 15. The Security extension: the security event log
+# =============================================================================
+
+
+@pytest.fixture
+def events(caplog):
+    """The records of ``flask_security_lite.events`` logged during the test."""
+    caplog.set_level(logging.INFO, logger="flask_security_lite.events")
+
+    def logged():
+        return [r for r in caplog.records if r.name == "flask_security_lite.events"]
+
+    return logged
+
+
+def _event_names(records):
+    return [record.event for record in records]
+
+
+def _enrolled_client(app):
+    """A client logged in as matt@lp.com, who has just set up two-factor login;
+    with the key and the recovery codes."""
+    client = logged_in_client(app)
+    key = shown_key(setup_page(client)).replace(" ", "")
+    page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
+    return client, key, re.findall(r"<li><code>([a-z2-7-]{29})</code></li>", page)
+
+
+def test_asvs_16_3_1_login_is_logged_with_user_and_address(app, events):
+    user_id = add_user(app)
+    login(app.test_client())
+    (record,) = events()
+    assert (record.event, record.user_id, record.remote_addr) == (
+        "login",
+        user_id,
+        "127.0.0.1",
+    )
+    assert record.getMessage() == (
+        f"security event: event=login user_id={user_id} remote_addr=127.0.0.1"
+    )
+
+
+@pytest.mark.parametrize("email", ["matt@lp.com", "nobody@lp.com"])
+def test_asvs_16_3_1_failed_login_is_logged_with_its_reason(app, events, email):
+    add_user(app)
+    login(app.test_client(), email, password="not it at all")
+    (record,) = events()
+    assert record.event == "login_failed"
+    assert record.reason == ("invalid_password" if "matt" in email else "unknown_user")
+
+
+def test_asvs_16_3_1_lockout_is_logged_as_a_warning(make_app, events):
+    app = make_app(**LOCKOUT)
+    add_user(app)
+    for _ in range(3):
+        login(app.test_client(), password="not it at all")
+    (locked,) = [record for record in events() if record.event == "account_locked"]
+    assert locked.levelno == logging.WARNING
+    assert _event_names(events()) == ["login_failed"] * 2 + [
+        "account_locked",
+        "login_failed",
+    ]
+
+
+def test_asvs_16_3_1_logout_is_logged(app, events):
+    user_id = add_user(app)
+    client = app.test_client()
+    login(client)
+    client.get("/logout")
+    assert [(r.event, r.user_id) for r in events()][-1] == ("logout", user_id)
+
+
+def test_asvs_16_3_1_password_change_is_logged_and_is_no_new_login(make_app, events):
+    app = make_app(**CHANGE)
+    client = logged_in_client(app)
+    new = "plum tree in june"
+    change = {"password": PASSWORD, "new_password": new, "new_password_confirm": new}
+    client.post("/change", data=change)
+    assert _event_names(events()) == ["login", "password_changed"]
+
+
+def test_asvs_16_3_1_password_reset_is_logged(make_app, events):
+    app = make_app(**RECOVER)
+    add_user(app)
+    link = _reset_link(app)
+    new = "plum tree in june"
+    app.test_client().post(link, data={"password": new, "password_confirm": new})
+    assert _event_names(events()) == ["password_reset", "login"]
+
+
+def test_asvs_16_3_1_two_factor_set_up_and_turned_off_are_logged(make_app, events):
+    client, _, _ = _enrolled_client(make_app(**TWO_FACTOR))
+    client.post("/tf-disable", data={"password": PASSWORD})
+    assert _event_names(events()) == [
+        "login",
+        "two_factor_enabled",
+        "two_factor_disabled",
+    ]
+
+
+def test_asvs_16_3_1_new_recovery_codes_are_logged(make_app, events):
+    client, _, _ = _enrolled_client(make_app(**TWO_FACTOR))
+    client.post("/tf-recovery-codes", data={"password": PASSWORD})
+    assert _event_names(events())[-1] == "recovery_codes_replaced"
+
+
+def test_asvs_16_3_1_login_with_a_recovery_code_is_logged(make_app, events):
+    app = make_app(**TWO_FACTOR)
+    client, _, codes = _enrolled_client(app)
+    client.get("/logout")
+    login(client)
+    client.post("/tf-rescue", data={"code": codes[0]})
+    assert _event_names(events())[-2:] == ["login", "recovery_code_used"]
+
+
+def test_asvs_16_3_1_events_carry_no_password_code_token_or_key(make_app, events):
+    app = make_app(**TWO_FACTOR, **CHANGE)
+    client, key, codes = _enrolled_client(app)
+    client.get("/logout")
+    login(client, password="a wrong guess")
+    login(client)
+    client.post("/tf-validate", data={"code": "000000"})
+    client.post("/tf-rescue", data={"code": codes[1]})
+    secrets_typed = [PASSWORD, "a wrong guess", key, codes[1], "000000"]
+    for record in events():
+        shown = record.getMessage() + repr(vars(record))
+        assert not any(secret in shown for secret in secrets_typed), shown
+
+
+# =============================================================================
 # 16. Flask-Security 1.7.4 compatibility, and a 1.7.4 application
 # =============================================================================
 
