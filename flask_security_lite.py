@@ -116,6 +116,7 @@ from flask import (
     current_app,
     flash,
     g,
+    got_request_exception,
     has_app_context,
     has_request_context,
     jsonify,
@@ -621,6 +622,11 @@ _default_messages = {
         "SERVER_NAME, TRUSTED_HOSTS or SECURITY_LINK_BASE_URL.",
         "error",
     ),
+    #: A request would send mail, and the application has no way to send it.
+    "MAIL_NOT_SET_UP": (
+        "This site cannot send email yet, so nothing was done. Please try again later.",
+        "error",
+    ),
 }
 
 #: Other names of a message: 1.7.4's changelog calls ``PASSWORD_IS_THE_SAME``
@@ -987,15 +993,18 @@ _SCHEME_PACKAGES = {"argon2": "argon2-cffi", "bcrypt": "bcrypt"}
 
 
 def _build_password_context(config):
-    """The passlib context of ``SECURITY_PASSWORD_*``. The hash in use is always
-    among the schemes verified: 1.7.4 apps list e.g. ``["bcrypt", "plaintext"]``
-    and keep the default hash, which is ours now."""
+    """The passlib context of ``SECURITY_PASSWORD_*``. The hash in use and our
+    default are always among the schemes verified: 1.7.4 apps list e.g.
+    ``["bcrypt", "plaintext"]``, and may switch hash after users were made."""
     from passlib.context import CryptContext
 
     scheme = config["SECURITY_PASSWORD_HASH"]
     schemes = list(config["SECURITY_PASSWORD_SCHEMES"])
-    if scheme not in schemes:
-        schemes.insert(0, scheme)
+    # Every hash this module may have written stays verifiable: the one in use,
+    # and our default, which users made before a switch of hash were given.
+    for written in (_default_config["PASSWORD_HASH"], scheme):
+        if written not in schemes:
+            schemes.insert(0, written)
     settings = {}
     for name, options in config["SECURITY_PASSWORD_HASH_OPTIONS"].items():
         for option, value in options.items():
@@ -1181,7 +1190,46 @@ class AnonymousUser(flask_login.AnonymousUserMixin):
 
 
 class DatastoreConflictError(Exception):
-    """A write broke a uniqueness rule, e.g. two registrations of one email at once."""
+    """A write broke a uniqueness rule, e.g. two registrations of one email at once.
+
+    What an adapter raises is also its ORM's own error (SQLAlchemy's and peewee's
+    ``IntegrityError``, mongoengine's ``NotUniqueError``), so code written for
+    1.7.4 that catches those around ``create_user`` and ``commit`` still catches it.
+    """
+
+
+@cache
+def _conflict_type(orm_error: type) -> type:
+    """The :class:`DatastoreConflictError` that is also ``orm_error``; its text is
+    the database's own message (never the statement and its values)."""
+
+    def database_message(self):
+        return str(getattr(self, "orig", None) or Exception.__str__(self))
+
+    namespace = {"__module__": __name__, "__str__": database_message}
+    return type(
+        "DatastoreConflictError", (DatastoreConflictError, orm_error), namespace
+    )
+
+
+#: What to do when the database has no tables yet.
+_CREATE_THE_TABLES = (
+    "the database has no tables for users and roles yet: create them with "
+    "db.create_all() (Flask-SQLAlchemy), db.create_tables([...]) (peewee) or your "
+    "migrations; flask-security-lite never creates tables "
+    "(README.md, 'Tables not created')"
+)
+
+
+def _is_missing_table(error: BaseException) -> bool:
+    """True for the database's "no such table" (SQLite) or "relation does not
+    exist" (PostgreSQL), through SQLAlchemy or peewee."""
+    if type(error).__name__ not in ("OperationalError", "ProgrammingError"):
+        return False
+    cause = getattr(error, "orig", None) or error
+    code = getattr(cause, "pgcode", None) or getattr(cause, "sqlstate", None)
+    text = str(cause).lower()
+    return code == "42P01" or "no such table" in text or "does not exist" in text
 
 
 def normalize_email(address: str) -> str:
@@ -1519,8 +1567,12 @@ class SQLAlchemyUserDatastore(_AdapterDatastore):
             self.db.session.flush()
         except self._sa.exc.IntegrityError as error:
             self.db.session.rollback()
-            raise DatastoreConflictError(str(error.orig)) from error
+            raise self._conflict(error) from error
         return model
+
+    def _conflict(self, error):
+        conflict = _conflict_type(self._sa.exc.IntegrityError)
+        return conflict(error.statement, error.params, error.orig)
 
     def delete(self, model: Any) -> None:
         self.db.session.delete(model)
@@ -1530,7 +1582,7 @@ class SQLAlchemyUserDatastore(_AdapterDatastore):
             self.db.session.commit()
         except self._sa.exc.IntegrityError as error:
             self.db.session.rollback()
-            raise DatastoreConflictError(str(error.orig)) from error
+            raise self._conflict(error) from error
 
     def _find_user(self, fields, *conditions):
         query = self._sa.select(self.user_model).filter_by(**fields).where(*conditions)
@@ -1629,7 +1681,7 @@ class MongoEngineUserDatastore(_AdapterDatastore):
         try:
             model.save()
         except self._mongoengine.NotUniqueError as error:
-            raise DatastoreConflictError(str(error)) from error
+            raise _conflict_type(type(error))(*error.args) from error
         return model
 
     def delete(self, model: Any) -> None:
@@ -1686,7 +1738,7 @@ class PeeweeUserDatastore(_AdapterDatastore):
         try:
             model.save()
         except self._peewee.IntegrityError as error:
-            raise DatastoreConflictError(str(error)) from error
+            raise _conflict_type(type(error))(*error.args) from error
         return model
 
     def delete(self, model: Any) -> None:
@@ -1992,14 +2044,21 @@ _FORM_VIEWS = {
 }
 
 
+def _template_values(view):
+    """The values the context processors give the templates of ``view`` (``mail``:
+    the emails): those registered for every template, then the view's own."""
+    values = {}
+    processors = _state().security._context_processors
+    for processor in processors["all"] + processors[view]:
+        values.update(processor())
+    return values
+
+
 def _render(view, **context):
     """Render a view's template with the values of its context processors (those
     of the docs), ``context`` winning, through ``security.render_template`` (an app
     may replace it)."""
-    processors = _state().security._context_processors
-    values = {"security": _state()}  # for a render_template of the app's own
-    for processor in processors["all"] + processors[view]:
-        values.update(processor())
+    values = {"security": _state(), **_template_values(view)}
     template = config_value(_FORM_VIEWS[view][0])
     return _state().render_template(template, **{**values, **context})
 
@@ -3183,10 +3242,9 @@ def send_mail(subject: str, recipient: str, template: str, **context: Any) -> No
     from flask_mail import Message
 
     security = _state().security
+    # As in 1.7.4, the processors of every template reach the emails too.
     values = {"url_for": _mail_url_for, "security": _state()}
-    for processor in security._context_processors["mail"]:
-        values.update(processor())
-    values.update(context)
+    values.update(_template_values("mail"), **context)
     message = Message(
         subject, sender=config_value("EMAIL_SENDER"), recipients=[recipient]
     )
@@ -4227,9 +4285,24 @@ def _holds_our_templates(folder):
 # =============================================================================
 
 
-users_cli = AppGroup("users", help="Create, activate, deactivate and unlock users.")
+class _SecurityCommands(AppGroup):
+    """A ``flask`` command group whose commands end with one line, not a
+    traceback, when the database has no tables yet."""
 
-roles_cli = AppGroup("roles", help="Create roles and give them to users.")
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as error:
+            if _is_missing_table(error):
+                raise click.ClickException(_CREATE_THE_TABLES) from None
+            raise
+
+
+_users_cli = _SecurityCommands(
+    "users", help="Create, activate, deactivate and unlock users."
+)
+
+_roles_cli = _SecurityCommands("roles", help="Create roles and give them to users.")
 
 
 def _cli_user(email):
@@ -4265,7 +4338,7 @@ def _cli_commit(message):
     click.echo(message)
 
 
-@users_cli.command("create")
+@_users_cli.command("create")
 @click.argument("email")
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
 @click.option("--active/--inactive", default=True, help="Whether the user can log in.")
@@ -4289,13 +4362,15 @@ def _users_create(email, password, active, confirmed):
         if not hasattr(_state().datastore.user_model, "confirmed_at"):
             raise click.UsageError("--confirmed needs a confirmed_at field on the user")
         fields["confirmed_at"] = _now()
-    _state().datastore.create_user(**fields)
+    user = _state().datastore.create_user(**fields)
     if config_value("CONFIRMABLE") and not confirmed:
-        click.echo(f"{email} must confirm the address before logging in (--confirmed)")
-    _cli_commit(f"created user {email}")
+        click.echo(
+            f"{user.email} must confirm the address before logging in (--confirmed)"
+        )
+    _cli_commit(f"created user {user.email}")
 
 
-@users_cli.command("activate")
+@_users_cli.command("activate")
 @click.argument("email")
 def _users_activate(email):
     """Let the user with EMAIL log in again."""
@@ -4305,7 +4380,7 @@ def _users_activate(email):
     _cli_commit(done.format(user.email))
 
 
-@users_cli.command("deactivate")
+@_users_cli.command("deactivate")
 @click.argument("email")
 def _users_deactivate(email):
     """Stop the user with EMAIL from logging in (sessions and tokens too)."""
@@ -4315,7 +4390,7 @@ def _users_deactivate(email):
     _cli_commit(done.format(user.email))
 
 
-@users_cli.command("unlock")
+@_users_cli.command("unlock")
 @click.argument("email")
 def _users_unlock(email):
     """End the lockout of the user with EMAIL after too many wrong passwords."""
@@ -4327,7 +4402,7 @@ def _users_unlock(email):
     click.echo(f"unlocked {user.email}")
 
 
-@users_cli.command("tf-reset")
+@_users_cli.command("tf-reset")
 @click.argument("email")
 def _users_tf_reset(email):
     """Turn two-factor login off for the user with EMAIL (lost phone and codes)."""
@@ -4340,18 +4415,24 @@ def _users_tf_reset(email):
     click.echo(f"turned two-factor login off for {user.email}")
 
 
-@roles_cli.command("create")
+@_roles_cli.command("create")
 @click.argument("name")
 @click.option("--description", default=None, help="What the role allows.")
 def _roles_create(name, description):
     """Create the role NAME."""
-    if _state().datastore.find_role(name) is not None:
+    datastore = _state().datastore
+    if datastore.find_role(name) is not None:
         raise click.ClickException(f"the role {name} exists already")
-    _state().datastore.create_role(name=name, description=description)
+    fields = {"name": name}
+    if description is not None:  # a role model may have no description
+        if not hasattr(datastore.role_model, "description"):
+            raise click.UsageError("--description needs a description field")
+        fields["description"] = description
+    datastore.create_role(**fields)
     _cli_commit(f"created role {name}")
 
 
-@roles_cli.command("add")
+@_roles_cli.command("add")
 @click.argument("email")
 @click.argument("role")
 def _roles_add(email, role):
@@ -4362,7 +4443,7 @@ def _roles_add(email, role):
     _cli_commit(done.format(user.email, role))
 
 
-@roles_cli.command("remove")
+@_roles_cli.command("remove")
 @click.argument("email")
 @click.argument("role")
 def _roles_remove(email, role):
@@ -4389,12 +4470,13 @@ def _validate_link_base(app):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(
                 "SECURITY_LINK_BASE_URL must look like 'https://www.example.com', "
-                f"not {base!r}"
+                f"not {base!r} (docs/configuration.md)"
             )
         if parts.path.strip("/") or parts.query or parts.fragment:
             raise ValueError(
                 "SECURITY_LINK_BASE_URL is a scheme and a host only: the path of an "
-                "app mounted under a prefix comes from its SCRIPT_NAME"
+                "app mounted under a prefix comes from its SCRIPT_NAME "
+                "(docs/configuration.md)"
             )
     mails_links = any(
         config["SECURITY_" + feature]
@@ -4405,7 +4487,7 @@ def _validate_link_base(app):
         _log.warning(
             "flask-security-lite emails links, but the app declares no host for "
             "them: set SECURITY_LINK_BASE_URL, SERVER_NAME or TRUSTED_HOSTS. Until "
-            "then links are only sent for requests to localhost."
+            "then links are only sent for requests to localhost (docs/security.md)."
         )
 
 
@@ -4434,14 +4516,18 @@ _USER_FIELDS = {
     "LOCKOUT_ATTEMPTS": ("failed_login_count", "locked_until"),
 }
 
-#: Features that send mail, each with the setting that can turn its mail off.
-_MAIL_FEATURES = {
-    "REGISTERABLE": "SEND_REGISTER_EMAIL",
-    "CONFIRMABLE": None,
-    "RECOVERABLE": None,
-    "PASSWORDLESS": None,
-    "CHANGEABLE": "SEND_PASSWORD_CHANGE_EMAIL",
-    "TWO_FACTOR": "SEND_TWO_FACTOR_NOTICE_EMAIL",
+#: The views that send mail: each with the feature that makes it mail and the
+#: setting that can turn that mail off (None: it always mails).
+_MAILING_VIEWS = {
+    "register": ("REGISTERABLE", "SEND_REGISTER_EMAIL"),
+    "send_confirmation": ("CONFIRMABLE", None),
+    "forgot_password": ("RECOVERABLE", None),
+    "reset_password": ("RECOVERABLE", "SEND_PASSWORD_RESET_NOTICE_EMAIL"),
+    "login": ("PASSWORDLESS", None),
+    "change_password": ("CHANGEABLE", "SEND_PASSWORD_CHANGE_EMAIL"),
+    "tf_setup": ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
+    "tf_disable": ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
+    "tf_rescue": ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
 }
 
 
@@ -4450,10 +4536,15 @@ def _validate_startup(app, datastore):
     problem is named with its fix. Unknown ``SECURITY_*`` keys only warn."""
     config = app.config
     _validate_link_base(app)
+    user_model = getattr(datastore, "user_model", None)
     problems = [
+        *_missing_secret_key(app),
         *_misspelt_settings(config),
+        *_mistyped_settings(config),
         *_unparsable_lifetimes(app),
-        *_missing_user_fields(app, datastore.user_model),
+        # A custom store (or a 1.7.4 test double) may not name its model.
+        *_missing_user_methods(user_model),
+        *_missing_user_fields(app, user_model),
         *_shared_salts(config),
     ]
     if problems:
@@ -4480,10 +4571,89 @@ def _misspelt_settings(config):
             continue
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
         if close and close[0].removeprefix("SECURITY_") in _FEATURE_SWITCHES:
-            yield f"{key} is not a setting: did you mean {close[0]}?"
+            yield (
+                f"{key} is not a setting: did you mean {close[0]}? "
+                "(docs/configuration.md)"
+            )
         else:
             hint = f" (did you mean {close[0]}?)" if close else ""
             _log.warning("%s is not a flask-security-lite setting%s", key, hint)
+
+
+def _missing_secret_key(app):
+    """Sessions, CSRF tokens and every token of this module are signed with it."""
+    if not app.secret_key:
+        yield (
+            "SECRET_KEY is not set: set app.config['SECRET_KEY'] to a long random "
+            "value, e.g. from python -c 'import secrets; print(secrets.token_hex())' "
+            "(README.md, 'No SECRET_KEY')"
+        )
+
+
+#: Settings whose default is None that take a number of seconds or of attempts.
+_NUMBER_SETTINGS = ("TOKEN_MAX_AGE", "LOCKOUT_ATTEMPTS")
+
+
+def _mistyped_settings(config):
+    """Each setting of another type than its default's, named with the type wanted.
+    A switch given as a string ``'False'`` is on, as 1.7.x took it: kept, and
+    warned about with the boolean to write."""
+    for key, default in _default_config.items():
+        name, value = "SECURITY_" + key, config["SECURITY_" + key]
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                _log.warning(
+                    "%s is the string %r, which turns it on, as 1.7.x did: write "
+                    "True to keep it on, or False to turn it off",
+                    name,
+                    value,
+                )
+            continue
+        wanted = _wanted_type(key, default, value)
+        if wanted:
+            yield (
+                f"{name} must be {wanted}, not {value!r} "
+                "(README.md, 'A setting of the wrong type')"
+            )
+
+
+def _wanted_type(key, default, value):
+    """What ``value`` of setting ``key`` should have been, or None if it fits."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if key in _NUMBER_SETTINGS:
+        return None if value is None or number else "a number (of seconds) or None"
+    if isinstance(default, int):
+        return None if number and int(value) == value else "a whole number"
+    if isinstance(default, list):
+        fits = isinstance(value, list | tuple | set | frozenset)
+        if key == "USER_IDENTITY_ATTRIBUTES":
+            fits = fits or isinstance(value, str)  # 1.7.4's "email, username"
+        return None if fits else "a list"
+    if isinstance(default, dict):
+        return None if isinstance(value, dict) else "a dict"
+    return None
+
+
+#: What the module asks of every user object, as :class:`UserMixin` gives it.
+_USER_METHODS = (
+    "is_active",
+    "is_authenticated",
+    "get_session_identity",
+    "get_auth_token",
+    "has_role",
+)
+
+
+def _missing_user_methods(user_model):
+    """The user model must have :class:`UserMixin`'s methods (a model with only
+    Flask-Login's mixin would fail at its first login)."""
+    missing = [name for name in _USER_METHODS if not hasattr(user_model, name)]
+    if user_model is not None and missing:
+        yield (
+            f"the user model {user_model.__name__} lacks {', '.join(missing)}: "
+            "derive it from flask_security_lite.UserMixin "
+            "(README.md, 'A user model without UserMixin')"
+        )
 
 
 def _shared_salts(config):
@@ -4495,7 +4665,9 @@ def _shared_salts(config):
     for keys in keys_by_salt.values():
         if len(keys) > 1:
             named = " and ".join(f"SECURITY_{key}" for key in keys)
-            yield f"{named} are the same: give each its own value"
+            yield (
+                f"{named} are the same: give each its own value (docs/configuration.md)"
+            )
 
 
 def _unparsable_lifetimes(app):
@@ -4521,7 +4693,7 @@ def _missing_user_fields(app, user_model):
     return [
         f"the user model {user_model.__name__} has no {name!r} field"
         + (f" (needed by SECURITY_{feature})" if feature else "")
-        + ": add it (README, Quick start, shows every field)"
+        + ": add it (README.md, 'The fields each feature needs')"
         for name, feature in wanted.items()
         if not _has_field(user_model, name)
     ]
@@ -4548,33 +4720,57 @@ def _has_field(model, name):
     return hasattr(model, name)
 
 
-def _require_mail_at_first_request(app):
-    """Mail-sending features need ``Mail(app)`` or ``@security.send_mail_task``.
-    Apps set up either after ``Security(app)``, so the check waits for the first
-    request, where it fails loudly instead of when a visitor's mail is due."""
-    security = app.extensions["security"].security
-    needing = [
-        f"SECURITY_{feature}"
-        for feature, switch in _MAIL_FEATURES.items()
-        if app.config["SECURITY_" + feature]
-        and (switch is None or app.config["SECURITY_" + switch])
-    ]
-    if not needing:
+def _refuse_mail_until_set_up(app):
+    """Mail goes through ``Mail(app)`` or ``@security.send_mail_task``, which apps
+    often set up after ``Security(app)``. So from the first request: when neither
+    is there, say so once at ERROR level, and refuse the posts that would send
+    mail before they write anything. Every other page keeps working."""
+    config, security = app.config, app.extensions["security"].security
+    mailing = {
+        view: feature
+        for view, (feature, switch) in _MAILING_VIEWS.items()
+        if config["SECURITY_" + feature]
+        and (switch is None or config["SECURITY_" + switch])
+    }
+    if not mailing:
         return
+    blueprint = config["SECURITY_BLUEPRINT_NAME"]
 
-    def check_mail():
-        if "mail" not in app.extensions and security._send_mail_task is None:
-            raise RuntimeError(
-                f"{', '.join(needing)} send mail, but this app has no Flask-Mail "
-                "and no @security.send_mail_task: add Mail(app) (pip install "
-                "Flask-Mail) with your MAIL_* settings, or register a function "
-                "with @security.send_mail_task"
+    def mail_is_set_up():
+        return "mail" in app.extensions or security._send_mail_task is not None
+
+    def say_once():
+        if not mail_is_set_up():
+            features = sorted({f"SECURITY_{name}" for name in mailing.values()})
+            _log.error(
+                "%s %s mail, but this app has no Flask-Mail and no "
+                "@security.send_mail_task: add Mail(app) (pip install Flask-Mail) "
+                "with your MAIL_* settings, or register a function with "
+                "@security.send_mail_task. Until then the pages that send mail "
+                "answer 503 (README.md, 'No mail').",
+                ", ".join(features),
+                "sends" if len(features) == 1 else "send",
             )
-        # Once passed, it need not run again: off the app's list it goes.
+        # Said at most once: off the app's list it goes.
         hooks = app.before_request_funcs
-        hooks[None] = [hook for hook in hooks[None] if hook is not check_mail]
+        hooks[None] = [hook for hook in hooks[None] if hook is not say_once]
 
-    app.before_request(check_mail)
+    def refuse_unmailable_post():
+        view = (request.endpoint or "").removeprefix(blueprint + ".")
+        if request.method in ("GET", "HEAD", "OPTIONS") or view not in mailing:
+            return
+        if not mail_is_set_up():
+            raise _Refused(503, "MAIL_NOT_SET_UP")
+
+    app.before_request(say_once)
+    app.before_request_funcs.setdefault(blueprint, []).append(refuse_unmailable_post)
+
+
+def _name_missing_tables(sender, exception, **extra):
+    """A request that failed for want of tables logs one line naming the fix,
+    beside Flask's traceback (connected to ``got_request_exception`` per app)."""
+    if _is_missing_table(exception):
+        _log.error("flask-security-lite: %s", _CREATE_THE_TABLES)
 
 
 def _refuse_unknown_forms(names):
@@ -4710,8 +4906,8 @@ def _add_views_and_commands(app, with_views):
             "security_templates", __name__, template_folder=_templates_folder()
         )
         app.register_blueprint(templates)
-    app.cli.add_command(users_cli)
-    app.cli.add_command(roles_cli)
+    app.cli.add_command(_users_cli)
+    app.cli.add_command(_roles_cli)
 
 
 #: A function a context processor decorator takes: it returns template values.
@@ -4789,10 +4985,14 @@ class Security:
         _refuse_unknown_forms(forms)
         datastore = datastore or self._datastore
         if datastore is None:
-            raise ValueError("Security needs a datastore, e.g. SQLAlchemyUserDatastore")
+            raise ValueError(
+                "Security needs a datastore, e.g. SQLAlchemyUserDatastore "
+                "(README.md, 'Quick start')"
+            )
         _set_config_defaults(app)
         _validate_startup(app, datastore)
-        datastore._bind(app)
+        if isinstance(datastore, UserDatastore):
+            datastore._bind(app)
         state = _SecurityState(
             app,
             self,
@@ -4813,7 +5013,8 @@ class Security:
         app.add_template_global(url_for_security, "url_for_security")
         app.add_template_global(state, "security")
         app.after_request(_keep_roles_readable)
-        _require_mail_at_first_request(app)
+        _refuse_mail_until_set_up(app)
+        got_request_exception.connect(_name_missing_tables, app)
         _log_security_events(app)
         return state
 
