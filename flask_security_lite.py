@@ -2784,7 +2784,9 @@ def _is_breached(password):
     import http.client
     import urllib.request
 
-    digest = hashlib.sha1(password.encode("utf-8")).hexdigest().upper()
+    # SHA-1 is the API's index here, not a protection of the password.
+    sha1 = hashlib.sha1(password.encode("utf-8"), usedforsecurity=False)
+    digest = sha1.hexdigest().upper()
     base_url = config_value("PASSWORD_BREACHED_URL")
     asking = urllib.request.Request(
         base_url + digest[:5],
