@@ -3265,8 +3265,14 @@ def send_mail(subject: str, recipient: str, template: str, **context: Any) -> No
 
 
 def _mail_user(user, subject_key, template, **context):
-    """Send ``user`` the email ``template`` with the subject of ``subject_key``."""
-    send_mail(config_value(subject_key), user.email, template, user=user, **context)
+    """Send ``user`` the email ``template`` with the subject of ``subject_key``. A
+    mail server that cannot be reached is logged, not raised: what the request did
+    (an account made, a password changed) stands, and its answer says so."""
+    subject = config_value(subject_key)
+    try:
+        send_mail(subject, user.email, template, user=user, **context)
+    except OSError:  # a refused connection, or any of smtplib's errors
+        _log.exception("the %s email to user %s could not be sent", template, user.id)
 
 
 def _mail_url_for(endpoint, **values):
@@ -4399,7 +4405,11 @@ def _users_unlock(email):
     user = _cli_user(email)
     missing = [n for n in _USER_FIELDS["LOCKOUT_ATTEMPTS"] if not hasattr(user, n)]
     if missing:
-        raise click.ClickException(f"the user model has no {', '.join(missing)}")
+        raise click.ClickException(
+            f"the user model has no {', '.join(missing)}: the lockout "
+            "(SECURITY_LOCKOUT_ATTEMPTS) needs them "
+            "(README.md, 'The fields each feature needs')"
+        )
     _clear_wrong_passwords(user)
     click.echo(f"unlocked {user.email}")
 
@@ -4409,7 +4419,10 @@ def _users_unlock(email):
 def _users_tf_reset(email):
     """Turn two-factor login off for the user with EMAIL (lost phone and codes)."""
     if not hasattr(_state().datastore.user_model, "tf_totp_secret"):
-        raise click.ClickException("the user model has no two-factor fields")
+        raise click.ClickException(
+            "the user model has no two-factor fields: SECURITY_TWO_FACTOR needs "
+            "them (README.md, 'The fields each feature needs')"
+        )
     user = _cli_user(email)
     if not _has_second_factor(user):
         raise click.ClickException(f"{email} has no two-factor login to reset")
@@ -4428,7 +4441,11 @@ def _roles_create(name, description):
     fields = {"name": name}
     if description is not None:  # a role model may have no description
         if not hasattr(datastore.role_model, "description"):
-            raise click.UsageError("--description needs a description field")
+            raise click.UsageError(
+                f"the role model {datastore.role_model.__name__} has no "
+                "description field: add one, or leave out --description "
+                "(README.md, 'The fields each feature needs')"
+            )
         fields["description"] = description
     datastore.create_role(**fields)
     _cli_commit(f"created role {name}")
@@ -4679,7 +4696,7 @@ def _unparsable_lifetimes(app):
             try:
                 get_within_delta(key, app)
             except ValueError as error:
-                yield str(error)
+                yield f"{error} (README.md, 'A setting of the wrong type')"
 
 
 def _missing_user_fields(app, user_model):
@@ -4746,8 +4763,8 @@ def _refuse_mail_until_set_up(app):
             features = sorted({f"SECURITY_{name}" for name in mailing.values()})
             _log.error(
                 "%s %s mail, but this app has no Flask-Mail and no "
-                "@security.send_mail_task: add Mail(app) (pip install Flask-Mail) "
-                "with your MAIL_* settings, or register a function with "
+                "@security.send_mail_task: add Mail(app) with your MAIL_* "
+                "settings, or register a function with "
                 "@security.send_mail_task. Until then the pages that send mail "
                 "answer 503 (README.md, 'No mail').",
                 ", ".join(features),
