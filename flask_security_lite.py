@@ -237,6 +237,10 @@ __all__ = (
 
 _log = logging.getLogger("flask_security_lite")
 
+#: Where security events are logged, one record each: logins, failed logins,
+#: lockouts, changes of the second factor, password resets and changes, logouts.
+_event_log = logging.getLogger("flask_security_lite.events")
+
 
 # =============================================================================
 # 1. Settings and messages
@@ -284,6 +288,24 @@ _default_config = {
     },
     #: Shortest password accepted by the register, reset and change forms.
     "PASSWORD_LENGTH_MIN": 8,
+    #: Refuse a new password found on the list of common passwords, ignoring case.
+    "PASSWORD_CHECK_COMMON": True,
+    #: File of that list: UTF-8, one password a line, ``#`` starting a comment line
+    #: (``None``: the list of some 14,000 shipped with the module). Read once, on
+    #: first use.
+    "PASSWORD_COMMON_LIST": None,
+    #: Refuse a new password holding its owner's email address, the part before
+    #: the ``@``, a word of that part, or a label of the domain but the last,
+    #: ignoring case; parts shorter than four characters are not looked for.
+    "PASSWORD_CHECK_ADDRESS": True,
+    #: Refuse a new password that the breached-password range API lists. Only the
+    #: first five hex digits of the password's SHA-1 are sent. When the API does not
+    #: answer in time, the password is accepted and a warning logged.
+    "PASSWORD_CHECK_BREACHED": False,
+    #: The range API: the five hex digits are appended to this URL.
+    "PASSWORD_BREACHED_URL": "https://api.pwnedpasswords.com/range/",
+    #: Seconds the range API is given to connect, and again to answer each read.
+    "PASSWORD_BREACHED_TIMEOUT": 2,
     #: Sender of every security email.
     "EMAIL_SENDER": "no-reply@localhost",
     #: Query-string (and JSON body) key carrying an auth token.
@@ -365,6 +387,10 @@ _default_config = {
     "TWO_FACTOR_ISSUER": None,
     #: Time allowed between the password and the code.
     "TWO_FACTOR_LOGIN_WITHIN": "5 minutes",
+    #: How many 30-second steps late an authenticator code is still accepted (a
+    #: slow typist, a phone clock a little behind); a code of a later step never
+    #: is. 0: the current step's code only, which lives 30 seconds at most.
+    "TWO_FACTOR_DRIFT_STEPS": 1,
     #: itsdangerous salt of the "password verified, code due" marker.
     "TWO_FACTOR_SALT": "tf-salt",
     #: URL of the two-factor set-up view.
@@ -567,6 +593,21 @@ _default_messages = {
     ),
     #: A new password is longer than can be hashed.
     "PASSWORD_TOO_LONG": ("Passwords can have at most %(length)s bytes.", "error"),
+    #: A new password is on the list of common passwords.
+    "PASSWORD_COMMON": (
+        "This password is one of the most common ones: please choose another.",
+        "error",
+    ),
+    #: A new password holds its owner's email address, or a part of it.
+    "PASSWORD_HOLDS_ADDRESS": (
+        "Your password must not contain your email address or a part of it.",
+        "error",
+    ),
+    #: A new password appears in known data breaches.
+    "PASSWORD_BREACHED": (
+        "This password has appeared in a data breach: please choose another.",
+        "error",
+    ),
     #: A request body is larger than the security views read.
     "REQUEST_TOO_LARGE": ("The request body is too large.", "error"),
     #: An emailed link would leave the declared host (through a URL prefix).
@@ -764,6 +805,21 @@ login_failed = _signals.signal("login-failed")
 
 def _send_signal(signal, **kwargs):
     signal.send(current_app._get_current_object(), **kwargs)
+
+
+def _log_event(event, user, level=logging.INFO, **details):
+    """Log the security event ``event`` of ``user`` (None: no account matched) to
+    ``flask_security_lite.events``: a line of text, and the same as fields of the
+    record for structured handlers (``event``, ``user_id``, ``remote_addr`` and
+    ``details``). Callers never pass a password, code, token or key."""
+    fields = {
+        "event": event,
+        "user_id": None if user is None else str(user.id),
+        "remote_addr": request.remote_addr if has_request_context() else None,
+        **details,
+    }
+    text = " ".join(f"{name}={value}" for name, value in fields.items())
+    _event_log.log(level, "security event: %s", text, extra=fields)
 
 
 @contextmanager
@@ -2071,13 +2127,21 @@ def _limit_body(endpoint, values):
     )
 
 
+#: The policy of the security pages, unless the app sets its own: not framed
+#: (clickjacking), no plugins, and no ``<base>`` an injection could point the
+#: forms' relative URLs elsewhere with.
+_CONTENT_SECURITY_POLICY = "frame-ancestors 'none'; object-src 'none'; base-uri 'none'"
+
+
 def _security_headers(response):
-    """Security pages are not cached, not framed (clickjacking), and not named in
-    the ``Referer`` of what they link to: their URLs may carry a token."""
+    """Security pages are not cached, not framed, not read as another content type
+    than the one sent, and not named in the ``Referer`` of what they link to: their
+    URLs may carry a token."""
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["X-Frame-Options"] = "DENY"
-    response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers.setdefault("Content-Security-Policy", _CONTENT_SECURITY_POLICY)
     return response
 
 
@@ -2135,6 +2199,9 @@ def _reserve_attempt(user):
             changes["locked_until"] = now + get_within_delta("LOCKOUT_WITHIN")
         seen = {"failed_login_count": user.failed_login_count}
         if _state().datastore.compare_and_set(user, seen, changes):
+            if changes["locked_until"] is not None:
+                until = changes["locked_until"].isoformat()
+                _log_event("account_locked", user, logging.WARNING, until=until)
             return True
     return False
 
@@ -2645,6 +2712,148 @@ def password_length(form: FlaskForm, field: Field) -> None:
         raise ValidationError(_text("PASSWORD_TOO_LONG", length=_MAX_PASSWORD_BYTES))
 
 
+# -- passwords too easy to guess ----------------------------------------------
+
+
+#: The common-password list shipped with the module, in its templates folder.
+_COMMON_PASSWORDS_FILE = "common_passwords.txt"
+
+#: Parts of an address shorter than this are not looked for in passwords: too many
+#: hold "bob" or "mail" by chance.
+_ADDRESS_PART_MIN = 4
+
+#: Most of an answer of the range API read: a real one is some 40 KB.
+_RANGE_ANSWER_MAX_BYTES = 1024 * 1024
+
+
+def _fold(text):
+    """``text`` as the password checks compare it: NFKC-normalised, case folded."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+@cache
+def _password_list(path):
+    """The folded passwords of the list in the file ``path``, read once per
+    process."""
+    try:
+        with open(path, encoding="utf-8") as lines:
+            passwords = [line.rstrip("\r\n") for line in lines]
+    except (OSError, UnicodeDecodeError) as error:
+        raise RuntimeError(
+            f"flask-security-lite cannot read the common-password list {path} "
+            f"({error}): set SECURITY_PASSWORD_COMMON_LIST to a readable UTF-8 file, "
+            "or copy the distribution's templates folder as the module's docstring "
+            "says"
+        ) from None
+    return frozenset(_fold(p) for p in passwords if p and not p.startswith("#"))
+
+
+def _is_common(password):
+    """True if ``password`` is on the common-password list, ignoring case."""
+    path = config_value("PASSWORD_COMMON_LIST") or os.path.join(
+        _templates_folder(), _COMMON_PASSWORDS_FILE
+    )
+    return _fold(password) in _password_list(path)
+
+
+def _address_parts(address):
+    """What a password must not hold of ``address``: all of it, the part before
+    the ``@`` and each of its words, and each label of the domain but the last
+    (``com`` says nothing of its owner); folded, and none too short."""
+    folded = _fold(address)
+    local, _, domain = folded.rpartition("@")
+    parts = {folded, local, *re.split(r"[\W_]+", local), *domain.split(".")[:-1]}
+    return {part for part in parts if len(part) >= _ADDRESS_PART_MIN}
+
+
+def _holds_address(password, address):
+    """True if ``password`` holds ``address`` or a part of it, ignoring case."""
+    if not isinstance(address, str):
+        return False
+    folded = _fold(password)
+    return any(part in folded for part in _address_parts(address))
+
+
+def _is_breached(password):
+    """True if the range API lists ``password`` in known breaches. Only the first
+    five hex digits of its SHA-1 leave this server (k-anonymity), and the answer is
+    padded so its size tells nothing. An API that fails or does not answer in
+    time cannot stop a user choosing a password: it is accepted, and a warning
+    logged."""
+    import http.client
+    import urllib.request
+
+    # SHA-1 is the API's index here, not a protection of the password.
+    sha1 = hashlib.sha1(password.encode("utf-8"), usedforsecurity=False)
+    digest = sha1.hexdigest().upper()
+    base_url = config_value("PASSWORD_BREACHED_URL")
+    asking = urllib.request.Request(
+        base_url + digest[:5],
+        headers={"Add-Padding": "true", "User-Agent": "flask-security-lite"},
+    )
+    timeout = config_value("PASSWORD_BREACHED_TIMEOUT")
+    try:
+        with urllib.request.urlopen(asking, timeout=timeout) as answer:
+            listing = answer.read(_RANGE_ANSWER_MAX_BYTES).decode("ascii")
+    except (OSError, ValueError, http.client.HTTPException) as error:
+        _log.warning(
+            "the breached-password check could not ask %s (%s): the password was "
+            "accepted unchecked",
+            base_url,
+            error,
+        )
+        return False
+    return _range_lists(listing, digest[5:])
+
+
+def _range_lists(listing, suffix):
+    """True if the range API's ``listing`` (``SUFFIX:COUNT`` lines) counts the
+    SHA-1 ``suffix`` at least once; padding lines count 0."""
+    for line in listing.splitlines():
+        listed, _, count = line.partition(":")
+        if listed.strip().upper() == suffix and count.strip() not in ("", "0"):
+            return True
+    return False
+
+
+def _guessable(password, address):
+    """The message key refusing ``password`` as a new password of the owner of
+    ``address``, or None: a common password, one holding the address, or one
+    known from breaches, each when its ``SECURITY_PASSWORD_CHECK_*`` is on (the
+    network last)."""
+    if config_value("PASSWORD_CHECK_COMMON") and _is_common(password):
+        return "PASSWORD_COMMON"
+    if config_value("PASSWORD_CHECK_ADDRESS") and _holds_address(password, address):
+        return "PASSWORD_HOLDS_ADDRESS"
+    if config_value("PASSWORD_CHECK_BREACHED") and _is_breached(password):
+        return "PASSWORD_BREACHED"
+    return None
+
+
+def _owner_address(form):
+    """The address of whoever chooses the password of ``form``: the one typed on a
+    registration form, the logged-in user's (change password), or the address of
+    the user the reset link of this request names; None when there is none."""
+    if isinstance(getattr(form, "email", None), Field):
+        return form.email.data
+    if current_user.is_authenticated:
+        return current_user.email
+    token = (request.view_args or {}).get("token")
+    user = _read_token(token, "reset").user if isinstance(token, str) else None
+    return getattr(user, "email", None)
+
+
+def _password_not_guessable(form: FlaskForm, field: Field) -> None:
+    """Validator: a new password must not be common, hold its owner's address, or
+    be known from breaches (``SECURITY_PASSWORD_CHECK_*``). Skipped for a password
+    already refused, so a short one costs no request to the range API."""
+    if field.errors:
+        return
+    refused = _guessable(field.data, _owner_address(form))
+    if refused is not None:
+        raise ValidationError(_text(refused))
+
+
 def unique_user_email(form: FlaskForm, field: Field) -> None:
     """Validator: no account may use the address yet."""
     if _state().datastore.find_user(email=field.data.strip()) is not None:
@@ -2720,7 +2929,8 @@ class NewPasswordFormMixin:
     """A new password, long enough."""
 
     password = PasswordField(
-        get_form_field_label("password"), [password_required, password_length]
+        get_form_field_label("password"),
+        [password_required, password_length, _password_not_guessable],
     )
 
 
@@ -2831,7 +3041,8 @@ class ChangePasswordForm(Form, PasswordFormMixin):
     """Change the password of the logged-in user."""
 
     new_password = PasswordField(
-        get_form_field_label("new_password"), [password_required, password_length]
+        get_form_field_label("new_password"),
+        [password_required, password_length, _password_not_guessable],
     )
     new_password_confirm = PasswordField(
         get_form_field_label("retype_new_password"),
@@ -3532,14 +3743,16 @@ _TOTP_PERIOD = 30
 #: Digits of a code.
 _TOTP_DIGITS = 6
 
-#: Time steps of clock drift accepted each way.
-_TOTP_DRIFT = 1
-
 #: Random bytes of a new key: 160 bits, as RFC 4226 recommends for HMAC-SHA-1.
 _TOTP_KEY_BYTES = 20
 
 #: How many recovery codes enrolment hands out.
 _RECOVERY_CODE_COUNT = 10
+
+#: Random bytes of a recovery code: 120 bits, past the 112 that ASVS 6.5.2 asks of
+#: a code stored under a fast hash. Codes handed out before had 80 bits; they are
+#: stored alike, and keep working until used or replaced.
+_RECOVERY_CODE_BYTES = 15
 
 
 def _hotp(key, counter, digits=_TOTP_DIGITS, digest=hashlib.sha1):
@@ -3580,8 +3793,9 @@ def _accept_totp(stored, code, at=None):
 
     The column holds the base32 key, then ``:<step>`` once a code was accepted:
     keeping the step beside the key refuses a replayed code with no extra column.
-    A code of the previous or the next step is accepted too (clock drift), but
-    never one of a step at or before the last one accepted.
+    A code of up to ``SECURITY_TWO_FACTOR_DRIFT_STEPS`` earlier steps is accepted
+    too (clock drift), but never one of a later step, nor one of a step at or
+    before the last one accepted.
     """
     if not isinstance(code, str):
         return None
@@ -3596,7 +3810,7 @@ def _accept_totp(stored, code, at=None):
         _log.error("a tf_totp_secret is not a base32 key: no code can match it")
         return None
     now = int((time.time() if at is None else at) // _TOTP_PERIOD)
-    for step in range(now - _TOTP_DRIFT, now + _TOTP_DRIFT + 1):
+    for step in range(now - config_value("TWO_FACTOR_DRIFT_STEPS"), now + 1):
         if step > last_step and hmac.compare_digest(_hotp(raw_key, step), code):
             return f"{key}:{step}"
     return None
@@ -3634,19 +3848,22 @@ def _key_in_groups(key):
 
 
 def _new_recovery_codes():
-    """Ten random codes of 80 bits, shown as ``abcd-efgh-ijkl-mnop``."""
+    """Ten random codes of 120 bits, shown in six groups of four letters and digits
+    (``abcd-efgh-ijkl-mnop-qrst-uvwx``)."""
     codes = []
     for _ in range(_RECOVERY_CODE_COUNT):
-        text = base64.b32encode(secrets.token_bytes(10)).decode("ascii").lower()
-        codes.append("-".join(text[start : start + 4] for start in range(0, 16, 4)))
+        raw = secrets.token_bytes(_RECOVERY_CODE_BYTES)
+        text = base64.b32encode(raw).decode("ascii").lower()
+        codes.append("-".join(text[start : start + 4] for start in range(0, 24, 4)))
     return codes
 
 
 def _recovery_code_hash(code):
     """The stored form of a recovery code.
 
-    A fast hash is enough: the codes are 80 random bits, too many to guess even
-    offline, unlike passwords people choose.
+    A fast hash is enough: the codes are 120 random bits, too many to guess even
+    offline, unlike passwords people choose. The 80-bit codes of earlier versions
+    are hashed alike, so those already handed out still work.
     """
     normal = "".join(code.split()).replace("-", "").lower()
     digest = hashlib.sha256(normal.encode("utf-8")).digest()[:16]
@@ -3801,6 +4018,7 @@ def reset_recovery_codes(user: Any) -> list[str]:
     codes = _new_recovery_codes()
     user.tf_recovery_codes = _stored_recovery_codes(codes)
     _save(user)
+    _log_event("recovery_codes_replaced", user)
     return codes
 
 
@@ -4158,6 +4376,9 @@ def _users_create(email, password, active, confirmed):
     """Create a user with EMAIL."""
     _cli_validate(email, "EMAIL", email_validator)
     _cli_validate(password, "--password", password_length)
+    refused = _guessable(password, email)
+    if refused is not None:
+        raise click.BadParameter(_text(refused), param_hint="--password")
     if _state().datastore.find_user(email=email) is not None:
         raise click.ClickException(_text("EMAIL_ALREADY_ASSOCIATED", email=email))
     fields = {"email": email, "password": password, "active": active}
@@ -4633,6 +4854,72 @@ def _refuse_unknown_forms(names):
 # =============================================================================
 
 
+# -- the security event log ---------------------------------------------------
+
+
+def _log_login(app, user):
+    """Flask-Login's ``user_logged_in``: a login, but not a session of a user
+    already logged in bound anew to a changed password or second factor, which
+    Flask-Login announces alike."""
+    if _auth_method() != "session":
+        _log_event("login", user)
+
+
+def _log_logout(app, user):
+    """Flask-Login's ``user_logged_out``: a logout of the user it names."""
+    if user is not None and user.is_authenticated:
+        _log_event("logout", user)
+
+
+def _log_login_failed(app, user, reason, **unlogged):
+    """``login_failed``: what was typed as the identifier is left out, as it may
+    be a password typed in the wrong field."""
+    _log_event("login_failed", user, reason=reason)
+
+
+def _log_recovery_code_used(app, user, method):
+    """``tf_code_confirmed``: a login with a recovery code spends one."""
+    if method == "recovery_code":
+        _log_event("recovery_code_used", user)
+
+
+def _log_two_factor_enabled(app, user):
+    _log_event("two_factor_enabled", user)
+
+
+def _log_two_factor_disabled(app, user):
+    _log_event("two_factor_disabled", user)
+
+
+def _log_password_reset(app, user):
+    _log_event("password_reset", user)
+
+
+def _log_password_changed(app, user):
+    _log_event("password_changed", user)
+
+
+#: Each signal whose events are logged, with its receiver. Lockouts and new
+#: recovery codes, which send no signal, are logged where they happen.
+_EVENT_RECEIVERS = (
+    (flask_login.user_logged_in, _log_login),
+    (flask_login.user_logged_out, _log_logout),
+    (login_failed, _log_login_failed),
+    (tf_code_confirmed, _log_recovery_code_used),
+    (tf_enrolled, _log_two_factor_enabled),
+    (tf_disabled, _log_two_factor_disabled),
+    (password_reset, _log_password_reset),
+    (password_changed, _log_password_changed),
+)
+
+
+def _log_security_events(app):
+    """Log the security events of ``app`` to ``flask_security_lite.events`` (ASVS
+    16.3.1), by receivers of its signals and Flask-Login's."""
+    for signal, receiver in _EVENT_RECEIVERS:
+        signal.connect(receiver, app)
+
+
 #: The form each ``init_app`` keyword replaces.
 _default_forms = {
     "login_form": LoginForm,
@@ -4798,6 +5085,7 @@ class Security:
         app.after_request(_keep_roles_readable)
         _refuse_mail_until_set_up(app)
         got_request_exception.connect(_name_missing_tables, app)
+        _log_security_events(app)
         return state
 
     def _state(self):
