@@ -6772,12 +6772,19 @@ def test_a_message_that_is_not_a_pair_is_refused(make_app):
     assert "SECURITY_MSG_LOGIN must be a (text, category) pair" in str(error.value)
 
 
+def test_an_unreadable_common_password_list_is_refused_at_init_app(make_app, tmp_path):
+    with pytest.raises(RuntimeError) as error:
+        make_app(SECURITY_PASSWORD_COMMON_LIST=str(tmp_path / "missing.txt"))
+    assert "cannot read the common-password list" in str(error.value)
+
+
 def test_settings_of_the_right_types_start(make_app):
     make_app(
         SECURITY_TOKEN_MAX_AGE=3600.5,
         SECURITY_PASSWORD_LENGTH_MIN=10,
         SECURITY_USER_IDENTITY_ATTRIBUTES="email, username",
         SECURITY_LOGOUT_METHODS=("POST",),
+        SECURITY_PASSWORD_BREACHED_TIMEOUT=0.5,
     )
 
 
