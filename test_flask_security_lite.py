@@ -8924,8 +8924,17 @@ INSERT INTO user (email, active) VALUES ('earlier@example.com', 1);
 def test_example_app_adds_the_columns_an_older_database_lacks(tmp_path):
     import sqlite3
 
+    from passlib.hash import pbkdf2_sha512
+
     database = sqlite3.connect(tmp_path / "example.db")
     database.executescript(OLD_DEMO_SCHEMA)
+    demo_hash = pbkdf2_sha512.using(rounds=1000).hash("demo-password")
+    database.execute(
+        "INSERT INTO user (email, password, active, confirmed_at) "
+        "VALUES ('demo@example.com', ?, 1, '2025-01-01 00:00:00')",
+        (demo_hash,),
+    )
+    database.commit()
     database.close()
     process, url, lines = _start_example(tmp_path)
     try:
@@ -8940,6 +8949,26 @@ def test_example_app_adds_the_columns_an_older_database_lacks(tmp_path):
     database = sqlite3.connect(tmp_path / "example.db")
     rows = database.execute("SELECT email, tf_totp_secret FROM user").fetchall()
     assert ("earlier@example.com", None) in rows
+
+
+def test_example_app_refuses_a_database_it_did_not_make(tmp_path):
+    import sqlite3
+
+    database = sqlite3.connect(tmp_path / "example.db")
+    database.executescript(OLD_DEMO_SCHEMA)  # an app's users, no demo account
+    database.close()
+    result = subprocess.run(
+        [sys.executable, "-c", "import example_app"],
+        cwd=HERE,
+        env=dict(os.environ, DATABASE_URL=f"sqlite:///{tmp_path / 'example.db'}"),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "accounts the demo did not make" in result.stderr
+    database = sqlite3.connect(tmp_path / "example.db")
+    rows = database.execute("SELECT email FROM user").fetchall()
+    assert rows == [("earlier@example.com",)]
 
 
 #: axe-core's browser bundle: .ci/run installs it from npm.
