@@ -23,10 +23,15 @@ setup(
     py_modules=["flask_security_lite"],
     # The templates ship as their own package so a wheel installs them beside the
     # module; the module looks for them there when no templates/ folder is beside it.
+    # The list of common passwords refused as new ones travels with them.
     packages=["flask_security_lite_templates"],
     package_dir={"flask_security_lite_templates": "templates"},
     package_data={
-        "flask_security_lite_templates": ["security/*.html", "security/email/*"]
+        "flask_security_lite_templates": [
+            "security/*.html",
+            "security/email/*",
+            "common_passwords.txt",
+        ]
     },
     install_requires=[
         "Flask>=3.1",
