@@ -4663,7 +4663,9 @@ class _SecurityCommands(AppGroup):
 
 
 _users_cli = _SecurityCommands(
-    "users", help="Create, activate, deactivate and unlock users."
+    "users",
+    help="Create, activate, deactivate, unlock and log out users, and turn their "
+    "two-factor login off.",
 )
 
 _roles_cli = _SecurityCommands("roles", help="Create roles and give them to users.")
@@ -4942,6 +4944,15 @@ def _validate_startup(app, datastore):
     if problems:
         raise RuntimeError(
             "flask-security-lite cannot start:\n- " + "\n- ".join(problems)
+        )
+    if _declares_fields(user_model) and not _has_field(user_model, "security_stamp"):
+        _log.warning(
+            "the user model %s has no 'security_stamp' field: logout cannot end "
+            "copies of a session, remember cookie or auth token, `flask users "
+            "logout` and the sessions page are off, and a passwordless link works "
+            "more than once until it expires; add security_stamp = "
+            "db.Column(db.String(64)) (README.md, 'Sessions')",
+            user_model.__name__,
         )
     if "bcrypt" in list(config["SECURITY_PASSWORD_SCHEMES"]) and _dead_passlib():
         _log.warning("%s; until then bcrypt hashes may fail", _dead_passlib())

@@ -3923,7 +3923,35 @@ def test_with_logout_by_post_only_our_menu_logs_out_with_a_form(make_app):
     assert client.get("/profile").status_code == 302
 
 
-def test_host_prefixed_cookie_names_of_the_checklist_work_over_https(make_app):
+def _security_doc_section(heading):
+    text = (HERE / "docs" / "security.md").read_text()
+    return text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_asvs_7_1_1_sessions_doc_gives_each_lifetime_with_its_default():
+    section = _security_doc_section("Sessions")
+    for key in ("SESSION_IDLE_WITHIN", "SESSION_ABSOLUTE_WITHIN", "REMEMBER_WITHIN"):
+        assert f"`SECURITY_{key}` (`'{fsl._default_config[key]}'`)" in section, key
+    assert "`SECURITY_TOKEN_MAX_AGE`" in section
+
+
+def test_asvs_7_1_2_sessions_doc_says_what_logout_ends_on_other_devices():
+    section = _security_doc_section("Sessions")
+    assert "as many at once as the user has devices" in section
+    assert "logs the user out of their\nother browsers and phones" in section
+
+
+def test_asvs_table_names_a_test_for_each_requirement_it_lists():
+    table = _security_doc_section("OWASP ASVS 5.0: authentication and sessions")
+    ids = re.findall(r"^\| ([\d.]+(?:, [\d.]+)*) \|", table, re.M)
+    tests = " ".join(name for name in globals() if name.startswith("test_asvs_"))
+    for group in ids:
+        for asvs in group.split(", "):
+            prefix = "test_asvs_" + asvs.replace(".", "_") + "_"
+            assert prefix in tests, asvs
+
+
+def test_asvs_3_3_1_host_prefixed_cookie_names_of_the_checklist_work_over_https(make_app):
     app = make_app(
         SESSION_COOKIE_NAME="__Host-session",
         SESSION_COOKIE_SECURE=True,
@@ -7424,6 +7452,18 @@ def test_a_switch_given_as_a_string_is_on_as_in_17x_and_warned(make_app, caplog)
     ) in caplog.text
     add_user(app)  # never confirmed
     assert json_login(app.test_client()).status_code == 200
+
+
+def test_a_user_model_without_security_stamp_is_warned_about(caplog):
+    app, datastore = _app_with_user_fields(ALWAYS_NEEDED)
+    Security(app, datastore)
+    assert "has no 'security_stamp' field: logout cannot end copies" in caplog.text
+    assert "(README.md, 'Sessions')" in caplog.text
+
+
+def test_a_user_model_with_security_stamp_is_not_warned_about(make_app, caplog):
+    make_app()
+    assert "security_stamp" not in caplog.text
 
 
 def test_a_startup_error_about_a_field_names_the_section_with_every_field():
