@@ -4855,6 +4855,33 @@ def _users_tf_reset(email):
     click.echo(f"turned two-factor login off for {user.email}")
 
 
+@_users_cli.command("passkeys")
+@click.argument("email")
+@click.option("--remove", metavar="ID", help="Delete the passkey with this ID.")
+def _users_passkeys(email, remove):
+    """List the passkeys of the user with EMAIL (ID, name, added, last used), or
+    delete one (a lost device) with --remove ID."""
+    if not config_value("PASSKEYS"):
+        raise click.ClickException("passkeys are off: set SECURITY_PASSKEYS = True")
+    user = _cli_user(email)
+    passkeys = _passkeys_of(user)
+    if remove is None:
+        for passkey in passkeys:
+            used = passkey.last_used_at
+            click.echo(
+                f"{passkey.id}  {passkey.label}  added {passkey.created_at:%Y-%m-%d}  "
+                f"last used {f'{used:%Y-%m-%d}' if used else 'never'}"
+            )
+        if not passkeys:
+            click.echo(f"{user.email} has no passkeys")
+        return
+    passkey = next((p for p in passkeys if str(p.id) == remove), None)
+    if passkey is None:
+        raise click.ClickException(f"{user.email} has no passkey {remove}")
+    _delete_passkey(user, passkey)
+    click.echo(f"deleted the passkey {passkey.label} of {user.email}")
+
+
 @_roles_cli.command("create")
 @click.argument("name")
 @click.option("--description", default=None, help="What the role allows.")
@@ -4986,6 +5013,7 @@ def _validate_startup(app, datastore):
         *_missing_user_methods(user_model),
         *_missing_user_fields(app, user_model),
         *_shared_salts(config),
+        *_passkey_problems(app, datastore),
     ]
     if problems:
         raise RuntimeError(
@@ -5018,6 +5046,69 @@ def _misspelt_settings(config):
         else:
             hint = f" (did you mean {close[0]}?)" if close else ""
             _log.warning("%s is not a flask-security-lite setting%s", key, hint)
+
+
+#: The fields of the passkey model.
+_PASSKEY_FIELDS = (
+    "user",
+    "credential_id",
+    "public_key",
+    "sign_count",
+    "transports",
+    "label",
+    "created_at",
+    "last_used_at",
+    "backup_eligible",
+    "backed_up",
+)
+
+
+def _passkey_problems(app, datastore):
+    """What ``SECURITY_PASSKEYS`` needs: py_webauthn, a passkey model given to an
+    adapter, a ``passkey_handle`` on the user, settings it knows, and an RP id that
+    is a domain. No declared host only warns: requests to localhost still work."""
+    config = app.config
+    if not config["SECURITY_PASSKEYS"]:
+        return
+    try:
+        _webauthn()
+    except ImportError as error:
+        yield f"SECURITY_PASSKEYS: {error} (docs/passkeys.md)"
+    model = getattr(datastore, "passkey_model", None)
+    if model is None or not hasattr(datastore, "_find_passkeys"):
+        yield (
+            "SECURITY_PASSKEYS needs a passkey model: declare one and pass it to the "
+            "datastore as passkey_model= (docs/passkeys.md)"
+        )
+    elif _declares_fields(model):
+        for name in _PASSKEY_FIELDS:
+            if not _has_field(model, name):
+                yield (
+                    f"the passkey model {model.__name__} has no {name!r} field: add "
+                    "it (docs/passkeys.md)"
+                )
+    user_model = getattr(datastore, "user_model", None)
+    if _declares_fields(user_model) and not _has_field(user_model, "passkey_handle"):
+        yield (
+            f"the user model {user_model.__name__} has no 'passkey_handle' field "
+            "(needed by SECURITY_PASSKEYS): add it (docs/passkeys.md)"
+        )
+    for key, known in (
+        ("USER_VERIFICATION", ("required", "preferred", "discouraged")),
+        ("ATTESTATION", ("none", "indirect", "direct", "enterprise")),
+    ):
+        if config[f"SECURITY_PASSKEYS_{key}"] not in known:
+            yield f"SECURITY_PASSKEYS_{key} must be one of {', '.join(known)}"
+    rp_id = config["SECURITY_PASSKEYS_RP_ID"]
+    if rp_id and _is_ip_address(rp_id):
+        yield f"SECURITY_PASSKEYS_RP_ID must be a domain name, not the address {rp_id}"
+    declared = config.get("SERVER_NAME") or config.get("TRUSTED_HOSTS")
+    if not (declared or config["SECURITY_LINK_BASE_URL"]):
+        _log.warning(
+            "SECURITY_PASSKEYS is on, but the app declares no host for them: set "
+            "SECURITY_LINK_BASE_URL, SERVER_NAME or TRUSTED_HOSTS. Until then "
+            "passkeys work only for requests to localhost (docs/passkeys.md)."
+        )
 
 
 def _missing_secret_key(app):

@@ -1,11 +1,7 @@
 // Passkeys for flask-security-lite's pages: sign in, and add a passkey. No build
 // step and no library; served by the security blueprint as a script of this site.
 (() => {
-  "use strict";
-  const bytes = (text) => {
-    const plain = text.replace(/-/g, "+").replace(/_/g, "/");
-    return Uint8Array.from(atob(plain.padEnd(Math.ceil(plain.length / 4) * 4, "=")), (c) => c.charCodeAt(0));
-  };
+  const bytes = (text) => Uint8Array.from(atob(text.replace(/-/g, "+").replace(/_/g, "/")), (c) => c.charCodeAt(0));
   const text = (buffer) =>
     btoa(String.fromCharCode(...new Uint8Array(buffer))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
   const withIds = (list) => (list || []).map((item) => ({ ...item, id: bytes(item.id) }));
@@ -52,28 +48,25 @@
     throw new Error(errors[0] || answer.error || "Something went wrong: please try again.");
   };
 
-  const shown = (error) =>
-    error.name === "NotAllowedError" ? "The passkey request was cancelled or timed out." : error.message;
-  const report = (region, error) => { if (error.name !== "AbortError") region.textContent = shown(error); };
+  const report = (region, error) => {
+    if (error.name === "AbortError") return;
+    region.textContent = error.name === "NotAllowedError" ? "The passkey request was cancelled or timed out." : error.message;
+  };
 
   const signIn = (box) => {
     const region = document.getElementById("passkey-error"), data = box.dataset;
-    let pending = null;
+    let pending = new AbortController();
     const attempt = async (mediation) => {
-      if (pending) pending.abort();
+      region.textContent = "";
+      pending.abort();
       pending = new AbortController();
-      const options = await post(data.optionsUrl, data.csrfToken);
-      const credential = await navigator.credentials.get({
-        publicKey: requestOptions(options.options), mediation, signal: pending.signal });
-      const remember = document.querySelector("input[name=remember]");
-      const answer = await post(data.loginUrl, data.csrfToken, {
-        credential: asJSON(credential), remember: Boolean(remember && remember.checked), next: data.next });
+      const { options } = await post(data.optionsUrl, data.csrfToken);
+      const credential = await navigator.credentials.get({ publicKey: requestOptions(options), mediation, signal: pending.signal });
+      const remember = Boolean(document.querySelector("input[name=remember]:checked"));
+      const answer = await post(data.loginUrl, data.csrfToken, { credential: asJSON(credential), remember, next: data.next });
       window.location.assign(answer.next);
     };
-    box.querySelector("button").addEventListener("click", () => {
-      region.textContent = "";
-      attempt("optional").catch((error) => report(region, error));
-    });
+    box.querySelector("button").addEventListener("click", () => attempt("optional").catch((error) => report(region, error)));
     // Conditional mediation: the browser offers passkeys in the address field.
     if (PublicKeyCredential.isConditionalMediationAvailable) {
       PublicKeyCredential.isConditionalMediationAvailable().then((available) => {
@@ -98,11 +91,7 @@
   };
 
   const box = document.getElementById("passkey-login"), form = document.getElementById("passkey-add");
-  if (!window.PublicKeyCredential) {
-    const region = document.getElementById("passkey-error");
-    if (region) region.textContent = "This browser cannot use passkeys.";
-    return;
-  }
-  if (box) signIn(box);
-  if (form) add(form);
+  if (!window.PublicKeyCredential) document.getElementById("passkey-error").textContent = "This browser cannot use passkeys.";
+  else if (box) signIn(box);
+  else if (form) add(form);
 })();
