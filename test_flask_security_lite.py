@@ -6193,64 +6193,6 @@ def test_passkeys_off_import_nothing_and_query_nothing():
     assert output.stdout.strip() == "False False", output.stderr
 
 
-def test_a_missing_webauthn_package_is_named_at_init_app(make_app, monkeypatch):
-    monkeypatch.setitem(sys.modules, "webauthn", None)
-    with pytest.raises(RuntimeError) as error:
-        make_app(**PASSKEYS)
-    assert "pip install webauthn" in str(error.value)
-    assert "flask-security-lite[passkeys]" in str(error.value)
-
-
-def test_passkeys_without_a_passkey_model_are_refused_at_init_app(make_app):
-    app = Flask(__name__)
-    app.config.update(SECRET_KEY="k", SECURITY_PASSKEYS=True)
-    datastore, teardown = _sqlalchemy_store(app, "sqlite://")
-    datastore.passkey_model = None
-    try:
-        with pytest.raises(RuntimeError) as error:
-            Security(app, datastore)
-    finally:
-        teardown()
-    assert "pass it to the datastore as passkey_model=" in str(error.value)
-
-
-def test_passkeys_without_a_user_handle_field_are_refused_at_init_app(make_app):
-    app = Flask(__name__)
-    app.config.update(SECRET_KEY="k", SECURITY_PASSKEYS=True)
-    datastore, teardown = _sqlalchemy_store(app, "sqlite://")
-    datastore.user_model = type("User", (fsl.UserMixin,), {"_meta": None})
-    try:
-        with pytest.raises(RuntimeError) as error:
-            Security(app, datastore)
-    finally:
-        teardown()
-    assert "has no 'passkey_handle' field" in str(error.value)
-
-
-@pytest.mark.parametrize(
-    "setting, value",
-    [
-        ("SECURITY_PASSKEYS_USER_VERIFICATION", "always"),
-        ("SECURITY_PASSKEYS_ATTESTATION", "full"),
-        ("SECURITY_PASSKEYS_RP_ID", "127.0.0.1"),
-    ],
-)
-def test_a_passkey_setting_it_cannot_use_is_refused_at_init_app(
-    make_app, setting, value
-):
-    with pytest.raises(RuntimeError) as error:
-        make_app(**PASSKEYS, **{setting: value})
-    assert setting in str(error.value)
-
-
-def test_passkeys_without_a_declared_host_warn_at_init_app(make_app, caplog):
-    make_app(**PASSKEYS)
-    assert "SECURITY_PASSKEYS is on, but the app declares no host" in caplog.text
-    caplog.clear()
-    make_app(SERVER_NAME="localhost", **PASSKEYS)
-    assert "declares no host" not in caplog.text
-
-
 # =============================================================================
 # 12. The blueprint: what the attack review found
 # =============================================================================
@@ -6896,6 +6838,51 @@ def test_cli_tf_reset_bad_input_is_a_clear_error(make_app, email, fragment):
 
 
 # =============================================================================
+# 13. Command line: passkeys
+# =============================================================================
+
+
+def test_cli_lists_a_users_passkeys(make_app):
+    app, client, device = passkey_user(make_app)
+    add_passkey(client, device, label="Work laptop")
+    result = _cli(app, "users", "passkeys", "matt@lp.com")
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert [line.split("  ")[1] for line in lines] == ["Passkey", "Work laptop"]
+    assert all("last used never" in line for line in lines)
+
+
+def test_cli_says_when_a_user_has_no_passkeys(make_app):
+    app = make_app(**PASSKEYS)
+    add_user(app)
+    result = _cli(app, "users", "passkeys", "matt@lp.com")
+    assert result.output == "matt@lp.com has no passkeys\n"
+
+
+def test_cli_removes_a_passkey(make_app):
+    app, _, device = passkey_user(make_app)
+    passkey_id = str(stored_passkeys(app)[0].id)
+    result = _cli(app, "users", "passkeys", "matt@lp.com", "--remove", passkey_id)
+    assert result.exit_code == 0, result.output
+    assert "deleted the passkey Passkey of matt@lp.com" in result.output
+    assert stored_passkeys(app) == []
+    assert sign_in_with_passkey(app.test_client(), device).status_code == 400
+
+
+def test_cli_refuses_a_passkey_the_user_does_not_have(make_app):
+    app, _, _ = passkey_user(make_app)
+    result = _cli(app, "users", "passkeys", "matt@lp.com", "--remove", "999")
+    assert result.exit_code == 1
+    assert "matt@lp.com has no passkey 999" in result.output
+
+
+def test_cli_passkeys_says_when_passkeys_are_off(app):
+    add_user(app)
+    result = _cli(app, "users", "passkeys", "matt@lp.com")
+    assert result.exit_code == 1 and "SECURITY_PASSKEYS = True" in result.output
+
+
+# =============================================================================
 # 14. Startup checks
 # =============================================================================
 
@@ -7208,6 +7195,69 @@ def test_a_datastore_the_checks_cannot_inspect_still_starts(store):
     app.config["SECRET_KEY"] = "test secret"
     Security(app, datastore=store)
     assert app.test_client().get("/login").status_code == 200
+
+
+# =============================================================================
+# 14. Startup checks: passkeys
+# =============================================================================
+
+
+def test_a_missing_webauthn_package_is_named_at_init_app(make_app, monkeypatch):
+    monkeypatch.setitem(sys.modules, "webauthn", None)
+    with pytest.raises(RuntimeError) as error:
+        make_app(**PASSKEYS)
+    assert "pip install webauthn" in str(error.value)
+    assert "flask-security-lite[passkeys]" in str(error.value)
+
+
+def test_passkeys_without_a_passkey_model_are_refused_at_init_app(make_app):
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="k", SECURITY_PASSKEYS=True)
+    datastore, teardown = _sqlalchemy_store(app, "sqlite://")
+    datastore.passkey_model = None
+    try:
+        with pytest.raises(RuntimeError) as error:
+            Security(app, datastore)
+    finally:
+        teardown()
+    assert "pass it to the datastore as passkey_model=" in str(error.value)
+
+
+def test_passkeys_without_a_user_handle_field_are_refused_at_init_app(make_app):
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="k", SECURITY_PASSKEYS=True)
+    datastore, teardown = _sqlalchemy_store(app, "sqlite://")
+    datastore.user_model = type("User", (fsl.UserMixin,), {"_meta": None})
+    try:
+        with pytest.raises(RuntimeError) as error:
+            Security(app, datastore)
+    finally:
+        teardown()
+    assert "has no 'passkey_handle' field" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("SECURITY_PASSKEYS_USER_VERIFICATION", "always"),
+        ("SECURITY_PASSKEYS_ATTESTATION", "full"),
+        ("SECURITY_PASSKEYS_RP_ID", "127.0.0.1"),
+    ],
+)
+def test_a_passkey_setting_it_cannot_use_is_refused_at_init_app(
+    make_app, setting, value
+):
+    with pytest.raises(RuntimeError) as error:
+        make_app(**PASSKEYS, **{setting: value})
+    assert setting in str(error.value)
+
+
+def test_passkeys_without_a_declared_host_warn_at_init_app(make_app, caplog):
+    make_app(**PASSKEYS)
+    assert "SECURITY_PASSKEYS is on, but the app declares no host" in caplog.text
+    caplog.clear()
+    make_app(SERVER_NAME="localhost", **PASSKEYS)
+    assert "declares no host" not in caplog.text
 
 
 # =============================================================================
