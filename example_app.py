@@ -5,12 +5,19 @@ Start it either way (then open http://127.0.0.1:5000)::
     python example_app.py
     flask --app example_app run
 
-Every flow is on (registration, confirmation, recovery, change password), and mail
+Every flow is on (registration, confirmation, recovery, change password, optional
+two-factor login, and a lockout after 5 wrong passwords or codes in a row), and mail
 goes to the console: each message is logged with its links, so you can register,
 confirm, log out, reset your password and log in again without a mail server. The
-tables and two accounts (demo@example.com / demo-password, and admin@example.com /
+home page lists what to try, each a link, and shows a logged-in user's auth token
+with ``curl`` lines that use it. The set-up page of two-factor login shows a QR code
+when segno is installed (``pip install segno``), else the key to type in.
+
+The tables and two accounts (demo@example.com / demo-password, and admin@example.com /
 admin-password with the "admin" role) are made when the module is first imported, so
-``flask --app example_app users ...`` works on the same database too.
+``flask --app example_app users ...`` works on the same database too; columns that a
+database made by an older demo lacks are added then. The demo's pages and the security
+pages share one layout and stylesheet, in ``example/``.
 
 Environment: ``DATABASE_URL`` (default ``sqlite:///example.db`` in Flask's instance
 folder), ``PORT`` (5000, for ``python example_app.py``), ``SECRET_KEY`` (a fixed demo
@@ -20,13 +27,18 @@ Flask-Security 1.7.4. Any other setting comes from ``FLASK_<KEY>``
 (``FLASK_SECURITY_LOCKOUT_ATTEMPTS=3``).
 """
 
+import importlib.util
+import json
 import logging
 import os
+import shlex
 from datetime import datetime, timezone
 
-from flask import Flask, jsonify, render_template_string
+from flask import Flask, jsonify, make_response, render_template, url_for
 from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import inspect, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.schema import CreateColumn
 
 from flask_security_lite import (
     DatastoreConflictError,
@@ -40,7 +52,11 @@ from flask_security_lite import (
     roles_required,
 )
 
-app = Flask(__name__)
+# The layout in example/templates/security/base.html replaces the library's, so the
+# security pages and the demo's own share it.
+app = Flask(
+    __name__, template_folder="example/templates", static_folder="example/static"
+)
 app.config.update(
     SECRET_KEY=os.environ.get("SECRET_KEY", "demo secret: change me"),
     SQLALCHEMY_DATABASE_URI=os.environ.get("DATABASE_URL", "sqlite:///example.db"),
@@ -50,13 +66,30 @@ app.config.update(
     SECURITY_CHANGEABLE=True,
     SECURITY_TRACKABLE=True,
     SECURITY_PASSWORDLESS=os.environ.get("PASSWORDLESS") == "1",
+    # Two-factor login for whoever sets it up (SECURITY_TWO_FACTOR_REQUIRED would
+    # ask it of everyone), and a lockout small enough to try by hand.
+    SECURITY_TWO_FACTOR=True,
+    SECURITY_TWO_FACTOR_ISSUER="flask-security-lite demo",
+    SECURITY_LOCKOUT_ATTEMPTS=5,
+    SECURITY_LOCKOUT_WITHIN="15 minutes",
     # The demo serves this machine only, so the links it mails point here. A real
-    # site declares its own host (README: "Production checklist").
+    # site declares its own host (docs/security.md, "Production checklist").
     TRUSTED_HOSTS=["127.0.0.1", "localhost"],
 )
-# Any other setting from the environment: FLASK_SECURITY_LOCKOUT_ATTEMPTS=5 sets
+# Any other setting from the environment: FLASK_SECURITY_LOCKOUT_ATTEMPTS=3 sets
 # SECURITY_LOCKOUT_ATTEMPTS (values are read as JSON when they parse as JSON).
 app.config.from_prefixed_env()
+# The lockout message says how to get back in, with the lock's length as set.
+app.config.setdefault(
+    "SECURITY_MSG_ACCOUNT_LOCKED",
+    (
+        "Too many failed attempts: this account is locked for "
+        f"{app.config['SECURITY_LOCKOUT_WITHIN']}. To get back in sooner, reset the "
+        "password by “Forgot password” (if two-factor login is off), or run "
+        "flask --app example_app users unlock EMAIL.",
+        "error",
+    ),
+)
 db = SQLAlchemy(app)
 
 roles_users = db.Table(
@@ -100,6 +133,9 @@ DEMO_ACCOUNTS = [
     ("admin@example.com", "admin-password", ["admin"]),
 ]
 
+#: The password of each demo account, for the JSON login line of the home page.
+DEMO_PASSWORDS = {email: password for email, password, _ in DEMO_ACCOUNTS}
+
 
 @security.send_mail_task
 def print_mail(message):
@@ -107,82 +143,74 @@ def print_mail(message):
     log.warning("Mail to %s: %s\n%s", message.recipients, message.subject, message.body)
 
 
-PAGE = """<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>{{ title }} · flask-security-lite demo</title>
-<style>
-  body { font-family: system-ui, sans-serif; max-width: 40rem; margin: 3rem auto;
-         padding: 0 1rem; color: #1d2330; }
-  nav a, nav span { margin-right: .8rem; }
-  .flashes { list-style: none; padding: 0; }
-  .flashes li { padding: .6rem; border-radius: 4px; background: #e8eefc; }
-  .flashes li.error { background: #fbe9e7; }
-</style></head>
-<body>
-<header><p><strong>flask-security-lite demo</strong></p>
-<nav aria-label="Site">
-  <a href="/">Home</a>
-  {% if current_user.is_authenticated %}
-    <a href="/profile">Profile</a>
-    {% if current_user.has_role("admin") %}<a href="/admin">Admin</a>{% endif %}
-    <a href="/change">Change password</a> <a href="/logout">Log out</a>
-  {% else %}
-    <a href="/login">Log in</a> <a href="/register">Register</a>
-    <a href="/reset">Forgot password</a>
-  {% endif %}
-</nav></header>
-<main>
-{% include "security/_messages.html" %}
-<h1>{{ title }}</h1>
-<p>{{ body }}</p>
-<p>{% if current_user.is_authenticated %}
-  Logged in as <strong>{{ current_user.email }}</strong>.
-{% else %}
-  You are not logged in. Try demo@example.com / demo-password, or
-  admin@example.com / admin-password.
-{% endif %}</p>
-</main>
-</body>
-</html>"""
-
-
-def page(title, body, status=200):
-    """A demo page with the site's menu and the flashed messages."""
-    return render_template_string(PAGE, title=title, body=body), status
+#: Prints the CSRF token of a JSON answer: sed, so the line needs nothing but curl.
+CSRF_FROM_JSON = r"""sed -n 's/.*"csrf_token": *"\([^"]*\)".*/\1/p'"""
 
 
 @app.route("/")
 def home():
-    return page("Welcome", "This demo shows every flask-security-lite flow.")
+    """What to try, each a link; for a logged-in user, the auth token too."""
+    api = _api_lines(current_user) if current_user.is_authenticated else None
+    qr_codes = importlib.util.find_spec("segno") is not None
+    page = render_template("home.html", api=api, qr_codes=qr_codes)
+    response = make_response(page)
+    if api is not None:
+        response.headers["Cache-Control"] = "no-store"  # it shows a credential
+    return response
+
+
+def _api_lines(user):
+    """``user``'s auth token, and two ``curl`` lines to paste: one calls
+    /api/whoami with it, one logs in by JSON for a new token. That login needs the
+    CSRF token of a session, so the line fetches one first and keeps the cookie."""
+    header = app.config["SECURITY_TOKEN_AUTHENTICATION_HEADER"]
+    token = user.get_auth_token()
+    header_line = shlex.quote(f"{header}: {token}")
+    whoami_url = shlex.quote(url_for("whoami", _external=True))
+    login_url = shlex.quote(url_for("security.login", _external=True))
+    password = DEMO_PASSWORDS.get(user.email, "YOUR-PASSWORD")
+    body = shlex.quote(json.dumps({"email": user.email, "password": password}))
+    login = (
+        f"CSRF=$(curl -s -c demo-cookies.txt -H 'Accept: application/json' "
+        f"{login_url} | {CSRF_FROM_JSON}) && curl -s -b demo-cookies.txt "
+        f"-H \"X-CSRFToken: $CSRF\" -H 'Content-Type: application/json' "
+        f"-d {body} {login_url}"
+    )
+    return {
+        "token": token,
+        "header": header,
+        "whoami": f"curl -s -H {header_line} {whoami_url}",
+        "login": login,
+        "password_needed": user.email not in DEMO_PASSWORDS,
+    }
 
 
 @app.route("/profile")
 @login_required
 def profile():
-    count = current_user.login_count
-    return page("Your profile", f"Logins so far: {count}.")
+    """Who is logged in, their logins (tracking), and their two-factor login."""
+    return render_template("profile.html")
 
 
 @app.route("/admin")
 @roles_required("admin")
 def admin():
-    return page("Admin", "Only admins see this page.")
+    """The accounts, for the admin role only."""
+    users = db.session.scalars(db.select(User).order_by(User.id))
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    return render_template("admin.html", users=users, now=now)
 
 
 @app.errorhandler(403)
 def forbidden(error):
     """A page that says what is missing, in place of Werkzeug's bare Forbidden."""
-    return page(
-        "Not for this account",
-        "This page needs the admin role. Log out and log in as admin@example.com "
-        "to see it.",
-        403,
-    )
+    return render_template("forbidden.html"), 403
 
 
 @app.route("/api/whoami")
 @auth_token_required
 def whoami():
+    """Who the auth token belongs to: the API the home page's curl lines call."""
     return jsonify(email=current_user.email, roles=[r.name for r in current_user.roles])
 
 
@@ -204,6 +232,7 @@ def create_demo_data(attempts=3):
 
 def _create_missing_demo_data():
     db.create_all()
+    _add_missing_columns()
     for email, password, role_names in DEMO_ACCOUNTS:
         if user_datastore.find_user(email=email) is not None:
             continue
@@ -214,6 +243,31 @@ def _create_missing_demo_data():
         user = user_datastore.create_user(email=email, password=password, roles=roles)
         user.confirmed_at = datetime.now(timezone.utc).replace(tzinfo=None)
     db.session.commit()
+
+
+def _add_missing_columns():
+    """Add the columns a database made by an older demo lacks (the two-factor ones,
+    say), and say so: ``create_all`` makes missing tables only, and a query of a
+    missing column would fail every page. All of them may be empty."""
+    inspector = inspect(db.engine)
+    for table in db.metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                _add_column(table, column)
+
+
+def _add_column(table, column):
+    """``ALTER TABLE ... ADD COLUMN`` in the database's own dialect."""
+    dialect = db.engine.dialect
+    name = dialect.identifier_preparer.format_table(table)
+    definition = CreateColumn(column).compile(dialect=dialect)
+    db.session.execute(text(f"ALTER TABLE {name} ADD COLUMN {definition}"))
+    log.warning(
+        "The demo's database, made by an older demo, had no %s.%s column: added.",
+        table.name,
+        column.name,
+    )
 
 
 # On first import, whichever way the app is started: `python example_app.py`,

@@ -1219,8 +1219,8 @@ def _conflict_type(orm_error: type) -> type:
 _CREATE_THE_TABLES = (
     "the database has no tables for users and roles yet: create them with "
     "db.create_all() (Flask-SQLAlchemy), db.create_tables([...]) (peewee) or your "
-    "migrations; flask-security-lite never creates tables (README.md, "
-    "'Tables not created')"
+    "migrations; flask-security-lite never creates tables "
+    "(README.md, 'Tables not created')"
 )
 
 
@@ -5182,8 +5182,8 @@ def _missing_user_methods(user_model):
     if user_model is not None and missing:
         yield (
             f"the user model {user_model.__name__} lacks {', '.join(missing)}: "
-            "derive it from flask_security_lite.UserMixin (README.md, "
-            "'A user model without UserMixin')"
+            "derive it from flask_security_lite.UserMixin "
+            "(README.md, 'A user model without UserMixin')"
         )
 
 
@@ -5450,7 +5450,10 @@ class Security:
         _refuse_unknown_forms(forms)
         datastore = datastore or self._datastore
         if datastore is None:
-            raise ValueError("Security needs a datastore, e.g. SQLAlchemyUserDatastore")
+            raise ValueError(
+                "Security needs a datastore, e.g. SQLAlchemyUserDatastore "
+                "(README.md, 'Quick start')"
+            )
         _set_config_defaults(app)
         _validate_startup(app, datastore)
         if isinstance(datastore, UserDatastore):

@@ -641,9 +641,11 @@ def test_every_documented_message_is_in_config_as_text_and_category(app):
         assert text and category in ("info", "error", "success"), key
 
 
-def test_readme_documents_every_config_key():
-    readme = (HERE / "README.md").read_text()
-    missing = [key for key in fsl._default_config if f"`SECURITY_{key}`" not in readme]
+def test_configuration_reference_documents_every_config_key():
+    reference = (HERE / "docs" / "configuration.md").read_text()
+    missing = [
+        key for key in fsl._default_config if f"`SECURITY_{key}`" not in reference
+    ]
     assert missing == []
 
 
@@ -2816,11 +2818,11 @@ def test_lockout_needs_its_fields_on_the_user_model(make_app):
         Security(app, fsl.SQLAlchemyUserDatastore(db, User, Role))
 
 
-def test_readme_per_ip_limit_with_flask_limiter_works(make_app):
-    """The Flask-Limiter recipe of README's production checklist, as written."""
+def test_per_ip_limit_with_flask_limiter_recipe_works(make_app):
+    """The Flask-Limiter recipe of the production checklist, as written."""
     app = make_app()
     add_user(app)
-    recipe = _readme_program("Per-address limits with Flask-Limiter")
+    recipe = _doc_program("docs/security.md", "Per-address limits with Flask-Limiter")
     namespace = {"app": app}
     exec(recipe, namespace)
     client = app.test_client()
@@ -7189,6 +7191,18 @@ def test_a_startup_error_about_a_field_names_the_section_with_every_field():
     assert "README.md, 'The fields each feature needs'" in str(error.value)
 
 
+def test_every_page_a_startup_message_names_has_the_section_it_names():
+    source = (HERE / "flask_security_lite.py").read_text()
+    named = set(re.findall(r"\((README\.md|docs/[\w-]+\.md)(?:, '([^']+)')?", source))
+    assert len(named) >= 9
+    for page, heading in named:
+        text = (HERE / page).read_text()
+        assert not heading or re.search(rf"^#+ {re.escape(heading)}$", text, re.M), (
+            page,
+            heading,
+        )
+
+
 @pytest.mark.parametrize("store", [fsl.Datastore(None), types.SimpleNamespace()])
 def test_a_datastore_the_checks_cannot_inspect_still_starts(store):
     app = Flask(__name__)
@@ -8105,21 +8119,41 @@ def test_principal_absent_leaves_roles_working(make_app, monkeypatch):
 # =============================================================================
 
 
-def _readme_blocks():
-    """Every fenced block of README as (heading, number under it, language, text)."""
-    blocks, heading, counts = [], None, {}
+def _documents():
+    """The documents, as paths from the checkout: README, each page of docs/ and
+    the benchmarks' README."""
+    pages = sorted(path.name for path in (HERE / "docs").glob("*.md"))
+    return ["README.md", *(f"docs/{name}" for name in pages), "bench/README.md"]
+
+
+def _doc_blocks():
+    """Every fenced block of every document as (file, heading, number under that
+    heading, language, text)."""
+    blocks = []
     fence = re.compile(r"^( *)```(\w*)\n(.*?)^\1```\n", re.S | re.M)
-    position = 0
-    readme = (HERE / "README.md").read_text()
-    for match in fence.finditer(readme):
-        for line in readme[position : match.start()].splitlines():
-            if line.startswith("#"):
-                heading = line.lstrip("#").strip()
-        position = match.end()
-        counts[heading] = counts.get(heading, 0) + 1
-        text = textwrap.dedent(match.group(3))  # a block in a list is indented
-        blocks.append((heading, counts[heading], match.group(2), text))
+    for name in _documents():
+        heading, counts, position = None, {}, 0
+        document = (HERE / name).read_text()
+        for match in fence.finditer(document):
+            for line in document[position : match.start()].splitlines():
+                if line.startswith("#"):
+                    heading = line.lstrip("#").strip()
+            position = match.end()
+            counts[heading] = counts.get(heading, 0) + 1
+            text = textwrap.dedent(match.group(3))  # a block in a list is indented
+            blocks.append((name, heading, counts[heading], match.group(2), text))
     return blocks
+
+
+def _section(name, heading):
+    """The text of a document under ``heading``, up to the next heading of its
+    level or above."""
+    document = (HERE / name).read_text()
+    match = re.search(rf"^(#+) {re.escape(heading)}\n", document, re.M)
+    assert match, f"{name} has no heading {heading!r}"
+    level = len(match.group(1))
+    end = re.compile(rf"^#{{1,{level}}} ", re.M).search(document, match.end())
+    return document[match.end() : end.start() if end else len(document)]
 
 
 def _setup_requirements():
@@ -8143,7 +8177,7 @@ def _pip_arguments(block):
     import shlex
 
     for line in block.splitlines():
-        words = shlex.split(line)
+        words = shlex.split(line, comments=True)
         if words[:2] == ["pip", "install"]:
             yield from (word for word in words[2:] if not word.startswith("-"))
 
@@ -8182,12 +8216,10 @@ def _run_quick_start(program, tmp_path, monkeypatch, mongomock_line=None):
         mongoengine.disconnect()
 
 
-def test_readme_two_factor_program_runs():
-    readme = (HERE / "README.md").read_text()
-    section = readme.split("## Two-factor login\n", 1)[1]
-    program = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    namespace = {"__name__": "readme_two_factor"}
-    exec(compile(program, "README two-factor", "exec"), namespace)
+def test_two_factor_doc_program_runs():
+    program = _doc_program("docs/two-factor.md", "Two-factor login")
+    namespace = {"__name__": "doc_two_factor"}
+    exec(compile(program, "docs/two-factor.md", "exec"), namespace)
     app = namespace["app"]
     app.config["WTF_CSRF_ENABLED"] = False
     app.extensions["mail"].suppress = True
@@ -8206,13 +8238,14 @@ def test_readme_two_factor_program_runs():
     assert client.get("/").data == b"Hello matt@nobien.net"
 
 
-def _readme_program(heading, number=1):
-    (text,) = [b[3] for b in _readme_blocks() if b[:2] == (heading, number)]
+def _doc_program(name, heading, number=1):
+    """The text of the ``number``-th block under ``heading`` of document ``name``."""
+    (text,) = [b[4] for b in _doc_blocks() if b[:3] == (name, heading, number)]
     return text
 
 
 def _run_mongomock_variant(block, tmp_path, monkeypatch):
-    program = _readme_program("MongoEngine")
+    program = _doc_program("docs/datastores.md", "MongoEngine")
     _run_quick_start(program, tmp_path, monkeypatch, mongomock_line=block)
 
 
@@ -8256,8 +8289,8 @@ def _run_mail_program(block, tmp_path, monkeypatch):
 
 
 def _run_cli_block(block, tmp_path, monkeypatch):
-    """The commands, as written, on the SQLAlchemy quick start saved as app.py."""
-    (tmp_path / "app.py").write_text(_readme_program("SQLAlchemy"))
+    """The commands, as written, on README's quick start saved as app.py."""
+    (tmp_path / "app.py").write_text(_doc_program("README.md", "Quick start"))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     result = subprocess.run(
         ["bash", "-e", "-c", block],
@@ -8285,13 +8318,13 @@ def _run_vendored_layout(block, tmp_path, monkeypatch):
     shutil.copytree(HERE / "templates", tmp_path / "flask_security_lite_templates")
     names = {line.strip().split()[0] for line in block.splitlines()[1:]}
     assert {"flask_security_lite.py", "flask_security_lite_templates/"} <= names
-    (tmp_path / "app.py").write_text(_readme_program("SQLAlchemy"))
+    (tmp_path / "app.py").write_text(_doc_program("README.md", "Quick start"))
     (tmp_path / "templates" / "security").mkdir(parents=True)
     (tmp_path / "templates" / "security" / "login_user.html").write_text("our login")
     script = (
         "import app, flask_security_lite as fsl\n"
         "print(fsl.__file__)\n"
-        "print(app.app.test_client().get('/login').get_data(as_text=True))\n"
+        "print(app.create_app().test_client().get('/login').get_data(as_text=True))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True
@@ -8384,37 +8417,135 @@ def _run_auth_required_over_roles(block, tmp_path, monkeypatch):
         teardown()
 
 
-#: How each README block is run: a function, or the name of the test that runs it.
-README_BLOCK_RUNNERS = {
+def _run_factory_quick_start(block, tmp_path, monkeypatch):
+    """The app-factory quick start, as written: anonymous visitors are sent to log
+    in, the admin reaches every page, a user without the role gets 403, and the
+    API answers an auth token."""
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "readme_quick_start"}
+    exec(compile(block, "README quick start", "exec"), namespace)
+    app = namespace["create_app"]()
+    app.config.update(
+        WTF_CSRF_ENABLED=False, SECURITY_PASSWORD_HASH_OPTIONS=FAST_HASHING
+    )
+    with app.app_context():
+        datastore = app.extensions["security"].datastore
+        admin = datastore.create_user(email="admin@example.com", password=PASSWORD)
+        datastore.add_role_to_user(admin, datastore.create_role(name="admin"))
+        datastore.create_user(email="reader@example.com", password=PASSWORD)
+        datastore.commit()
+    assert (tmp_path / "instance" / "app.db").exists()
+    client = app.test_client()
+    assert client.get("/").headers["Location"].startswith("/login")
+    credentials = {"email": "admin@example.com", "password": PASSWORD}
+    assert client.post("/login", data=credentials).status_code == 302
+    assert client.get("/").data == b"Hello admin@example.com"
+    assert client.get("/admin").status_code == 200
+    reader = app.test_client()
+    reader.post("/login", data={"email": "reader@example.com", "password": PASSWORD})
+    assert reader.get("/admin").status_code == 403
+    token = auth_token(app.test_client(), "admin@example.com")
+    me = app.test_client().get("/api/me", headers={"Authentication-Token": token})
+    assert me.json == {"email": "admin@example.com", "roles": ["admin"]}
+
+
+def _run_curl_walk(block, tmp_path, monkeypatch):
+    """README's curl commands, as written, against its quick start served on
+    loopback, with the users README's commands make; the last command must print
+    what the block's last line shows."""
+    import shlex
+
+    from werkzeug.serving import make_server
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "readme_quick_start"}
+    exec(compile(_doc_program("README.md", "Quick start"), "README", "exec"), namespace)
+    app = namespace["create_app"]()
+    cli = app.test_cli_runner()
+    for line in _doc_program("README.md", "Quick start", 2).splitlines():
+        words = shlex.split(line)
+        assert words[:3] == ["flask", "--app", "app"], line
+        result = cli.invoke(args=words[3:])
+        assert result.exit_code == 0, result.output
+    server = make_server("127.0.0.1", _free_port(), app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    assert "127.0.0.1:5000" in block
+    commands = block.replace("127.0.0.1:5000", f"127.0.0.1:{server.server_port}")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    try:
+        result = subprocess.run(
+            ["bash", "-e", "-o", "pipefail", "-c", commands],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    assert result.returncode == 0, result.stdout + result.stderr
+    shown = block.strip().splitlines()[-1].removeprefix("# ")
+    assert result.stdout.strip() == shown, result.stdout + result.stderr
+
+
+def _check_bench_install(block, tmp_path, monkeypatch):
+    """The benchmarks' install lines: the extra is setup.py's, and the system
+    packages are ones CI installs too."""
+    _, extras = _setup_requirements()
+    assert list(_pip_arguments(block)) == [".[bench]"] and "bench" in extras
+    ci = (HERE / ".ci" / "run").read_text()
+    for line in block.splitlines():
+        if line.startswith("apt-get install "):
+            for package in line.split()[2:]:
+                assert re.search(rf"apt-get install .*\b{package}\b", ci), package
+
+
+#: How each block of the documents is run, by (file, heading, number under that
+#: heading): a function, or the name of the test that runs it.
+DOC_BLOCK_RUNNERS = {
     (
+        "README.md",
         "flask-security-lite",
         1,
     ): "test_example_app_demo_user_flow_with_curl_like_requests",
-    ("flask-security-lite", 2): _check_ci_runs_it,
-    ("Install", 1): _check_pip_requirements,
-    ("Install", 2): _check_pip_requirements,
-    ("Install", 3): _run_vendored_layout,
-    ("Install", 4): _check_vendoring_requirements,
-    ("SQLAlchemy", 1): _run_quick_start,
-    ("MongoEngine", 1): _run_quick_start,
-    ("MongoEngine", 2): _run_mongomock_variant,
-    ("Peewee", 1): _run_quick_start,
-    ("Mail", 1): _run_mail_program,
-    ("Mail", 2): _run_mail_program,
-    ("Protecting views", 1): _run_auth_required_over_roles,
-    ("Command line", 1): _run_cli_block,
-    ("Two-factor login", 1): "test_readme_two_factor_program_runs",
-    ("Migrating a 1.7.4 application", 1): _run_install_as_flask_security,
+    ("README.md", "flask-security-lite", 2): _check_ci_runs_it,
+    ("README.md", "Install", 1): _check_pip_requirements,
+    ("README.md", "Quick start", 1): _run_factory_quick_start,
+    ("README.md", "Quick start", 2): _run_cli_block,
+    ("README.md", "Protecting views", 1): _run_auth_required_over_roles,
+    ("README.md", "A JSON client, with curl", 1): _run_curl_walk,
+    ("docs/install.md", "Install", 1): _check_pip_requirements,
+    ("docs/install.md", "Install", 2): _check_pip_requirements,
+    ("docs/install.md", "Install", 3): _run_vendored_layout,
+    ("docs/install.md", "Install", 4): _check_vendoring_requirements,
+    ("docs/datastores.md", "MongoEngine", 1): _run_quick_start,
+    ("docs/datastores.md", "MongoEngine", 2): _run_mongomock_variant,
+    ("docs/datastores.md", "Peewee", 1): _run_quick_start,
+    ("docs/mail.md", "Mail", 1): _run_mail_program,
+    ("docs/mail.md", "Mail", 2): _run_mail_program,
+    ("docs/two-factor.md", "Two-factor login", 1): "test_two_factor_doc_program_runs",
     (
+        "docs/migrating.md",
+        "Migrating a 1.7.4 application",
+        1,
+    ): _run_install_as_flask_security,
+    (
+        "docs/security.md",
+        "Per-address limits with Flask-Limiter",
+        1,
+    ): "test_per_ip_limit_with_flask_limiter_recipe_works",
+    (
+        "docs/security.md",
         "Running on many workers and hosts",
         1,
     ): "test_example_app_under_gunicorn_and_postgresql_keeps_its_promises",
-    ("Running on many workers and hosts", 2): _run_proxy_fix,
-    ("Running on many workers and hosts", 3): _run_sql_on_sqlite,
-    (
-        "Per-address limits with Flask-Limiter",
-        1,
-    ): "test_readme_per_ip_limit_with_flask_limiter_works",
+    ("docs/security.md", "Running on many workers and hosts", 2): _run_proxy_fix,
+    ("docs/security.md", "Running on many workers and hosts", 3): _run_sql_on_sqlite,
+    ("bench/README.md", "Benchmarks", 1): _check_bench_install,
 }
 
 
@@ -8425,42 +8556,132 @@ def test_module_docstring_names_the_dependencies_of_a_vendored_copy():
     assert sorted(_pip_arguments(block)) == sorted(install_requires)
 
 
-def test_every_readme_code_block_has_a_runner():
-    blocks = {block[:2] for block in _readme_blocks()}
-    assert blocks == set(README_BLOCK_RUNNERS), "add or remove a runner for a block"
-    for runner in README_BLOCK_RUNNERS.values():
+def test_every_documented_code_block_has_a_runner():
+    blocks = {block[:3] for block in _doc_blocks()}
+    assert blocks == set(DOC_BLOCK_RUNNERS), "add or remove a runner for a block"
+    for runner in DOC_BLOCK_RUNNERS.values():
         assert callable(runner) or callable(globals().get(runner)), runner
 
 
 #: Runners that start processes or servers.
-_SLOW_README_RUNNERS = (
+_SLOW_DOC_RUNNERS = (
     _run_cli_block,
     _run_vendored_layout,
     _run_install_as_flask_security,
     _run_mail_program,
+    _run_curl_walk,
 )
 
 
 @pytest.mark.parametrize(
-    "heading, number, language, text",
+    "name, heading, number, language, text",
     [
         pytest.param(
             *block,
-            id=f"{block[0]} {block[1]}",
+            id=f"{block[0]} {block[1]} {block[2]}",
             marks=[pytest.mark.slow]
-            if README_BLOCK_RUNNERS.get(block[:2]) in _SLOW_README_RUNNERS
+            if DOC_BLOCK_RUNNERS.get(block[:3]) in _SLOW_DOC_RUNNERS
             else [],
         )
-        for block in _readme_blocks()
+        for block in _doc_blocks()
     ],
 )
-def test_every_readme_code_block_runs(
-    heading, number, language, text, tmp_path, monkeypatch
+def test_every_documented_code_block_runs(
+    name, heading, number, language, text, tmp_path, monkeypatch
 ):
-    runner = README_BLOCK_RUNNERS.get((heading, number))
+    runner = DOC_BLOCK_RUNNERS.get((name, heading, number))
     if runner is None or isinstance(runner, str):
         pytest.skip(f"run by {runner}" if runner else "no runner: see the test above")
     runner(text, tmp_path, monkeypatch)
+
+
+#: The reference pages README sends its reader on to.
+REFERENCE_PAGES = (
+    "docs/install.md",
+    "docs/datastores.md",
+    "docs/mail.md",
+    "docs/views.md",
+    "docs/two-factor.md",
+    "docs/configuration.md",
+    "docs/migrating.md",
+    "docs/security.md",
+    "bench/README.md",
+)
+
+
+def test_readme_is_at_most_350_lines():
+    assert len((HERE / "README.md").read_text().splitlines()) <= 350
+
+
+@pytest.mark.parametrize("page", REFERENCE_PAGES)
+def test_readme_links_to_each_reference_page(page):
+    assert (HERE / page).is_file()
+    assert f"]({page})" in (HERE / "README.md").read_text()
+
+
+def test_every_page_in_docs_is_a_reference_page():
+    assert set(_documents()) - {"README.md"} == set(REFERENCE_PAGES)
+
+
+@pytest.mark.parametrize(
+    "subsection",
+    [
+        "No SECRET_KEY",
+        "A user model without UserMixin",
+        "A setting of the wrong type",
+        "Tables not created",
+        "No mail",
+    ],
+)
+def test_readme_troubleshooting_has_the_section_startup_errors_name(subsection):
+    assert f"\n### {subsection}\n" in _section("README.md", "Troubleshooting")
+
+
+def test_readme_field_table_names_every_field_the_startup_checks_ask_for():
+    section = _section("README.md", "The fields each feature needs")
+    assert section.count("\n|---") == 1, "one table"
+    for feature, fields in fsl._USER_FIELDS.items():
+        if feature is not None:
+            assert f"`SECURITY_{feature}`" in section, feature
+        for field in fields:
+            assert f"`{field}`" in section, field
+    assert "`SECURITY_USER_IDENTITY_ATTRIBUTES`" in section
+
+
+def test_readme_states_the_minimum_python_of_setup_py():
+    minimum = re.search(
+        r'python_requires=">=([\d.]+)"', (HERE / "setup.py").read_text()
+    )
+    assert f"Python {minimum.group(1)} or later" in _section("README.md", "Install")
+
+
+@pytest.mark.parametrize("name", _documents())
+def test_pip_install_build_comes_before_python_m_build(name):
+    text = (HERE / name).read_text()
+    if "python -m build" in text:
+        assert 0 <= text.find("pip install build") < text.index("python -m build")
+
+
+def test_migrating_page_keeps_the_differences_and_the_migration():
+    assert _section("docs/migrating.md", "Differences from Flask-Security 1.7.4")
+    assert _section("docs/migrating.md", "Migrating a 1.7.4 application")
+
+
+def _anchor(heading):
+    """The anchor GitHub gives a heading: lowercase, punctuation dropped, spaces
+    as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("name", _documents())
+def test_links_between_documents_lead_to_a_file_and_heading_that_exist(name):
+    for target in re.findall(r"\]\(([^):]+)\)", (HERE / name).read_text()):
+        path, _, anchor = target.partition("#")
+        document = (HERE / name).parent / path if path else HERE / name
+        assert document.is_file(), target
+        if anchor:
+            headings = re.findall(r"^#+ (.*)$", document.read_text(), re.M)
+            assert anchor in {_anchor(h) for h in headings}, target
 
 
 @pytest.fixture(scope="session")
@@ -8528,6 +8749,9 @@ def test_sdist_carries_tests_example_and_documents(built_distributions):
         "setup.py",
         "templates/security/login_user.html",
         "templates/security/email/welcome.txt",
+        *_documents(),
+        "example/templates/security/base.html",
+        "example/static/demo.css",
     }
     assert expected <= names, expected - names
 
@@ -8699,7 +8923,8 @@ def test_example_app_demo_user_flow_with_curl_like_requests(
     )
     body = json.load(opener.open(login_request))
     token = body["response"]["user"]["authentication_token"]
-    assert 'href="/admin"' not in opener.open(url + "/").read().decode()
+    home = opener.open(url + "/").read().decode()
+    assert 'href="/admin"' not in re.search(r"<header.*</header>", home, re.S)[0]
     with pytest.raises(urllib.error.HTTPError) as refused:
         opener.open(url + "/admin")
     assert refused.value.code == 403
@@ -8710,63 +8935,177 @@ def test_example_app_demo_user_flow_with_curl_like_requests(
     assert json.load(urllib.request.urlopen(api))["email"] == "demo@example.com"
 
 
-@pytest.mark.slow
-def test_example_app_in_a_browser(example_site, browser):
-    url, lines = example_site
-    page = browser.new_page()
-    page.goto(url + "/")
-    assert "not logged in" in page.content()
+def _whoami(url, token):
+    """What /api/whoami answers to ``token``."""
+    import json
+    import urllib.request
 
-    # log in as the demo user; the admin page is refused
-    page.goto(url + "/profile")
-    page.fill("input[name=email]", "demo@example.com")
-    page.fill("input[name=password]", "demo-password")
-    _navigate_by(page, "input[type=submit]")
-    assert "demo@example.com" in page.content()
-    assert page.locator("a[href='/admin']").count() == 0
-    assert page.goto(url + "/admin").status == 403
-    assert "This page needs the admin role" in page.content()
-    page.goto(url + "/logout")
-
-    # the admin sees the Admin link and the page
-    page.goto(url + "/login")
-    page.fill("input[name=email]", "admin@example.com")
-    page.fill("input[name=password]", "admin-password")
-    _navigate_by(page, "input[type=submit]")
-    _navigate_by(page, "a[href='/admin']")
-    assert "Only admins see this page." in page.content()
-    page.goto(url + "/logout")
-
-    # register, confirm from the mailed link, log out
-    page.goto(url + "/register")
-    page.fill("input[name=email]", "walker@example.com")
-    page.fill("input[name=password]", "first password")
-    _navigate_by(page, "input[type=submit]")
-    page.goto(_last_link(lines, "/confirm"))
-    assert (
-        "Your email address is confirmed" in page.content()
-        or "confirmed" in page.content()
+    request = urllib.request.Request(
+        url + "/api/whoami", headers={"Authentication-Token": token}
     )
-    assert "walker@example.com" in page.content()
-    page.goto(url + "/logout")
+    with urllib.request.urlopen(request) as response:
+        return json.load(response)
 
-    # forget the password, reset it from the mailed link, log in with the new one
+
+class _Walker:
+    """A visitor of the demo in a browser page that runs axe on every page it
+    shows, starting each step from the home page's checklist."""
+
+    def __init__(self, url, lines, page):
+        self.url, self.lines, self.page = url, lines, page
+        self.found, self.followed, self.checked = [], set(), set()
+
+    def check(self):
+        """axe on the page shown, unless it showed the same before; what it finds
+        is kept for the end."""
+        shown = (self.page.url, self.page.inner_text("body"))
+        if shown not in self.checked:
+            self.checked.add(shown)
+            self.found += self.page.check()
+
+    def follow(self, name):
+        """Open the home page and the checklist's link ``name``."""
+        self.page.goto(self.url + "/")
+        self.check()
+        checklist = self.page.locator(".checklist")
+        link = checklist.get_by_role("link", name=name, exact=True)
+        self.followed.add(link.get_attribute("href"))
+        if link.get_attribute("href").startswith("#"):
+            link.click()
+            return
+        with self.page.expect_navigation():
+            link.click()
+        self.check()
+
+    def submit(self, **fields):
+        """Fill the page's form and send it; axe the answer."""
+        for name, value in fields.items():
+            self.page.fill(f"main input[name={name}]", value)
+        _navigate_by(self.page, "main input[type=submit]")
+        self.check()
+
+    def open(self, url):
+        """Open ``url`` (a mailed link); axe the page."""
+        self.page.goto(url)
+        self.check()
+
+    def click(self, selector):
+        """Click what opens another page; axe the page."""
+        _navigate_by(self.page, selector)
+        self.check()
+
+    def log_in(self, email, password):
+        """The checklist's login, as ``email``."""
+        self.follow("Log in")
+        self.submit(email=email, password=password)
+
+    def log_out(self):
+        """The menu's logout."""
+        self.click("header a[href='/logout']")
+
+    def text(self):
+        """What the page says."""
+        return self.page.inner_text("body")
+
+
+@pytest.mark.slow
+def test_example_app_walk_through_every_link_of_its_checklist(
+    example_site_started_each_way, axe_page
+):
+    import urllib.error
+
+    url, lines = example_site_started_each_way
+    walker, page = _Walker(url, lines, axe_page), axe_page
+    page.goto(url + "/")
+    hrefs = "links => links.map(link => link.getAttribute('href'))"
+    checklist = set(page.locator(".checklist a").evaluate_all(hrefs))
+
+    # register, confirm from the printed mail, log out
+    walker.follow("Register an account")
+    walker.submit(email="walker@example.com", password="walker password")
+    assert "We sent confirmation instructions to walker@example.com" in walker.text()
+    walker.open(_last_link(lines, "/confirm"))
+    assert "your email address is confirmed" in walker.text()
+    assert "Logged in as walker@example.com" in walker.text()
+    walker.log_out()
+
+    # log in, enrol two-factor with a code from the shown key, log out
+    walker.log_in("walker@example.com", "walker password")
+    walker.follow("Set up two-factor login")
+    walker.submit(password="walker password")
+    assert page.locator("figure.tf-qr svg").count() == 1
+    key = page.inner_text("#tf-key").replace(" ", "")
+    walker.submit(code=next_code(key))
+    recovery_codes = page.locator("ul.tf-recovery-codes code").all_inner_texts()
+    assert len(recovery_codes) == 10
+    walker.click("text=I saved them: continue")
+    assert "Two-factor login is on" in walker.text()
+    walker.follow("See your profile")
+    assert "Make new recovery codes" in walker.text()
+    walker.log_out()
+
+    # log in with a code, log out; log in with a recovery code, once
+    walker.log_in("walker@example.com", "walker password")
+    assert page.url == url + "/tf-validate"
+    walker.submit(code=next_code(key, 1))
+    assert "Logged in as walker@example.com" in walker.text()
+    walker.log_out()
+    walker.log_in("walker@example.com", "walker password")
+    walker.click("text=Use a recovery code")
+    walker.submit(code=recovery_codes[0])
+    assert "You logged in with a recovery code; 9 are left." in walker.text()
+
+    # read the token and call /api/whoami with it
+    walker.follow("Call the API with your auth token")
+    token = page.inner_text("#auth-token")
+    assert _whoami(url, token)["email"] == "walker@example.com"
+
+    # the admin page is not for this account, nor is its menu item
+    walker.follow("Open the admin page")
+    assert "This page needs the admin role" in walker.text()
+    assert page.locator("header a[href='/admin']").count() == 0
+
+    # change the password: the token stops working
+    walker.follow("Change your password")
+    walker.submit(
+        password="walker password",
+        new_password="walker's new password",
+        new_password_confirm="walker's new password",
+    )
+    assert "Your password has been changed." in walker.text()
+    with pytest.raises(urllib.error.HTTPError):
+        _whoami(url, token)
+    walker.log_out()
+
+    # trip the lockout; get back in by a reset link
+    walker.follow("Lock an account")
+    for _ in range(5):
+        walker.submit(email="demo@example.com", password="not the password")
+    walker.submit(email="demo@example.com", password="demo-password")
+    assert "this account is locked for 15 minutes" in walker.text()
+    assert "reset the password by “Forgot password”" in walker.text()
+    assert "flask --app example_app users unlock EMAIL" in walker.text()
     mark = len(lines)
-    page.goto(url + "/reset")
-    page.fill("input[name=email]", "walker@example.com")
-    _navigate_by(page, "input[type=submit]")
-    page.goto(_last_link(lines, "/reset", after=mark))
-    page.fill("input[name=password]", "second password")
-    page.fill("input[name=password_confirm]", "second password")
-    _navigate_by(page, "input[type=submit]")
-    assert "walker@example.com" in page.content()
-    page.goto(url + "/logout")
-    page.goto(url + "/login")
-    page.fill("input[name=email]", "walker@example.com")
-    page.fill("input[name=password]", "second password")
-    _navigate_by(page, "input[type=submit]")
-    assert "walker@example.com" in page.content()
-    page.screenshot(path=str(Path(tempfile.gettempdir()) / "fsl-example.png"))
+    walker.follow("Reset a forgotten password")
+    walker.submit(email="demo@example.com")
+    walker.open(_last_link(lines, "/reset", after=mark))
+    walker.submit(
+        password="demo's new password", password_confirm="demo's new password"
+    )
+    assert "Your password has been reset and you are logged in." in walker.text()
+    walker.log_out()
+    walker.log_in("demo@example.com", "demo's new password")
+    assert "Logged in as demo@example.com" in walker.text()
+    walker.log_out()
+
+    # the admin sees the menu item and reaches the page
+    walker.log_in("admin@example.com", "admin-password")
+    walker.click("header a[href='/admin']")
+    assert "Only admins see this page." in walker.text()
+    assert "walker@example.com" in walker.text()  # among the accounts listed
+
+    assert walker.followed == checklist
+    assert walker.found == []
 
 
 @pytest.mark.slow
@@ -8782,6 +9121,140 @@ def test_example_app_passwordless_login_in_a_browser(
     assert "We sent a login link to demo@example.com" in page.content()
     page.goto(_last_link(lines, "/login", after=mark))
     assert "Logged in as <strong>demo@example.com</strong>" in page.content()
+
+
+@pytest.mark.slow
+def test_example_app_checklist_offers_no_lockout_without_a_password_form(
+    passwordless_example_site,
+):
+    import urllib.request
+
+    url, _ = passwordless_example_site
+    home = urllib.request.urlopen(url + "/").read().decode()
+    assert "Log in by email" in home
+    assert "Lock an account" not in home
+
+
+@pytest.mark.slow
+def test_example_app_pages_and_security_pages_share_its_stylesheet(
+    example_site, browser
+):
+    url, _ = example_site
+    page = browser.new_page()  # the pages' own CSP applies
+    refused = []
+    page.on("console", lambda message: refused.append(message.text))
+    header_colours = {}
+    for path in ("/", "/login"):
+        response = page.goto(url + path)
+        header_colours[path] = page.eval_on_selector(
+            "header.site", "header => getComputedStyle(header).backgroundColor"
+        )
+    assert response.header_value("Content-Security-Policy")  # a security page's
+    assert header_colours == {"/": "rgb(29, 35, 48)", "/login": "rgb(29, 35, 48)"}
+    assert [text for text in refused if "Content Security Policy" in text] == []
+
+
+def _home_page_as(url, email, password):
+    """The demo's home page after a browser-like login as ``email``."""
+    import http.cookiejar
+    import urllib.parse
+    import urllib.request
+
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+    )
+    page = opener.open(url + "/login").read().decode()
+    csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)[1]
+    form = {"email": email, "password": password, "csrf_token": csrf}
+    data = urllib.parse.urlencode(form).encode()
+    return opener.open(url + "/login", data).read().decode()
+
+
+@pytest.mark.slow
+def test_example_app_home_page_curl_lines_work_when_pasted(example_site, tmp_path):
+    import html
+    import json
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    url, _ = example_site
+    home = _home_page_as(url, "demo@example.com", "demo-password")
+    answers = {}
+    for name in ("curl-whoami", "curl-login"):
+        line = re.search(rf'<pre class="command" id="{name}">(.*?)</pre>', home, re.S)
+        result = subprocess.run(
+            ["bash", "-c", html.unescape(line[1])],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        answers[name] = json.loads(result.stdout)
+    assert answers["curl-whoami"] == {"email": "demo@example.com", "roles": []}
+    token = answers["curl-login"]["response"]["user"]["authentication_token"]
+    assert _whoami(url, token)["email"] == "demo@example.com"
+
+
+@pytest.mark.slow
+def test_example_app_unlock_command_it_names_opens_a_locked_account(
+    example_site, tmp_path
+):
+    url, _ = example_site
+    for _ in range(5):
+        _home_page_as(url, "demo@example.com", "not the password")
+    locked = _home_page_as(url, "demo@example.com", "demo-password")
+    command = re.search(r"run (flask --app example_app users unlock) EMAIL", locked)
+    env = dict(
+        os.environ,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'example.db'}",
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    )
+    result = subprocess.run(
+        [*command[1].split(), "demo@example.com"],
+        cwd=HERE,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    home = _home_page_as(url, "demo@example.com", "demo-password")
+    assert "Logged in as <strong>demo@example.com</strong>" in home
+
+
+#: The tables of the demo before its two-factor and lockout fields.
+OLD_DEMO_SCHEMA = """
+CREATE TABLE role (id INTEGER PRIMARY KEY, name VARCHAR(80) UNIQUE,
+                   description VARCHAR(255));
+CREATE TABLE user (id INTEGER PRIMARY KEY, email VARCHAR(255) UNIQUE,
+                   password VARCHAR(255), active BOOLEAN, confirmed_at DATETIME,
+                   last_login_at DATETIME, current_login_at DATETIME,
+                   last_login_ip VARCHAR(100), current_login_ip VARCHAR(100),
+                   login_count INTEGER);
+CREATE TABLE roles_users (user_id INTEGER REFERENCES user(id),
+                          role_id INTEGER REFERENCES role(id));
+INSERT INTO user (email, active) VALUES ('earlier@example.com', 1);
+"""
+
+
+@pytest.mark.slow
+def test_example_app_adds_the_columns_an_older_database_lacks(tmp_path):
+    import sqlite3
+
+    database = sqlite3.connect(tmp_path / "example.db")
+    database.executescript(OLD_DEMO_SCHEMA)
+    database.close()
+    process, url, lines = _start_example(tmp_path)
+    try:
+        home = _home_page_as(url, "demo@example.com", "demo-password")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert "Logged in as <strong>demo@example.com</strong>" in home
+    log = "".join(lines)
+    assert "had no user.tf_totp_secret column: added" in log
+    assert "Traceback" not in log
+    database = sqlite3.connect(tmp_path / "example.db")
+    rows = database.execute("SELECT email, tf_totp_secret FROM user").fetchall()
+    assert ("earlier@example.com", None) in rows
 
 
 #: axe-core's browser bundle: .ci/run installs it from npm.

@@ -6,7 +6,7 @@ all of them and each figure compares like with like:
 - ``lite``: flask-security-lite (with Flask-Principal identities, as 1.7.4 had them,
   since Flask-Principal is installed; ``lite-np`` is the same with
   ``SECURITY_FLASK_PRINCIPAL = False``)
-- ``fst``: Flask-Security-Too (5.9 when measured for README)
+- ``fst``: Flask-Security-Too (5.9 when measured for bench/README.md)
 - ``login``: Flask-Login alone, the way an application would write it by hand: a
   user loader, a request loader for tokens and Basic, a JSON login view. Its cost is
   the floor of "a signed cookie and one row fetch".
@@ -506,7 +506,7 @@ def postgres():
 
 
 def table(title, columns, rows):
-    """Print a Markdown table (what README's benchmark table is pasted from)."""
+    """Print a Markdown table (what the tables of bench/README.md are pasted from)."""
     print(f"\n{title}\n")
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
