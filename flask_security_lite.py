@@ -4981,6 +4981,7 @@ _USER_FIELDS = {
     ),
     "TWO_FACTOR": ("tf_totp_secret", "tf_recovery_codes"),
     "LOCKOUT_ATTEMPTS": ("failed_login_count", "locked_until"),
+    "PASSKEYS": ("passkey_handle",),
 }
 
 #: The views that send mail: each with the feature that makes it mail and the
@@ -4995,6 +4996,8 @@ _MAILING_VIEWS = {
     "tf_setup": ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
     "tf_disable": ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
     "tf_rescue": ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
+    "passkeys_register": ("PASSKEYS", "SEND_PASSKEY_NOTICE_EMAIL"),
+    "passkeys_delete": ("PASSKEYS", "SEND_PASSKEY_NOTICE_EMAIL"),
 }
 
 
@@ -5064,9 +5067,9 @@ _PASSKEY_FIELDS = (
 
 
 def _passkey_problems(app, datastore):
-    """What ``SECURITY_PASSKEYS`` needs: py_webauthn, a passkey model given to an
-    adapter, a ``passkey_handle`` on the user, settings it knows, and an RP id that
-    is a domain. No declared host only warns: requests to localhost still work."""
+    """What ``SECURITY_PASSKEYS`` needs beside the user's ``passkey_handle``:
+    py_webauthn, a passkey model given to an adapter, settings it knows, and an RP
+    id that is a domain. No declared host only warns: requests to localhost still work."""
     config = app.config
     if not config["SECURITY_PASSKEYS"]:
         return
@@ -5087,12 +5090,6 @@ def _passkey_problems(app, datastore):
                     f"the passkey model {model.__name__} has no {name!r} field: add "
                     "it (docs/passkeys.md)"
                 )
-    user_model = getattr(datastore, "user_model", None)
-    if _declares_fields(user_model) and not _has_field(user_model, "passkey_handle"):
-        yield (
-            f"the user model {user_model.__name__} has no 'passkey_handle' field "
-            "(needed by SECURITY_PASSKEYS): add it (docs/passkeys.md)"
-        )
     for key, known in (
         ("USER_VERIFICATION", ("required", "preferred", "discouraged")),
         ("ATTESTATION", ("none", "indirect", "direct", "enterprise")),

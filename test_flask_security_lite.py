@@ -8238,6 +8238,20 @@ def test_two_factor_doc_program_runs():
     assert client.get("/").data == b"Hello matt@nobien.net"
 
 
+def test_passkeys_doc_program_runs():
+    program = _doc_program("docs/passkeys.md", "The models")
+    namespace = {"__name__": "doc_passkeys"}
+    exec(compile(program, "docs/passkeys.md", "exec"), namespace)
+    app = namespace["app"]
+    app.config["WTF_CSRF_ENABLED"] = False
+    client, device = app.test_client(), SoftAuthenticator()
+    client.post("/login", data={"email": "matt@nobien.net", "password": "password"})
+    assert add_passkey(client, device).status_code == 200
+    client.get("/logout")
+    assert sign_in_with_passkey(client, device).status_code == 200
+    assert client.get("/").data == b"Hello matt@nobien.net"
+
+
 def _doc_program(name, heading, number=1):
     """The text of the ``number``-th block under ``heading`` of document ``name``."""
     (text,) = [b[4] for b in _doc_blocks() if b[:3] == (name, heading, number)]
@@ -8528,6 +8542,8 @@ DOC_BLOCK_RUNNERS = {
     ("docs/mail.md", "Mail", 1): _run_mail_program,
     ("docs/mail.md", "Mail", 2): _run_mail_program,
     ("docs/two-factor.md", "Two-factor login", 1): "test_two_factor_doc_program_runs",
+    ("docs/passkeys.md", "Passkeys", 1): _check_pip_requirements,
+    ("docs/passkeys.md", "The models", 1): "test_passkeys_doc_program_runs",
     (
         "docs/migrating.md",
         "Migrating a 1.7.4 application",
@@ -8602,6 +8618,7 @@ REFERENCE_PAGES = (
     "docs/mail.md",
     "docs/views.md",
     "docs/two-factor.md",
+    "docs/passkeys.md",
     "docs/configuration.md",
     "docs/migrating.md",
     "docs/security.md",
