@@ -9125,6 +9125,72 @@ def test_example_app_walk_through_every_link_of_its_checklist(
     assert walker.found == []
 
 
+def _virtual_authenticator(page):
+    """Chromium's DevTools authenticator on ``page``: a platform passkey provider
+    (CTAP2, internal, resident keys) that verifies its user at once."""
+    session = page.context.new_cdp_session(page)
+    session.send("WebAuthn.enable")
+    options = {
+        "protocol": "ctap2",
+        "transport": "internal",
+        "hasResidentKey": True,
+        "hasUserVerification": True,
+        "isUserVerified": True,
+        "automaticPresenceSimulation": True,
+    }
+    session.send("WebAuthn.addVirtualAuthenticator", {"options": options})
+    return session
+
+
+@pytest.mark.slow
+def test_example_app_passkey_added_in_a_browser_signs_in(example_site, axe_page):
+    # An RP id must be a domain: localhost, never 127.0.0.1.
+    url, page = example_site[0].replace("127.0.0.1", "localhost"), axe_page
+    _virtual_authenticator(page)
+    found = []
+    page.goto(url + "/login")
+    page.fill("input[name=email]", "demo@example.com")
+    page.fill("input[name=password]", "demo-password")
+    _navigate_by(page, "form[name=login_user_form] input[type=submit]")
+    page.goto(url + "/profile")
+    _navigate_by(page, "text=Manage passkeys")
+    found += page.check()
+    page.fill("#passkey-label", "Demo laptop")
+    _navigate_by(page, "#passkey-add input[type=submit]")
+    assert "The passkey Demo laptop was added." in page.content()
+    assert "never used" in page.content()
+    found += page.check()
+    page.goto(url + "/logout")
+    # The browser offers the passkey in the address field (conditional
+    # mediation), and the virtual authenticator takes the offer at once.
+    page.goto(url + "/login")
+    page.wait_for_url(url + "/")
+    page.goto(url + "/profile")
+    assert "Logged in as <strong>demo@example.com</strong>" in page.content()
+    assert "last used <time" in page.goto(url + "/passkeys").text()
+    # Without conditional mediation, the button.
+    page.goto(url + "/logout")
+    page.add_init_script("delete PublicKeyCredential.isConditionalMediationAvailable")
+    page.goto(url + "/login?next=/profile")
+    found += page.check()
+    _navigate_by(page, "text=Sign in with a passkey")
+    assert "Logged in as <strong>demo@example.com</strong>" in page.content()
+    assert page.url == url + "/profile"
+    assert found == []
+
+
+@pytest.mark.slow
+def test_example_app_passkey_errors_are_shown_on_the_page(example_site, axe_page):
+    page = axe_page
+    page.goto(example_site[0] + "/login")  # 127.0.0.1: no passkey can work here
+    _virtual_authenticator(page)
+    page.click("text=Sign in with a passkey")
+    error = page.locator("#passkey-error")
+    error.filter(has_text="Passkeys need a domain name").wait_for()
+    assert error.get_attribute("role") == "alert"
+    assert page.check() == []
+
+
 @pytest.mark.slow
 def test_example_app_passwordless_login_in_a_browser(
     passwordless_example_site, browser
