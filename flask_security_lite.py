@@ -4180,11 +4180,8 @@ def _new_challenge(purpose):
     """A random challenge for ``purpose`` (``register`` or ``login``), kept in this
     session with the time it was made. A session holds one: a new one replaces it."""
     challenge = secrets.token_bytes(32)
-    session[_PASSKEY_CHALLENGE_KEY] = {
-        "purpose": purpose,
-        "challenge": challenge,
-        "at": time.time(),
-    }
+    kept = {"purpose": purpose, "challenge": challenge, "at": time.time()}
+    session[_PASSKEY_CHALLENGE_KEY] = kept
     return challenge
 
 
@@ -4212,9 +4209,13 @@ def _ceremony_failed(what, error, user=None):
     return _Refused(400, "PASSKEY_INVALID", field="credential")
 
 
-#: What a malformed answer raises, beside py_webauthn's own WebAuthnException (bad
-#: base64 and UTF-8 among the ValueErrors).
+#: What a malformed answer raises (bad base64 and UTF-8 among the ValueErrors).
 _MALFORMED = (ValueError, TypeError, KeyError, AttributeError)
+
+
+def _ceremony_errors():
+    """What py_webauthn raises on an answer it refuses or cannot read."""
+    return (_webauthn("webauthn.helpers.exceptions").WebAuthnException, *_MALFORMED)
 
 
 # -- the stored passkeys ------------------------------------------------------
@@ -4337,10 +4338,7 @@ def _register_passkey(user, credential, label):
             expected_origin=origin,
             require_user_verification=_verification_required(),
         )
-    except (
-        _webauthn("webauthn.helpers.exceptions").WebAuthnException,
-        *_MALFORMED,
-    ) as error:
+    except _ceremony_errors() as error:
         raise _ceremony_failed("registration", error, user) from None
     datastore = _state().datastore
     if datastore._find_passkeys(credential_id=verified.credential_id):
@@ -4398,12 +4396,8 @@ def _passkey_owner(passkey, credential):
 
 def _is_locked(user):
     """True while too many wrong passwords or codes keep ``user`` locked."""
-    until = (
-        getattr(user, "locked_until", None)
-        if config_value("LOCKOUT_ATTEMPTS")
-        else None
-    )
-    return until is not None and until > _now()
+    until = getattr(user, "locked_until", None) or datetime.min
+    return bool(config_value("LOCKOUT_ATTEMPTS")) and until > _now()
 
 
 def _use_passkey(passkey, verified, issued):
@@ -4444,10 +4438,7 @@ def _verify_passkey_login(credential):
             credential_current_sign_count=passkey.sign_count,
             require_user_verification=_verification_required(),
         )
-    except (
-        _webauthn("webauthn.helpers.exceptions").WebAuthnException,
-        *_MALFORMED,
-    ) as error:
+    except _ceremony_errors() as error:
         _login_failed(user, user.email, "invalid_passkey")
         raise _ceremony_failed("sign-in", error, user) from None
     for reason, refused in (
@@ -4507,7 +4498,7 @@ def _passkey_done(message, next_url, **response):
 
 
 @flask_login.fresh_login_required
-def _passkeys_page():
+def _passkeys():
     """The user's passkeys, with forms to add, rename and delete them."""
     passkeys = _passkeys_of(current_user._get_current_object())
     if _wants_json():
@@ -4521,12 +4512,15 @@ def _passkeys_page():
 
 @flask_login.fresh_login_required
 def _passkeys_register_options():
+    """The options to make a passkey, as JSON."""
     _require_csrf()
-    return _json_answer(200, {"options": _registration_options(current_user)})
+    user = current_user._get_current_object()
+    return _json_answer(200, {"options": _registration_options(user)})
 
 
 @flask_login.fresh_login_required
 def _passkeys_register():
+    """Add the passkey the browser made, named as typed (or by its provider)."""
     _require_csrf()
     user = current_user._get_current_object()
     passkey = _register_passkey(user, _posted_credential(), _posted().get("label"))
@@ -4545,6 +4539,7 @@ def _own_passkey(passkey_id):
 
 @flask_login.fresh_login_required
 def _passkeys_rename(passkey_id):
+    """Rename a passkey of the user (HTML form or JSON)."""
     _require_csrf()
     passkey = _own_passkey(passkey_id)
     passkey.label = _clean_label(_posted().get("label"))
@@ -4556,6 +4551,7 @@ def _passkeys_rename(passkey_id):
 
 @flask_login.fresh_login_required
 def _passkeys_delete(passkey_id):
+    """Delete a passkey of the user, unless it is the only way into the account."""
     _require_csrf()
     user = current_user._get_current_object()
     passkey = _own_passkey(passkey_id)
@@ -4567,6 +4563,7 @@ def _passkeys_delete(passkey_id):
 
 
 def _passkeys_login_options():
+    """The options to sign in with a passkey, as JSON: the same for every visitor."""
     _require_csrf()
     return _json_answer(200, {"options": _login_options()})
 
@@ -4608,23 +4605,18 @@ def _add_passkey_views(bp, app):
     if not config_value("PASSKEYS", app=app):
         return
     url = config_value("PASSKEYS_URL", app=app)
-    for path, endpoint, view, method in (
-        ("", "passkeys", _passkeys_page, "GET"),
-        (
-            "register-options",
-            "passkeys_register_options",
-            _passkeys_register_options,
-            "POST",
-        ),
-        ("register", "passkeys_register", _passkeys_register, "POST"),
-        ("<passkey_id>/rename", "passkeys_rename", _passkeys_rename, "POST"),
-        ("<passkey_id>/delete", "passkeys_delete", _passkeys_delete, "POST"),
-        ("login-options", "passkeys_login_options", _passkeys_login_options, "POST"),
-        ("login", "passkeys_login", _passkeys_login, "POST"),
-        ("passkeys.js", "passkeys_script", _passkeys_script, "GET"),
+    for path, view, method in (
+        ("", _passkeys, "GET"),
+        ("register-options", _passkeys_register_options, "POST"),
+        ("register", _passkeys_register, "POST"),
+        ("<passkey_id>/rename", _passkeys_rename, "POST"),
+        ("<passkey_id>/delete", _passkeys_delete, "POST"),
+        ("login-options", _passkeys_login_options, "POST"),
+        ("login", _passkeys_login, "POST"),
+        ("passkeys.js", _passkeys_script, "GET"),
     ):
         rule = slash_url_suffix(url, path) if path else url
-        bp.add_url_rule(rule, endpoint, view, methods=[method])
+        bp.add_url_rule(rule, view.__name__[1:], view, methods=[method])
 
 
 # =============================================================================
@@ -5053,23 +5045,15 @@ def _misspelt_settings(config):
 
 #: The fields of the passkey model.
 _PASSKEY_FIELDS = (
-    "user",
-    "credential_id",
-    "public_key",
-    "sign_count",
-    "transports",
-    "label",
-    "created_at",
-    "last_used_at",
-    "backup_eligible",
-    "backed_up",
-)
+    "user credential_id public_key sign_count transports label created_at "
+    "last_used_at backup_eligible backed_up"
+).split()
 
 
 def _passkey_problems(app, datastore):
     """What ``SECURITY_PASSKEYS`` needs beside the user's ``passkey_handle``:
     py_webauthn, a passkey model given to an adapter, settings it knows, and an RP
-    id that is a domain. No declared host only warns: requests to localhost still work."""
+    id that is a domain. No declared host only warns: localhost still works."""
     config = app.config
     if not config["SECURITY_PASSKEYS"]:
         return
