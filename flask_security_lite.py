@@ -218,6 +218,8 @@ __all__ = (
     "tf_enrolled",
     "tf_disabled",
     "tf_code_confirmed",
+    "passkey_registered",
+    "passkey_deleted",
     # account flows
     "register_user",
     "send_confirmation_instructions",
