@@ -239,6 +239,10 @@ __all__ = (
 
 _log = logging.getLogger("flask_security_lite")
 
+#: Where security events are logged, one record each: logins, failed logins,
+#: lockouts, changes of the second factor, password resets and changes, logouts.
+_event_log = logging.getLogger("flask_security_lite.events")
+
 
 # =============================================================================
 # 1. Settings and messages
@@ -286,6 +290,24 @@ _default_config = {
     },
     #: Shortest password accepted by the register, reset and change forms.
     "PASSWORD_LENGTH_MIN": 8,
+    #: Refuse a new password found on the list of common passwords, ignoring case.
+    "PASSWORD_CHECK_COMMON": True,
+    #: File of that list: UTF-8, one password a line, ``#`` starting a comment line
+    #: (``None``: the list of some 14,000 shipped with the module). Read once, on
+    #: first use.
+    "PASSWORD_COMMON_LIST": None,
+    #: Refuse a new password holding its owner's email address, the part before
+    #: the ``@``, a word of that part, or a label of the domain but the last,
+    #: ignoring case; parts shorter than four characters are not looked for.
+    "PASSWORD_CHECK_ADDRESS": True,
+    #: Refuse a new password that the breached-password range API lists. Only the
+    #: first five hex digits of the password's SHA-1 are sent. When the API does not
+    #: answer in time, the password is accepted and a warning logged.
+    "PASSWORD_CHECK_BREACHED": False,
+    #: The range API: the five hex digits are appended to this URL.
+    "PASSWORD_BREACHED_URL": "https://api.pwnedpasswords.com/range/",
+    #: Seconds the range API is given to connect, and again to answer each read.
+    "PASSWORD_BREACHED_TIMEOUT": 2,
     #: Sender of every security email.
     "EMAIL_SENDER": "no-reply@localhost",
     #: Query-string (and JSON body) key carrying an auth token.
@@ -367,6 +389,10 @@ _default_config = {
     "TWO_FACTOR_ISSUER": None,
     #: Time allowed between the password and the code.
     "TWO_FACTOR_LOGIN_WITHIN": "5 minutes",
+    #: How many 30-second steps late an authenticator code is still accepted (a
+    #: slow typist, a phone clock a little behind); a code of a later step never
+    #: is. 0: the current step's code only, which lives 30 seconds at most.
+    "TWO_FACTOR_DRIFT_STEPS": 1,
     #: itsdangerous salt of the "password verified, code due" marker.
     "TWO_FACTOR_SALT": "tf-salt",
     #: URL of the two-factor set-up view.
@@ -628,6 +654,21 @@ _default_messages = {
     ),
     #: A new password is longer than can be hashed.
     "PASSWORD_TOO_LONG": ("Passwords can have at most %(length)s bytes.", "error"),
+    #: A new password is on the list of common passwords.
+    "PASSWORD_COMMON": (
+        "This password is one of the most common ones: please choose another.",
+        "error",
+    ),
+    #: A new password holds its owner's email address, or a part of it.
+    "PASSWORD_HOLDS_ADDRESS": (
+        "Your password must not contain your email address or a part of it.",
+        "error",
+    ),
+    #: A new password appears in known data breaches.
+    "PASSWORD_BREACHED": (
+        "This password has appeared in a data breach: please choose another.",
+        "error",
+    ),
     #: A request body is larger than the security views read.
     "REQUEST_TOO_LARGE": ("The request body is too large.", "error"),
     #: An emailed link would leave the declared host (through a URL prefix).
@@ -825,6 +866,21 @@ login_failed = _signals.signal("login-failed")
 
 def _send_signal(signal, **kwargs):
     signal.send(current_app._get_current_object(), **kwargs)
+
+
+def _log_event(event, user, level=logging.INFO, **details):
+    """Log the security event ``event`` of ``user`` (None: no account matched) to
+    ``flask_security_lite.events``: a line of text, and the same as fields of the
+    record for structured handlers (``event``, ``user_id``, ``remote_addr`` and
+    ``details``). Callers never pass a password, code, token or key."""
+    fields = {
+        "event": event,
+        "user_id": None if user is None else str(user.id),
+        "remote_addr": request.remote_addr if has_request_context() else None,
+        **details,
+    }
+    text = " ".join(f"{name}={value}" for name, value in fields.items())
+    _event_log.log(level, "security event: %s", text, extra=fields)
 
 
 @contextmanager
@@ -1217,24 +1273,22 @@ def _conflict_type(orm_error: type) -> type:
     )
 
 
-#: What to do when the database has no tables yet.
-_CREATE_THE_TABLES = (
-    "the database has no tables for users and roles yet: create them with "
-    "db.create_all() (Flask-SQLAlchemy), db.create_tables([...]) (peewee) or your "
-    "migrations; flask-security-lite never creates tables "
-    "(README.md, 'Tables not created')"
-)
-
-
-def _is_missing_table(error: BaseException) -> bool:
-    """True for the database's "no such table" (SQLite) or "relation does not
-    exist" (PostgreSQL), through SQLAlchemy or peewee."""
+def _missing_table_advice(error: BaseException) -> str | None:
+    """What to do when ``error`` is the database saying a table does not exist
+    (SQLite's "no such table", PostgreSQL's SQLSTATE 42P01, through SQLAlchemy or
+    peewee); None for any other error."""
     if type(error).__name__ not in ("OperationalError", "ProgrammingError"):
-        return False
+        return None
     cause = getattr(error, "orig", None) or error
     code = getattr(cause, "pgcode", None) or getattr(cause, "sqlstate", None)
-    text = str(cause).lower()
-    return code == "42P01" or "no such table" in text or "does not exist" in text
+    if code != "42P01" and not (code is None and "no such table" in str(cause)):
+        return None
+    return (
+        f"the database has no such table ({str(cause).strip()}): create the tables "
+        "with db.create_all() (Flask-SQLAlchemy), db.create_tables([...]) (peewee) "
+        "or your migrations; flask-security-lite never creates tables "
+        "(README.md, 'Tables not created')"
+    )
 
 
 def normalize_email(address: str) -> str:
@@ -1796,7 +1850,8 @@ class PeeweeUserDatastore(_AdapterDatastore):
         try:
             model.save()
         except self._peewee.IntegrityError as error:
-            raise _conflict_type(type(error))(*error.args) from error
+            # peewee keeps the driver's error apart from args: pass it on as orig
+            raise _conflict_type(type(error))(error.orig, *error.args) from error
         return model
 
     def delete(self, model: Any) -> None:
@@ -2201,13 +2256,21 @@ def _limit_body(endpoint, values):
     )
 
 
+#: The policy of the security pages, unless the app sets its own: not framed
+#: (clickjacking), no plugins, and no ``<base>`` an injection could point the
+#: forms' relative URLs elsewhere with.
+_CONTENT_SECURITY_POLICY = "frame-ancestors 'none'; object-src 'none'; base-uri 'none'"
+
+
 def _security_headers(response):
-    """Security pages are not cached, not framed (clickjacking), and not named in
-    the ``Referer`` of what they link to: their URLs may carry a token."""
+    """Security pages are not cached, not framed, not read as another content type
+    than the one sent, and not named in the ``Referer`` of what they link to: their
+    URLs may carry a token."""
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["X-Frame-Options"] = "DENY"
-    response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers.setdefault("Content-Security-Policy", _CONTENT_SECURITY_POLICY)
     return response
 
 
@@ -2265,6 +2328,9 @@ def _reserve_attempt(user):
             changes["locked_until"] = now + get_within_delta("LOCKOUT_WITHIN")
         seen = {"failed_login_count": user.failed_login_count}
         if _state().datastore.compare_and_set(user, seen, changes):
+            if changes["locked_until"] is not None:
+                until = changes["locked_until"].isoformat()
+                _log_event("account_locked", user, logging.WARNING, until=until)
             return True
     return False
 
@@ -2775,6 +2841,148 @@ def password_length(form: FlaskForm, field: Field) -> None:
         raise ValidationError(_text("PASSWORD_TOO_LONG", length=_MAX_PASSWORD_BYTES))
 
 
+# -- passwords too easy to guess ----------------------------------------------
+
+
+#: The common-password list shipped with the module, in its templates folder.
+_COMMON_PASSWORDS_FILE = "common_passwords.txt"
+
+#: Parts of an address shorter than this are not looked for in passwords: too many
+#: hold "bob" or "mail" by chance.
+_ADDRESS_PART_MIN = 4
+
+#: Most of an answer of the range API read: a real one is some 40 KB.
+_RANGE_ANSWER_MAX_BYTES = 1024 * 1024
+
+
+def _fold(text):
+    """``text`` as the password checks compare it: NFKC-normalised, case folded."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+@cache
+def _password_list(path):
+    """The folded passwords of the list in the file ``path``, read once per
+    process."""
+    try:
+        with open(path, encoding="utf-8") as lines:
+            passwords = [line.rstrip("\r\n") for line in lines]
+    except (OSError, UnicodeDecodeError) as error:
+        raise RuntimeError(
+            f"flask-security-lite cannot read the common-password list {path} "
+            f"({error}): set SECURITY_PASSWORD_COMMON_LIST to a readable UTF-8 file, "
+            "or copy the distribution's templates folder as the module's docstring "
+            "says"
+        ) from None
+    return frozenset(_fold(p) for p in passwords if p and not p.startswith("#"))
+
+
+def _is_common(password):
+    """True if ``password`` is on the common-password list, ignoring case."""
+    path = config_value("PASSWORD_COMMON_LIST") or os.path.join(
+        _templates_folder(), _COMMON_PASSWORDS_FILE
+    )
+    return _fold(password) in _password_list(path)
+
+
+def _address_parts(address):
+    """What a password must not hold of ``address``: all of it, the part before
+    the ``@`` and each of its words, and each label of the domain but the last
+    (``com`` says nothing of its owner); folded, and none too short."""
+    folded = _fold(address)
+    local, _, domain = folded.rpartition("@")
+    parts = {folded, local, *re.split(r"[\W_]+", local), *domain.split(".")[:-1]}
+    return {part for part in parts if len(part) >= _ADDRESS_PART_MIN}
+
+
+def _holds_address(password, address):
+    """True if ``password`` holds ``address`` or a part of it, ignoring case."""
+    if not isinstance(address, str):
+        return False
+    folded = _fold(password)
+    return any(part in folded for part in _address_parts(address))
+
+
+def _is_breached(password):
+    """True if the range API lists ``password`` in known breaches. Only the first
+    five hex digits of its SHA-1 leave this server (k-anonymity), and the answer is
+    padded so its size tells nothing. An API that fails or does not answer in
+    time cannot stop a user choosing a password: it is accepted, and a warning
+    logged."""
+    import http.client
+    import urllib.request
+
+    # SHA-1 is the API's index here, not a protection of the password.
+    sha1 = hashlib.sha1(password.encode("utf-8"), usedforsecurity=False)
+    digest = sha1.hexdigest().upper()
+    base_url = config_value("PASSWORD_BREACHED_URL")
+    asking = urllib.request.Request(
+        base_url + digest[:5],
+        headers={"Add-Padding": "true", "User-Agent": "flask-security-lite"},
+    )
+    timeout = config_value("PASSWORD_BREACHED_TIMEOUT")
+    try:
+        with urllib.request.urlopen(asking, timeout=timeout) as answer:
+            listing = answer.read(_RANGE_ANSWER_MAX_BYTES).decode("ascii")
+    except (OSError, ValueError, http.client.HTTPException) as error:
+        _log.warning(
+            "the breached-password check could not ask %s (%s): the password was "
+            "accepted unchecked",
+            base_url,
+            error,
+        )
+        return False
+    return _range_lists(listing, digest[5:])
+
+
+def _range_lists(listing, suffix):
+    """True if the range API's ``listing`` (``SUFFIX:COUNT`` lines) counts the
+    SHA-1 ``suffix`` at least once; padding lines count 0."""
+    for line in listing.splitlines():
+        listed, _, count = line.partition(":")
+        if listed.strip().upper() == suffix and count.strip() not in ("", "0"):
+            return True
+    return False
+
+
+def _guessable(password, address):
+    """The message key refusing ``password`` as a new password of the owner of
+    ``address``, or None: a common password, one holding the address, or one
+    known from breaches, each when its ``SECURITY_PASSWORD_CHECK_*`` is on (the
+    network last)."""
+    if config_value("PASSWORD_CHECK_COMMON") and _is_common(password):
+        return "PASSWORD_COMMON"
+    if config_value("PASSWORD_CHECK_ADDRESS") and _holds_address(password, address):
+        return "PASSWORD_HOLDS_ADDRESS"
+    if config_value("PASSWORD_CHECK_BREACHED") and _is_breached(password):
+        return "PASSWORD_BREACHED"
+    return None
+
+
+def _owner_address(form):
+    """The address of whoever chooses the password of ``form``: the one typed on a
+    registration form, the logged-in user's (change password), or the address of
+    the user the reset link of this request names; None when there is none."""
+    if isinstance(getattr(form, "email", None), Field):
+        return form.email.data
+    if current_user.is_authenticated:
+        return current_user.email
+    token = (request.view_args or {}).get("token")
+    user = _read_token(token, "reset").user if isinstance(token, str) else None
+    return getattr(user, "email", None)
+
+
+def _password_not_guessable(form: FlaskForm, field: Field) -> None:
+    """Validator: a new password must not be common, hold its owner's address, or
+    be known from breaches (``SECURITY_PASSWORD_CHECK_*``). Skipped for a password
+    already refused, so a short one costs no request to the range API."""
+    if field.errors:
+        return
+    refused = _guessable(field.data, _owner_address(form))
+    if refused is not None:
+        raise ValidationError(_text(refused))
+
+
 def unique_user_email(form: FlaskForm, field: Field) -> None:
     """Validator: no account may use the address yet."""
     if _state().datastore.find_user(email=field.data.strip()) is not None:
@@ -2850,7 +3058,8 @@ class NewPasswordFormMixin:
     """A new password, long enough."""
 
     password = PasswordField(
-        get_form_field_label("password"), [password_required, password_length]
+        get_form_field_label("password"),
+        [password_required, password_length, _password_not_guessable],
     )
 
 
@@ -2961,7 +3170,8 @@ class ChangePasswordForm(Form, PasswordFormMixin):
     """Change the password of the logged-in user."""
 
     new_password = PasswordField(
-        get_form_field_label("new_password"), [password_required, password_length]
+        get_form_field_label("new_password"),
+        [password_required, password_length, _password_not_guessable],
     )
     new_password_confirm = PasswordField(
         get_form_field_label("retype_new_password"),
@@ -3151,6 +3361,20 @@ def _link_url(view, **values):
     return _mail_url_for(endpoint, _external=True, **values)
 
 
+def _mail_is_set_up(app=None):
+    """Mail can go out: the app has Flask-Mail or a ``@security.send_mail_task``."""
+    app = app or current_app
+    security = app.extensions["security"].security
+    return "mail" in app.extensions or security._send_mail_task is not None
+
+
+def _require_mail():
+    """Refuse (503), before anything is written, work that would send mail that
+    cannot be sent."""
+    if not _mail_is_set_up():
+        raise _Refused(503, "MAIL_NOT_SET_UP")
+
+
 def send_mail(subject: str, recipient: str, template: str, **context: Any) -> None:
     """Send ``security/email/<template>.txt`` and ``.html`` to ``recipient``.
 
@@ -3183,8 +3407,14 @@ def send_mail(subject: str, recipient: str, template: str, **context: Any) -> No
 
 
 def _mail_user(user, subject_key, template, **context):
-    """Send ``user`` the email ``template`` with the subject of ``subject_key``."""
-    send_mail(config_value(subject_key), user.email, template, user=user, **context)
+    """Send ``user`` the email ``template`` with the subject of ``subject_key``. A
+    mail server that cannot be reached is logged, not raised: what the request did
+    (an account made, a password changed) stands, and its answer says so."""
+    subject = config_value(subject_key)
+    try:
+        send_mail(subject, user.email, template, user=user, **context)
+    except OSError:  # a refused connection, or any of smtplib's errors
+        _log.exception("the %s email to user %s could not be sent", template, user.id)
 
 
 def _mail_url_for(endpoint, **values):
@@ -3282,6 +3512,7 @@ def _link_refusal(link, check, key=None, go_to=None):
     400 about its token, with message ``key`` (default: the invalid or the expired
     one), sending browsers to ``go_to`` or the link's retry page."""
     if check.status == "expired":
+        _require_mail()
         link.resend(check.user)
     if key is None:
         key = link.expired if check.status == "expired" else link.invalid
@@ -3313,6 +3544,8 @@ def register_user(**kwargs: Any) -> Any:
     :returns: the new user.
     :raises DatastoreConflictError: the identifier was taken meanwhile.
     """
+    if config_value("SEND_REGISTER_EMAIL"):
+        _require_mail()
     if config_value("CONFIRMABLE"):
         _require_declared_host()
     kwargs["password"] = hash_password(kwargs["password"])
@@ -3639,14 +3872,16 @@ _TOTP_PERIOD = 30
 #: Digits of a code.
 _TOTP_DIGITS = 6
 
-#: Time steps of clock drift accepted each way.
-_TOTP_DRIFT = 1
-
 #: Random bytes of a new key: 160 bits, as RFC 4226 recommends for HMAC-SHA-1.
 _TOTP_KEY_BYTES = 20
 
 #: How many recovery codes enrolment hands out.
 _RECOVERY_CODE_COUNT = 10
+
+#: Random bytes of a recovery code: 120 bits, past the 112 that ASVS 6.5.2 asks of
+#: a code stored under a fast hash. Codes handed out before had 80 bits; they are
+#: stored alike, and keep working until used or replaced.
+_RECOVERY_CODE_BYTES = 15
 
 
 def _hotp(key, counter, digits=_TOTP_DIGITS, digest=hashlib.sha1):
@@ -3687,8 +3922,9 @@ def _accept_totp(stored, code, at=None):
 
     The column holds the base32 key, then ``:<step>`` once a code was accepted:
     keeping the step beside the key refuses a replayed code with no extra column.
-    A code of the previous or the next step is accepted too (clock drift), but
-    never one of a step at or before the last one accepted.
+    A code of up to ``SECURITY_TWO_FACTOR_DRIFT_STEPS`` earlier steps is accepted
+    too (clock drift), but never one of a later step, nor one of a step at or
+    before the last one accepted.
     """
     if not isinstance(code, str):
         return None
@@ -3703,7 +3939,7 @@ def _accept_totp(stored, code, at=None):
         _log.error("a tf_totp_secret is not a base32 key: no code can match it")
         return None
     now = int((time.time() if at is None else at) // _TOTP_PERIOD)
-    for step in range(now - _TOTP_DRIFT, now + _TOTP_DRIFT + 1):
+    for step in range(now - config_value("TWO_FACTOR_DRIFT_STEPS"), now + 1):
         if step > last_step and hmac.compare_digest(_hotp(raw_key, step), code):
             return f"{key}:{step}"
     return None
@@ -3741,19 +3977,22 @@ def _key_in_groups(key):
 
 
 def _new_recovery_codes():
-    """Ten random codes of 80 bits, shown as ``abcd-efgh-ijkl-mnop``."""
+    """Ten random codes of 120 bits, shown in six groups of four letters and digits
+    (``abcd-efgh-ijkl-mnop-qrst-uvwx``)."""
     codes = []
     for _ in range(_RECOVERY_CODE_COUNT):
-        text = base64.b32encode(secrets.token_bytes(10)).decode("ascii").lower()
-        codes.append("-".join(text[start : start + 4] for start in range(0, 16, 4)))
+        raw = secrets.token_bytes(_RECOVERY_CODE_BYTES)
+        text = base64.b32encode(raw).decode("ascii").lower()
+        codes.append("-".join(text[start : start + 4] for start in range(0, 24, 4)))
     return codes
 
 
 def _recovery_code_hash(code):
     """The stored form of a recovery code.
 
-    A fast hash is enough: the codes are 80 random bits, too many to guess even
-    offline, unlike passwords people choose.
+    A fast hash is enough: the codes are 120 random bits, too many to guess even
+    offline, unlike passwords people choose. The 80-bit codes of earlier versions
+    are hashed alike, so those already handed out still work.
     """
     normal = "".join(code.split()).replace("-", "").lower()
     digest = hashlib.sha256(normal.encode("utf-8")).digest()[:16]
@@ -3908,6 +4147,7 @@ def reset_recovery_codes(user: Any) -> list[str]:
     codes = _new_recovery_codes()
     user.tf_recovery_codes = _stored_recovery_codes(codes)
     _save(user)
+    _log_event("recovery_codes_replaced", user)
     return codes
 
 
@@ -4724,15 +4964,18 @@ def _holds_our_templates(folder):
 
 class _SecurityCommands(AppGroup):
     """A ``flask`` command group whose commands end with one line, not a
-    traceback, when the database has no tables yet."""
+    traceback, when a write conflicts or the database has no tables yet."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except DatastoreConflictError as error:  # no statement, no values shown
+            raise click.ClickException(f"nothing was saved: {error}") from None
         except Exception as error:
-            if _is_missing_table(error):
-                raise click.ClickException(_CREATE_THE_TABLES) from None
-            raise
+            advice = _missing_table_advice(error)
+            if advice is None:
+                raise
+            raise click.ClickException(advice) from None
 
 
 _users_cli = _SecurityCommands(
@@ -4768,10 +5011,7 @@ def _cli_validate(value, param_hint, *validators):
 
 
 def _cli_commit(message):
-    try:
-        _state().datastore.commit()
-    except DatastoreConflictError as error:
-        raise click.ClickException(f"nothing was saved: {error}") from None
+    _state().datastore.commit()
     click.echo(message)
 
 
@@ -4789,6 +5029,9 @@ def _users_create(email, password, active, confirmed):
     """Create a user with EMAIL."""
     _cli_validate(email, "EMAIL", email_validator)
     _cli_validate(password, "--password", password_length)
+    refused = _guessable(password, email)
+    if refused is not None:
+        raise click.BadParameter(_text(refused), param_hint="--password")
     if _state().datastore.find_user(email=email) is not None:
         raise click.ClickException(_text("EMAIL_ALREADY_ASSOCIATED", email=email))
     fields = {"email": email, "password": password, "active": active}
@@ -4831,7 +5074,11 @@ def _users_unlock(email):
     user = _cli_user(email)
     missing = [n for n in _USER_FIELDS["LOCKOUT_ATTEMPTS"] if not hasattr(user, n)]
     if missing:
-        raise click.ClickException(f"the user model has no {', '.join(missing)}")
+        raise click.ClickException(
+            f"the user model has no {', '.join(missing)}: the lockout "
+            "(SECURITY_LOCKOUT_ATTEMPTS) needs them "
+            "(README.md, 'The fields each feature needs')"
+        )
     _clear_wrong_passwords(user)
     click.echo(f"unlocked {user.email}")
 
@@ -4841,7 +5088,10 @@ def _users_unlock(email):
 def _users_tf_reset(email):
     """Turn two-factor login off for the user with EMAIL (lost phone and codes)."""
     if not hasattr(_state().datastore.user_model, "tf_totp_secret"):
-        raise click.ClickException("the user model has no two-factor fields")
+        raise click.ClickException(
+            "the user model has no two-factor fields: SECURITY_TWO_FACTOR needs "
+            "them (README.md, 'The fields each feature needs')"
+        )
     user = _cli_user(email)
     if not _has_second_factor(user):
         raise click.ClickException(f"{email} has no two-factor login to reset")
@@ -4887,7 +5137,11 @@ def _roles_create(name, description):
     fields = {"name": name}
     if description is not None:  # a role model may have no description
         if not hasattr(datastore.role_model, "description"):
-            raise click.UsageError("--description needs a description field")
+            raise click.UsageError(
+                f"the role model {datastore.role_model.__name__} has no "
+                "description field: add one, or leave out --description "
+                "(README.md, 'The fields each feature needs')"
+            )
         fields["description"] = description
     datastore.create_role(**fields)
     _cli_commit(f"created role {name}")
@@ -4978,20 +5232,21 @@ _USER_FIELDS = {
     "PASSKEYS": ("passkey_handle",),
 }
 
-#: The views that send mail: each with the feature that makes it mail and the
-#: setting that can turn that mail off (None: it always mails).
+#: The views that send mail (by function, whatever the blueprint is called): each
+#: with the feature that makes it mail and the setting that can turn that mail off
+#: (None: it always mails).
 _MAILING_VIEWS = {
-    "register": ("REGISTERABLE", "SEND_REGISTER_EMAIL"),
-    "send_confirmation": ("CONFIRMABLE", None),
-    "forgot_password": ("RECOVERABLE", None),
-    "reset_password": ("RECOVERABLE", "SEND_PASSWORD_RESET_NOTICE_EMAIL"),
-    "login": ("PASSWORDLESS", None),
-    "change_password": ("CHANGEABLE", "SEND_PASSWORD_CHANGE_EMAIL"),
-    "tf_setup": ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
-    "tf_disable": ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
-    "tf_rescue": ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
-    "passkeys_register": ("PASSKEYS", "SEND_PASSKEY_NOTICE_EMAIL"),
-    "passkeys_delete": ("PASSKEYS", "SEND_PASSKEY_NOTICE_EMAIL"),
+    register: ("REGISTERABLE", "SEND_REGISTER_EMAIL"),
+    send_confirmation: ("CONFIRMABLE", None),
+    forgot_password: ("RECOVERABLE", None),
+    reset_password: ("RECOVERABLE", "SEND_PASSWORD_RESET_NOTICE_EMAIL"),
+    send_login: ("PASSWORDLESS", None),
+    change_password: ("CHANGEABLE", "SEND_PASSWORD_CHANGE_EMAIL"),
+    tf_setup: ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
+    tf_disable: ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
+    tf_rescue: ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
+    _passkeys_register: ("PASSKEYS", "SEND_PASSKEY_NOTICE_EMAIL"),
+    _passkeys_delete: ("PASSKEYS", "SEND_PASSKEY_NOTICE_EMAIL"),
 }
 
 
@@ -5005,13 +5260,16 @@ def _validate_startup(app, datastore):
         *_missing_secret_key(app),
         *_misspelt_settings(config),
         *_mistyped_settings(config),
-        *_unparsable_lifetimes(app),
-        # A custom store (or a 1.7.4 test double) may not name its model.
-        *_missing_user_methods(user_model),
-        *_missing_user_fields(app, user_model),
-        *_shared_salts(config),
-        *_passkey_problems(app, datastore),
     ]
+    if not problems:  # the checks below read the settings: their types first
+        problems = [
+            *_unparsable_lifetimes(app),
+            # A custom store (or a 1.7.4 test double) may not name its model.
+            *_missing_user_methods(user_model),
+            *_missing_user_fields(app, user_model),
+            *_shared_salts(config),
+            *_passkey_problems(app, datastore),
+        ]
     if problems:
         raise RuntimeError(
             "flask-security-lite cannot start:\n- " + "\n- ".join(problems)
@@ -5104,24 +5362,39 @@ def _missing_secret_key(app):
         )
 
 
-#: Settings whose default is None that take a number of seconds or of attempts.
-_NUMBER_SETTINGS = ("TOKEN_MAX_AGE", "LOCKOUT_ATTEMPTS")
+#: Settings whose default is None that take a number when set: seconds, attempts.
+_NUMBER_SETTINGS = {"TOKEN_MAX_AGE": "seconds", "LOCKOUT_ATTEMPTS": "attempts"}
+
+#: The switches 1.7.4 had: one given as a string is on, as 1.7.x took it.
+_SWITCHES_OF_174 = (
+    "FLASH_MESSAGES",
+    "CONFIRMABLE",
+    "REGISTERABLE",
+    "RECOVERABLE",
+    "TRACKABLE",
+    "PASSWORDLESS",
+    "CHANGEABLE",
+    "SEND_REGISTER_EMAIL",
+    "SEND_PASSWORD_CHANGE_EMAIL",
+    "SEND_PASSWORD_RESET_NOTICE_EMAIL",
+    "LOGIN_WITHOUT_CONFIRMATION",
+    "DEFAULT_REMEMBER_ME",
+)
 
 
 def _mistyped_settings(config):
-    """Each setting of another type than its default's, named with the type wanted.
-    A switch given as a string ``'False'`` is on, as 1.7.x took it: kept, and
+    """Each setting or message of the wrong type, named with the type wanted. A
+    1.7.4 switch given as a string (``'False'``) is on, as 1.7.x took it: kept, and
     warned about with the boolean to write."""
     for key, default in _default_config.items():
         name, value = "SECURITY_" + key, config["SECURITY_" + key]
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                _log.warning(
-                    "%s is the string %r, which turns it on, as 1.7.x did: write "
-                    "True to keep it on, or False to turn it off",
-                    name,
-                    value,
-                )
+        if key in _SWITCHES_OF_174 and isinstance(value, str):
+            _log.warning(
+                "%s is the string %r, which turns it on, as 1.7.x did: write True "
+                "to keep it on, or False to turn it off",
+                name,
+                value,
+            )
             continue
         wanted = _wanted_type(key, default, value)
         if wanted:
@@ -5129,20 +5402,38 @@ def _mistyped_settings(config):
                 f"{name} must be {wanted}, not {value!r} "
                 "(README.md, 'A setting of the wrong type')"
             )
+    for key in [*_default_messages, *_message_aliases]:
+        value = config["SECURITY_MSG_" + key]
+        if not (isinstance(value, tuple | list) and len(value) == 2):
+            yield (
+                f"SECURITY_MSG_{key} must be a (text, category) pair, such as "
+                f"('...', 'error'), not {value!r}"
+            )
 
 
 def _wanted_type(key, default, value):
     """What ``value`` of setting ``key`` should have been, or None if it fits."""
     number = isinstance(value, int | float) and not isinstance(value, bool)
+    if number and not math.isfinite(value):
+        number = False
+    if isinstance(default, bool):
+        return (
+            None if isinstance(value, bool | int) or value is None else "True or False"
+        )
     if key in _NUMBER_SETTINGS:
-        return None if value is None or number else "a number (of seconds) or None"
+        fits = value is None or number
+        return None if fits else f"a number (of {_NUMBER_SETTINGS[key]}) or None"
+    if key == "PASSWORD_SALT":
+        return None if isinstance(value, str | bytes) or value is None else "a string"
     if isinstance(default, int):
         return None if number and int(value) == value else "a whole number"
     if isinstance(default, list):
+        items = [value] if isinstance(value, str) else value
         fits = isinstance(value, list | tuple | set | frozenset)
         if key == "USER_IDENTITY_ATTRIBUTES":
             fits = fits or isinstance(value, str)  # 1.7.4's "email, username"
-        return None if fits else "a list"
+        fits = fits and all(isinstance(item, str) for item in items)
+        return None if fits else "a list of strings"
     if isinstance(default, dict):
         return None if isinstance(value, dict) else "a dict"
     return None
@@ -5191,7 +5482,7 @@ def _unparsable_lifetimes(app):
             try:
                 get_within_delta(key, app)
             except ValueError as error:
-                yield str(error)
+                yield f"{error} (README.md, 'A setting of the wrong type')"
 
 
 def _missing_user_fields(app, user_model):
@@ -5236,10 +5527,10 @@ def _has_field(model, name):
 
 def _refuse_mail_until_set_up(app):
     """Mail goes through ``Mail(app)`` or ``@security.send_mail_task``, which apps
-    often set up after ``Security(app)``. So from the first request: when neither
-    is there, say so once at ERROR level, and refuse the posts that would send
-    mail before they write anything. Every other page keeps working."""
-    config, security = app.config, app.extensions["security"].security
+    often set up after ``Security(app)``. So from the first request, until either
+    is there: say so once at ERROR level, and refuse the posts to views that would
+    send mail before they write anything. Every other page keeps working."""
+    config = app.config
     mailing = {
         view: feature
         for view, (feature, switch) in _MAILING_VIEWS.items()
@@ -5248,43 +5539,41 @@ def _refuse_mail_until_set_up(app):
     }
     if not mailing:
         return
-    blueprint = config["SECURITY_BLUEPRINT_NAME"]
+    said = False
 
-    def mail_is_set_up():
-        return "mail" in app.extensions or security._send_mail_task is not None
-
-    def say_once():
-        if not mail_is_set_up():
+    def refuse_until_mail_is_set_up():
+        nonlocal said
+        if _mail_is_set_up(app):  # for good: off the app's list this check goes
+            hooks = app.before_request_funcs
+            hooks[None] = [
+                h for h in hooks[None] if h is not refuse_until_mail_is_set_up
+            ]
+            return
+        if not said:
+            said = True
             features = sorted({f"SECURITY_{name}" for name in mailing.values()})
             _log.error(
                 "%s %s mail, but this app has no Flask-Mail and no "
-                "@security.send_mail_task: add Mail(app) (pip install Flask-Mail) "
-                "with your MAIL_* settings, or register a function with "
+                "@security.send_mail_task: add Mail(app) with your MAIL_* "
+                "settings, or register a function with "
                 "@security.send_mail_task. Until then the pages that send mail "
                 "answer 503 (README.md, 'No mail').",
                 ", ".join(features),
                 "sends" if len(features) == 1 else "send",
             )
-        # Said at most once: off the app's list it goes.
-        hooks = app.before_request_funcs
-        hooks[None] = [hook for hook in hooks[None] if hook is not say_once]
-
-    def refuse_unmailable_post():
-        view = (request.endpoint or "").removeprefix(blueprint + ".")
-        if request.method in ("GET", "HEAD", "OPTIONS") or view not in mailing:
-            return
-        if not mail_is_set_up():
+        view = app.view_functions.get(request.endpoint)
+        if request.method not in ("GET", "HEAD", "OPTIONS") and view in mailing:
             raise _Refused(503, "MAIL_NOT_SET_UP")
 
-    app.before_request(say_once)
-    app.before_request_funcs.setdefault(blueprint, []).append(refuse_unmailable_post)
+    app.before_request(refuse_until_mail_is_set_up)
 
 
 def _name_missing_tables(sender, exception, **extra):
     """A request that failed for want of tables logs one line naming the fix,
     beside Flask's traceback (connected to ``got_request_exception`` per app)."""
-    if _is_missing_table(exception):
-        _log.error("flask-security-lite: %s", _CREATE_THE_TABLES)
+    advice = _missing_table_advice(exception)
+    if advice is not None:
+        _log.error("flask-security-lite: %s", advice)
 
 
 def _refuse_unknown_forms(names):
@@ -5296,6 +5585,72 @@ def _refuse_unknown_forms(names):
 # =============================================================================
 # 15. The Security extension
 # =============================================================================
+
+
+# -- the security event log ---------------------------------------------------
+
+
+def _log_login(app, user):
+    """Flask-Login's ``user_logged_in``: a login, but not a session of a user
+    already logged in bound anew to a changed password or second factor, which
+    Flask-Login announces alike."""
+    if _auth_method() != "session":
+        _log_event("login", user)
+
+
+def _log_logout(app, user):
+    """Flask-Login's ``user_logged_out``: a logout of the user it names."""
+    if user is not None and user.is_authenticated:
+        _log_event("logout", user)
+
+
+def _log_login_failed(app, user, reason, **unlogged):
+    """``login_failed``: what was typed as the identifier is left out, as it may
+    be a password typed in the wrong field."""
+    _log_event("login_failed", user, reason=reason)
+
+
+def _log_recovery_code_used(app, user, method):
+    """``tf_code_confirmed``: a login with a recovery code spends one."""
+    if method == "recovery_code":
+        _log_event("recovery_code_used", user)
+
+
+def _log_two_factor_enabled(app, user):
+    _log_event("two_factor_enabled", user)
+
+
+def _log_two_factor_disabled(app, user):
+    _log_event("two_factor_disabled", user)
+
+
+def _log_password_reset(app, user):
+    _log_event("password_reset", user)
+
+
+def _log_password_changed(app, user):
+    _log_event("password_changed", user)
+
+
+#: Each signal whose events are logged, with its receiver. Lockouts and new
+#: recovery codes, which send no signal, are logged where they happen.
+_EVENT_RECEIVERS = (
+    (flask_login.user_logged_in, _log_login),
+    (flask_login.user_logged_out, _log_logout),
+    (login_failed, _log_login_failed),
+    (tf_code_confirmed, _log_recovery_code_used),
+    (tf_enrolled, _log_two_factor_enabled),
+    (tf_disabled, _log_two_factor_disabled),
+    (password_reset, _log_password_reset),
+    (password_changed, _log_password_changed),
+)
+
+
+def _log_security_events(app):
+    """Log the security events of ``app`` to ``flask_security_lite.events`` (ASVS
+    16.3.1), by receivers of its signals and Flask-Login's."""
+    for signal, receiver in _EVENT_RECEIVERS:
+        signal.connect(receiver, app)
 
 
 #: The form each ``init_app`` keyword replaces.
@@ -5463,6 +5818,7 @@ class Security:
         app.after_request(_keep_roles_readable)
         _refuse_mail_until_set_up(app)
         got_request_exception.connect(_name_missing_tables, app)
+        _log_security_events(app)
         return state
 
     def _state(self):

@@ -23,6 +23,7 @@ setup(
     py_modules=["flask_security_lite"],
     # The templates ship as their own package so a wheel installs them beside the
     # module; the module looks for them there when no templates/ folder is beside it.
+    # The list of common passwords refused as new ones travels with them.
     packages=["flask_security_lite_templates"],
     package_dir={"flask_security_lite_templates": "templates"},
     package_data={
@@ -30,6 +31,7 @@ setup(
             "security/*.html",
             "security/*.js",
             "security/email/*",
+            "common_passwords.txt",
         ]
     },
     install_requires=[

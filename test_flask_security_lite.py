@@ -3249,6 +3249,268 @@ def test_validator_given_plain_text_shows_it(make_app):
 
 
 # =============================================================================
+# 7. Forms: passwords too easy to guess
+# =============================================================================
+
+
+#: The settings of the three flows that choose a password, with no mail to send.
+CHOOSING = dict(
+    **REGISTER,
+    **RECOVER,
+    **CHANGE,
+    SECURITY_SEND_REGISTER_EMAIL=False,
+    SECURITY_SEND_PASSWORD_CHANGE_EMAIL=False,
+    SECURITY_SEND_PASSWORD_RESET_NOTICE_EMAIL=False,
+)
+
+PASSWORD_FLOWS = ["register", "reset", "change"]
+
+
+def _choose_password(app, flow, password, email="matt@lp.com"):
+    """Choose ``password`` by ``flow`` (register, reset, change) as the owner of
+    ``email``; return the JSON answer."""
+    client = app.test_client()
+    if flow == "register":
+        return _register(client, email, password)
+    add_user(app, email=email)
+    if flow == "reset":
+        return client.post(_reset_link(app, email), json={"password": password})
+    json_login(client, email)
+    return client.post("/change", json={"password": PASSWORD, "new_password": password})
+
+
+def _password_error(answer):
+    """The one error of the password field of a refused JSON answer."""
+    errors = answer.json["response"]["errors"]
+    (error,) = errors.get("password") or errors["new_password"]
+    return error
+
+
+def _shipped_list():
+    path = os.path.join(fsl._templates_folder(), fsl._COMMON_PASSWORDS_FILE)
+    return fsl._password_list(path)
+
+
+@pytest.mark.parametrize("flow", PASSWORD_FLOWS)
+@pytest.mark.parametrize("password", ["password", "12345678", "iloveyou", "Qwerty123"])
+def test_asvs_6_2_4_common_password_is_refused(make_app, flow, password):
+    answer = _choose_password(make_app(**CHOOSING), flow, password)
+    assert answer.status_code == 400
+    assert _password_error(answer) == (
+        "This password is one of the most common ones: please choose another."
+    )
+
+
+def test_asvs_6_2_4_common_password_is_refused_by_the_command_line(app):
+    result = _cli(app, "users", "create", "cli@lp.com", "--password", "iloveyou")
+    assert result.exit_code == 2 and "most common" in result.output
+    assert get_user(app, "cli@lp.com") is None
+
+
+def test_asvs_6_2_4_shipped_list_has_3000_passwords_long_enough_to_choose():
+    assert sum(len(password) >= 8 for password in _shipped_list()) >= 3000
+
+
+def test_shipped_list_is_folded_and_holds_no_comment():
+    passwords = _shipped_list()
+    assert "password1" in passwords and "qwerty123" in passwords
+    assert all(p == fsl._fold(p) and not p.startswith("#") for p in passwords)
+
+
+def test_password_not_on_the_list_is_accepted(make_app):
+    answer = _choose_password(make_app(**CHOOSING), "register", "plum tree in june")
+    assert answer.status_code == 200
+
+
+def test_common_password_list_may_be_another_file(make_app, tmp_path):
+    own_list = tmp_path / "list.txt"
+    own_list.write_text("# our own\nZebra Crossing\n", encoding="utf-8")
+    app = make_app(SECURITY_PASSWORD_COMMON_LIST=str(own_list), **CHOOSING)
+    assert _choose_password(app, "register", "zebra crossing").status_code == 400
+    assert _choose_password(app, "register", "password", "b@lp.com").status_code == 200
+
+
+def test_comment_lines_of_a_password_list_are_not_passwords(make_app, tmp_path):
+    own_list = tmp_path / "list.txt"
+    own_list.write_text("# a list of our own\n", encoding="utf-8")
+    app = make_app(SECURITY_PASSWORD_COMMON_LIST=str(own_list), **CHOOSING)
+    assert _choose_password(app, "register", "# a list of our own").status_code == 200
+
+
+def test_unreadable_password_list_names_the_setting(make_app, tmp_path):
+    app = make_app(SECURITY_PASSWORD_COMMON_LIST=str(tmp_path / "missing.txt"))
+    with app.app_context(), pytest.raises(RuntimeError) as error:
+        fsl._is_common("anything at all")
+    assert "SECURITY_PASSWORD_COMMON_LIST" in str(error.value)
+
+
+def test_common_password_check_can_be_turned_off(make_app):
+    app = make_app(SECURITY_PASSWORD_CHECK_COMMON=False, **CHOOSING)
+    assert _choose_password(app, "register", "password").status_code == 200
+
+
+@pytest.mark.parametrize("flow", PASSWORD_FLOWS)
+@pytest.mark.parametrize(
+    "password",
+    ["Rose.Tyler@Tardis.example!", "ROSE.TYLER 2005", "bad wolf tyler", "my tardis"],
+)
+def test_asvs_6_2_11_password_holding_the_address_is_refused(make_app, flow, password):
+    app = make_app(**CHOOSING)
+    answer = _choose_password(app, flow, password, "rose.tyler@tardis.example")
+    assert answer.status_code == 400
+    assert _password_error(answer) == (
+        "Your password must not contain your email address or a part of it."
+    )
+
+
+def test_asvs_6_2_11_password_holding_the_address_is_refused_by_the_command_line(app):
+    result = _cli(
+        app, "users", "create", "rose@tardis.example", "--password", "tardis!!"
+    )
+    assert result.exit_code == 2 and "email address" in result.output
+
+
+@pytest.mark.parametrize("password", ["jo and ab unite", "dot com boom", "example, no"])
+def test_short_address_parts_and_the_last_domain_label_may_be_in_passwords(
+    make_app, password
+):
+    app = make_app(**CHOOSING)
+    answer = _choose_password(app, "register", password, "jo.ab@x.example")
+    assert answer.status_code == 200
+
+
+def test_address_check_can_be_turned_off(make_app):
+    app = make_app(SECURITY_PASSWORD_CHECK_ADDRESS=False, **CHOOSING)
+    answer = _choose_password(app, "register", "matt's own key", "matt@lp.com")
+    assert answer.status_code == 200
+
+
+def test_too_short_password_gets_that_error_alone(make_app):
+    answer = _choose_password(make_app(**CHOOSING), "register", "1234")
+    assert _password_error(answer) == "This password is too short."
+
+
+@pytest.fixture
+def range_api(monkeypatch):
+    """A breached-password range API on loopback, like the real one: it answers
+    ``/range/<five hex digits>`` with the SHA-1 suffixes of ``api.breached`` that
+    have that prefix, each with a count, among padding lines of count 0; it
+    records what it was asked, and waits ``api.delay`` seconds first."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    api = types.SimpleNamespace(breached=[], asked=[], delay=0, status=200)
+
+    class RangeHandler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            api.asked.append((self.path, dict(self.headers)))
+            time.sleep(api.delay)
+            prefix = self.path.rsplit("/", 1)[-1]
+            lines = [f"{'0' * 35}:0"]
+            for password in api.breached:
+                digest = hashlib.sha1(password.encode()).hexdigest().upper()
+                if digest.startswith(prefix):
+                    lines += [f"{digest[5:]}:42", f"{digest[5:-1]}0:0"]
+            body = "\r\n".join(lines).encode()
+            self.send_response(api.status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    class RangeServer(ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # a client that gave up waiting (the slow case) is no error here
+
+    # Loopback is never sent to a proxy the environment may name.
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    server = RangeServer(("127.0.0.1", 0), RangeHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    api.url = f"http://127.0.0.1:{server.server_port}/range/"
+    yield api
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def _breach_checking_app(make_app, url, **config):
+    return make_app(
+        SECURITY_PASSWORD_CHECK_BREACHED=True,
+        SECURITY_PASSWORD_BREACHED_URL=url,
+        **CHOOSING,
+        **config,
+    )
+
+
+@pytest.mark.parametrize("flow", PASSWORD_FLOWS)
+def test_asvs_6_2_12_breached_password_is_refused(make_app, range_api, flow):
+    range_api.breached.append("plum tree in june")
+    app = _breach_checking_app(make_app, range_api.url)
+    answer = _choose_password(app, flow, "plum tree in june")
+    assert answer.status_code == 400
+    assert _password_error(answer) == (
+        "This password has appeared in a data breach: please choose another."
+    )
+
+
+def test_asvs_6_2_12_breached_password_is_refused_by_the_command_line(
+    make_app, range_api
+):
+    range_api.breached.append("plum tree in june")
+    app = _breach_checking_app(make_app, range_api.url)
+    result = _cli(app, "users", "create", "a@lp.com", "--password", "plum tree in june")
+    assert result.exit_code == 2 and "data breach" in result.output
+
+
+def test_range_api_is_sent_five_hex_digits_of_the_sha1_and_asked_for_padding(
+    make_app, range_api
+):
+    app = _breach_checking_app(make_app, range_api.url)
+    assert _choose_password(app, "register", "plum tree in june").status_code == 200
+    digest = hashlib.sha1(b"plum tree in june").hexdigest().upper()
+    ((path, headers),) = range_api.asked
+    assert path == "/range/" + digest[:5]
+    assert headers["Add-Padding"] == "true"
+
+
+def test_breached_password_check_is_off_by_default(make_app, range_api):
+    range_api.breached.append("plum tree in june")
+    app = make_app(SECURITY_PASSWORD_BREACHED_URL=range_api.url, **CHOOSING)
+    assert _choose_password(app, "register", "plum tree in june").status_code == 200
+    assert range_api.asked == []
+
+
+def test_common_password_is_refused_without_asking_the_range_api(make_app, range_api):
+    app = _breach_checking_app(make_app, range_api.url)
+    assert _choose_password(app, "register", "password").status_code == 400
+    assert range_api.asked == []
+
+
+def _closed_port_url():
+    return f"http://127.0.0.1:{_free_port()}/range/"
+
+
+@pytest.mark.parametrize("failure", ["no server", "server error", "too slow"])
+def test_range_api_failing_lets_the_password_through_and_warns(
+    make_app, range_api, caplog, failure
+):
+    range_api.breached.append("plum tree in june")
+    range_api.status = 500 if failure == "server error" else 200
+    range_api.delay = 3 if failure == "too slow" else 0
+    url = _closed_port_url() if failure == "no server" else range_api.url
+    app = _breach_checking_app(make_app, url, SECURITY_PASSWORD_BREACHED_TIMEOUT=1)
+    started = time.monotonic()
+    answer = _choose_password(app, "register", "plum tree in june")
+    assert answer.status_code == 200
+    assert time.monotonic() - started < 2.5
+    assert "breached-password check could not ask" in caplog.text
+
+
+# =============================================================================
 # 8. Session login and logout
 # =============================================================================
 
@@ -3427,6 +3689,24 @@ def test_each_default_email_starts_with_the_sentence_of_174(
         fsl.send_mail("Hi", "matt@lp.com", template, user=user, **links)
     assert outbox[0].body.startswith(sentence)
     assert outbox[0].html.startswith(f"<p>{sentence}")
+
+
+def test_a_registration_whose_mail_server_is_down_still_makes_the_account(
+    make_app, caplog
+):
+    closed_port = _free_port()  # nothing listens there
+    app = make_app(
+        **CONFIRM,
+        MAIL_SUPPRESS_SEND=False,
+        MAIL_SERVER="127.0.0.1",
+        MAIL_PORT=closed_port,
+    )
+    fields = {"email": "new@lp.com", "password": PASSWORD}
+    response = app.test_client().post("/register", json=fields)
+    assert response.status_code == 200
+    assert get_user(app, "new@lp.com") is not None
+    assert "the welcome email to user" in caplog.text
+    assert "could not be sent" in caplog.text
 
 
 def test_send_mail_without_flask_mail_says_what_to_do(app):
@@ -4254,36 +4534,64 @@ def test_key_is_read_forgiving_spaces_case_and_padding():
     assert fsl._decode_totp_key(sloppy) == b"0123456789"
 
 
-def test_code_of_this_step_is_accepted_and_step_recorded():
+@pytest.fixture
+def app_context(app):
+    """The context of a default app, for the checks that read a setting."""
+    with app.app_context():
+        yield app
+
+
+def test_code_of_this_step_is_accepted_and_step_recorded(app_context):
     key, at = fsl._new_totp_key(), 1_700_000_000
     stored = fsl._accept_totp(key, fsl.totp_code(key, at), at)
     assert stored == f"{key}:{at // 30}"
 
 
-@pytest.mark.parametrize("drift", [-30, 30])
-def test_code_one_step_early_or_late_is_accepted(drift):
+def test_code_one_step_late_is_accepted(app_context):
     key, at = fsl._new_totp_key(), 1_700_000_000
-    assert fsl._accept_totp(key, fsl.totp_code(key, at + drift), at) is not None
+    assert fsl._accept_totp(key, fsl.totp_code(key, at - 30), at) is not None
 
 
 @pytest.mark.parametrize("drift", [-60, 60, -3600])
-def test_code_two_or_more_steps_away_is_refused(drift):
+def test_code_two_or_more_steps_away_is_refused(app_context, drift):
     key, at = fsl._new_totp_key(), 1_700_000_000
     assert fsl._accept_totp(key, fsl.totp_code(key, at + drift), at) is None
 
 
-def test_used_code_is_refused_within_its_window():
+def test_asvs_6_5_5_code_of_a_later_step_is_refused(app_context):
+    key, at = fsl._new_totp_key(), 1_700_000_000
+    assert fsl._accept_totp(key, fsl.totp_code(key, at + 30), at) is None
+
+
+def test_asvs_6_5_5_drift_steps_zero_accepts_the_current_code_only(app_context):
+    app_context.config["SECURITY_TWO_FACTOR_DRIFT_STEPS"] = 0
+    key, step_start = fsl._new_totp_key(), 30 * 56_666_667
+    code = fsl.totp_code(key, step_start)
+    assert fsl._accept_totp(key, code, step_start + 29) is not None
+    assert fsl._accept_totp(key, code, step_start + 30) is None
+
+
+def test_drift_steps_widen_the_window_to_earlier_steps_only(app_context):
+    app_context.config["SECURITY_TWO_FACTOR_DRIFT_STEPS"] = 3
+    key, at = fsl._new_totp_key(), 1_700_000_000
+    assert fsl._accept_totp(key, fsl.totp_code(key, at - 90), at) is not None
+    assert fsl._accept_totp(key, fsl.totp_code(key, at - 120), at) is None
+    assert fsl._accept_totp(key, fsl.totp_code(key, at + 30), at) is None
+
+
+def test_used_code_is_refused_within_its_window(app_context):
     key, at = fsl._new_totp_key(), 1_700_000_000
     code = fsl.totp_code(key, at)
     stored = fsl._accept_totp(key, code, at)
     assert fsl._accept_totp(stored, code, at) is None
     assert fsl._accept_totp(stored, code, at + 29) is None
+    assert fsl._accept_totp(stored, code, at + 30) is None
 
 
-def test_code_older_than_the_last_used_one_is_refused():
+def test_code_older_than_the_last_used_one_is_refused(app_context):
     key, at = fsl._new_totp_key(), 1_700_000_000
-    stored = fsl._accept_totp(key, fsl.totp_code(key, at + 30), at)
-    assert fsl._accept_totp(stored, fsl.totp_code(key, at), at) is None
+    stored = fsl._accept_totp(key, fsl.totp_code(key, at), at + 30)
+    assert fsl._accept_totp(stored, fsl.totp_code(key, at - 30), at) is None
     assert fsl._accept_totp(stored, fsl.totp_code(key, at + 60), at + 60) is not None
 
 
@@ -4292,7 +4600,7 @@ def test_malformed_code_is_refused(code):
     assert fsl._accept_totp(fsl._new_totp_key(), code) is None
 
 
-def test_code_may_be_typed_with_spaces():
+def test_code_may_be_typed_with_spaces(app_context):
     key = fsl._new_totp_key()
     code = fsl.totp_code(key)
     assert fsl._accept_totp(key, f" {code[:3]} {code[3:]} ") is not None
@@ -4325,10 +4633,20 @@ def test_key_is_shown_in_groups_of_four():
     assert fsl._key_in_groups("JBSWY3DPEHPK3PXP") == "JBSW Y3DP EHPK 3PXP"
 
 
-def test_ten_distinct_recovery_codes_of_80_bits():
+def test_asvs_6_5_2_ten_distinct_recovery_codes_of_120_bits():
     codes = fsl._new_recovery_codes()
     assert len(set(codes)) == 10
-    assert all(re.fullmatch(r"[a-z2-7]{4}(-[a-z2-7]{4}){3}", code) for code in codes)
+    # 24 base32 characters, 5 bits each.
+    assert all(re.fullmatch(r"[a-z2-7]{4}(-[a-z2-7]{4}){5}", code) for code in codes)
+
+
+def test_recovery_codes_of_the_former_80_bit_kind_still_work():
+    # As stored by earlier versions: the unsalted SHA-256 of the code, cut to 128
+    # bits, in URL-safe base64 without padding.
+    printed = "abcd-efgh-ijkl-mnop"
+    digest = hashlib.sha256(b"abcdefghijklmnop").digest()[:16]
+    stored = base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    assert fsl._use_recovery_code(f"{stored} other", printed) == "other"
 
 
 def test_only_hashes_of_recovery_codes_are_stored():
@@ -4386,6 +4704,29 @@ def next_code(key, steps=0):
     return fsl.totp_code(key, time.time() + 30 * steps)
 
 
+def code_a_step_late(key):
+    """The code of the step before this one, still accepted (one step late), which
+    leaves this step's code for the next login of a server whose clock a test
+    cannot move; taken ten seconds or more before the step ends, so the form
+    carrying it arrives in time."""
+    if time.time() % 30 > 20:
+        time.sleep(30 - time.time() % 30)
+    return next_code(key, -1)
+
+
+@pytest.fixture
+def wait_a_step(monkeypatch):
+    """Move the clock on by one code step, as waiting 30 seconds would: once a step's
+    code is used, the next login needs the code of a later step, and a code is
+    accepted only when its step has begun."""
+
+    def wait():
+        now = time.time
+        monkeypatch.setattr(time, "time", lambda: now() + 30)
+
+    return wait
+
+
 def setup_page(client):
     """The set-up page once the password is confirmed: it shows the new key."""
     answer = client.post(
@@ -4415,7 +4756,7 @@ def test_init_app_names_missing_two_factor_fields(missing):
     assert f"has no {missing!r} field (needed by SECURITY_TWO_FACTOR)" in message
 
 
-def test_enrolment_in_html_then_login_needs_a_code(store, make_app):
+def test_enrolment_in_html_then_login_needs_a_code(store, make_app, wait_a_step):
     app = make_app(store, **TWO_FACTOR)
     client = logged_in_client(app)
     assert b'name="password"' in client.get("/tf-setup").data
@@ -4423,14 +4764,15 @@ def test_enrolment_in_html_then_login_needs_a_code(store, make_app):
     key = shown_key(page).replace(" ", "")
     assert "<svg" in page and "otpauth://" not in page.split("<svg")[0][-20:]
     page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
-    assert len(re.findall(r"<li><code>[a-z2-7-]{19}</code></li>", page)) == 10
+    assert len(re.findall(r"<li><code>[a-z2-7-]{29}</code></li>", page)) == 10
     assert get_user(app).tf_totp_secret.startswith(key + ":")
 
     client.get("/logout")
     response = login(client)
     assert response.headers["Location"] == "/tf-validate"
     assert client.get("/profile").status_code == 302
-    response = client.post("/tf-validate", data={"code": next_code(key, 1)})
+    wait_a_step()
+    response = client.post("/tf-validate", data={"code": next_code(key)})
     assert response.headers["Location"] == "/"
     assert client.get("/profile").status_code == 200
 
@@ -4625,7 +4967,7 @@ def test_recovery_code_logs_in_once(store, make_app):
     client = logged_in_client(app)
     key = shown_key(setup_page(client))
     page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
-    code = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page)[0]
+    code = re.findall(r"<li><code>([a-z2-7-]{29})</code></li>", page)[0]
     client.get("/logout")
 
     login(client)
@@ -4815,9 +5157,9 @@ def test_new_recovery_codes_replace_the_old_ones(make_app):
     client = logged_in_client(app)
     key = shown_key(setup_page(client))
     page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
-    old = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page)
+    old = re.findall(r"<li><code>([a-z2-7-]{29})</code></li>", page)
     page = client.post("/tf-recovery-codes", data={"password": PASSWORD})
-    new = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page.get_data(True))
+    new = re.findall(r"<li><code>([a-z2-7-]{29})</code></li>", page.get_data(True))
     assert len(new) == 10 and not set(old) & set(new)
     client.get("/logout")
     login(client)
@@ -4832,7 +5174,7 @@ def test_two_factor_changes_are_emailed_to_the_user(make_app):
         page = setup_page(client)
         key = shown_key(page).replace(" ", "")
         page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
-        code = re.findall(r"<li><code>([a-z2-7-]{19})</code></li>", page)[0]
+        code = re.findall(r"<li><code>([a-z2-7-]{29})</code></li>", page)[0]
         client.get("/logout")
         login(client)
         client.post("/tf-rescue", data={"code": code})
@@ -4853,7 +5195,7 @@ def test_two_factor_notice_can_be_turned_off(make_app):
     assert outbox == []
 
 
-def test_two_factor_signals(make_app):
+def test_two_factor_signals(make_app, wait_a_step):
     app = make_app(**TWO_FACTOR)
     add_user(app)
     client = app.test_client()
@@ -4876,7 +5218,8 @@ def test_two_factor_signals(make_app):
         client.post("/tf-setup", data={"code": next_code(key)})
         client.get("/logout")
         login(client)
-        client.post("/tf-validate", data={"code": next_code(key, 1)})
+        wait_a_step()
+        client.post("/tf-validate", data={"code": next_code(key)})
         client.post("/tf-disable", data={"password": PASSWORD})
     finally:
         for tf_signal, receiver in receivers:
@@ -4991,7 +5334,9 @@ def _browser_login(page, url):
 
 
 @pytest.mark.slow
-def test_browser_enrols_with_a_code_from_the_shown_key(two_factor_site, browser):
+def test_browser_enrols_with_a_code_from_the_shown_key(
+    two_factor_site, browser, wait_a_step
+):
     url, page = two_factor_site, browser.new_page()
     _browser_login(page, url)
     page.goto(url + "/tf-setup")
@@ -5007,7 +5352,8 @@ def test_browser_enrols_with_a_code_from_the_shown_key(two_factor_site, browser)
     page.goto(url + "/logout")
     _browser_login(page, url)
     assert page.url == url + "/tf-validate"
-    page.fill("input[name=code]", next_code(key, 1))
+    wait_a_step()
+    page.fill("input[name=code]", next_code(key))
     page.click("input[type=submit]")
     page.goto(url + "/profile")
     assert "profile of matt@lp.com" in page.content()
@@ -6612,6 +6958,19 @@ def test_security_pages_cannot_be_framed(make_app, path):
 
 
 @pytest.mark.parametrize("path", ["/login", "/register", "/reset", "/confirm"])
+def test_asvs_3_4_4_security_pages_are_not_content_sniffed(make_app, path):
+    response = make_app(**ALL_FLOWS).test_client().get(path)
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize("path", ["/login", "/register", "/reset", "/confirm"])
+def test_asvs_3_4_3_security_pages_allow_no_plugins_and_no_base_url(make_app, path):
+    policy = make_app(**ALL_FLOWS).test_client().get(path).headers
+    directives = policy["Content-Security-Policy"].split("; ")
+    assert "object-src 'none'" in directives and "base-uri 'none'" in directives
+
+
+@pytest.mark.parametrize("path", ["/login", "/register", "/reset", "/confirm"])
 def test_html_form_refused_for_its_csrf_token_answers_400(make_app, path):
     app = make_app(**ALL_FLOWS, WTF_CSRF_ENABLED=True)
     response = app.test_client().post(
@@ -6710,7 +7069,9 @@ def test_cli_refuses_a_description_the_role_model_cannot_hold():
     runner = app.test_cli_runner()
     result = runner.invoke(args=["roles", "create", "admin", "--description", "x"])
     assert result.exit_code == 2
-    assert "--description needs a description field" in result.output
+    assert "has no description field: add one, or leave out --description" in (
+        result.output
+    )
 
 
 def _peewee_app_without_tables():
@@ -6753,6 +7114,23 @@ def _sqlalchemy_app_without_tables():
 
 
 APPS_WITHOUT_TABLES = [_sqlalchemy_app_without_tables, _peewee_app_without_tables]
+
+
+def test_only_a_missing_table_is_taken_for_one():
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    def error(text):
+        return sqlalchemy.exc.OperationalError(
+            "SELECT", {}, sqlite3.OperationalError(text)
+        )
+
+    assert "no such table: user" in fsl._missing_table_advice(
+        error("no such table: user")
+    )
+    assert fsl._missing_table_advice(error("no such column: user.locked_until")) is None
+    assert fsl._missing_table_advice(ValueError("no such table: user")) is None
 
 
 @pytest.mark.parametrize("make", APPS_WITHOUT_TABLES)
@@ -7048,6 +7426,39 @@ def test_without_mail_a_post_that_would_mail_is_refused_with_503(
     assert response.json["response"]["error"] == expected
 
 
+def test_without_mail_an_expired_link_is_refused_with_503_not_resent(make_app, clock):
+    app = make_app(SECURITY_CONFIRM_EMAIL_WITHIN="1 hours", **CONFIRM)
+    link = _register_and_capture_link(app)
+    del app.extensions["mail"]
+    clock.advance(hours=2)
+    response = app.test_client().get(link, headers={"Accept": "application/json"})
+    assert response.status_code == 503
+
+
+def test_without_mail_the_apps_own_signup_view_writes_nothing(make_app):
+    app = make_app(**REGISTER)
+    del app.extensions["mail"]
+
+    @app.post("/signup")
+    def signup():
+        fsl.register_user(email="new@lp.com", password=PASSWORD)
+        return "welcome"
+
+    assert app.test_client().post("/signup").status_code == 503
+    assert get_user(app, "new@lp.com") is None
+
+
+def test_without_mail_a_blueprint_registered_under_another_name_refuses_too(
+    make_app,
+):
+    app = make_app(**REGISTER, security_kwargs={"register_blueprint": False})
+    del app.extensions["mail"]
+    app.register_blueprint(fsl.create_blueprint(app), name="auth", url_prefix="/auth")
+    fields = {"email": "new@lp.com", "password": PASSWORD}
+    assert app.test_client().post("/auth/register", json=fields).status_code == 503
+    assert get_user(app, "new@lp.com") is None
+
+
 def test_without_mail_a_registration_writes_nothing(make_app):
     app = make_app(**REGISTER)
     del app.extensions["mail"]
@@ -7058,8 +7469,8 @@ def test_without_mail_a_registration_writes_nothing(make_app):
 
 def test_without_mail_a_password_change_is_refused_before_it_is_made(make_app):
     app = make_app(**CHANGE)
-    client = logged_in_client(app)
     del app.extensions["mail"]
+    client = logged_in_client(app)
     fields = {
         "password": PASSWORD,
         "new_password": "another long secret",
@@ -7152,8 +7563,12 @@ def test_a_user_model_without_usermixin_is_refused_at_init_app():
     [
         ("SECURITY_TOKEN_MAX_AGE", "1 day", "a number (of seconds) or None"),
         ("SECURITY_PASSWORD_LENGTH_MIN", "8", "a whole number"),
-        ("SECURITY_LOCKOUT_ATTEMPTS", "5", "a number (of seconds) or None"),
-        ("SECURITY_PASSWORD_SCHEMES", "bcrypt", "a list"),
+        ("SECURITY_LOCKOUT_ATTEMPTS", "5", "a number (of attempts) or None"),
+        ("SECURITY_PASSWORD_SCHEMES", "bcrypt", "a list of strings"),
+        ("SECURITY_USER_IDENTITY_ATTRIBUTES", [{"email": {}}], "a list of strings"),
+        ("SECURITY_PASSWORD_LENGTH_MIN", float("inf"), "a whole number"),
+        ("SECURITY_PASSWORD_SALT", 12345, "a string"),
+        ("SECURITY_TWO_FACTOR_ALLOW_BASIC", "False", "True or False"),
         ("SECURITY_PASSWORD_HASH_OPTIONS", [], "a dict"),
     ],
 )
@@ -7163,6 +7578,12 @@ def test_a_setting_of_the_wrong_type_is_refused_with_the_type_wanted(
     with pytest.raises(RuntimeError) as error:
         make_app(**{key: value})
     assert f"{key} must be {wanted}, not {value!r}" in str(error.value)
+
+
+def test_a_message_that_is_not_a_pair_is_refused(make_app):
+    with pytest.raises(RuntimeError) as error:
+        make_app(SECURITY_MSG_LOGIN="Please log in.")
+    assert "SECURITY_MSG_LOGIN must be a (text, category) pair" in str(error.value)
 
 
 def test_settings_of_the_right_types_start(make_app):
@@ -7355,6 +7776,136 @@ def test_each_app_gets_its_own_copy_of_every_mutable_default(make_app):
 def test_unknown_security_argument_is_refused():
     with pytest.raises(TypeError):
         Security(datastore=object(), login_from=object())
+
+
+# =============================================================================
+# 15. The Security extension: the security event log
+# =============================================================================
+
+
+@pytest.fixture
+def events(caplog):
+    """The records of ``flask_security_lite.events`` logged during the test."""
+    caplog.set_level(logging.INFO, logger="flask_security_lite.events")
+
+    def logged():
+        return [r for r in caplog.records if r.name == "flask_security_lite.events"]
+
+    return logged
+
+
+def _event_names(records):
+    return [record.event for record in records]
+
+
+def _enrolled_client(app):
+    """A client logged in as matt@lp.com, who has just set up two-factor login;
+    with the key and the recovery codes."""
+    client = logged_in_client(app)
+    key = shown_key(setup_page(client)).replace(" ", "")
+    page = client.post("/tf-setup", data={"code": next_code(key)}).get_data(True)
+    return client, key, re.findall(r"<li><code>([a-z2-7-]{29})</code></li>", page)
+
+
+def test_asvs_16_3_1_login_is_logged_with_user_and_address(app, events):
+    user_id = add_user(app)
+    login(app.test_client())
+    (record,) = events()
+    assert (record.event, record.user_id, record.remote_addr) == (
+        "login",
+        user_id,
+        "127.0.0.1",
+    )
+    assert record.getMessage() == (
+        f"security event: event=login user_id={user_id} remote_addr=127.0.0.1"
+    )
+
+
+@pytest.mark.parametrize("email", ["matt@lp.com", "nobody@lp.com"])
+def test_asvs_16_3_1_failed_login_is_logged_with_its_reason(app, events, email):
+    add_user(app)
+    login(app.test_client(), email, password="not it at all")
+    (record,) = events()
+    assert record.event == "login_failed"
+    assert record.reason == ("invalid_password" if "matt" in email else "unknown_user")
+
+
+def test_asvs_16_3_1_lockout_is_logged_as_a_warning(make_app, events):
+    app = make_app(**LOCKOUT)
+    add_user(app)
+    for _ in range(3):
+        login(app.test_client(), password="not it at all")
+    (locked,) = [record for record in events() if record.event == "account_locked"]
+    assert locked.levelno == logging.WARNING
+    assert _event_names(events()) == ["login_failed"] * 2 + [
+        "account_locked",
+        "login_failed",
+    ]
+
+
+def test_asvs_16_3_1_logout_is_logged(app, events):
+    user_id = add_user(app)
+    client = app.test_client()
+    login(client)
+    client.get("/logout")
+    assert [(r.event, r.user_id) for r in events()][-1] == ("logout", user_id)
+
+
+def test_asvs_16_3_1_password_change_is_logged_and_is_no_new_login(make_app, events):
+    app = make_app(**CHANGE)
+    client = logged_in_client(app)
+    new = "plum tree in june"
+    change = {"password": PASSWORD, "new_password": new, "new_password_confirm": new}
+    client.post("/change", data=change)
+    assert _event_names(events()) == ["login", "password_changed"]
+
+
+def test_asvs_16_3_1_password_reset_is_logged(make_app, events):
+    app = make_app(**RECOVER)
+    add_user(app)
+    link = _reset_link(app)
+    new = "plum tree in june"
+    app.test_client().post(link, data={"password": new, "password_confirm": new})
+    assert _event_names(events()) == ["password_reset", "login"]
+
+
+def test_asvs_16_3_1_two_factor_set_up_and_turned_off_are_logged(make_app, events):
+    client, _, _ = _enrolled_client(make_app(**TWO_FACTOR))
+    client.post("/tf-disable", data={"password": PASSWORD})
+    assert _event_names(events()) == [
+        "login",
+        "two_factor_enabled",
+        "two_factor_disabled",
+    ]
+
+
+def test_asvs_16_3_1_new_recovery_codes_are_logged(make_app, events):
+    client, _, _ = _enrolled_client(make_app(**TWO_FACTOR))
+    client.post("/tf-recovery-codes", data={"password": PASSWORD})
+    assert _event_names(events())[-1] == "recovery_codes_replaced"
+
+
+def test_asvs_16_3_1_login_with_a_recovery_code_is_logged(make_app, events):
+    app = make_app(**TWO_FACTOR)
+    client, _, codes = _enrolled_client(app)
+    client.get("/logout")
+    login(client)
+    client.post("/tf-rescue", data={"code": codes[0]})
+    assert _event_names(events())[-2:] == ["login", "recovery_code_used"]
+
+
+def test_asvs_16_3_1_events_carry_no_password_code_token_or_key(make_app, events):
+    app = make_app(**TWO_FACTOR, **CHANGE)
+    client, key, codes = _enrolled_client(app)
+    client.get("/logout")
+    login(client, password="a wrong guess")
+    login(client)
+    client.post("/tf-validate", data={"code": "000000"})
+    client.post("/tf-rescue", data={"code": codes[1]})
+    secrets_typed = [PASSWORD, "a wrong guess", key, codes[1], "000000"]
+    for record in events():
+        shown = record.getMessage() + repr(vars(record))
+        assert not any(secret in shown for secret in secrets_typed), shown
 
 
 # =============================================================================
@@ -7838,7 +8389,7 @@ def test_174_app_logs_in_through_its_template(app_174):
 
 def test_174_app_registers_with_its_extended_form_and_signal(app_174):
     client = app_174.app.test_client()
-    form = {"email": "reader@catalogue.org", "password": "reader password"}
+    form = {"email": "reader@catalogue.org", "password": "shelves of novels"}
     form["password_confirm"] = form["password"]
     refused = client.post("/register", data=form)
     assert "This field is required." in refused.get_data(as_text=True)
@@ -7855,8 +8406,8 @@ def test_174_app_password_change_reaches_a_two_argument_receiver(app_174):
     _login_174(client)
     change = {
         "password": "admin password",
-        "new_password": "new admin password",
-        "new_password_confirm": "new admin password",
+        "new_password": "a fresh shelf key",
+        "new_password_confirm": "a fresh shelf key",
     }
     assert client.post("/change", data=change).status_code == 302
     assert app_174.events == [("password changed", "admin@catalogue.org")]
@@ -8216,7 +8767,7 @@ def _run_quick_start(program, tmp_path, monkeypatch, mongomock_line=None):
         mongoengine.disconnect()
 
 
-def test_two_factor_doc_program_runs():
+def test_two_factor_doc_program_runs(wait_a_step):
     program = _doc_program("docs/two-factor.md", "Two-factor login")
     namespace = {"__name__": "doc_two_factor"}
     exec(compile(program, "docs/two-factor.md", "exec"), namespace)
@@ -8234,7 +8785,8 @@ def test_two_factor_doc_program_runs():
     client.post("/tf-setup", data={"code": next_code(key)})
     client.get("/logout")
     assert client.post("/login", data=credentials).headers["Location"] == "/tf-validate"
-    client.post("/tf-validate", data={"code": next_code(key, 1)})
+    wait_a_step()
+    client.post("/tf-validate", data={"code": next_code(key)})
     assert client.get("/").data == b"Hello matt@nobien.net"
 
 
@@ -8766,6 +9318,7 @@ def test_sdist_carries_tests_example_and_documents(built_distributions):
         "setup.py",
         "templates/security/login_user.html",
         "templates/security/email/welcome.txt",
+        "templates/common_passwords.txt",
         *_documents(),
         "example/templates/security/base.html",
         "example/static/demo.css",
@@ -8813,6 +9366,8 @@ with app.test_request_context(), mail.record_messages() as outbox:
     user = User(email="a@b.c")
     fsl.send_mail("s", "a@b.c", "welcome", user=user, confirmation_link="L")
 assert "a@b.c" in outbox[0].body and "<p>" in outbox[0].html
+with app.app_context():
+    assert fsl._is_common("iloveyou") and not fsl._is_common("plum tree in june")
 print("ok")
 """
     )
@@ -9039,7 +9594,7 @@ def test_example_app_walk_through_every_link_of_its_checklist(
 
     # register, confirm from the printed mail, log out
     walker.follow("Register an account")
-    walker.submit(email="walker@example.com", password="walker password")
+    walker.submit(email="walker@example.com", password="brisk morning stroll")
     assert "We sent confirmation instructions to walker@example.com" in walker.text()
     walker.open(_last_link(lines, "/confirm"))
     assert "your email address is confirmed" in walker.text()
@@ -9047,12 +9602,12 @@ def test_example_app_walk_through_every_link_of_its_checklist(
     walker.log_out()
 
     # log in, enrol two-factor with a code from the shown key, log out
-    walker.log_in("walker@example.com", "walker password")
+    walker.log_in("walker@example.com", "brisk morning stroll")
     walker.follow("Set up two-factor login")
-    walker.submit(password="walker password")
+    walker.submit(password="brisk morning stroll")
     assert page.locator("figure.tf-qr svg").count() == 1
     key = page.inner_text("#tf-key").replace(" ", "")
-    walker.submit(code=next_code(key))
+    walker.submit(code=code_a_step_late(key))
     recovery_codes = page.locator("ul.tf-recovery-codes code").all_inner_texts()
     assert len(recovery_codes) == 10
     walker.click("text=I saved them: continue")
@@ -9062,12 +9617,12 @@ def test_example_app_walk_through_every_link_of_its_checklist(
     walker.log_out()
 
     # log in with a code, log out; log in with a recovery code, once
-    walker.log_in("walker@example.com", "walker password")
+    walker.log_in("walker@example.com", "brisk morning stroll")
     assert page.url == url + "/tf-validate"
-    walker.submit(code=next_code(key, 1))
+    walker.submit(code=next_code(key))
     assert "Logged in as walker@example.com" in walker.text()
     walker.log_out()
-    walker.log_in("walker@example.com", "walker password")
+    walker.log_in("walker@example.com", "brisk morning stroll")
     walker.click("text=Use a recovery code")
     walker.submit(code=recovery_codes[0])
     assert "You logged in with a recovery code; 9 are left." in walker.text()
@@ -9085,9 +9640,9 @@ def test_example_app_walk_through_every_link_of_its_checklist(
     # change the password: the token stops working
     walker.follow("Change your password")
     walker.submit(
-        password="walker password",
-        new_password="walker's new password",
-        new_password_confirm="walker's new password",
+        password="brisk morning stroll",
+        new_password="brisk evening stroll",
+        new_password_confirm="brisk evening stroll",
     )
     assert "Your password has been changed." in walker.text()
     with pytest.raises(urllib.error.HTTPError):
@@ -9107,11 +9662,11 @@ def test_example_app_walk_through_every_link_of_its_checklist(
     walker.submit(email="demo@example.com")
     walker.open(_last_link(lines, "/reset", after=mark))
     walker.submit(
-        password="demo's new password", password_confirm="demo's new password"
+        password="fresh start at noon", password_confirm="fresh start at noon"
     )
     assert "Your password has been reset and you are logged in." in walker.text()
     walker.log_out()
-    walker.log_in("demo@example.com", "demo's new password")
+    walker.log_in("demo@example.com", "fresh start at noon")
     assert "Logged in as demo@example.com" in walker.text()
     walker.log_out()
 
@@ -9571,7 +10126,7 @@ def test_example_app_under_gunicorn_and_postgresql_keeps_its_promises(gunicorn_s
     def visitor():
         return _Visitor(base, statuses)
 
-    password = "load password"
+    password = "steady traffic"
     emails = [f"user{i}@load.example" for i in range(LOAD_USERS)]
 
     # Register everyone at once; four addresses also arrive a second time, upper case.
