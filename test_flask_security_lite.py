@@ -6522,21 +6522,22 @@ def test_passkeys_off_import_nothing_and_query_nothing():
         from flask import Flask
         from sqlalchemy import event
         import flask_security_lite as fsl
-        from test_flask_security_lite import _sqlalchemy_store, _add_test_views
+        from test_flask_security_lite import PASSWORD, _add_test_views
+        from test_flask_security_lite import _sqlalchemy_store
         app = Flask(__name__)
         app.config.update(SECRET_KEY="k", TESTING=True, WTF_CSRF_ENABLED=False)
         datastore, _ = _sqlalchemy_store(app, "sqlite://")
         fsl.Security(app, datastore)
         _add_test_views(app)
         with app.app_context():
-            datastore.create_user(email="matt@lp.com", password="correct horse")
+            datastore.create_user(email="matt@lp.com", password=PASSWORD)
             datastore.commit()
             statements = []
             event.listen(datastore.db.engine, "before_cursor_execute",
                          lambda *a: statements.append(a[2]))
         client = app.test_client()
         client.get("/login")
-        client.post("/login", data={"email": "matt@lp.com", "password": "correct horse"})
+        client.post("/login", data={"email": "matt@lp.com", "password": PASSWORD})
         assert client.get("/profile").status_code == 200 and statements
         touched = any(re.search(r"\\bpasskey\\b", s) for s in statements)
         print("webauthn" in sys.modules, touched)
