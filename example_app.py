@@ -22,12 +22,14 @@ admin-password with the "admin" role) are made when the module is first imported
 database made by an older demo lacks are added then. The demo's pages and the security
 pages share one layout and stylesheet, in ``example/``.
 
+It serves this machine only (127.0.0.1): its accounts' passwords are published here.
+
 Environment: ``DATABASE_URL`` (default ``sqlite:///example.db`` in Flask's instance
-folder), ``PORT`` (5000, for ``python example_app.py``), ``SECRET_KEY`` (a fixed demo
-key: set your own outside a demo), and ``PASSWORDLESS=1`` to turn /login into
-passwordless login (a link by mail), which takes the place of the password form as in
-Flask-Security 1.7.4. Any other setting comes from ``FLASK_<KEY>``
-(``FLASK_SECURITY_LOCKOUT_ATTEMPTS=3``).
+folder; a database the demo did not make is refused), ``PORT`` (5000, for
+``python example_app.py``), ``SECRET_KEY`` (a fixed demo key: set your own outside a
+demo), and ``PASSWORDLESS=1`` to turn /login into passwordless login (a link by
+mail), which takes the place of the password form as in Flask-Security 1.7.4. Any
+other setting comes from ``FLASK_<KEY>`` (``FLASK_SECURITY_LOCKOUT_ATTEMPTS=3``).
 """
 
 import importlib.util
@@ -223,6 +225,14 @@ def admin():
     return render_template("admin.html", users=users, now=now)
 
 
+@app.after_request
+def not_framed(response):
+    """The demo's pages, like the security pages, are never framed: the home page
+    shows an auth token."""
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    return response
+
+
 @app.errorhandler(403)
 def forbidden(error):
     """A page that says what is missing, in place of Werkzeug's bare Forbidden."""
@@ -253,6 +263,7 @@ def create_demo_data(attempts=3):
 
 
 def _create_missing_demo_data():
+    _refuse_a_database_not_the_demos()
     db.create_all()
     _add_missing_columns()
     for email, password, role_names in DEMO_ACCOUNTS:
@@ -265,6 +276,25 @@ def _create_missing_demo_data():
         user = user_datastore.create_user(email=email, password=password, roles=roles)
         user.confirmed_at = datetime.now(timezone.utc).replace(tzinfo=None)
     db.session.commit()
+
+
+def _refuse_a_database_not_the_demos():
+    """The demo adds columns, and accounts whose passwords it publishes: only to a
+    database it made (one with no users yet, or with its demo account)."""
+    if not inspect(db.engine).has_table(User.__tablename__):
+        return
+    table = db.engine.dialect.identifier_preparer.format_table(User.__table__)
+    anyone = db.session.execute(text(f"SELECT 1 FROM {table} LIMIT 1")).first()
+    demo = db.session.execute(
+        text(f"SELECT 1 FROM {table} WHERE email = :email"),
+        {"email": DEMO_ACCOUNTS[0][0]},
+    ).first()
+    if anyone is not None and demo is None:
+        raise RuntimeError(
+            "DATABASE_URL names a database with accounts the demo did not make: "
+            "the demo would add its columns and its accounts, whose passwords it "
+            "publishes. Point DATABASE_URL at a new database."
+        )
 
 
 def _add_missing_columns():

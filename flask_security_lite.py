@@ -2877,12 +2877,16 @@ def _password_list(path):
     return frozenset(_fold(p) for p in passwords if p and not p.startswith("#"))
 
 
-def _is_common(password):
-    """True if ``password`` is on the common-password list, ignoring case."""
-    path = config_value("PASSWORD_COMMON_LIST") or os.path.join(
+def _common_list_path(config):
+    """The file of the common-password list: the setting's, or the one we ship."""
+    return config["SECURITY_PASSWORD_COMMON_LIST"] or os.path.join(
         _templates_folder(), _COMMON_PASSWORDS_FILE
     )
-    return _fold(password) in _password_list(path)
+
+
+def _is_common(password):
+    """True if ``password`` is on the common-password list, ignoring case."""
+    return _fold(password) in _password_list(_common_list_path(current_app.config))
 
 
 def _address_parts(address):
@@ -5268,6 +5272,7 @@ def _validate_startup(app, datastore):
             *_missing_user_methods(user_model),
             *_missing_user_fields(app, user_model),
             *_shared_salts(config),
+            *_unreadable_password_list(config),
             *_passkey_problems(app, datastore),
         ]
     if problems:
@@ -5425,6 +5430,8 @@ def _wanted_type(key, default, value):
         return None if fits else f"a number (of {_NUMBER_SETTINGS[key]}) or None"
     if key == "PASSWORD_SALT":
         return None if isinstance(value, str | bytes) or value is None else "a string"
+    if key.endswith("_TIMEOUT"):
+        return None if number and value > 0 else "a number of seconds above 0"
     if isinstance(default, int):
         return None if number and int(value) == value else "a whole number"
     if isinstance(default, list):
@@ -5473,6 +5480,16 @@ def _shared_salts(config):
             yield (
                 f"{named} are the same: give each its own value (docs/configuration.md)"
             )
+
+
+def _unreadable_password_list(config):
+    """The list of common passwords is read now, not at a visitor's first new
+    password."""
+    if config["SECURITY_PASSWORD_CHECK_COMMON"]:
+        try:
+            _password_list(_common_list_path(config))
+        except RuntimeError as error:
+            yield str(error)
 
 
 def _unparsable_lifetimes(app):

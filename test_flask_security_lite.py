@@ -7594,12 +7594,19 @@ def test_a_message_that_is_not_a_pair_is_refused(make_app):
     assert "SECURITY_MSG_LOGIN must be a (text, category) pair" in str(error.value)
 
 
+def test_an_unreadable_common_password_list_is_refused_at_init_app(make_app, tmp_path):
+    with pytest.raises(RuntimeError) as error:
+        make_app(SECURITY_PASSWORD_COMMON_LIST=str(tmp_path / "missing.txt"))
+    assert "cannot read the common-password list" in str(error.value)
+
+
 def test_settings_of_the_right_types_start(make_app):
     make_app(
         SECURITY_TOKEN_MAX_AGE=3600.5,
         SECURITY_PASSWORD_LENGTH_MIN=10,
         SECURITY_USER_IDENTITY_ATTRIBUTES="email, username",
         SECURITY_LOGOUT_METHODS=("POST",),
+        SECURITY_PASSWORD_BREACHED_TIMEOUT=0.5,
     )
 
 
@@ -9885,8 +9892,17 @@ INSERT INTO user (email, active) VALUES ('earlier@example.com', 1);
 def test_example_app_adds_the_columns_an_older_database_lacks(tmp_path):
     import sqlite3
 
+    from passlib.hash import pbkdf2_sha512
+
     database = sqlite3.connect(tmp_path / "example.db")
     database.executescript(OLD_DEMO_SCHEMA)
+    demo_hash = pbkdf2_sha512.using(rounds=1000).hash("demo-password")
+    database.execute(
+        "INSERT INTO user (email, password, active, confirmed_at) "
+        "VALUES ('demo@example.com', ?, 1, '2025-01-01 00:00:00')",
+        (demo_hash,),
+    )
+    database.commit()
     database.close()
     process, url, lines = _start_example(tmp_path)
     try:
@@ -9901,6 +9917,26 @@ def test_example_app_adds_the_columns_an_older_database_lacks(tmp_path):
     database = sqlite3.connect(tmp_path / "example.db")
     rows = database.execute("SELECT email, tf_totp_secret FROM user").fetchall()
     assert ("earlier@example.com", None) in rows
+
+
+def test_example_app_refuses_a_database_it_did_not_make(tmp_path):
+    import sqlite3
+
+    database = sqlite3.connect(tmp_path / "example.db")
+    database.executescript(OLD_DEMO_SCHEMA)  # an app's users, no demo account
+    database.close()
+    result = subprocess.run(
+        [sys.executable, "-c", "import example_app"],
+        cwd=HERE,
+        env=dict(os.environ, DATABASE_URL=f"sqlite:///{tmp_path / 'example.db'}"),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "accounts the demo did not make" in result.stderr
+    database = sqlite3.connect(tmp_path / "example.db")
+    rows = database.execute("SELECT email FROM user").fetchall()
+    assert rows == [("earlier@example.com",)]
 
 
 #: axe-core's browser bundle: .ci/run installs it from npm.
