@@ -21,7 +21,7 @@
 Session login and logout, roles, password hashing, HTTP Basic and token authentication,
 registration, email confirmation, password reset, change password, passwordless login
 and login tracking, each in HTML and JSON, with safe defaults; and, off by default,
-two-factor login with an authenticator app and recovery codes.
+two-factor login with an authenticator app and recovery codes, and passkeys.
 
 Quick start::
 
@@ -67,11 +67,12 @@ the account flows, which hand a user who has a second factor to section 11:
      9. Mail and emailed links
     10. Account flows              each with its views
     11. Two-factor login           codes, forms and views
-    12. The blueprint
-    13. Command line
-    14. Startup checks
-    15. The Security extension
-    16. Flask-Security 1.7.4 compatibility
+    12. Passkeys                   challenges, ceremonies and views
+    13. The blueprint
+    14. Command line
+    15. Startup checks
+    16. The Security extension
+    17. Flask-Security 1.7.4 compatibility
 """
 
 import abc
@@ -4866,7 +4867,7 @@ def _add_passkey_views(bp, app):
 
 
 # =============================================================================
-# 12. The blueprint
+# 13. The blueprint
 # =============================================================================
 
 
@@ -4962,7 +4963,7 @@ def _holds_our_templates(folder):
 
 
 # =============================================================================
-# 13. Command line
+# 14. Command line
 # =============================================================================
 
 
@@ -5174,7 +5175,7 @@ def _roles_remove(email, role):
 
 
 # =============================================================================
-# 14. Startup checks
+# 15. Startup checks
 # =============================================================================
 
 
@@ -5600,7 +5601,7 @@ def _refuse_unknown_forms(names):
 
 
 # =============================================================================
-# 15. The Security extension
+# 16. The Security extension
 # =============================================================================
 
 
@@ -5889,7 +5890,7 @@ class Security:
 
 
 # =============================================================================
-# 16. Flask-Security 1.7.4 compatibility
+# 17. Flask-Security 1.7.4 compatibility
 # =============================================================================
 # What a Flask-Security 1.7.4 application imports that today's API names otherwise
 # or no longer needs: aliases, helpers, persistence classes and proxies. Nothing

@@ -6550,7 +6550,7 @@ def test_passkeys_off_import_nothing_and_query_nothing():
 
 
 # =============================================================================
-# 12. The blueprint: what the attack review found
+# 13. The blueprint: what the attack review found
 # =============================================================================
 
 
@@ -7001,7 +7001,7 @@ def test_registration_with_confirmation_gives_no_token_and_no_session(make_app):
 
 
 # =============================================================================
-# 13. Command line
+# 14. Command line
 # =============================================================================
 
 
@@ -7226,7 +7226,7 @@ def test_cli_tf_reset_bad_input_is_a_clear_error(make_app, email, fragment):
 
 
 # =============================================================================
-# 13. Command line: passkeys
+# 14. Command line: passkeys
 # =============================================================================
 
 
@@ -7271,7 +7271,7 @@ def test_cli_passkeys_says_when_passkeys_are_off(app):
 
 
 # =============================================================================
-# 14. Startup checks
+# 15. Startup checks
 # =============================================================================
 
 
@@ -7648,7 +7648,7 @@ def test_a_datastore_the_checks_cannot_inspect_still_starts(store):
 
 
 # =============================================================================
-# 14. Startup checks: passkeys
+# 15. Startup checks: passkeys
 # =============================================================================
 
 
@@ -7711,7 +7711,7 @@ def test_passkeys_without_a_declared_host_warn_at_init_app(make_app, caplog):
 
 
 # =============================================================================
-# 15. The Security extension
+# 16. The Security extension
 # =============================================================================
 
 
@@ -7794,7 +7794,7 @@ def test_unknown_security_argument_is_refused():
 
 
 # =============================================================================
-# 15. The Security extension: the security event log
+# 16. The Security extension: the security event log
 # =============================================================================
 
 
@@ -7924,7 +7924,7 @@ def test_asvs_16_3_1_events_carry_no_password_code_token_or_key(make_app, events
 
 
 # =============================================================================
-# 16. Flask-Security 1.7.4 compatibility, and a 1.7.4 application
+# 17. Flask-Security 1.7.4 compatibility, and a 1.7.4 application
 # =============================================================================
 
 
