@@ -1,6 +1,7 @@
 """A runnable flask-security-lite site.
 
-Start it either way (then open http://127.0.0.1:5000)::
+Start it either way (then open http://localhost:5000: passkeys need a domain name, and
+a browser takes ``localhost`` but never ``127.0.0.1``)::
 
     python example_app.py
     flask --app example_app run
@@ -11,7 +12,9 @@ goes to the console: each message is logged with its links, so you can register,
 confirm, log out, reset your password and log in again without a mail server. The
 home page lists what to try, each a link, and shows a logged-in user's auth token
 with ``curl`` lines that use it. The set-up page of two-factor login shows a QR code
-when segno is installed (``pip install segno``), else the key to type in.
+when segno is installed (``pip install segno``), else the key to type in. With the
+``passkeys`` extra installed (``pip install -e ".[passkeys]"``), users add passkeys on
+their profile and sign in with them.
 
 The tables and two accounts (demo@example.com / demo-password, and admin@example.com /
 admin-password with the "admin" role) are made when the module is first imported, so
@@ -74,6 +77,9 @@ app.config.update(
     SECURITY_TWO_FACTOR_ISSUER="flask-security-lite demo",
     SECURITY_LOCKOUT_ATTEMPTS=5,
     SECURITY_LOCKOUT_WITHIN="15 minutes",
+    # Passkeys when py_webauthn is installed (the passkeys extra).
+    SECURITY_PASSKEYS=importlib.util.find_spec("webauthn") is not None,
+    SECURITY_PASSKEYS_RP_NAME="flask-security-lite demo",
     # The demo serves this machine only, so the links it mails point here. A real
     # site declares its own host (docs/security.md, "Production checklist").
     TRUSTED_HOSTS=["127.0.0.1", "localhost"],
@@ -123,10 +129,26 @@ class User(db.Model, UserMixin):
     locked_until = db.Column(db.DateTime())
     tf_totp_secret = db.Column(db.String(255))
     tf_recovery_codes = db.Column(db.Text())
+    passkey_handle = db.Column(db.String(64), unique=True)
     roles = db.relationship("Role", secondary=roles_users, backref="users")
 
 
-user_datastore = SQLAlchemyUserDatastore(db, User, Role)
+class Passkey(db.Model):
+    id = db.Column(db.Integer, primary_key=True)
+    user_id = db.Column(db.Integer, db.ForeignKey("user.id"), nullable=False)
+    user = db.relationship("User")
+    credential_id = db.Column(db.LargeBinary(1024), unique=True, nullable=False)
+    public_key = db.Column(db.LargeBinary, nullable=False)
+    sign_count = db.Column(db.Integer, nullable=False)
+    transports = db.Column(db.String(255))
+    label = db.Column(db.String(64), nullable=False)
+    created_at = db.Column(db.DateTime, nullable=False)
+    last_used_at = db.Column(db.DateTime)
+    backup_eligible = db.Column(db.Boolean, nullable=False)
+    backed_up = db.Column(db.Boolean, nullable=False)
+
+
+user_datastore = SQLAlchemyUserDatastore(db, User, Role, passkey_model=Passkey)
 security = Security(app, user_datastore)
 log = logging.getLogger("example_app")
 
@@ -311,7 +333,7 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     port = int(os.environ.get("PORT", "5000"))
     log.warning(
-        "Open http://127.0.0.1:%s and log in as demo@example.com / demo-password "
+        "Open http://localhost:%s and log in as demo@example.com / demo-password "
         "(or admin@example.com / admin-password). Mail is printed here.",
         port,
     )

@@ -21,7 +21,7 @@
 Session login and logout, roles, password hashing, HTTP Basic and token authentication,
 registration, email confirmation, password reset, change password, passwordless login
 and login tracking, each in HTML and JSON, with safe defaults; and, off by default,
-two-factor login with an authenticator app and recovery codes.
+two-factor login with an authenticator app and recovery codes, and passkeys.
 
 Quick start::
 
@@ -67,11 +67,12 @@ the account flows, which hand a user who has a second factor to section 11:
      9. Mail and emailed links
     10. Account flows              each with its views
     11. Two-factor login           codes, forms and views
-    12. The blueprint
-    13. Command line
-    14. Startup checks
-    15. The Security extension
-    16. Flask-Security 1.7.4 compatibility
+    12. Passkeys                   challenges, ceremonies and views
+    13. The blueprint
+    14. Command line
+    15. Startup checks
+    16. The Security extension
+    17. Flask-Security 1.7.4 compatibility
 """
 
 import abc
@@ -220,6 +221,8 @@ __all__ = (
     "tf_enrolled",
     "tf_disabled",
     "tf_code_confirmed",
+    "passkey_registered",
+    "passkey_deleted",
     # account flows
     "register_user",
     "send_confirmation_instructions",
@@ -425,6 +428,32 @@ _default_config = {
     "SEND_TWO_FACTOR_NOTICE_EMAIL": True,
     #: Subject of the two-factor notice.
     "EMAIL_SUBJECT_TWO_FACTOR_NOTICE": "Two-factor login on your account",
+    #: Sign in with a passkey, and manage passkeys at ``PASSKEYS_URL`` (needs the
+    #: ``webauthn`` package, a passkey model and a declared host: docs/passkeys.md).
+    "PASSKEYS": False,
+    #: The relying party's id, the domain passkeys are bound to (``None``: the host
+    #: of the declared origin). A parent domain lets its subdomains share passkeys.
+    "PASSKEYS_RP_ID": None,
+    #: The site's name, as the browser shows it when a passkey is made (``None``:
+    #: the relying party's id).
+    "PASSKEYS_RP_NAME": None,
+    #: Whether the device must check who holds it (PIN, fingerprint, face):
+    #: ``required``, ``preferred`` or ``discouraged``. A verified passkey counts as
+    #: two factors; an unverified one is followed by the two-factor code.
+    "PASSKEYS_USER_VERIFICATION": "required",
+    #: Attestation asked of new passkeys: ``none`` (nothing to check or store about
+    #: the device), ``indirect``, ``direct`` or ``enterprise``.
+    "PASSKEYS_ATTESTATION": "none",
+    #: Time to answer a passkey challenge; also the browser's timeout.
+    "PASSKEYS_CHALLENGE_WITHIN": "5 minutes",
+    #: URL of the passkeys page; the other passkey views are below it.
+    "PASSKEYS_URL": "/passkeys",
+    #: Template of the passkeys page.
+    "PASSKEYS_TEMPLATE": "security/passkeys.html",
+    #: Email a notice when a passkey is added to or deleted from an account.
+    "SEND_PASSKEY_NOTICE_EMAIL": True,
+    #: Subject of the passkey notice.
+    "EMAIL_SUBJECT_PASSKEY_NOTICE": "Passkeys on your account",
     #: Subject of the welcome email.
     "EMAIL_SUBJECT_REGISTER": "Welcome",
     #: Subject of the passwordless login email.
@@ -608,6 +637,39 @@ _default_messages = {
     "OTHER_SESSIONS_ENDED": ("You are logged out on every other device.", "success"),
     #: The user ended every session of theirs, this one too.
     "ALL_SESSIONS_ENDED": ("You are logged out on every device.", "success"),
+    #: A passkey's answer did not verify, or names no passkey of this site.
+    "PASSKEY_INVALID": ("This passkey could not be verified.", "error"),
+    #: The passkey's challenge is missing, used or expired.
+    "PASSKEY_CHALLENGE_EXPIRED": (
+        "The passkey request expired: please try again.",
+        "error",
+    ),
+    #: The passkey is registered already (to this account or another).
+    "PASSKEY_ALREADY_REGISTERED": ("This passkey is registered already.", "error"),
+    #: Passkeys cannot work on an IP address.
+    "PASSKEY_NEEDS_DOMAIN": (
+        "Passkeys need a domain name, not %(host)s: open this site as "
+        "http://localhost (or by its name) instead.",
+        "error",
+    ),
+    #: A passkey label is empty or too long.
+    "PASSKEY_LABEL_INVALID": (
+        "Give the passkey a name of at most %(length)s characters.",
+        "error",
+    ),
+    #: No passkey of this account has this id.
+    "PASSKEY_NOT_FOUND": ("This passkey does not exist.", "error"),
+    #: The last passkey of an account without a password cannot go.
+    "PASSKEY_LAST_ONE": (
+        "This passkey is the only way into your account: it cannot be deleted.",
+        "error",
+    ),
+    #: A passkey was added.
+    "PASSKEY_ADDED": ("The passkey %(label)s was added.", "success"),
+    #: A passkey was renamed.
+    "PASSKEY_RENAMED": ("The passkey is now called %(label)s.", "success"),
+    #: A passkey was deleted.
+    "PASSKEY_DELETED": ("The passkey %(label)s was deleted.", "success"),
     #: A view needs a logged-in user.
     "LOGIN": ("Please log in to see this page.", "info"),
     #: A view needs a fresh login.
@@ -1629,12 +1691,20 @@ class SQLAlchemyUserDatastore(_AdapterDatastore):
     ``commit``.
 
     :param db: the ``flask_sqlalchemy.SQLAlchemy`` object.
+    :param passkey_model: the passkey model, for ``SECURITY_PASSKEYS``.
     """
 
-    def __init__(self, db: Any, user_model: type, role_model: type) -> None:
+    def __init__(
+        self,
+        db: Any,
+        user_model: type,
+        role_model: type,
+        passkey_model: type | None = None,
+    ) -> None:
         self._sa = _require("sqlalchemy", "Flask-SQLAlchemy", "sqlalchemy")
         self.db = db
         super().__init__(user_model, role_model)
+        self.passkey_model = passkey_model
 
     def put(self, model: Any) -> Any:
         """Add ``model`` to the session and flush, so a conflict shows here as on
@@ -1697,6 +1767,26 @@ class SQLAlchemyUserDatastore(_AdapterDatastore):
         self.db.session.refresh(user)
         return changed
 
+    def _find_passkeys(self, **fields):
+        model = self.passkey_model
+        query = self._sa.select(model).filter_by(**fields).order_by(model.created_at)
+        return self.db.session.scalars(query).all()
+
+    def _update_passkey(self, passkey, expected, changes):
+        model = self.passkey_model
+        key = self._sa.inspect(model).primary_key[0].name
+        statement = (
+            self._sa.update(model)
+            .where(getattr(model, key) == getattr(passkey, key))
+            .filter_by(**expected)
+            .values(**changes)
+            .execution_options(synchronize_session=False)
+        )
+        changed = self.db.session.execute(statement).rowcount == 1
+        self.commit()
+        self.db.session.refresh(passkey)
+        return changed
+
     def _read_roles_ahead(self, user):
         # Without autoflush: the app's pending changes are its own to flush.
         with self.db.session.no_autoflush:
@@ -1747,12 +1837,20 @@ class MongoEngineUserDatastore(_AdapterDatastore):
     has nothing to do.
 
     :param db: the ``mongoengine`` module or a Flask-MongoEngine object.
+    :param passkey_model: the passkey model, for ``SECURITY_PASSKEYS``.
     """
 
-    def __init__(self, db: Any, user_model: type, role_model: type) -> None:
+    def __init__(
+        self,
+        db: Any,
+        user_model: type,
+        role_model: type,
+        passkey_model: type | None = None,
+    ) -> None:
         self._mongoengine = _require("mongoengine", "mongoengine", "mongoengine")
         self.db = db
         super().__init__(user_model, role_model)
+        self.passkey_model = passkey_model
 
     def put(self, model: Any) -> Any:
         try:
@@ -1790,6 +1888,16 @@ class MongoEngineUserDatastore(_AdapterDatastore):
     def find_role(self, role: str) -> Any:
         return self._query(self.role_model, name=role)
 
+    def _find_passkeys(self, **fields):
+        return list(self.passkey_model.objects(**fields).order_by("created_at"))
+
+    def _update_passkey(self, passkey, expected, changes):
+        query = self.passkey_model.objects(pk=passkey.pk, **expected)
+        update = {f"set__{name}": value for name, value in changes.items()}
+        changed = query.update_one(**update) == 1
+        passkey.reload()
+        return changed
+
     def get_user_by_id(self, user_id: Any) -> Any:
         return self._query(self.user_model, pk=str(user_id))
 
@@ -1800,16 +1908,23 @@ class PeeweeUserDatastore(_AdapterDatastore):
 
     :param db: a ``peewee.Database`` or an object with a ``.database``.
     :param role_link: the model linking users to roles (fields ``user``, ``role``).
+    :param passkey_model: the passkey model, for ``SECURITY_PASSKEYS``.
     """
 
     def __init__(
-        self, db: Any, user_model: type, role_model: type, role_link: type
+        self,
+        db: Any,
+        user_model: type,
+        role_model: type,
+        role_link: type,
+        passkey_model: type | None = None,
     ) -> None:
         self._peewee = _require("peewee", "peewee", "peewee")
         # A peewee.Database has a .database too: its name, so test the type first.
         self.db = db if isinstance(db, self._peewee.Database) else db.database
         super().__init__(user_model, role_model)
         self.role_link = role_link
+        self.passkey_model = passkey_model
 
     def put(self, model: Any) -> Any:
         try:
@@ -1865,6 +1980,21 @@ class PeeweeUserDatastore(_AdapterDatastore):
     def create_user(self, **kwargs: Any) -> Any:
         with self.db.atomic():
             return super().create_user(**kwargs)
+
+    def _find_passkeys(self, **fields):
+        model = self.passkey_model
+        matching = [getattr(model, name) == value for name, value in fields.items()]
+        return list(model.select().where(*matching).order_by(model.created_at))
+
+    def _update_passkey(self, passkey, expected, changes):
+        model = self.passkey_model
+        key = model._meta.primary_key
+        matching = [getattr(model, name) == value for name, value in expected.items()]
+        query = model.update(**changes).where(key == passkey.get_id(), *matching)
+        changed = query.execute() == 1
+        passkey.__data__.update(model.get_by_id(passkey.get_id()).__data__)
+        passkey._dirty.clear()
+        return changed
 
     def _link_role(self, user, role):
         self.role_link.create(user=user, role=role)
@@ -4538,7 +4668,530 @@ def tf_recovery_codes() -> ResponseReturnValue:
 
 
 # =============================================================================
-# 12. The blueprint
+# 12. Passkeys
+# =============================================================================
+# Sign in with a passkey (a WebAuthn discoverable credential: no address typed),
+# and a page to add, rename and delete them. Off unless SECURITY_PASSKEYS is set;
+# when off, nothing below runs and py_webauthn is never imported. py_webauthn checks
+# each ceremony; this section keeps the challenges, the stored passkeys and the
+# rules of a login. The passkey model is the app's, given to the datastore as
+# ``passkey_model=``; the user model gains a random ``passkey_handle``.
+
+
+#: Session key of the challenge under way: its purpose, its bytes and its time.
+_PASSKEY_CHALLENGE_KEY = "_security_passkey_challenge"
+
+#: Longest name of a passkey.
+_PASSKEY_LABEL_LENGTH = 64
+
+#: The transports a passkey may report, as WebAuthn names them.
+_PASSKEY_TRANSPORTS = ("usb", "nfc", "ble", "internal", "hybrid", "cable", "smart-card")
+
+#: The name offered for a new passkey, by the AAGUID of the passkey provider that
+#: made it (the providers most people use); others are offered "Passkey".
+_PASSKEY_PROVIDERS = {
+    "fbfc3007-154e-4ecc-8c0b-6e020557d7bd": "iCloud Keychain",
+    "ea9b8d66-4d01-1d21-3ce4-b6b48cb575d4": "Google Password Manager",
+    "adce0002-35bc-c60a-648b-0b25f1f05503": "Chrome on Mac",
+    "08987058-cadc-4b81-b6e1-30de50dcbe96": "Windows Hello",
+    "9ddd1817-af5a-4672-a2b9-3e3dd95000a9": "Windows Hello",
+    "6028b017-b1d4-4c02-b4b3-afcdafc96bb2": "Windows Hello",
+    "bada5566-a7aa-401f-bd96-45619a55120d": "1Password",
+    "d548826e-79b4-db40-a3d8-11116f7e8349": "Bitwarden",
+    "53414d53-554e-4700-0000-000000000000": "Samsung Pass",
+}
+
+#: A passkey was added; kwargs ``user`` and ``passkey``.
+passkey_registered = _signals.signal("passkey-registered")
+
+#: A passkey was deleted (on the passkeys page or by ``flask users passkeys``);
+#: kwargs ``user`` and ``passkey``.
+passkey_deleted = _signals.signal("passkey-deleted")
+
+
+def _webauthn(module="webauthn"):
+    """py_webauthn, or one of its modules, imported on first use."""
+    return _require(module, "webauthn", "passkeys")
+
+
+def _is_ip_address(host):
+    """True for an IPv4 or IPv6 address: no domain name is only digits and dots."""
+    return ":" in host or host.replace(".", "").isdigit()
+
+
+# -- the relying party and its challenges -------------------------------------
+
+
+def _passkey_origin():
+    """The origin a ceremony must come from: the scheme and host emailed links are
+    built on (``SECURITY_LINK_BASE_URL``, ``SERVER_NAME``, a trusted host), never
+    the ``Host`` a request claimed; a 400 naming the settings when none is."""
+    parts = urlsplit(_link_url("login"))
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _passkey_rp_id(origin):
+    """The relying party's id: ``SECURITY_PASSKEYS_RP_ID``, else the origin's host.
+    Browsers take a domain name only (``localhost`` too), never an IP address."""
+    rp_id = config_value("PASSKEYS_RP_ID") or urlsplit(origin).hostname
+    if _is_ip_address(rp_id):
+        raise _Refused(400, "PASSKEY_NEEDS_DOMAIN", host=rp_id)
+    return rp_id
+
+
+def _verification_required():
+    return config_value("PASSKEYS_USER_VERIFICATION") == "required"
+
+
+def _ceremony_milliseconds():
+    return int(get_within_delta("PASSKEYS_CHALLENGE_WITHIN").total_seconds() * 1000)
+
+
+def _new_challenge(purpose):
+    """A random challenge for ``purpose`` (``register`` or ``login``), kept in this
+    session with the time it was made. A session holds one: a new one replaces it."""
+    challenge = secrets.token_bytes(32)
+    kept = {"purpose": purpose, "challenge": challenge, "at": time.time()}
+    session[_PASSKEY_CHALLENGE_KEY] = kept
+    return challenge
+
+
+def _take_challenge(purpose):
+    """The session's challenge for ``purpose`` and the time it was made. It leaves
+    the session, so it serves once, right or wrong; a 400 when it is missing, of
+    another purpose, or older than ``SECURITY_PASSKEYS_CHALLENGE_WITHIN``."""
+    kept = session.pop(_PASSKEY_CHALLENGE_KEY, None)
+    within = get_within_delta("PASSKEYS_CHALLENGE_WITHIN").total_seconds()
+    if (
+        not isinstance(kept, dict)
+        or kept.get("purpose") != purpose
+        or not time.time() - kept["at"] <= within
+    ):
+        raise _Refused(400, "PASSKEY_CHALLENGE_EXPIRED", field="credential")
+    issued = datetime.fromtimestamp(kept["at"], timezone.utc).replace(tzinfo=None)
+    return kept["challenge"], issued
+
+
+def _ceremony_failed(what, error, user=None):
+    """Log why py_webauthn refused a ceremony (a wrong origin, a sign count going
+    back), and answer with one message that tells an attacker nothing."""
+    who = f"user {user.id}" if user is not None else "no known user"
+    _log.warning("a passkey %s was refused (%s): %s", what, who, error)
+    return _Refused(400, "PASSKEY_INVALID", field="credential")
+
+
+#: What a malformed answer raises (bad base64 and UTF-8 among the ValueErrors).
+_MALFORMED = (ValueError, TypeError, KeyError, AttributeError)
+
+
+def _ceremony_errors():
+    """What py_webauthn raises on an answer it refuses or cannot read."""
+    return (_webauthn("webauthn.helpers.exceptions").WebAuthnException, *_MALFORMED)
+
+
+# -- the stored passkeys ------------------------------------------------------
+
+
+def _passkeys_of(user):
+    """The passkeys of ``user``, oldest first."""
+    return _state().datastore._find_passkeys(user=user)
+
+
+def _passkey_by_credential(credential):
+    """The stored passkey a browser's answer names by its ``rawId``, or None."""
+    try:
+        raw_id = _webauthn().base64url_to_bytes(credential["rawId"])
+    except _MALFORMED:
+        return None
+    found = _state().datastore._find_passkeys(credential_id=raw_id)
+    return found[0] if found else None
+
+
+def _user_handle(user):
+    """The user's passkey handle, made at their first passkey: random, so it tells
+    nothing about them, and written only while empty, so requests racing agree."""
+    if not user.passkey_handle:
+        handle = {"passkey_handle": secrets.token_urlsafe(32)}
+        _state().datastore.compare_and_set(user, {"passkey_handle": None}, handle)
+    return user.passkey_handle
+
+
+def _passkey_as_json(passkey):
+    used = passkey.last_used_at
+    return {
+        "id": str(passkey.id),
+        "label": passkey.label,
+        "created_at": passkey.created_at.isoformat(),
+        "last_used_at": used.isoformat() if used else None,
+        "backed_up": bool(passkey.backed_up),
+        "transports": passkey.transports.split(",") if passkey.transports else [],
+    }
+
+
+def _send_passkey_notice(user, event, passkey):
+    """Tell ``user`` a passkey was ``added`` or ``deleted``, if that email is on."""
+    if config_value("SEND_PASSKEY_NOTICE_EMAIL"):
+        subject = "EMAIL_SUBJECT_PASSKEY_NOTICE"
+        _mail_user(user, subject, "passkey_notice", event=event, passkey=passkey)
+
+
+def _delete_passkey(user, passkey):
+    """Delete ``passkey`` of ``user``, notify and signal."""
+    datastore = _state().datastore
+    datastore.delete(passkey)
+    datastore.commit()
+    _send_passkey_notice(user, "deleted", passkey)
+    _send_signal(passkey_deleted, user=user, passkey=passkey)
+
+
+# -- adding one ---------------------------------------------------------------
+
+
+def _registration_options(user):
+    """What ``navigator.credentials.create`` needs to make a discoverable passkey
+    for ``user``, as JSON; the user's passkeys are excluded, so none is made twice."""
+    webauthn, structs = _webauthn(), _webauthn("webauthn.helpers.structs")
+    rp_id = _passkey_rp_id(_passkey_origin())
+    options = webauthn.generate_registration_options(
+        rp_id=rp_id,
+        rp_name=config_value("PASSKEYS_RP_NAME") or rp_id,
+        user_id=_user_handle(user).encode("ascii"),
+        user_name=user.email,
+        challenge=_new_challenge("register"),
+        timeout=_ceremony_milliseconds(),
+        attestation=structs.AttestationConveyancePreference(
+            config_value("PASSKEYS_ATTESTATION")
+        ),
+        authenticator_selection=structs.AuthenticatorSelectionCriteria(
+            resident_key=structs.ResidentKeyRequirement.REQUIRED,
+            user_verification=structs.UserVerificationRequirement(
+                config_value("PASSKEYS_USER_VERIFICATION")
+            ),
+        ),
+        exclude_credentials=[
+            structs.PublicKeyCredentialDescriptor(id=passkey.credential_id)
+            for passkey in _passkeys_of(user)
+        ],
+    )
+    return webauthn.helpers.options_to_json_dict(options)
+
+
+def _clean_label(label):
+    """A passkey's name as typed, trimmed; a 400 when it is empty or too long."""
+    label = label.strip() if isinstance(label, str) else ""
+    if not label or len(label) > _PASSKEY_LABEL_LENGTH or not _storable(label):
+        page = url_for_security("passkeys")
+        length = _PASSKEY_LABEL_LENGTH
+        raise _Refused(
+            400, "PASSKEY_LABEL_INVALID", field="label", go_to=page, length=length
+        )
+    return label
+
+
+def _transports(credential):
+    """The transports the browser reported for a new passkey, as stored."""
+    reported = credential.get("response", {}).get("transports")
+    reported = reported if isinstance(reported, list) else []
+    return ",".join(sorted(set(reported) & set(_PASSKEY_TRANSPORTS)))
+
+
+def _register_passkey(user, credential, label):
+    """Verify a new passkey of ``user`` against this session's challenge and store
+    it, named ``label`` (or as its provider names itself); notify and signal."""
+    challenge, _ = _take_challenge("register")
+    origin = _passkey_origin()
+    webauthn = _webauthn()
+    try:
+        verified = webauthn.verify_registration_response(
+            credential=credential,
+            expected_challenge=challenge,
+            expected_rp_id=_passkey_rp_id(origin),
+            expected_origin=origin,
+            require_user_verification=_verification_required(),
+        )
+    except _ceremony_errors() as error:
+        raise _ceremony_failed("registration", error, user) from None
+    datastore = _state().datastore
+    if datastore._find_passkeys(credential_id=verified.credential_id):
+        raise _Refused(400, "PASSKEY_ALREADY_REGISTERED", field="credential")
+    passkey = datastore.passkey_model(
+        user=user,
+        credential_id=verified.credential_id,
+        public_key=verified.credential_public_key,
+        sign_count=verified.sign_count,
+        transports=_transports(credential),
+        label=_clean_label(label or _PASSKEY_PROVIDERS.get(verified.aaguid, "Passkey")),
+        created_at=_now(),
+        backup_eligible=verified.credential_device_type == "multi_device",
+        backed_up=verified.credential_backed_up,
+    )
+    try:
+        datastore.put(passkey)
+        datastore.commit()
+    except DatastoreConflictError:  # the same passkey, added at once elsewhere
+        raise _Refused(400, "PASSKEY_ALREADY_REGISTERED", field="credential") from None
+    _send_passkey_notice(user, "added", passkey)
+    _send_signal(passkey_registered, user=user, passkey=passkey)
+    return passkey
+
+
+# -- signing in with one ------------------------------------------------------
+
+
+def _login_options():
+    """What ``navigator.credentials.get`` needs, as JSON: no credential is listed
+    (the passkey names its user), so the options are alike for every visitor."""
+    webauthn, structs = _webauthn(), _webauthn("webauthn.helpers.structs")
+    options = webauthn.generate_authentication_options(
+        rp_id=_passkey_rp_id(_passkey_origin()),
+        challenge=_new_challenge("login"),
+        timeout=_ceremony_milliseconds(),
+        user_verification=structs.UserVerificationRequirement(
+            config_value("PASSKEYS_USER_VERIFICATION")
+        ),
+    )
+    return webauthn.helpers.options_to_json_dict(options)
+
+
+def _passkey_owner(passkey, credential):
+    """The user the answer's ``userHandle`` names, if ``passkey`` is theirs."""
+    try:
+        handle = _webauthn().base64url_to_bytes(credential["response"]["userHandle"])
+        handle = handle.decode("ascii")
+    except _MALFORMED:
+        return None
+    user = _state().datastore.find_user(passkey_handle=handle)
+    owner = passkey.user if user is not None else None
+    return user if owner is not None and str(owner.id) == str(user.id) else None
+
+
+def _is_locked(user):
+    """True while too many wrong passwords or codes keep ``user`` locked."""
+    until = getattr(user, "locked_until", None) or datetime.min
+    return bool(config_value("LOCKOUT_ATTEMPTS")) and until > _now()
+
+
+def _use_passkey(passkey, verified, issued):
+    """Record a sign-in by ``passkey``: its new count and time, written only if no
+    sign-in used it since the challenge was made, so an answer serves once, even
+    replayed with an old session cookie or twice at once. True if written."""
+    last_used = passkey.last_used_at
+    if last_used is not None and last_used >= issued:
+        return False
+    changes = {
+        "sign_count": verified.new_sign_count,
+        "last_used_at": _now(),
+        "backed_up": verified.credential_backed_up,
+    }
+    datastore = _state().datastore
+    return datastore._update_passkey(passkey, {"last_used_at": last_used}, changes)
+
+
+def _verify_passkey_login(credential):
+    """Check a browser's answer to this session's login challenge; return the user
+    and whether the device verified them. A refusal for every failure: an unknown
+    passkey, a bad signature, a wrong origin or RP id, a sign count going back, a
+    user who may not log in, a replay."""
+    challenge, issued = _take_challenge("login")
+    passkey = _passkey_by_credential(credential)
+    user = None if passkey is None else _passkey_owner(passkey, credential)
+    if user is None:
+        _login_failed(None, "", "invalid_passkey")
+        raise _ceremony_failed("sign-in", "no passkey of this site")
+    origin = _passkey_origin()
+    try:
+        verified = _webauthn().verify_authentication_response(
+            credential=credential,
+            expected_challenge=challenge,
+            expected_rp_id=_passkey_rp_id(origin),
+            expected_origin=origin,
+            credential_public_key=passkey.public_key,
+            credential_current_sign_count=passkey.sign_count,
+            require_user_verification=_verification_required(),
+        )
+    except _ceremony_errors() as error:
+        _login_failed(user, user.email, "invalid_passkey")
+        raise _ceremony_failed("sign-in", error, user) from None
+    for reason, refused in (
+        ("disabled", not user.is_active),
+        ("unconfirmed", requires_confirmation(user)),
+        ("locked", _is_locked(user)),
+    ):
+        if refused:
+            _login_failed(user, user.email, reason)
+            raise _Refused(400, _LOGIN_REFUSALS[reason][1], field="credential")
+    if not _use_passkey(passkey, verified, issued):
+        raise _Refused(400, "PASSKEY_CHALLENGE_EXPIRED", field="credential")
+    return user, verified.user_verified
+
+
+# -- views --------------------------------------------------------------------
+
+
+def _require_csrf():
+    """Refuse a post without this session's CSRF token: the ``X-CSRFToken`` header
+    of a JSON post, the form's field otherwise (when CSRF is on)."""
+    field = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+    headers = current_app.config.get("WTF_CSRF_HEADERS", _CSRF_HEADERS)
+    token = next(filter(None, map(request.headers.get, headers)), None)
+    form = Form(formdata=MultiDict({field: token or request.form.get(field, "")}))
+    if not form.validate():
+        raise _Refused(400, errors=form.errors)
+
+
+def _posted():
+    """The body of a post, JSON or form, as a dict."""
+    if not request.is_json:
+        return request.form.to_dict()
+    body = _json_body()
+    if not isinstance(body, dict):
+        raise _Refused(400, errors={"json": ["The body must be a JSON object."]})
+    return body
+
+
+def _posted_credential():
+    credential = _posted().get("credential")
+    if not isinstance(credential, dict):
+        raise _Refused(
+            400, errors={"credential": ["Expected the browser's credential."]}
+        )
+    return credential
+
+
+def _passkey_done(message, next_url, **response):
+    """A passkey view did its work: browsers (and the script) see the message on
+    the next page; the JSON answer names that page."""
+    if message is not None:
+        do_flash(*message)
+    if _wants_json():
+        return _json_answer(200, {"next": next_url, **response})
+    return redirect(next_url)
+
+
+@flask_login.fresh_login_required
+def _passkeys():
+    """The user's passkeys, with forms to add, rename and delete them."""
+    passkeys = _passkeys_of(current_user._get_current_object())
+    if _wants_json():
+        return _json_answer(200, {"passkeys": [_passkey_as_json(p) for p in passkeys]})
+    template = config_value("PASSKEYS_TEMPLATE")
+    values = {"security": _state(), **_template_values("passkeys")}
+    return _state().render_template(
+        template, **values, passkeys=passkeys, passkeys_csrf_token=generate_csrf()
+    )
+
+
+@flask_login.fresh_login_required
+def _passkeys_register_options():
+    """The options to make a passkey, as JSON."""
+    _require_csrf()
+    user = current_user._get_current_object()
+    return _json_answer(200, {"options": _registration_options(user)})
+
+
+@flask_login.fresh_login_required
+def _passkeys_register():
+    """Add the passkey the browser made, named as typed (or by its provider)."""
+    _require_csrf()
+    user = current_user._get_current_object()
+    passkey = _register_passkey(user, _posted_credential(), _posted().get("label"))
+    message = get_message("PASSKEY_ADDED", label=passkey.label)
+    page = url_for_security("passkeys")
+    return _passkey_done(message, page, passkey=_passkey_as_json(passkey))
+
+
+def _own_passkey(passkey_id):
+    """The passkey ``passkey_id`` of the current user; a 404 for any other."""
+    for passkey in _passkeys_of(current_user._get_current_object()):
+        if str(passkey.id) == passkey_id:
+            return passkey
+    raise _Refused(404, "PASSKEY_NOT_FOUND", go_to=url_for_security("passkeys"))
+
+
+@flask_login.fresh_login_required
+def _passkeys_rename(passkey_id):
+    """Rename a passkey of the user (HTML form or JSON)."""
+    _require_csrf()
+    passkey = _own_passkey(passkey_id)
+    passkey.label = _clean_label(_posted().get("label"))
+    _save(passkey)
+    message = get_message("PASSKEY_RENAMED", label=passkey.label)
+    page = url_for_security("passkeys")
+    return _passkey_done(message, page, passkey=_passkey_as_json(passkey))
+
+
+@flask_login.fresh_login_required
+def _passkeys_delete(passkey_id):
+    """Delete a passkey of the user, unless it is the only way into the account."""
+    _require_csrf()
+    user = current_user._get_current_object()
+    passkey = _own_passkey(passkey_id)
+    if not user.password and len(_passkeys_of(user)) == 1:
+        raise _Refused(400, "PASSKEY_LAST_ONE", go_to=url_for_security("passkeys"))
+    _delete_passkey(user, passkey)
+    message = get_message("PASSKEY_DELETED", label=passkey.label)
+    return _passkey_done(message, url_for_security("passkeys"))
+
+
+def _passkeys_login_options():
+    """The options to sign in with a passkey, as JSON: the same for every visitor."""
+    _require_csrf()
+    return _json_answer(200, {"options": _login_options()})
+
+
+def _passkeys_login():
+    """Sign in with a passkey's answer: a verified device is two factors; without
+    verification a user with two-factor login still gives the code."""
+    _require_csrf()
+    body = _posted()
+    user, verified = _verify_passkey_login(_posted_credential())
+    remember = body.get("remember")
+    if not isinstance(remember, bool):
+        remember = config_value("DEFAULT_REMEMBER_ME")
+    declared = body.get("next") if isinstance(body.get("next"), str) else None
+    if _needs_second_factor(user) and not verified:
+        done = _second_factor_done(user, remember, declared)
+        return _passkey_done(done.message, done.next_url, **done.json)
+    login_user(user, remember=remember)
+    if config_value("LOCKOUT_ATTEMPTS"):
+        _clear_wrong_passwords(user)
+    token = user.get_auth_token()
+    return _passkey_done(
+        None,
+        _next_or_view(declared, "POST_LOGIN_VIEW"),
+        user={"id": str(user.id), "authentication_token": token},
+        csrf_token=generate_csrf(),
+    )
+
+
+def _passkeys_script():
+    """The passkey pages' script, served from here so a policy that allows only
+    this site's scripts runs it."""
+    script = render_template("security/passkeys.js")
+    return current_app.response_class(script, mimetype="text/javascript")
+
+
+def _add_passkey_views(bp, app):
+    """The passkey views under ``SECURITY_PASSKEYS_URL``, when passkeys are on."""
+    if not config_value("PASSKEYS", app=app):
+        return
+    url = config_value("PASSKEYS_URL", app=app)
+    for path, view, method in (
+        ("", _passkeys, "GET"),
+        ("register-options", _passkeys_register_options, "POST"),
+        ("register", _passkeys_register, "POST"),
+        ("<passkey_id>/rename", _passkeys_rename, "POST"),
+        ("<passkey_id>/delete", _passkeys_delete, "POST"),
+        ("login-options", _passkeys_login_options, "POST"),
+        ("login", _passkeys_login, "POST"),
+        ("passkeys.js", _passkeys_script, "GET"),
+    ):
+        rule = slash_url_suffix(url, path) if path else url
+        bp.add_url_rule(rule, view.__name__[1:], view, methods=[method])
+
+
+# =============================================================================
+# 13. The blueprint
 # =============================================================================
 
 
@@ -4600,6 +5253,7 @@ def create_blueprint(app: Flask, import_name: str = __name__) -> Blueprint:
         ):
             url = setting(f"TWO_FACTOR_{name.upper()}_URL")
             bp.add_url_rule(url, f"tf_{name}", view, methods=post)
+    _add_passkey_views(bp, app)
     bp.url_value_preprocessor(_limit_body)
     bp.after_request(_security_headers)
     bp.register_error_handler(RequestEntityTooLarge, _refuse_too_large)
@@ -4642,7 +5296,7 @@ def _holds_our_templates(folder):
 
 
 # =============================================================================
-# 13. Command line
+# 14. Command line
 # =============================================================================
 
 
@@ -4800,6 +5454,33 @@ def _users_tf_reset(email):
     click.echo(f"turned two-factor login off for {user.email}")
 
 
+@_users_cli.command("passkeys")
+@click.argument("email")
+@click.option("--remove", metavar="ID", help="Delete the passkey with this ID.")
+def _users_passkeys(email, remove):
+    """List the passkeys of the user with EMAIL (ID, name, added, last used), or
+    delete one (a lost device) with --remove ID."""
+    if not config_value("PASSKEYS"):
+        raise click.ClickException("passkeys are off: set SECURITY_PASSKEYS = True")
+    user = _cli_user(email)
+    passkeys = _passkeys_of(user)
+    if remove is None:
+        for passkey in passkeys:
+            used = passkey.last_used_at
+            click.echo(
+                f"{passkey.id}  {passkey.label}  added {passkey.created_at:%Y-%m-%d}  "
+                f"last used {f'{used:%Y-%m-%d}' if used else 'never'}"
+            )
+        if not passkeys:
+            click.echo(f"{user.email} has no passkeys")
+        return
+    passkey = next((p for p in passkeys if str(p.id) == remove), None)
+    if passkey is None:
+        raise click.ClickException(f"{user.email} has no passkey {remove}")
+    _delete_passkey(user, passkey)
+    click.echo(f"deleted the passkey {passkey.label} of {user.email}")
+
+
 @_roles_cli.command("create")
 @click.argument("name")
 @click.option("--description", default=None, help="What the role allows.")
@@ -4844,7 +5525,7 @@ def _roles_remove(email, role):
 
 
 # =============================================================================
-# 14. Startup checks
+# 15. Startup checks
 # =============================================================================
 
 
@@ -4903,6 +5584,7 @@ _USER_FIELDS = {
     ),
     "TWO_FACTOR": ("tf_totp_secret", "tf_recovery_codes"),
     "LOCKOUT_ATTEMPTS": ("failed_login_count", "locked_until"),
+    "PASSKEYS": ("passkey_handle",),
 }
 
 #: The views that send mail (by function, whatever the blueprint is called): each
@@ -4918,6 +5600,8 @@ _MAILING_VIEWS = {
     tf_setup: ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
     tf_disable: ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
     tf_rescue: ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
+    _passkeys_register: ("PASSKEYS", "SEND_PASSKEY_NOTICE_EMAIL"),
+    _passkeys_delete: ("PASSKEYS", "SEND_PASSKEY_NOTICE_EMAIL"),
 }
 
 
@@ -4940,6 +5624,7 @@ def _validate_startup(app, datastore):
             *_missing_user_fields(app, user_model),
             *_shared_salts(config),
             *_unreadable_password_list(config),
+            *_passkey_problems(app, datastore),
         ]
     if problems:
         raise RuntimeError(
@@ -4981,6 +5666,55 @@ def _misspelt_settings(config):
         else:
             hint = f" (did you mean {close[0]}?)" if close else ""
             _log.warning("%s is not a flask-security-lite setting%s", key, hint)
+
+
+#: The fields of the passkey model.
+_PASSKEY_FIELDS = (
+    "user credential_id public_key sign_count transports label created_at "
+    "last_used_at backup_eligible backed_up"
+).split()
+
+
+def _passkey_problems(app, datastore):
+    """What ``SECURITY_PASSKEYS`` needs beside the user's ``passkey_handle``:
+    py_webauthn, a passkey model given to an adapter, settings it knows, and an RP
+    id that is a domain. No declared host only warns: localhost still works."""
+    config = app.config
+    if not config["SECURITY_PASSKEYS"]:
+        return
+    try:
+        _webauthn()
+    except ImportError as error:
+        yield f"SECURITY_PASSKEYS: {error} (docs/passkeys.md)"
+    model = getattr(datastore, "passkey_model", None)
+    if model is None or not hasattr(datastore, "_find_passkeys"):
+        yield (
+            "SECURITY_PASSKEYS needs a passkey model: declare one and pass it to the "
+            "datastore as passkey_model= (docs/passkeys.md)"
+        )
+    elif _declares_fields(model):
+        for name in _PASSKEY_FIELDS:
+            if not _has_field(model, name):
+                yield (
+                    f"the passkey model {model.__name__} has no {name!r} field: add "
+                    "it (docs/passkeys.md)"
+                )
+    for key, known in (
+        ("USER_VERIFICATION", ("required", "preferred", "discouraged")),
+        ("ATTESTATION", ("none", "indirect", "direct", "enterprise")),
+    ):
+        if config[f"SECURITY_PASSKEYS_{key}"] not in known:
+            yield f"SECURITY_PASSKEYS_{key} must be one of {', '.join(known)}"
+    rp_id = config["SECURITY_PASSKEYS_RP_ID"]
+    if rp_id and _is_ip_address(rp_id):
+        yield f"SECURITY_PASSKEYS_RP_ID must be a domain name, not the address {rp_id}"
+    declared = config.get("SERVER_NAME") or config.get("TRUSTED_HOSTS")
+    if not (declared or config["SECURITY_LINK_BASE_URL"]):
+        _log.warning(
+            "SECURITY_PASSKEYS is on, but the app declares no host for them: set "
+            "SECURITY_LINK_BASE_URL, SERVER_NAME or TRUSTED_HOSTS. Until then "
+            "passkeys work only for requests to localhost (docs/passkeys.md)."
+        )
 
 
 def _missing_secret_key(app):
@@ -5226,7 +5960,7 @@ def _refuse_unknown_forms(names):
 
 
 # =============================================================================
-# 15. The Security extension
+# 16. The Security extension
 # =============================================================================
 
 
@@ -5529,7 +6263,7 @@ class Security:
 
 
 # =============================================================================
-# 16. Flask-Security 1.7.4 compatibility
+# 17. Flask-Security 1.7.4 compatibility
 # =============================================================================
 # What a Flask-Security 1.7.4 application imports that today's API names otherwise
 # or no longer needs: aliases, helpers, persistence classes and proxies. Nothing

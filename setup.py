@@ -29,6 +29,7 @@ setup(
     package_data={
         "flask_security_lite_templates": [
             "security/*.html",
+            "security/*.js",
             "security/email/*",
             "common_passwords.txt",
         ]
@@ -50,6 +51,7 @@ setup(
         "peewee": ["peewee>=3.17"],
         "argon2": ["argon2-cffi>=23.1"],
         "bcrypt": ["bcrypt>=4.1"],
+        "passkeys": ["webauthn>=2.6"],
         "bench": [
             "Flask-SQLAlchemy>=3.1",
             "Flask-Security-Too>=5.5",
@@ -74,6 +76,9 @@ setup(
             "Flask-Limiter>=3.5",
             "Flask-Principal>=0.4",
             "segno>=1.6",
+            "webauthn>=2.6",
+            "cbor2>=5.6",
+            "cryptography>=44",
             "setuptools>=77",
             "build>=1.0",
             "wheel>=0.40",

@@ -15,6 +15,7 @@ import hmac
 import importlib
 import io
 import itertools
+import json
 import logging
 import os
 import re
@@ -106,9 +107,24 @@ def _sqlalchemy_store(app, uri):
         tf_totp_secret = db.Column(db.String(64))
         tf_recovery_codes = db.Column(db.Text)
         security_stamp = db.Column(db.String(64))
+        passkey_handle = db.Column(db.String(64), unique=True)
         roles = db.relationship(
             "Role", secondary=roles_users, backref=db.backref("users", lazy="dynamic")
         )
+
+    class Passkey(db.Model):
+        id = db.Column(db.Integer, primary_key=True)
+        user_id = db.Column(db.Integer, db.ForeignKey("user.id"), nullable=False)
+        user = db.relationship("User")
+        credential_id = db.Column(db.LargeBinary(1024), unique=True, nullable=False)
+        public_key = db.Column(db.LargeBinary, nullable=False)
+        sign_count = db.Column(db.Integer, nullable=False)
+        transports = db.Column(db.String(255))
+        label = db.Column(db.String(64), nullable=False)
+        created_at = db.Column(db.DateTime, nullable=False)
+        last_used_at = db.Column(db.DateTime)
+        backup_eligible = db.Column(db.Boolean, nullable=False)
+        backed_up = db.Column(db.Boolean, nullable=False)
 
     with app.app_context():
         db.drop_all()
@@ -120,7 +136,7 @@ def _sqlalchemy_store(app, uri):
             db.drop_all()
             db.engine.dispose()
 
-    return fsl.SQLAlchemyUserDatastore(db, User, Role), teardown
+    return fsl.SQLAlchemyUserDatastore(db, User, Role, Passkey), teardown
 
 
 def _peewee_store(app, path):
@@ -153,6 +169,7 @@ def _peewee_store(app, path):
         tf_totp_secret = peewee.TextField(null=True)
         tf_recovery_codes = peewee.TextField(null=True)
         security_stamp = peewee.TextField(null=True)
+        passkey_handle = peewee.TextField(null=True, unique=True)
 
     class UserRoles(Base):
         user = peewee.ForeignKeyField(User, backref="roles")
@@ -160,13 +177,25 @@ def _peewee_store(app, path):
         name = property(lambda self: self.role.name)
         description = property(lambda self: self.role.description)
 
+    class Passkey(Base):
+        user = peewee.ForeignKeyField(User, backref="passkeys")
+        credential_id = peewee.BlobField(unique=True)
+        public_key = peewee.BlobField()
+        sign_count = peewee.IntegerField()
+        transports = peewee.TextField(null=True)
+        label = peewee.TextField()
+        created_at = peewee.DateTimeField()
+        last_used_at = peewee.DateTimeField(null=True)
+        backup_eligible = peewee.BooleanField()
+        backed_up = peewee.BooleanField()
+
     db.connect()
-    db.create_tables([Role, User, UserRoles])
+    db.create_tables([Role, User, UserRoles, Passkey])
 
     def teardown():
         db.close()
 
-    return fsl.PeeweeUserDatastore(db, User, Role, UserRoles), teardown
+    return fsl.PeeweeUserDatastore(db, User, Role, UserRoles, Passkey), teardown
 
 
 def _mongo_store(app, path):
@@ -204,13 +233,27 @@ def _mongo_store(app, path):
         tf_totp_secret = mongoengine.StringField()
         tf_recovery_codes = mongoengine.StringField()
         security_stamp = mongoengine.StringField()
+        passkey_handle = mongoengine.StringField(unique=True, sparse=True)
         roles = mongoengine.ListField(mongoengine.ReferenceField(Role), default=[])
+        meta = {"db_alias": alias}
+
+    class Passkey(mongoengine.Document):
+        user = mongoengine.ReferenceField(User, required=True)
+        credential_id = mongoengine.BinaryField(required=True, unique=True)
+        public_key = mongoengine.BinaryField(required=True)
+        sign_count = mongoengine.IntField(required=True)
+        transports = mongoengine.StringField()
+        label = mongoengine.StringField(required=True, max_length=64)
+        created_at = mongoengine.DateTimeField(required=True)
+        last_used_at = mongoengine.DateTimeField()
+        backup_eligible = mongoengine.BooleanField(required=True)
+        backed_up = mongoengine.BooleanField(required=True)
         meta = {"db_alias": alias}
 
     def teardown():
         mongoengine.disconnect(alias)
 
-    return fsl.MongoEngineUserDatastore(mongoengine, User, Role), teardown
+    return fsl.MongoEngineUserDatastore(mongoengine, User, Role, Passkey), teardown
 
 
 def _free_port():
@@ -3951,7 +3994,9 @@ def test_asvs_table_names_a_test_for_each_requirement_it_lists():
             assert prefix in tests, asvs
 
 
-def test_asvs_3_3_1_host_prefixed_cookie_names_of_the_checklist_work_over_https(make_app):
+def test_asvs_3_3_1_host_prefixed_cookie_names_of_the_checklist_work_over_https(
+    make_app,
+):
     app = make_app(
         SESSION_COOKIE_NAME="__Host-session",
         SESSION_COOKIE_SECURE=True,
@@ -6398,7 +6443,741 @@ def test_a_token_of_one_kind_never_passes_for_another_even_on_one_salt(app):
 
 
 # =============================================================================
-# 12. The blueprint: what the attack review found
+# 12. Passkeys: a software authenticator
+# =============================================================================
+
+
+PASSKEYS = dict(SECURITY_PASSKEYS=True)
+
+#: The AAGUID Google Password Manager's passkeys report.
+GOOGLE_AAGUID = "ea9b8d66-4d01-1d21-3ce4-b6b48cb575d4"
+
+
+def _b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64url(text):
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class SoftAuthenticator:
+    """A passkey device in software: an ES256 key per passkey, answering as a
+    browser's ``PublicKeyCredential.toJSON()`` does. Each keyword of ``create`` and
+    ``get`` is a way to lie, for the attack tests."""
+
+    def __init__(self):
+        #: credential id -> [private key, user handle, sign count]
+        self.passkeys = {}
+
+    def create(
+        self,
+        options,
+        origin="http://localhost",
+        rp_id=None,
+        verified=True,
+        aaguid="00000000-0000-0000-0000-000000000000",
+        credential_id=None,
+    ):
+        import cbor2
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        numbers = key.public_key().public_numbers()
+        cose_key = {
+            1: 2,
+            3: -7,
+            -1: 1,
+            -2: numbers.x.to_bytes(32, "big"),
+            -3: numbers.y.to_bytes(32, "big"),
+        }
+        credential_id = credential_id or os.urandom(16)
+        attested = (
+            uuid.UUID(aaguid).bytes
+            + len(credential_id).to_bytes(2, "big")
+            + credential_id
+            + cbor2.dumps(cose_key)
+        )
+        flags = 0x01 | 0x40 | (0x04 if verified else 0) | 0x08 | 0x10
+        auth_data = self._auth_data(rp_id or options["rp"]["id"], flags, 0)
+        client_data = self._client_data("webauthn.create", options, origin)
+        attestation = {"fmt": "none", "attStmt": {}, "authData": auth_data + attested}
+        handle = _unb64url(options["user"]["id"])
+        self.passkeys[credential_id] = [key, handle, 0]
+        return {
+            "id": _b64url(credential_id),
+            "rawId": _b64url(credential_id),
+            "type": "public-key",
+            "response": {
+                "clientDataJSON": _b64url(client_data),
+                "attestationObject": _b64url(cbor2.dumps(attestation)),
+                "transports": ["internal", "hybrid"],
+            },
+            "clientExtensionResults": {},
+            "authenticatorAttachment": "platform",
+        }
+
+    def get(
+        self,
+        options,
+        origin="http://localhost",
+        rp_id=None,
+        verified=True,
+        counter=None,
+        credential_id=None,
+        user_handle=None,
+    ):
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        credential_id = credential_id or next(reversed(self.passkeys))
+        key, handle, count = self.passkeys[credential_id]
+        count = count + 1 if counter is None else counter
+        self.passkeys[credential_id][2] = count
+        flags = 0x01 | (0x04 if verified else 0) | 0x08 | 0x10
+        auth_data = self._auth_data(rp_id or options["rpId"], flags, count)
+        client_data = self._client_data("webauthn.get", options, origin)
+        signed = auth_data + hashlib.sha256(client_data).digest()
+        signature = key.sign(signed, ec.ECDSA(hashes.SHA256()))
+        return {
+            "id": _b64url(credential_id),
+            "rawId": _b64url(credential_id),
+            "type": "public-key",
+            "response": {
+                "clientDataJSON": _b64url(client_data),
+                "authenticatorData": _b64url(auth_data),
+                "signature": _b64url(signature),
+                "userHandle": _b64url(user_handle or handle),
+            },
+            "clientExtensionResults": {},
+            "authenticatorAttachment": "platform",
+        }
+
+    @staticmethod
+    def _auth_data(rp_id, flags, counter):
+        rp_hash = hashlib.sha256(rp_id.encode()).digest()
+        return rp_hash + bytes([flags]) + counter.to_bytes(4, "big")
+
+    @staticmethod
+    def _client_data(kind, options, origin):
+        data = {"type": kind, "challenge": options["challenge"], "origin": origin}
+        return json.dumps(data).encode()
+
+
+def passkey_options(client, purpose):
+    response = client.post(f"/passkeys/{purpose}-options", json={})
+    assert response.status_code == 200, response.json
+    return response.json["response"]["options"]
+
+
+def add_passkey(client, device, label=None, **lies):
+    """Register a passkey of ``device`` for the client's user; the response."""
+    credential = device.create(passkey_options(client, "register"), **lies)
+    body = {"credential": credential} | ({"label": label} if label else {})
+    return client.post("/passkeys/register", json=body)
+
+
+def sign_in_with_passkey(client, device, **lies):
+    """Sign in with the last passkey of ``device``; the response."""
+    credential = device.get(passkey_options(client, "login"), **lies)
+    return client.post("/passkeys/login", json={"credential": credential})
+
+
+def passkey_user(make_app, store="sqlite", **config):
+    """An app with passkeys on, its user logged in with a passkey added, the
+    logged-in client and the device."""
+    app = make_app(store, **PASSKEYS, **config)
+    add_user(app, confirmed_at=datetime(2026, 1, 1))
+    client = app.test_client()
+    login(client)
+    device = SoftAuthenticator()
+    assert add_passkey(client, device).status_code == 200
+    return app, client, device
+
+
+def stored_passkeys(app, email="matt@lp.com"):
+    with app.test_request_context():
+        return app.datastore._find_passkeys(user=app.datastore.find_user(email=email))
+
+
+# =============================================================================
+# 12. Passkeys: adding one
+# =============================================================================
+
+
+def test_a_passkey_is_added_and_stored_on_every_store(store, make_app):
+    app, _, device = passkey_user(make_app, store)
+    (passkey,) = stored_passkeys(app)
+    assert bytes(passkey.credential_id) == next(iter(device.passkeys))
+    assert passkey.label == "Passkey"
+    assert passkey.sign_count == 0
+    assert passkey.transports == "hybrid,internal"
+    assert passkey.created_at is not None and passkey.last_used_at is None
+    assert passkey.backup_eligible and passkey.backed_up
+    with app.test_request_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        (owned,) = app.datastore._find_passkeys(user=user)
+        assert str(owned.user.id) == str(user.id)
+
+
+def test_a_new_passkey_is_offered_its_providers_name(make_app):
+    app, client, device = passkey_user(make_app)
+    response = add_passkey(client, device, aaguid=GOOGLE_AAGUID)
+    assert response.json["response"]["passkey"]["label"] == "Google Password Manager"
+
+
+def test_a_new_passkey_takes_the_name_typed(make_app):
+    app, client, device = passkey_user(make_app)
+    response = add_passkey(client, device, label="  Work laptop ")
+    assert response.json["response"]["passkey"]["label"] == "Work laptop"
+
+
+def test_registration_asks_a_discoverable_verified_passkey_without_attestation(
+    make_app,
+):
+    app, client, device = passkey_user(make_app)
+    options = passkey_options(client, "register")
+    assert options["authenticatorSelection"]["residentKey"] == "required"
+    assert options["authenticatorSelection"]["userVerification"] == "required"
+    assert options["attestation"] == "none"
+    assert options["rp"]["id"] == "localhost"
+    excluded = [_unb64url(c["id"]) for c in options["excludeCredentials"]]
+    assert excluded == list(device.passkeys)
+
+
+def test_the_user_handle_is_random_stable_and_names_neither_id_nor_email(make_app):
+    app, client, _ = passkey_user(make_app)
+    first = passkey_options(client, "register")["user"]
+    second = passkey_options(client, "register")["user"]
+    handle = _unb64url(first["id"]).decode()
+    assert first["id"] == second["id"] and len(handle) >= 32
+    assert handle == get_user(app).passkey_handle
+    assert "matt" not in handle and handle != str(get_user(app).id)
+
+
+def test_a_passkey_registered_to_anyone_is_refused(make_app):
+    app, _, device = passkey_user(make_app)
+    add_user(app, "joe@lp.com")
+    joe = app.test_client()
+    login(joe, "joe@lp.com")
+    taken = next(iter(device.passkeys))
+    response = add_passkey(joe, SoftAuthenticator(), credential_id=taken)
+    assert response.status_code == 400
+    assert "registered already" in response.json["response"]["errors"]["credential"][0]
+    assert stored_passkeys(app, "joe@lp.com") == []
+
+
+def test_a_new_passkey_from_another_origin_is_refused(make_app):
+    app, client, device = passkey_user(make_app)
+    response = add_passkey(client, device, origin="http://evil.example")
+    assert response.status_code == 400
+    assert len(stored_passkeys(app)) == 1
+
+
+def test_a_new_passkey_for_another_rp_id_is_refused(make_app):
+    app, client, device = passkey_user(make_app)
+    response = add_passkey(client, device, rp_id="evil.example")
+    assert response.status_code == 400
+    assert len(stored_passkeys(app)) == 1
+
+
+def test_a_new_passkey_without_user_verification_is_refused_when_required(make_app):
+    app, client, device = passkey_user(make_app)
+    response = add_passkey(client, device, verified=False)
+    assert response.status_code == 400
+    assert len(stored_passkeys(app)) == 1
+
+
+def test_a_registration_answer_serves_once(make_app):
+    app, client, device = passkey_user(make_app)
+    credential = device.create(passkey_options(client, "register"))
+    assert (
+        client.post("/passkeys/register", json={"credential": credential}).status_code
+        == 200
+    )
+    again = client.post("/passkeys/register", json={"credential": credential})
+    assert again.status_code == 400
+    assert "expired" in again.json["response"]["errors"]["credential"][0]
+    assert len(stored_passkeys(app)) == 2
+
+
+def test_adding_a_passkey_needs_a_fresh_login(make_app):
+    app = make_app(**PASSKEYS)
+    add_user(app)
+    client = app.test_client()
+    login(client, remember="y")
+    with client.session_transaction() as session:
+        session["_fresh"] = False  # as after the remember cookie's return
+    response = client.post("/passkeys/register-options", json={})
+    assert response.status_code == 401
+    assert client.get("/passkeys").status_code == 302
+
+
+def test_adding_and_deleting_a_passkey_email_a_notice_and_signal(make_app):
+    app = make_app(**PASSKEYS)
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    device = SoftAuthenticator()
+    with app.mail.record_messages() as outbox:
+        with fsl._capture(fsl.passkey_registered) as added:
+            add_passkey(client, device, label="Phone")
+        passkey_id = stored_passkeys(app)[0].id
+        with fsl._capture(fsl.passkey_deleted) as deleted:
+            client.post(f"/passkeys/{passkey_id}/delete", json={})
+    assert [m.subject for m in outbox] == ["Passkeys on your account"] * 2
+    assert '"Phone" was added' in outbox[0].body
+    assert '"Phone" was deleted' in outbox[1].body
+    assert [a["passkey"].label for a in added] == ["Phone"]
+    assert [d["user"].email for d in deleted] == ["matt@lp.com"]
+
+
+def test_the_passkey_notice_can_be_turned_off(make_app):
+    app = make_app(SECURITY_SEND_PASSKEY_NOTICE_EMAIL=False, **PASSKEYS)
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    with app.mail.record_messages() as outbox:
+        add_passkey(client, SoftAuthenticator())
+    assert outbox == []
+
+
+def test_passkey_posts_need_the_csrf_header(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True, **PASSKEYS)
+    client = app.test_client()
+    answer = client.get("/login", headers={"Accept": "application/json"})
+    csrf = {"X-CSRFToken": answer.json["response"]["csrf_token"]}
+    refused = client.post("/passkeys/login-options", json={})
+    assert (
+        refused.status_code == 400
+        and "csrf_token" in refused.json["response"]["errors"]
+    )
+    assert (
+        client.post("/passkeys/login-options", json={}, headers=csrf).status_code == 200
+    )
+
+
+# =============================================================================
+# 12. Passkeys: signing in
+# =============================================================================
+
+
+def test_a_passkey_signs_in_on_every_store(store, make_app, logins):
+    app, client, device = passkey_user(make_app, store)
+    client = app.test_client()
+    response = sign_in_with_passkey(client, device)
+    assert response.status_code == 200
+    assert response.json["response"]["next"] == "/"
+    assert "authentication_token" in response.json["response"]["user"]
+    assert client.get("/profile").data == b"profile of matt@lp.com"
+    assert logins[-1] == "matt@lp.com"
+    (passkey,) = stored_passkeys(app)
+    assert passkey.sign_count == 1 and passkey.last_used_at is not None
+
+
+def test_login_options_list_no_passkey_and_are_alike_for_everyone(make_app):
+    app, client, _ = passkey_user(make_app)
+    options = [passkey_options(c, "login") for c in (client, app.test_client())]
+    for option in options:
+        assert "allowCredentials" not in option or option["allowCredentials"] == []
+        option.pop("challenge")
+    assert options[0] == options[1]
+    assert options[0]["userVerification"] == "required"
+
+
+def test_a_passkey_sign_in_starts_a_new_session(make_app):
+    app, _, device = passkey_user(make_app)
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session["planted"] = "by an attacker"
+    sign_in_with_passkey(client, device)
+    with client.session_transaction() as session:
+        assert "planted" not in session
+
+
+def test_a_passkey_sign_in_is_tracked(make_app):
+    app, _, device = passkey_user(make_app, SECURITY_TRACKABLE=True)
+    before = get_user(app).login_count
+    sign_in_with_passkey(app.test_client(), device)
+    assert get_user(app).login_count == before + 1
+
+
+def test_a_passkey_sign_in_goes_to_a_safe_next_only(make_app):
+    app, _, device = passkey_user(make_app)
+    for declared, expected in (("/profile", "/profile"), ("//evil.com", "/")):
+        client = app.test_client()
+        credential = device.get(passkey_options(client, "login"))
+        body = {"credential": credential, "next": declared}
+        response = client.post("/passkeys/login", json=body)
+        assert response.json["response"]["next"] == expected
+
+
+def test_a_passkey_answer_serves_once(make_app):
+    app, _, device = passkey_user(make_app)
+    client = app.test_client()
+    credential = device.get(passkey_options(client, "login"))
+    assert (
+        client.post("/passkeys/login", json={"credential": credential}).status_code
+        == 200
+    )
+    client.get("/logout")
+    again = client.post("/passkeys/login", json={"credential": credential})
+    assert again.status_code == 400
+    assert client.get("/profile").status_code == 302
+
+
+def test_a_passkey_answer_replayed_with_its_old_session_cookie_is_refused(make_app):
+    app, _, device = passkey_user(make_app)
+    client = app.test_client()
+    credential = device.get(passkey_options(client, "login"), counter=0)
+    cookie = client.get_cookie("session").value
+    assert (
+        client.post("/passkeys/login", json={"credential": credential}).status_code
+        == 200
+    )
+    attacker = app.test_client()
+    attacker.set_cookie("session", cookie)
+    replay = attacker.post("/passkeys/login", json={"credential": credential})
+    assert replay.status_code == 400
+    assert attacker.get("/profile").status_code == 302
+
+
+def test_a_passkey_answer_from_another_origin_is_refused(make_app):
+    app, _, device = passkey_user(make_app)
+    client = app.test_client()
+    response = sign_in_with_passkey(client, device, origin="http://evil.example")
+    assert response.status_code == 400
+    assert client.get("/profile").status_code == 302
+
+
+def test_a_passkey_answer_for_another_rp_id_is_refused(make_app):
+    app, _, device = passkey_user(make_app)
+    client = app.test_client()
+    assert sign_in_with_passkey(client, device, rp_id="evil.example").status_code == 400
+    assert client.get("/profile").status_code == 302
+
+
+def test_a_passkey_answer_without_user_verification_is_refused_when_required(
+    make_app,
+):
+    app, _, device = passkey_user(make_app)
+    client = app.test_client()
+    assert sign_in_with_passkey(client, device, verified=False).status_code == 400
+    assert client.get("/profile").status_code == 302
+
+
+def test_a_sign_count_going_back_is_refused_and_logged(make_app, caplog):
+    app, _, device = passkey_user(make_app)
+    assert sign_in_with_passkey(app.test_client(), device, counter=5).status_code == 200
+    client = app.test_client()
+    response = sign_in_with_passkey(client, device, counter=3)
+    assert response.status_code == 400
+    assert client.get("/profile").status_code == 302
+    assert "sign count of 3 was not greater than current count of 5" in caplog.text
+
+
+def test_an_expired_passkey_challenge_is_refused(make_app, monkeypatch):
+    app, _, device = passkey_user(make_app)
+    client = app.test_client()
+    credential = device.get(passkey_options(client, "login"))
+    later = time.time() + 6 * 60
+    monkeypatch.setattr(fsl.time, "time", lambda: later)
+    response = client.post("/passkeys/login", json={"credential": credential})
+    assert response.status_code == 400
+    assert "expired" in response.json["response"]["errors"]["credential"][0]
+
+
+def test_an_unknown_passkey_is_refused(make_app):
+    app, _, _ = passkey_user(make_app)
+    stranger = SoftAuthenticator()
+    options = {"rp": {"id": "localhost"}, "user": {"id": "AA"}, "challenge": "AA"}
+    stranger.create(options)
+    client = app.test_client()
+    assert sign_in_with_passkey(client, stranger).status_code == 400
+
+
+def test_a_passkey_naming_another_users_handle_is_refused(make_app):
+    app, _, device = passkey_user(make_app)
+    add_user(app, "joe@lp.com", passkey_handle="joes-handle")
+    client = app.test_client()
+    response = sign_in_with_passkey(client, device, user_handle=b"joes-handle")
+    assert response.status_code == 400
+    assert client.get("/profile").status_code == 302
+
+
+@pytest.mark.parametrize(
+    "config, change, message",
+    [
+        ({}, {"active": False}, "This account is disabled."),
+        (CONFIRM, {"confirmed_at": None}, "Please confirm your email address first."),
+        (LOCKOUT, {"locked_until": datetime(2999, 1, 1)}, "This account is locked"),
+    ],
+)
+def test_a_passkey_of_a_user_who_may_not_log_in_is_refused(
+    make_app, config, change, message
+):
+    app, _, device = passkey_user(make_app, **config)
+    with app.test_request_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        for name, value in change.items():
+            setattr(user, name, value)
+        app.datastore.put(user)
+        app.datastore.commit()
+    client = app.test_client()
+    response = sign_in_with_passkey(client, device)
+    assert response.status_code == 400
+    assert message in response.json["response"]["errors"]["credential"][0]
+    assert client.get("/profile").status_code == 302
+
+
+def test_a_passkey_sign_in_clears_the_wrong_passwords(make_app):
+    app, _, device = passkey_user(make_app, **LOCKOUT)
+    login(app.test_client(), password="wrong password")
+    assert get_user(app).failed_login_count == 1
+    assert sign_in_with_passkey(app.test_client(), device).status_code == 200
+    assert get_user(app).failed_login_count == 0
+
+
+def test_a_verified_passkey_is_two_factors(make_app):
+    app, _, device = passkey_user(make_app, **TWO_FACTOR)
+    fsl_key = "JBSWY3DPEHPK3PXP"
+    with app.test_request_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        user.tf_totp_secret = fsl_key
+        app.datastore.put(user)
+        app.datastore.commit()
+    client = app.test_client()
+    response = sign_in_with_passkey(client, device)
+    assert "tf_required" not in response.json["response"]
+    assert client.get("/profile").status_code == 200
+
+
+def test_an_unverified_passkey_is_followed_by_the_code_step(make_app):
+    app, _, device = passkey_user(
+        make_app, SECURITY_PASSKEYS_USER_VERIFICATION="preferred", **TWO_FACTOR
+    )
+    with app.test_request_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        user.tf_totp_secret = "JBSWY3DPEHPK3PXP"
+        app.datastore.put(user)
+        app.datastore.commit()
+    client = app.test_client()
+    response = sign_in_with_passkey(client, device, verified=False)
+    assert response.json["response"]["tf_required"] is True
+    assert response.json["response"]["next"] == "/tf-validate"
+    assert client.get("/profile").status_code == 302
+    code = fsl.totp_code("JBSWY3DPEHPK3PXP")
+    assert client.post("/tf-validate", data={"code": code}).status_code == 302
+    assert client.get("/profile").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        {"credential": "x"},
+        {"credential": {}},
+        {"credential": {"rawId": 5, "response": None}},
+        {"credential": {"rawId": "!!", "id": "!!", "response": {"userHandle": "%"}}},
+    ],
+)
+def test_a_malformed_passkey_answer_is_a_400(make_app, body):
+    app, _, _ = passkey_user(make_app)
+    client = app.test_client()
+    passkey_options(client, "login")
+    response = client.post("/passkeys/login", json=body)
+    assert response.status_code == 400
+
+
+def test_a_malformed_registration_answer_is_a_400(make_app):
+    app, client, _ = passkey_user(make_app)
+    passkey_options(client, "register")
+    credential = {"id": "AA", "rawId": "AA", "type": "public-key", "response": {}}
+    response = client.post("/passkeys/register", json={"credential": credential})
+    assert response.status_code == 400
+
+
+def test_passkeys_refuse_an_ip_address_host(make_app):
+    app, client, _ = passkey_user(make_app)
+    response = client.post(
+        "/passkeys/login-options", json={}, base_url="http://127.0.0.1"
+    )
+    assert response.status_code == 400
+    assert "http://localhost" in response.json["response"]["error"]
+
+
+def test_passkeys_take_origin_and_rp_id_from_the_declared_host(make_app):
+    app, _, device = passkey_user(make_app)
+    app.config["SECURITY_LINK_BASE_URL"] = "https://www.example.com"
+    client = app.test_client()
+    assert passkey_options(client, "login")["rpId"] == "www.example.com"
+    local = sign_in_with_passkey(client, device, rp_id="localhost")
+    assert local.status_code == 400
+    credential = device.get(
+        passkey_options(client, "login"), origin="https://www.example.com"
+    )
+    response = client.post("/passkeys/login", json={"credential": credential})
+    assert response.status_code == 200
+
+
+def test_passkeys_refuse_a_host_the_app_did_not_declare(make_app):
+    app, client, _ = passkey_user(make_app)
+    response = client.post(
+        "/passkeys/login-options", json={}, base_url="http://evil.example"
+    )
+    assert response.status_code == 400
+    assert "SERVER_NAME" in response.json["response"]["error"]
+
+
+# =============================================================================
+# 12. Passkeys: managing them
+# =============================================================================
+
+
+def test_the_passkeys_page_lists_name_added_and_last_used(make_app):
+    app, client, device = passkey_user(make_app)
+    add_passkey(client, device, label="Work <laptop>")
+    sign_in_with_passkey(app.test_client(), device)
+    page = client.get("/passkeys").get_data(as_text=True)
+    assert "Work &lt;laptop&gt;" in page and "never used" in page
+    assert "last used <time" in page and "Added <time" in page
+    listed = client.get("/passkeys", headers={"Accept": "application/json"}).json
+    labels = [p["label"] for p in listed["response"]["passkeys"]]
+    assert labels == ["Passkey", "Work <laptop>"]
+    assert listed["response"]["passkeys"][1]["last_used_at"] is not None
+
+
+def test_a_passkey_is_renamed_by_form_and_by_json(make_app):
+    app, client, _ = passkey_user(make_app)
+    passkey_id = stored_passkeys(app)[0].id
+    response = client.post(f"/passkeys/{passkey_id}/rename", data={"label": "Phone"})
+    assert response.status_code == 302 and response.location == "/passkeys"
+    assert stored_passkeys(app)[0].label == "Phone"
+    response = client.post(f"/passkeys/{passkey_id}/rename", json={"label": "Tablet"})
+    assert response.json["response"]["passkey"]["label"] == "Tablet"
+
+
+@pytest.mark.parametrize("label", ["", "   ", "x" * 65, None, 7])
+def test_a_passkey_name_must_be_given_and_short(make_app, label):
+    app, client, _ = passkey_user(make_app)
+    passkey_id = stored_passkeys(app)[0].id
+    response = client.post(f"/passkeys/{passkey_id}/rename", json={"label": label})
+    assert response.status_code == 400
+    assert "at most 64 characters" in response.json["response"]["errors"]["label"][0]
+    assert stored_passkeys(app)[0].label == "Passkey"
+
+
+def test_a_passkey_is_deleted_by_form(make_app):
+    app, client, _ = passkey_user(make_app)
+    passkey_id = stored_passkeys(app)[0].id
+    response = client.post(f"/passkeys/{passkey_id}/delete")
+    assert response.status_code == 302
+    assert stored_passkeys(app) == []
+    assert "was deleted" in client.get("/passkeys").get_data(as_text=True)
+
+
+def test_another_users_passkey_cannot_be_renamed_or_deleted(make_app):
+    app, _, _ = passkey_user(make_app)
+    passkey_id = stored_passkeys(app)[0].id
+    add_user(app, "joe@lp.com")
+    joe = app.test_client()
+    login(joe, "joe@lp.com")
+    renamed = joe.post(f"/passkeys/{passkey_id}/rename", json={"label": "mine"})
+    deleted = joe.post(f"/passkeys/{passkey_id}/delete", json={})
+    assert renamed.status_code == deleted.status_code == 404
+    assert joe.post("/passkeys/nonsense/delete", json={}).status_code == 404
+    assert stored_passkeys(app)[0].label == "Passkey"
+
+
+def test_the_last_passkey_of_a_user_without_a_password_stays(make_app):
+    app, _, device = passkey_user(make_app)
+    with app.test_request_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        user.password = None
+        app.datastore.put(user)
+        app.datastore.commit()
+    client = app.test_client()
+    assert sign_in_with_passkey(client, device).status_code == 200
+    passkey_id = stored_passkeys(app)[0].id
+    response = client.post(f"/passkeys/{passkey_id}/delete", json={})
+    assert response.status_code == 400
+    assert "only way into your account" in response.json["response"]["error"]
+    add_passkey(client, device)
+    assert client.post(f"/passkeys/{passkey_id}/delete", json={}).status_code == 200
+    assert len(stored_passkeys(app)) == 1
+
+
+def test_the_menu_links_the_passkeys_page(make_app):
+    app, client, _ = passkey_user(make_app, **TWO_FACTOR)
+    assert 'href="/passkeys"' in client.get("/tf-setup").get_data(as_text=True)
+    here = '<span aria-current="page">Passkeys</span>'
+    assert here in client.get("/passkeys").get_data(as_text=True)
+
+
+# =============================================================================
+# 12. Passkeys: the login page, the script, and passkeys off
+# =============================================================================
+
+
+def test_the_login_page_offers_a_passkey_and_conditional_mediation(make_app):
+    app = make_app(**PASSKEYS)
+    page = app.test_client().get("/login").get_data(as_text=True)
+    assert 'autocomplete="username webauthn"' in page
+    assert "Sign in with a passkey" in page
+    assert '<script src="/passkeys/passkeys.js" defer>' in page
+
+
+def test_the_login_page_has_no_passkey_when_passkeys_are_off(app):
+    page = app.test_client().get("/login").get_data(as_text=True)
+    assert "webauthn" not in page and "passkey" not in page.lower()
+    assert app.test_client().get("/passkeys").status_code == 404
+
+
+def test_the_passkey_script_is_small_and_served_as_javascript(make_app):
+    app = make_app(**PASSKEYS)
+    response = app.test_client().get("/passkeys/passkeys.js")
+    assert response.mimetype == "text/javascript"
+    script = response.get_data(as_text=True)
+    assert len(script.splitlines()) <= 100
+    assert "parseCreationOptionsFromJSON" in script and "X-CSRFToken" in script
+
+
+def test_passkeys_off_import_nothing_and_query_nothing():
+    code = textwrap.dedent(
+        """
+        import re, sys
+        from flask import Flask
+        from sqlalchemy import event
+        import flask_security_lite as fsl
+        from test_flask_security_lite import PASSWORD, _add_test_views
+        from test_flask_security_lite import _sqlalchemy_store
+        app = Flask(__name__)
+        app.config.update(SECRET_KEY="k", TESTING=True, WTF_CSRF_ENABLED=False)
+        datastore, _ = _sqlalchemy_store(app, "sqlite://")
+        fsl.Security(app, datastore)
+        _add_test_views(app)
+        with app.app_context():
+            datastore.create_user(email="matt@lp.com", password=PASSWORD)
+            datastore.commit()
+            statements = []
+            event.listen(datastore.db.engine, "before_cursor_execute",
+                         lambda *a: statements.append(a[2]))
+        client = app.test_client()
+        client.get("/login")
+        client.post("/login", data={"email": "matt@lp.com", "password": PASSWORD})
+        assert client.get("/profile").status_code == 200 and statements
+        touched = any(re.search(r"\\bpasskey\\b", s) for s in statements)
+        print("webauthn" in sys.modules, touched)
+        """
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True
+    )
+    assert output.stdout.strip() == "False False", output.stderr
+
+
+# =============================================================================
+# 13. The blueprint: what the attack review found
 # =============================================================================
 
 
@@ -6849,7 +7628,7 @@ def test_registration_with_confirmation_gives_no_token_and_no_session(make_app):
 
 
 # =============================================================================
-# 13. Command line
+# 14. Command line
 # =============================================================================
 
 
@@ -7104,7 +7883,52 @@ def test_cli_logout_without_a_security_stamp_field_says_what_to_add():
 
 
 # =============================================================================
-# 14. Startup checks
+# 14. Command line: passkeys
+# =============================================================================
+
+
+def test_cli_lists_a_users_passkeys(make_app):
+    app, client, device = passkey_user(make_app)
+    add_passkey(client, device, label="Work laptop")
+    result = _cli(app, "users", "passkeys", "matt@lp.com")
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert [line.split("  ")[1] for line in lines] == ["Passkey", "Work laptop"]
+    assert all("last used never" in line for line in lines)
+
+
+def test_cli_says_when_a_user_has_no_passkeys(make_app):
+    app = make_app(**PASSKEYS)
+    add_user(app)
+    result = _cli(app, "users", "passkeys", "matt@lp.com")
+    assert result.output == "matt@lp.com has no passkeys\n"
+
+
+def test_cli_removes_a_passkey(make_app):
+    app, _, device = passkey_user(make_app)
+    passkey_id = str(stored_passkeys(app)[0].id)
+    result = _cli(app, "users", "passkeys", "matt@lp.com", "--remove", passkey_id)
+    assert result.exit_code == 0, result.output
+    assert "deleted the passkey Passkey of matt@lp.com" in result.output
+    assert stored_passkeys(app) == []
+    assert sign_in_with_passkey(app.test_client(), device).status_code == 400
+
+
+def test_cli_refuses_a_passkey_the_user_does_not_have(make_app):
+    app, _, _ = passkey_user(make_app)
+    result = _cli(app, "users", "passkeys", "matt@lp.com", "--remove", "999")
+    assert result.exit_code == 1
+    assert "matt@lp.com has no passkey 999" in result.output
+
+
+def test_cli_passkeys_says_when_passkeys_are_off(app):
+    add_user(app)
+    result = _cli(app, "users", "passkeys", "matt@lp.com")
+    assert result.exit_code == 1 and "SECURITY_PASSKEYS = True" in result.output
+
+
+# =============================================================================
+# 15. Startup checks
 # =============================================================================
 
 
@@ -7494,7 +8318,70 @@ def test_a_datastore_the_checks_cannot_inspect_still_starts(store):
 
 
 # =============================================================================
-# 15. The Security extension
+# 15. Startup checks: passkeys
+# =============================================================================
+
+
+def test_a_missing_webauthn_package_is_named_at_init_app(make_app, monkeypatch):
+    monkeypatch.setitem(sys.modules, "webauthn", None)
+    with pytest.raises(RuntimeError) as error:
+        make_app(**PASSKEYS)
+    assert "pip install webauthn" in str(error.value)
+    assert "flask-security-lite[passkeys]" in str(error.value)
+
+
+def test_passkeys_without_a_passkey_model_are_refused_at_init_app(make_app):
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="k", SECURITY_PASSKEYS=True)
+    datastore, teardown = _sqlalchemy_store(app, "sqlite://")
+    datastore.passkey_model = None
+    try:
+        with pytest.raises(RuntimeError) as error:
+            Security(app, datastore)
+    finally:
+        teardown()
+    assert "pass it to the datastore as passkey_model=" in str(error.value)
+
+
+def test_passkeys_without_a_user_handle_field_are_refused_at_init_app(make_app):
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="k", SECURITY_PASSKEYS=True)
+    datastore, teardown = _sqlalchemy_store(app, "sqlite://")
+    datastore.user_model = type("User", (fsl.UserMixin,), {"_meta": None})
+    try:
+        with pytest.raises(RuntimeError) as error:
+            Security(app, datastore)
+    finally:
+        teardown()
+    assert "has no 'passkey_handle' field" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("SECURITY_PASSKEYS_USER_VERIFICATION", "always"),
+        ("SECURITY_PASSKEYS_ATTESTATION", "full"),
+        ("SECURITY_PASSKEYS_RP_ID", "127.0.0.1"),
+    ],
+)
+def test_a_passkey_setting_it_cannot_use_is_refused_at_init_app(
+    make_app, setting, value
+):
+    with pytest.raises(RuntimeError) as error:
+        make_app(**PASSKEYS, **{setting: value})
+    assert setting in str(error.value)
+
+
+def test_passkeys_without_a_declared_host_warn_at_init_app(make_app, caplog):
+    make_app(**PASSKEYS)
+    assert "SECURITY_PASSKEYS is on, but the app declares no host" in caplog.text
+    caplog.clear()
+    make_app(SERVER_NAME="localhost", **PASSKEYS)
+    assert "declares no host" not in caplog.text
+
+
+# =============================================================================
+# 16. The Security extension
 # =============================================================================
 
 
@@ -7577,7 +8464,7 @@ def test_unknown_security_argument_is_refused():
 
 
 # =============================================================================
-# 15. The Security extension: the security event log
+# 16. The Security extension: the security event log
 # =============================================================================
 
 
@@ -7721,7 +8608,7 @@ def test_asvs_16_3_1_events_carry_no_password_code_token_or_key(make_app, events
 
 
 # =============================================================================
-# 16. Flask-Security 1.7.4 compatibility, and a 1.7.4 application
+# 17. Flask-Security 1.7.4 compatibility, and a 1.7.4 application
 # =============================================================================
 
 
@@ -8602,6 +9489,20 @@ def test_two_factor_doc_program_runs(wait_a_step):
     assert client.get("/").data == b"Hello matt@nobien.net"
 
 
+def test_passkeys_doc_program_runs():
+    program = _doc_program("docs/passkeys.md", "The models")
+    namespace = {"__name__": "doc_passkeys"}
+    exec(compile(program, "docs/passkeys.md", "exec"), namespace)
+    app = namespace["app"]
+    app.config["WTF_CSRF_ENABLED"] = False
+    client, device = app.test_client(), SoftAuthenticator()
+    client.post("/login", data={"email": "matt@nobien.net", "password": "password"})
+    assert add_passkey(client, device).status_code == 200
+    client.get("/logout")
+    assert sign_in_with_passkey(client, device).status_code == 200
+    assert client.get("/").data == b"Hello matt@nobien.net"
+
+
 def _doc_program(name, heading, number=1):
     """The text of the ``number``-th block under ``heading`` of document ``name``."""
     (text,) = [b[4] for b in _doc_blocks() if b[:3] == (name, heading, number)]
@@ -8916,6 +9817,8 @@ DOC_BLOCK_RUNNERS = {
     ("docs/mail.md", "Mail", 1): _run_mail_program,
     ("docs/mail.md", "Mail", 2): _run_mail_program,
     ("docs/two-factor.md", "Two-factor login", 1): "test_two_factor_doc_program_runs",
+    ("docs/passkeys.md", "Passkeys", 1): _check_pip_requirements,
+    ("docs/passkeys.md", "The models", 1): "test_passkeys_doc_program_runs",
     (
         "docs/migrating.md",
         "Migrating a 1.7.4 application",
@@ -8991,6 +9894,7 @@ REFERENCE_PAGES = (
     "docs/mail.md",
     "docs/views.md",
     "docs/two-factor.md",
+    "docs/passkeys.md",
     "docs/configuration.md",
     "docs/migrating.md",
     "docs/security.md",
@@ -9498,6 +10402,72 @@ def test_example_app_walk_through_every_link_of_its_checklist(
 
     assert walker.followed == checklist
     assert walker.found == []
+
+
+def _virtual_authenticator(page):
+    """Chromium's DevTools authenticator on ``page``: a platform passkey provider
+    (CTAP2, internal, resident keys) that verifies its user at once."""
+    session = page.context.new_cdp_session(page)
+    session.send("WebAuthn.enable")
+    options = {
+        "protocol": "ctap2",
+        "transport": "internal",
+        "hasResidentKey": True,
+        "hasUserVerification": True,
+        "isUserVerified": True,
+        "automaticPresenceSimulation": True,
+    }
+    session.send("WebAuthn.addVirtualAuthenticator", {"options": options})
+    return session
+
+
+@pytest.mark.slow
+def test_example_app_passkey_added_in_a_browser_signs_in(example_site, axe_page):
+    # An RP id must be a domain: localhost, never 127.0.0.1.
+    url, page = example_site[0].replace("127.0.0.1", "localhost"), axe_page
+    _virtual_authenticator(page)
+    found = []
+    page.goto(url + "/login")
+    page.fill("input[name=email]", "demo@example.com")
+    page.fill("input[name=password]", "demo-password")
+    _navigate_by(page, "form[name=login_user_form] input[type=submit]")
+    page.goto(url + "/profile")
+    _navigate_by(page, "text=Manage passkeys")
+    found += page.check()
+    page.fill("#passkey-label", "Demo laptop")
+    _navigate_by(page, "#passkey-add input[type=submit]")
+    assert "The passkey Demo laptop was added." in page.content()
+    assert "never used" in page.content()
+    found += page.check()
+    page.goto(url + "/logout")
+    # The browser offers the passkey in the address field (conditional
+    # mediation), and the virtual authenticator takes the offer at once.
+    page.goto(url + "/login")
+    page.wait_for_url(url + "/")
+    page.goto(url + "/profile")
+    assert "Logged in as <strong>demo@example.com</strong>" in page.content()
+    assert "last used <time" in page.goto(url + "/passkeys").text()
+    # Without conditional mediation, the button.
+    page.goto(url + "/logout")
+    page.add_init_script("delete PublicKeyCredential.isConditionalMediationAvailable")
+    page.goto(url + "/login?next=/profile")
+    found += page.check()
+    _navigate_by(page, "text=Sign in with a passkey")
+    assert "Logged in as <strong>demo@example.com</strong>" in page.content()
+    assert page.url == url + "/profile"
+    assert found == []
+
+
+@pytest.mark.slow
+def test_example_app_passkey_errors_are_shown_on_the_page(example_site, axe_page):
+    page = axe_page
+    page.goto(example_site[0] + "/login")  # 127.0.0.1: no passkey can work here
+    _virtual_authenticator(page)
+    page.click("text=Sign in with a passkey")
+    error = page.locator("#passkey-error")
+    error.filter(has_text="Passkeys need a domain name").wait_for()
+    assert error.get_attribute("role") == "alert"
+    assert page.check() == []
 
 
 @pytest.mark.slow
