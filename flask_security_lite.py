@@ -4340,23 +4340,29 @@ class TwoFactorPasswordForm(Form, PasswordFormMixin):
         return _current_password_is_right(self.password)
 
 
-def _current_code_is_right(field):
-    """Check a code of the logged-in user's second factor as the code step of a
-    login does: counted toward the lockout before it is checked, and used up when
-    right. An authenticator code or a recovery code will do (the phone may be
-    lost)."""
-    user = current_user._get_current_object()
+def _check_code(user, field, methods):
+    """Check the code in ``field`` as the code step of a login does: counted toward
+    the lockout before it is checked, and used up when right. The one of
+    ``methods`` (keys of ``_CODE_CHECKS``) that took it, or None, the field then
+    saying why."""
     lockout = config_value("LOCKOUT_ATTEMPTS")
     if lockout and not _reserve_attempt(user):
         field.errors.append(_text("ACCOUNT_LOCKED"))
-        return False
-    if not any(_use_code(user, method, field.data) for method in _CODE_CHECKS):
+        return None
+    method = next((m for m in methods if _use_code(user, m, field.data)), None)
+    if method is None:
         _login_failed(user, user.email, "invalid_code")
         field.errors.append(_text("TF_INVALID_CODE"))
-        return False
-    if lockout:
+    elif lockout:
         _clear_wrong_passwords(user)
-    return True
+    return method
+
+
+def _current_code_is_right(field):
+    """Check a code of the logged-in user's second factor as a login would: an
+    authenticator code or a recovery code will do (the phone may be lost)."""
+    user = current_user._get_current_object()
+    return _check_code(user, field, _CODE_CHECKS) is not None
 
 
 class TwoFactorDisableForm(TwoFactorPasswordForm):
@@ -4522,16 +4528,8 @@ def _tf_code_view(view, form_name, method):
         return redirect(url_for_security("tf_setup"))
 
     def act(form):
-        lockout = config_value("LOCKOUT_ATTEMPTS")
-        if lockout and not _reserve_attempt(user):
-            form.code.errors.append(_text("ACCOUNT_LOCKED"))
+        if _check_code(user, form.code, [method]) is None:
             return None
-        if not _use_code(user, method, form.code.data):
-            _login_failed(user, user.email, "invalid_code")
-            form.code.errors.append(_text("TF_INVALID_CODE"))
-            return None
-        if lockout:
-            _clear_wrong_passwords(user)
         next_url = _complete_second_factor(user, method)
         return _Done(
             user, token=True, next_url=_next_or_view(next_url, "POST_LOGIN_VIEW")
