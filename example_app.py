@@ -139,7 +139,7 @@ class Passkey(db.Model):
     user = db.relationship("User")
     credential_id = db.Column(db.LargeBinary(1024), unique=True, nullable=False)
     public_key = db.Column(db.LargeBinary, nullable=False)
-    sign_count = db.Column(db.Integer, nullable=False)
+    sign_count = db.Column(db.BigInteger, nullable=False)
     transports = db.Column(db.String(255))
     label = db.Column(db.String(64), nullable=False)
     created_at = db.Column(db.DateTime, nullable=False)

@@ -1678,7 +1678,14 @@ class UserDatastore:
 
 class _AdapterDatastore(UserDatastore):
     """What the three ORM adapters add to the shared logic: an activity change is
-    saved at once."""
+    saved at once, and a user's passkeys go with the user."""
+
+    def delete_user(self, user: Any) -> None:
+        """Delete ``user``, their passkeys first (their rows name the user)."""
+        if self.passkey_model is not None:
+            for passkey in self._find_passkeys(user=user):
+                self.delete(passkey)
+        super().delete_user(user)
 
     def toggle_active(self, user: Any) -> bool:
         super().toggle_active(user)
@@ -1983,8 +1990,10 @@ class PeeweeUserDatastore(_AdapterDatastore):
 
     def _find_passkeys(self, **fields):
         model = self.passkey_model
-        matching = [getattr(model, name) == value for name, value in fields.items()]
-        return list(model.select().where(*matching).order_by(model.created_at))
+        query = model.select().order_by(model.created_at)
+        for name, value in fields.items():
+            query = query.where(getattr(model, name) == value)
+        return list(query)
 
     def _update_passkey(self, passkey, expected, changes):
         model = self.passkey_model
@@ -3471,12 +3480,13 @@ def _end_other_sessions(user):
     _rebind_session(user)
 
 
-def _csrf_refusal():
-    """The refusal of a POST that carries no valid CSRF token (in the form or a
-    header), for views that take no form; None when it has one, or CSRF is off."""
+def _require_csrf():
+    """Refuse a POST that carries no valid CSRF token (in the form or JSON body, or
+    a header), for views that take no form; nothing when it has one, or CSRF is
+    off."""
     config = current_app.config
     if not config.get("WTF_CSRF_ENABLED", True):
-        return None
+        return
     field = config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
     headers = config.get("WTF_CSRF_HEADERS", _CSRF_HEADERS)
     body = _json_body() if request.is_json else request.form
@@ -3486,8 +3496,7 @@ def _csrf_refusal():
     try:
         validate_csrf(token, token_key=field)
     except ValidationError as error:
-        return _Refused(400, errors={field: [str(error)]})
-    return None
+        raise _Refused(400, errors={field: [str(error)]}) from None
 
 
 @anonymous_user_required
@@ -3512,9 +3521,7 @@ def logout() -> ResponseReturnValue:
     ``SECURITY_LOGOUT_METHODS`` can leave it out)."""
     by_token = _authenticate_by_token()
     if request.method == "POST" and not by_token and current_user.is_authenticated:
-        refusal = _csrf_refusal()
-        if refusal is not None:
-            raise refusal
+        _require_csrf()
     logout_user()
     if _wants_json():
         return _json_answer(200, {})
@@ -4774,12 +4781,12 @@ def _ceremony_failed(what, error, user=None):
     """Log why py_webauthn refused a ceremony (a wrong origin, a sign count going
     back), and answer with one message that tells an attacker nothing."""
     who = f"user {user.id}" if user is not None else "no known user"
-    _log.warning("a passkey %s was refused (%s): %s", what, who, error)
+    _log.warning("a passkey %s was refused (%s): %r", what, who, str(error))
     return _Refused(400, "PASSKEY_INVALID", field="credential")
 
 
 #: What a malformed answer raises (bad base64 and UTF-8 among the ValueErrors).
-_MALFORMED = (ValueError, TypeError, KeyError, AttributeError)
+_MALFORMED = (ValueError, TypeError, LookupError, AttributeError, OverflowError)
 
 
 def _ceremony_errors():
@@ -4877,7 +4884,15 @@ def _registration_options(user):
 def _clean_label(label):
     """A passkey's name as typed, trimmed; a 400 when it is empty or too long."""
     label = label.strip() if isinstance(label, str) else ""
-    if not label or len(label) > _PASSKEY_LABEL_LENGTH or not _storable(label):
+    # No control or format characters: a name must not rewrite a terminal's line
+    # (flask users passkeys) or an email's.
+    hidden = any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in label)
+    if (
+        not label
+        or len(label) > _PASSKEY_LABEL_LENGTH
+        or hidden
+        or not _storable(label)
+    ):
         page = url_for_security("passkeys")
         length = _PASSKEY_LABEL_LENGTH
         raise _Refused(
@@ -4890,7 +4905,7 @@ def _transports(credential):
     """The transports the browser reported for a new passkey, as stored."""
     reported = credential.get("response", {}).get("transports")
     reported = reported if isinstance(reported, list) else []
-    return ",".join(sorted(set(reported) & set(_PASSKEY_TRANSPORTS)))
+    return ",".join(sorted(set(_PASSKEY_TRANSPORTS).intersection(map(str, reported))))
 
 
 def _register_passkey(user, credential, label):
@@ -5010,6 +5025,9 @@ def _verify_passkey_login(credential):
     except _ceremony_errors() as error:
         _login_failed(user, user.email, "invalid_passkey")
         raise _ceremony_failed("sign-in", error, user) from None
+    # Used up first: an answer refused for the account's state stays spent.
+    if not _use_passkey(passkey, verified, issued):
+        raise _Refused(400, "PASSKEY_CHALLENGE_EXPIRED", field="credential")
     for reason, refused in (
         ("disabled", not user.is_active),
         ("unconfirmed", requires_confirmation(user)),
@@ -5018,23 +5036,10 @@ def _verify_passkey_login(credential):
         if refused:
             _login_failed(user, user.email, reason)
             raise _Refused(400, _LOGIN_REFUSALS[reason][1], field="credential")
-    if not _use_passkey(passkey, verified, issued):
-        raise _Refused(400, "PASSKEY_CHALLENGE_EXPIRED", field="credential")
     return user, verified.user_verified
 
 
 # -- views --------------------------------------------------------------------
-
-
-def _require_csrf():
-    """Refuse a post without this session's CSRF token: the ``X-CSRFToken`` header
-    of a JSON post, the form's field otherwise (when CSRF is on)."""
-    field = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
-    headers = current_app.config.get("WTF_CSRF_HEADERS", _CSRF_HEADERS)
-    token = next(filter(None, map(request.headers.get, headers)), None)
-    form = Form(formdata=MultiDict({field: token or request.form.get(field, "")}))
-    if not form.validate():
-        raise _Refused(400, errors=form.errors)
 
 
 def _posted():
@@ -5081,9 +5086,19 @@ def _passkeys():
 
 @flask_login.fresh_login_required
 def _passkeys_register_options():
-    """The options to make a passkey, as JSON."""
+    """The options to make a passkey, as JSON, once the user's password is given
+    again (as setting up two-factor asks it): a session stolen or left open must not
+    plant a passkey, which would outlive a new password."""
     _require_csrf()
     user = current_user._get_current_object()
+    if user.password:  # an account with passkeys alone has none to ask
+        password = _posted().get("password")
+        if not isinstance(password, str) or not password:
+            raise _Refused(400, "PASSWORD_NOT_PROVIDED", field="password")
+        _, reason = _verify_login(user.email, password, user=user)
+        if reason is not None:
+            key = "ACCOUNT_LOCKED" if reason == "locked" else "INVALID_PASSWORD"
+            raise _Refused(400, key, field="password")
     return _json_answer(200, {"options": _registration_options(user)})
 
 

@@ -118,7 +118,7 @@ def _sqlalchemy_store(app, uri):
         user = db.relationship("User")
         credential_id = db.Column(db.LargeBinary(1024), unique=True, nullable=False)
         public_key = db.Column(db.LargeBinary, nullable=False)
-        sign_count = db.Column(db.Integer, nullable=False)
+        sign_count = db.Column(db.BigInteger, nullable=False)
         transports = db.Column(db.String(255))
         label = db.Column(db.String(64), nullable=False)
         created_at = db.Column(db.DateTime, nullable=False)
@@ -181,7 +181,7 @@ def _peewee_store(app, path):
         user = peewee.ForeignKeyField(User, backref="passkeys")
         credential_id = peewee.BlobField(unique=True)
         public_key = peewee.BlobField()
-        sign_count = peewee.IntegerField()
+        sign_count = peewee.BigIntegerField()
         transports = peewee.TextField(null=True)
         label = peewee.TextField()
         created_at = peewee.DateTimeField()
@@ -241,7 +241,7 @@ def _mongo_store(app, path):
         user = mongoengine.ReferenceField(User, required=True)
         credential_id = mongoengine.BinaryField(required=True, unique=True)
         public_key = mongoengine.BinaryField(required=True)
-        sign_count = mongoengine.IntField(required=True)
+        sign_count = mongoengine.LongField(required=True)
         transports = mongoengine.StringField()
         label = mongoengine.StringField(required=True, max_length=64)
         created_at = mongoengine.DateTimeField(required=True)
@@ -6564,15 +6564,18 @@ class SoftAuthenticator:
         return json.dumps(data).encode()
 
 
-def passkey_options(client, purpose):
-    response = client.post(f"/passkeys/{purpose}-options", json={})
+def passkey_options(client, purpose, password=PASSWORD):
+    """The options of a ceremony; adding a passkey asks for the password again."""
+    body = {"password": password} if purpose == "register" else {}
+    response = client.post(f"/passkeys/{purpose}-options", json=body)
     assert response.status_code == 200, response.json
     return response.json["response"]["options"]
 
 
-def add_passkey(client, device, label=None, **lies):
+def add_passkey(client, device, label=None, password=PASSWORD, **lies):
     """Register a passkey of ``device`` for the client's user; the response."""
-    credential = device.create(passkey_options(client, "register"), **lies)
+    options = passkey_options(client, "register", password)
+    credential = device.create(options, **lies)
     body = {"credential": credential} | ({"label": label} if label else {})
     return client.post("/passkeys/register", json=body)
 
@@ -6711,6 +6714,65 @@ def test_adding_a_passkey_needs_a_fresh_login(make_app):
     response = client.post("/passkeys/register-options", json={})
     assert response.status_code == 401
     assert client.get("/passkeys").status_code == 302
+
+
+@pytest.mark.parametrize("password", [None, "not the password"])
+def test_adding_a_passkey_needs_the_password_again(make_app, password):
+    app, client, device = passkey_user(make_app)
+    body = {} if password is None else {"password": password}
+    response = client.post("/passkeys/register-options", json=body)
+    assert response.status_code == 400
+    assert "password" in response.json["response"]["errors"]
+
+
+def test_a_passkey_answer_refused_for_a_locked_account_stays_spent(make_app):
+    app, _, device = passkey_user(make_app, SECURITY_LOCKOUT_ATTEMPTS=3)
+    client = app.test_client()
+    credential = device.get(passkey_options(client, "login"))
+    with client.session_transaction() as session:
+        copied = dict(session)
+    with app.test_request_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        user.locked_until = datetime(2999, 1, 1)
+        app.datastore.put(user)
+        app.datastore.commit()
+    assert (
+        client.post("/passkeys/login", json={"credential": credential}).status_code
+        == 400
+    )
+    with app.test_request_context():
+        user = app.datastore.find_user(email="matt@lp.com")
+        user.locked_until = None
+        app.datastore.put(user)
+        app.datastore.commit()
+    replay = app.test_client()
+    with replay.session_transaction() as session:
+        session.update(copied)
+    response = replay.post("/passkeys/login", json={"credential": credential})
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize("label", ["\x1b[2K\r2  YubiKey", "Phone\nBackup", "a\u202eb"])
+def test_a_passkey_name_with_control_characters_is_refused(make_app, label):
+    app, client, device = passkey_user(make_app)
+    assert add_passkey(client, device, label=label).status_code == 400
+
+
+def test_a_passkey_with_odd_transports_is_stored_without_them(make_app):
+    app, client, device = passkey_user(make_app)
+    credential = device.create(passkey_options(client, "register"))
+    credential["response"]["transports"] = [{}, ["usb"], "internal"]
+    response = client.post("/passkeys/register", json={"credential": credential})
+    assert response.status_code == 200
+    assert stored_passkeys(app)[-1].transports == "internal"
+
+
+def test_deleting_a_user_deletes_their_passkeys(make_app, store):
+    app, client, device = passkey_user(make_app, store=store)
+    with app.test_request_context():
+        app.datastore.delete_user(app.datastore.find_user(email="matt@lp.com"))
+        app.datastore.commit()
+        assert app.datastore._find_passkeys() == []
 
 
 def test_adding_and_deleting_a_passkey_email_a_notice_and_signal(make_app):
@@ -6874,6 +6936,15 @@ def test_a_sign_count_going_back_is_refused_and_logged(make_app, caplog):
     assert response.status_code == 400
     assert client.get("/profile").status_code == 302
     assert "sign count of 3 was not greater than current count of 5" in caplog.text
+
+
+def test_a_sign_count_past_two_to_the_31_is_stored_on_every_store(make_app, store):
+    app, _, device = passkey_user(make_app, store=store)
+    big = 2**32 - 1  # the counter is an unsigned 32-bit number
+    assert (
+        sign_in_with_passkey(app.test_client(), device, counter=big).status_code == 200
+    )
+    assert stored_passkeys(app)[0].sign_count == big
 
 
 def test_an_expired_passkey_challenge_is_refused(make_app, monkeypatch):
@@ -9497,7 +9568,7 @@ def test_passkeys_doc_program_runs():
     app.config["WTF_CSRF_ENABLED"] = False
     client, device = app.test_client(), SoftAuthenticator()
     client.post("/login", data={"email": "matt@nobien.net", "password": "password"})
-    assert add_passkey(client, device).status_code == 200
+    assert add_passkey(client, device, password="password").status_code == 200
     client.get("/logout")
     assert sign_in_with_passkey(client, device).status_code == 200
     assert client.get("/").data == b"Hello matt@nobien.net"
@@ -10435,6 +10506,7 @@ def test_example_app_passkey_added_in_a_browser_signs_in(example_site, axe_page)
     _navigate_by(page, "text=Manage passkeys")
     found += page.check()
     page.fill("#passkey-label", "Demo laptop")
+    page.fill("#passkey-password", "demo-password")
     _navigate_by(page, "#passkey-add input[type=submit]")
     assert "The passkey Demo laptop was added." in page.content()
     assert "never used" in page.content()

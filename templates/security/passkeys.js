@@ -81,7 +81,8 @@
       event.preventDefault();
       region.textContent = "";
       try {
-        const options = await post(data.optionsUrl, data.csrfToken);
+        const password = form.elements.password ? form.elements.password.value : undefined;
+        const options = await post(data.optionsUrl, data.csrfToken, { password });
         const credential = await navigator.credentials.create({ publicKey: creationOptions(options.options) });
         const answer = await post(data.registerUrl, data.csrfToken, {
           credential: asJSON(credential), label: form.elements.label.value });
