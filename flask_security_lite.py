@@ -1348,17 +1348,24 @@ def _conflict_type(orm_error: type) -> type:
 
 
 def _missing_table_advice(error: BaseException) -> str | None:
-    """What to do when ``error`` is the database saying a table does not exist
-    (SQLite's "no such table", PostgreSQL's SQLSTATE 42P01, through SQLAlchemy or
-    peewee); None for any other error."""
+    """What to do when ``error`` is the database saying a table or a column does
+    not exist (SQLite's "no such table" / "no such column", PostgreSQL's SQLSTATE
+    42P01 / 42703, through SQLAlchemy or peewee); None for any other error."""
     if type(error).__name__ not in ("OperationalError", "ProgrammingError"):
         return None
     cause = getattr(error, "orig", None) or error
     code = getattr(cause, "pgcode", None) or getattr(cause, "sqlstate", None)
-    if code != "42P01" and not (code is None and "no such table" in str(cause)):
+    text = str(cause).strip()
+    if code == "42703" or (code is None and "no such column" in text):
+        return (
+            f"the database lacks a column of the models ({text}): add it with your "
+            "migrations or ALTER TABLE; db.create_all() adds no columns "
+            "(README.md, 'The fields each feature needs')"
+        )
+    if code != "42P01" and not (code is None and "no such table" in text):
         return None
     return (
-        f"the database has no such table ({str(cause).strip()}): create the tables "
+        f"the database has no such table ({text}): create the tables "
         "with db.create_all() (Flask-SQLAlchemy), db.create_tables([...]) (peewee) "
         "or your migrations; flask-security-lite never creates tables "
         "(README.md, 'Tables not created')"
@@ -2760,14 +2767,27 @@ def roles_accepted(*roles: Any) -> Callable[[Callable], Callable]:
 
 def anonymous_user_required(view: Callable) -> Callable:
     """Send a logged-in user to ``SECURITY_POST_LOGIN_VIEW`` instead of the view."""
+    return _unless_logged_in(view, lambda: current_user.is_authenticated)
+
+
+def _unless_logged_in(view, logged_in):
+    """``view``, unless ``logged_in()``: then ``SECURITY_POST_LOGIN_VIEW``."""
 
     @wraps(view)
     def wrapper(*args, **kwargs):
-        if current_user.is_authenticated:
+        if logged_in():
             return redirect(get_url(config_value("POST_LOGIN_VIEW")))
         return current_app.ensure_sync(view)(*args, **kwargs)
 
     return wrapper
+
+
+def _unless_freshly_logged_in(view):
+    """The login page, also for a user asked to log in again: one whose session a
+    remember cookie restored is not fresh, and pages that need a fresh login
+    (``/passkeys``, ``/sessions``) send them here."""
+    fresh = lambda: current_user.is_authenticated and flask_login.login_fresh()  # noqa: E731
+    return _unless_logged_in(view, fresh)
 
 
 # -- Flask-Principal, when the app has it -------------------------------------
@@ -3499,7 +3519,7 @@ def _require_csrf():
         raise _Refused(400, errors={field: [str(error)]}) from None
 
 
-@anonymous_user_required
+@_unless_freshly_logged_in
 def login() -> ResponseReturnValue:
     """Log in with a password (HTML form or JSON)."""
 
@@ -5613,6 +5633,8 @@ _MAILING_VIEWS = {
     tf_setup: ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
     tf_disable: ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
     tf_rescue: ("TWO_FACTOR", "SEND_TWO_FACTOR_NOTICE_EMAIL"),
+    # Refused at the options: a browser must not make a passkey the server won't keep.
+    _passkeys_register_options: ("PASSKEYS", "SEND_PASSKEY_NOTICE_EMAIL"),
     _passkeys_register: ("PASSKEYS", "SEND_PASSKEY_NOTICE_EMAIL"),
     _passkeys_delete: ("PASSKEYS", "SEND_PASSKEY_NOTICE_EMAIL"),
 }
@@ -5721,6 +5743,17 @@ def _passkey_problems(app, datastore):
     rp_id = config["SECURITY_PASSKEYS_RP_ID"]
     if rp_id and _is_ip_address(rp_id):
         yield f"SECURITY_PASSKEYS_RP_ID must be a domain name, not the address {rp_id}"
+    base = urlsplit(config["SECURITY_LINK_BASE_URL"] or "").hostname
+    for setting, host in (
+        ("SECURITY_LINK_BASE_URL", base),
+        ("SERVER_NAME", urlsplit("//" + (config.get("SERVER_NAME") or "")).hostname),
+    ):
+        if host and _is_ip_address(host) and not rp_id:
+            yield (
+                f"{setting} names the address {host}, and passkeys need a domain "
+                "name: declare localhost (or the site's name) "
+                "(docs/passkeys.md, 'The host')"
+            )
     declared = config.get("SERVER_NAME") or config.get("TRUSTED_HOSTS")
     if not (declared or config["SECURITY_LINK_BASE_URL"]):
         _log.warning(

@@ -6775,6 +6775,48 @@ def test_deleting_a_user_deletes_their_passkeys(make_app, store):
         assert app.datastore._find_passkeys() == []
 
 
+def test_a_user_asked_to_log_in_again_gets_the_login_form(make_app):
+    app = make_app(**PASSKEYS)
+    add_user(app)
+    client = app.test_client()
+    login(client, remember="y")
+    with client.session_transaction() as session:
+        session["_fresh"] = False  # as after the remember cookie's return
+    assert client.get("/passkeys").location.startswith("/login?next=")
+    assert client.get("/login?next=/passkeys").status_code == 200
+    response = login(client, next="/passkeys")
+    assert response.location == "/passkeys"
+    assert client.get("/passkeys").status_code == 200
+
+
+def test_a_freshly_logged_in_user_is_sent_on_from_the_login_page(app):
+    client = logged_in_client(app)
+    assert client.get("/login").status_code == 302
+
+
+def test_without_mail_a_passkey_is_refused_before_the_browser_makes_it(make_app):
+    app = make_app(**PASSKEYS)
+    del app.extensions["mail"]
+    add_user(app)
+    client = app.test_client()
+    login(client)
+    response = client.post("/passkeys/register-options", json={"password": PASSWORD})
+    assert response.status_code == 503
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"SECURITY_LINK_BASE_URL": "http://127.0.0.1:5000"},
+        {"SERVER_NAME": "127.0.0.1:5000"},
+    ],
+)
+def test_passkeys_refuse_a_host_declared_as_an_address_at_init_app(make_app, setting):
+    with pytest.raises(RuntimeError) as error:
+        make_app(**PASSKEYS, **setting)
+    assert "passkeys need a domain name" in str(error.value)
+
+
 def test_adding_and_deleting_a_passkey_email_a_notice_and_signal(make_app):
     app = make_app(**PASSKEYS)
     add_user(app)
@@ -7835,7 +7877,9 @@ def test_only_a_missing_table_is_taken_for_one():
     assert "no such table: user" in fsl._missing_table_advice(
         error("no such table: user")
     )
-    assert fsl._missing_table_advice(error("no such column: user.locked_until")) is None
+    column = fsl._missing_table_advice(error("no such column: user.locked_until"))
+    assert "lacks a column" in column and "db.create_all() adds no columns" in column
+    assert fsl._missing_table_advice(error("database is locked")) is None
     assert fsl._missing_table_advice(ValueError("no such table: user")) is None
 
 
