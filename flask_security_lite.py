@@ -1941,8 +1941,14 @@ class PeeweeUserDatastore(_AdapterDatastore):
         self.passkey_model = passkey_model
 
     def put(self, model: Any) -> Any:
+        """Save ``model``: a stored row writes only the fields set since it was
+        read, so a stale copy (read before a slow password check) cannot undo what
+        another request wrote meanwhile (a logout, a deactivation)."""
         try:
-            model.save()
+            if model._pk is None:
+                model.save()
+            elif model.dirty_fields:
+                model.save(only=model.dirty_fields)
         except self._peewee.IntegrityError as error:
             # peewee keeps the driver's error apart from args: pass it on as orig
             raise _conflict_type(type(error))(error.orig, *error.args) from error
@@ -3461,6 +3467,13 @@ def logout_user() -> None:
     user = current_user._get_current_object()
     if user.is_authenticated:
         _end_sessions(user)
+    _log_out_here()
+
+
+def _log_out_here():
+    """End this browser's session and remember cookie only (a login half done
+    too); the user's other sessions and tokens stay."""
+    current_user._get_current_object()  # who leaves, for user_logged_out
     _new_session()
     flask_login.logout_user()
     _announce_identity(None)
@@ -3534,15 +3547,28 @@ def login() -> ResponseReturnValue:
 
 
 def logout() -> ResponseReturnValue:
-    """Log out (see :func:`logout_user`) and go to a safe ``next`` or
-    ``POST_LOGOUT_VIEW``. A login half done (the password given, the code due)
-    ends too. A request with an auth token logs its user out; a POST by a session
-    needs the session's CSRF token, as a form does (GET needs none, as in 1.7.4:
-    ``SECURITY_LOGOUT_METHODS`` can leave it out)."""
-    by_token = _authenticate_by_token()
-    if request.method == "POST" and not by_token and current_user.is_authenticated:
-        _require_csrf()
-    logout_user()
+    """Log out and go to a safe ``next`` or ``POST_LOGOUT_VIEW``. A login half done
+    (the password given, the code due) ends too.
+
+    What ends everywhere (:func:`logout_user`) is what only the user can ask for:
+    the user of an auth token sent in its header, a POST with the session's CSRF
+    token, a GET the browser says came from this site (``Sec-Fetch-Site``). A GET
+    from a link elsewhere (kept from 1.7.4, needing no token) ends only this
+    browser's session, and a post that brought no session changes nothing: a page
+    on another site must not end a user's every session and token."""
+    header = config_value("TOKEN_AUTHENTICATION_HEADER")
+    if request.headers.get(header) and _authenticate_by_token():
+        logout_user()
+    elif request.method == "POST":
+        if current_user.is_authenticated:
+            _require_csrf()
+            logout_user()
+        elif session:  # a login half done
+            _log_out_here()
+    elif request.headers.get("Sec-Fetch-Site") in ("same-origin", "none"):
+        logout_user()
+    else:
+        _log_out_here()
     if _wants_json():
         return _json_answer(200, {})
     return redirect(_next_or_view(None, "POST_LOGOUT_VIEW"))
@@ -3555,9 +3581,10 @@ def logout() -> ResponseReturnValue:
 _SESSION_ENDINGS = ("others", "all")
 
 
-class SessionsForm(Form):
-    """End the user's sessions: ``end`` is ``others`` (every other device) or
-    ``all`` (this one too)."""
+class SessionsForm(Form, PasswordFormMixin):
+    """End the user's sessions, the password given again (a copied session must
+    not shut its owner out): ``end`` is ``others`` (every other device) or ``all``
+    (this one too)."""
 
     end = HiddenField()
 
@@ -3565,6 +3592,11 @@ class SessionsForm(Form):
         """Refuse anything but the two choices."""
         if field.data not in _SESSION_ENDINGS:
             raise ValidationError('Expected "others" or "all".')
+
+    def validate(self, extra_validators: Any = None) -> bool:
+        if not super().validate(extra_validators):
+            return False
+        return _current_password_is_right(self.password)
 
 
 def _this_session():

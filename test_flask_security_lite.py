@@ -1532,6 +1532,25 @@ def test_custom_174_datastore_serves_tokens():
     assert response.json == {"email": "matt@lp.com"}
 
 
+def test_saving_a_stale_copy_of_a_user_keeps_what_was_written_meanwhile(
+    make_app, store
+):
+    """A login reads its user before a slow password check, then saves tracking:
+    a deactivation (or logout) written meanwhile must stand."""
+    app = make_app(store)
+    add_user(app)
+    with app.app_context():
+        stale = app.datastore.find_user(email="matt@lp.com")
+    with app.app_context():
+        app.datastore.deactivate_user(app.datastore.find_user(email="matt@lp.com"))
+        app.datastore.commit()
+    with app.app_context():
+        stale.login_count = 5
+        app.datastore.put(stale)
+        app.datastore.commit()
+    assert get_user(app).active is False
+
+
 def _orm_conflict_error(store):
     """The exception the ORM of ``store`` raises for a broken unique rule."""
     if store == "peewee":
@@ -3678,6 +3697,10 @@ def _copy_cookies(client, app, *names):
     return copy
 
 
+#: What a browser sends with a request from one of this site's own pages.
+SAME_SITE = {"Sec-Fetch-Site": "same-origin"}
+
+
 def test_asvs_7_4_1_session_cookie_copied_before_logout_is_refused_after(
     store, make_app
 ):
@@ -3685,7 +3708,7 @@ def test_asvs_7_4_1_session_cookie_copied_before_logout_is_refused_after(
     client = logged_in_client(app)
     copy = _copy_cookies(client, app, "session")
     assert copy.get("/profile").status_code == 200
-    client.get("/logout")
+    client.get("/logout", headers=SAME_SITE)
     assert copy.get("/profile").status_code == 302
 
 
@@ -3706,7 +3729,7 @@ def test_asvs_7_4_1_auth_token_given_before_logout_is_refused_after(make_app):
     add_user(app)
     client = app.test_client()
     headers = {"Authentication-Token": auth_token(client)}
-    client.get("/logout")
+    client.get("/logout", headers=SAME_SITE)
     assert app.test_client().get("/token", headers=headers).status_code == 401
 
 
@@ -3726,8 +3749,43 @@ def test_asvs_7_4_1_logout_ends_the_users_sessions_on_other_devices_too(make_app
     phone, laptop = app.test_client(), app.test_client()
     login(phone, remember="y")
     login(laptop)
-    laptop.get("/logout")
+    laptop.get("/logout", headers=SAME_SITE)
     assert phone.get("/profile").status_code == 302
+
+
+def test_asvs_3_5_1_a_logout_link_on_another_site_ends_only_that_browsers_session(
+    make_app,
+):
+    app = make_app()
+    add_user(app)
+    phone, laptop = app.test_client(), app.test_client()
+    login(phone)
+    login(laptop)
+    token_headers = {"Authentication-Token": auth_token(app.test_client())}
+    laptop.get("/logout", headers={"Sec-Fetch-Site": "cross-site"})
+    assert laptop.get("/profile").status_code == 302
+    assert phone.get("/profile").status_code == 200
+    assert app.test_client().get("/token", headers=token_headers).status_code == 200
+
+
+def test_asvs_3_5_1_a_post_that_brought_no_session_changes_nothing(make_app):
+    app = make_app(WTF_CSRF_ENABLED=True)
+    add_user(app)
+    client = app.test_client()
+    csrf_login(client)
+    response = app.test_client().post("/logout")  # another site's form: no cookie
+    assert "Set-Cookie" not in response.headers
+    assert client.get("/profile").status_code == 200
+
+
+def test_asvs_7_5_2_the_sessions_page_needs_the_password_again(make_app):
+    app = make_app()
+    client = logged_in_client(app)
+    other = app.test_client()
+    login(other)
+    response = client.post("/sessions", json={"end": "others", "password": "wrong"})
+    assert response.status_code == 400
+    assert other.get("/profile").status_code == 200
 
 
 def test_logout_leaves_other_users_logged_in(make_app):
@@ -4033,7 +4091,7 @@ def test_asvs_7_5_2_sessions_page_logs_out_other_devices_and_keeps_this_one(
     token_headers = {"Authentication-Token": auth_token(app.test_client())}
     page = client.get("/sessions").get_data(as_text=True)
     assert "<h1>Sessions</h1>" in page and 'value="others"' in page
-    response = client.post("/sessions", data={"end": "others"})
+    response = client.post("/sessions", data={"end": "others", "password": PASSWORD})
     assert response.location == "/sessions"
     assert client.get("/profile").status_code == 200
     assert other.get("/profile").status_code == 302
@@ -4045,7 +4103,7 @@ def test_asvs_7_5_2_sessions_page_logs_out_everywhere(make_app):
     client = logged_in_client(app)
     other = app.test_client()
     login(other)
-    response = client.post("/sessions", json={"end": "all"})
+    response = client.post("/sessions", json={"end": "all", "password": PASSWORD})
     assert response.status_code == 200
     assert client.get("/profile").status_code == 302
     assert other.get("/profile").status_code == 302
@@ -4085,12 +4143,12 @@ def test_asvs_7_5_2_sessions_page_needs_the_csrf_token(make_app):
     csrf = csrf_login(client)
     other = app.test_client()
     csrf_login(other)
-    assert client.post("/sessions", data={"end": "others"}).status_code == 400
+    assert client.post("/sessions", data={"end": "others", "password": PASSWORD}).status_code == 400
     assert other.get("/profile").status_code == 200
     page = client.get("/sessions").get_data(as_text=True)
     assert 'name="csrf_token"' in page
     response = client.post(
-        "/sessions", json={"end": "others"}, headers={"X-CSRFToken": csrf}
+        "/sessions", json={"end": "others", "password": PASSWORD}, headers={"X-CSRFToken": csrf}
     )
     assert response.status_code == 200
     assert other.get("/profile").status_code == 302
@@ -4098,7 +4156,7 @@ def test_asvs_7_5_2_sessions_page_needs_the_csrf_token(make_app):
 
 def test_sessions_page_refuses_other_choices(app):
     client = logged_in_client(app)
-    response = client.post("/sessions", json={"end": "mine"})
+    response = client.post("/sessions", json={"end": "mine", "password": PASSWORD})
     assert response.status_code == 400
     assert response.json["response"]["errors"] == {
         "end": ['Expected "others" or "all".']
@@ -8657,7 +8715,7 @@ def test_asvs_16_3_1_sessions_ended_by_the_cli_or_the_sessions_page_are_logged(
     user_id = add_user(app)
     client = app.test_client()
     login(client)
-    client.post("/sessions", data={"end": "others"})
+    client.post("/sessions", data={"end": "others", "password": PASSWORD})
     _cli(app, "users", "logout", "matt@lp.com")
     assert [(r.event, r.user_id) for r in events()][-2:] == [
         ("other_sessions_ended", user_id),
