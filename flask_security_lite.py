@@ -3034,8 +3034,13 @@ _RANGE_ANSWER_MAX_BYTES = 1024 * 1024
 
 
 def _fold(text):
-    """``text`` as the password checks compare it: NFKC-normalised, case folded."""
-    return unicodedata.normalize("NFKC", text).casefold()
+    """``text`` as the password checks compare it: NFKC-normalised, case folded,
+    without spaces or invisible format characters (``"pass\u200bword 1"`` is
+    ``"password1"``)."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(
+        c for c in folded if not c.isspace() and unicodedata.category(c) != "Cf"
+    )
 
 
 @cache
@@ -3082,7 +3087,9 @@ def _holds_address(password, address):
     if not isinstance(address, str):
         return False
     folded = _fold(password)
-    return any(part in folded for part in _address_parts(address))
+    # As stored, too: a domain typed in punycode is stored in Unicode.
+    parts = _address_parts(address) | _address_parts(normalize_email(address))
+    return any(part in folded for part in parts)
 
 
 def _is_breached(password):

@@ -3368,6 +3368,26 @@ def _shipped_list():
     return fsl._password_list(path)
 
 
+@pytest.mark.parametrize(
+    "password", ["password1 ", " password1", "pass\u200bword1", "password\xa01"]
+)
+def test_asvs_6_2_4_a_common_password_with_spaces_or_invisible_marks_is_refused(
+    make_app, password
+):
+    app = make_app()
+    with app.test_request_context():
+        assert fsl._guessable(password, "someone@lp.com") == "PASSWORD_COMMON"
+
+
+def test_asvs_6_2_11_a_password_holding_a_punycode_domain_as_stored_is_refused(
+    make_app,
+):
+    app = make_app()
+    with app.test_request_context():
+        refused = fsl._guessable("bücherwurm77", "anna@xn--bcher-kva.de")
+    assert refused == "PASSWORD_HOLDS_ADDRESS"
+
+
 @pytest.mark.parametrize("flow", PASSWORD_FLOWS)
 @pytest.mark.parametrize("password", ["password", "12345678", "iloveyou", "Qwerty123"])
 def test_asvs_6_2_4_common_password_is_refused(make_app, flow, password):
@@ -4143,12 +4163,19 @@ def test_asvs_7_5_2_sessions_page_needs_the_csrf_token(make_app):
     csrf = csrf_login(client)
     other = app.test_client()
     csrf_login(other)
-    assert client.post("/sessions", data={"end": "others", "password": PASSWORD}).status_code == 400
+    assert (
+        client.post(
+            "/sessions", data={"end": "others", "password": PASSWORD}
+        ).status_code
+        == 400
+    )
     assert other.get("/profile").status_code == 200
     page = client.get("/sessions").get_data(as_text=True)
     assert 'name="csrf_token"' in page
     response = client.post(
-        "/sessions", json={"end": "others", "password": PASSWORD}, headers={"X-CSRFToken": csrf}
+        "/sessions",
+        json={"end": "others", "password": PASSWORD},
+        headers={"X-CSRFToken": csrf},
     )
     assert response.status_code == 200
     assert other.get("/profile").status_code == 302
