@@ -3110,8 +3110,16 @@ def _is_breached(password):
         headers={"Add-Padding": "true", "User-Agent": "flask-security-lite"},
     )
     timeout = config_value("PASSWORD_BREACHED_TIMEOUT")
+
+    class NoRedirects(urllib.request.HTTPRedirectHandler):
+        """A redirect is a failure of the API, never a new address to ask."""
+
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirects)
     try:
-        with urllib.request.urlopen(asking, timeout=timeout) as answer:
+        with opener.open(asking, timeout=timeout) as answer:
             listing = answer.read(_RANGE_ANSWER_MAX_BYTES).decode("ascii")
     except (OSError, ValueError, http.client.HTTPException) as error:
         _log.warning(

@@ -3488,7 +3488,9 @@ def range_api(monkeypatch):
     records what it was asked, and waits ``api.delay`` seconds first."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    api = types.SimpleNamespace(breached=[], asked=[], delay=0, status=200)
+    api = types.SimpleNamespace(
+        breached=[], asked=[], delay=0, status=200, location=None
+    )
 
     class RangeHandler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -3502,6 +3504,8 @@ def range_api(monkeypatch):
                     lines += [f"{digest[5:]}:42", f"{digest[5:-1]}0:0"]
             body = "\r\n".join(lines).encode()
             self.send_response(api.status)
+            if api.location:
+                self.send_header("Location", api.location)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -3545,6 +3549,14 @@ def test_asvs_6_2_12_breached_password_is_refused(make_app, range_api, flow):
     assert _password_error(answer) == (
         "This password has appeared in a data breach: please choose another."
     )
+
+
+def test_asvs_6_2_12_the_range_api_is_never_followed_elsewhere(make_app, range_api):
+    app = _breach_checking_app(make_app, range_api.url)
+    range_api.status, range_api.location = 302, range_api.url + "../elsewhere/"
+    with app.test_request_context():
+        assert fsl._is_breached("a long unusual password") is False
+    assert [path for path, _ in range_api.asked if "elsewhere" in path] == []
 
 
 def test_asvs_6_2_12_breached_password_is_refused_by_the_command_line(
