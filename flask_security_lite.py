@@ -3561,6 +3561,20 @@ def login() -> ResponseReturnValue:
     return _form_view("login", "login_form", act)
 
 
+def _logout_asked_by_the_user():
+    """True when only the user could have asked for this logout: an auth token in
+    its header, a POST with the session's CSRF token (a 400 without it), a GET the
+    browser says came from this site."""
+    header = config_value("TOKEN_AUTHENTICATION_HEADER")
+    if request.headers.get(header) and _authenticate_by_token():
+        return True
+    if request.method == "POST":
+        if current_user.is_authenticated:
+            _require_csrf()
+        return current_user.is_authenticated
+    return request.headers.get("Sec-Fetch-Site") in ("same-origin", "none")
+
+
 def logout() -> ResponseReturnValue:
     """Log out and go to a safe ``next`` or ``POST_LOGOUT_VIEW``. A login half done
     (the password given, the code due) ends too.
@@ -3571,18 +3585,9 @@ def logout() -> ResponseReturnValue:
     from a link elsewhere (kept from 1.7.4, needing no token) ends only this
     browser's session, and a post that brought no session changes nothing: a page
     on another site must not end a user's every session and token."""
-    header = config_value("TOKEN_AUTHENTICATION_HEADER")
-    if request.headers.get(header) and _authenticate_by_token():
+    if _logout_asked_by_the_user():
         logout_user()
-    elif request.method == "POST":
-        if current_user.is_authenticated:
-            _require_csrf()
-            logout_user()
-        elif session:  # a login half done
-            _log_out_here()
-    elif request.headers.get("Sec-Fetch-Site") in ("same-origin", "none"):
-        logout_user()
-    else:
+    elif request.method == "GET" or session:  # a post without one leaves none
         _log_out_here()
     if _wants_json():
         return _json_answer(200, {})
