@@ -917,8 +917,16 @@ def _log_event(event, user, level=logging.INFO, **details):
         "remote_addr": request.remote_addr if has_request_context() else None,
         **details,
     }
-    text = " ".join(f"{name}={value}" for name, value in fields.items())
+    text = " ".join(f"{name}={_log_value(value)}" for name, value in fields.items())
     _event_log.log(level, "security event: %s", text, extra=fields)
+
+
+def _log_value(value):
+    """``value`` as the event's line shows it: quoted when it holds anything but
+    plain characters, so no value (a forwarded address, say) can forge a field or
+    a line."""
+    text = str(value)
+    return text if re.fullmatch(r"[\w.:@/+-]*", text) else repr(text)
 
 
 @contextmanager
@@ -5888,10 +5896,16 @@ def _wanted_type(key, default, value):
         return None if fits else f"a number (of {_NUMBER_SETTINGS[key]}) or None"
     if key == "PASSWORD_SALT":
         return None if isinstance(value, str | bytes) or value is None else "a string"
+    if key == "PASSWORD_BREACHED_URL":  # a password's hash prefix travels there
+        parts = urlsplit(value) if isinstance(value, str) else None
+        local = parts is not None and parts.hostname in _LOCAL_HOSTS
+        fits = parts is not None and (parts.scheme == "https" or local)
+        return None if fits else "an https URL"
     if key.endswith("_TIMEOUT"):
         return None if number and value > 0 else "a number of seconds above 0"
     if isinstance(default, int):
-        return None if number and int(value) == value else "a whole number"
+        whole = number and int(value) == value and value >= 0
+        return None if whole else "a whole number, 0 or more"
     if isinstance(default, list):
         items = [value] if isinstance(value, str) else value
         fits = isinstance(value, list | tuple | set | frozenset)

@@ -8439,11 +8439,17 @@ def test_a_user_model_without_usermixin_is_refused_at_init_app():
     "key, value, wanted",
     [
         ("SECURITY_TOKEN_MAX_AGE", "1 day", "a number (of seconds) or None"),
-        ("SECURITY_PASSWORD_LENGTH_MIN", "8", "a whole number"),
+        ("SECURITY_PASSWORD_LENGTH_MIN", "8", "a whole number, 0 or more"),
+        ("SECURITY_TWO_FACTOR_DRIFT_STEPS", -1, "a whole number, 0 or more"),
+        (
+            "SECURITY_PASSWORD_BREACHED_URL",
+            "http://pwned.example/range/",
+            "an https URL",
+        ),
         ("SECURITY_LOCKOUT_ATTEMPTS", "5", "a number (of attempts) or None"),
         ("SECURITY_PASSWORD_SCHEMES", "bcrypt", "a list of strings"),
         ("SECURITY_USER_IDENTITY_ATTRIBUTES", [{"email": {}}], "a list of strings"),
-        ("SECURITY_PASSWORD_LENGTH_MIN", float("inf"), "a whole number"),
+        ("SECURITY_PASSWORD_LENGTH_MIN", float("inf"), "a whole number, 0 or more"),
         ("SECURITY_PASSWORD_SALT", 12345, "a string"),
         ("SECURITY_TWO_FACTOR_ALLOW_BASIC", "False", "True or False"),
         ("SECURITY_PASSWORD_HASH_OPTIONS", [], "a dict"),
@@ -8746,6 +8752,12 @@ def test_asvs_16_3_1_logout_is_logged(app, events):
     login(client)
     client.get("/logout")
     assert [(r.event, r.user_id) for r in events()][-1] == ("logout", user_id)
+
+
+def test_asvs_16_3_1_an_event_value_cannot_forge_a_field(app, events, caplog):
+    with app.test_request_context(environ_base={"REMOTE_ADDR": "6.6.6.6 user_id=1"}):
+        fsl._log_event("login_failed", None)
+    assert "remote_addr='6.6.6.6 user_id=1'" in caplog.text
 
 
 def test_asvs_16_3_1_sessions_ended_by_the_cli_or_the_sessions_page_are_logged(
