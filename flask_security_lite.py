@@ -5488,6 +5488,8 @@ def _users_activate(email):
     changed = _state().datastore.activate_user(user)
     done = "activated {}" if changed else "{} was already active"
     _cli_commit(done.format(user.email))
+    if changed:
+        _log_event("user_activated", user)
 
 
 @_users_cli.command("deactivate")
@@ -5498,6 +5500,8 @@ def _users_deactivate(email):
     changed = _state().datastore.deactivate_user(user)
     done = "deactivated {}" if changed else "{} was already inactive"
     _cli_commit(done.format(user.email))
+    if changed:
+        _log_event("user_deactivated", user)
 
 
 @_users_cli.command("logout")
@@ -5528,6 +5532,7 @@ def _users_unlock(email):
             "(README.md, 'The fields each feature needs')"
         )
     _clear_wrong_passwords(user)
+    _log_event("user_unlocked", user)
     click.echo(f"unlocked {user.email}")
 
 

@@ -8754,6 +8754,18 @@ def test_asvs_16_3_1_logout_is_logged(app, events):
     assert [(r.event, r.user_id) for r in events()][-1] == ("logout", user_id)
 
 
+def test_asvs_16_3_1_accounts_changed_by_the_cli_are_logged(make_app, events):
+    app = make_app(SECURITY_LOCKOUT_ATTEMPTS=3)
+    user_id = add_user(app)
+    for command in ("deactivate", "activate", "unlock"):
+        assert _cli(app, "users", command, "matt@lp.com").exit_code == 0
+    assert [(r.event, r.user_id) for r in events()][-3:] == [
+        ("user_deactivated", user_id),
+        ("user_activated", user_id),
+        ("user_unlocked", user_id),
+    ]
+
+
 def test_asvs_16_3_1_an_event_value_cannot_forge_a_field(app, events, caplog):
     with app.test_request_context(environ_base={"REMOTE_ADDR": "6.6.6.6 user_id=1"}):
         fsl._log_event("login_failed", None)
