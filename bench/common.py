@@ -61,7 +61,8 @@ ROUNDS = 1_000
 
 def _models(db, user_mixin, role_mixin, lower_index=True):
     """The schema of README's quick start (with its index on ``lower(email)``, or
-    without it as a 1.7.4 database has), plus Flask-Security-Too's uniquifier."""
+    without it as a 1.7.4 database has, and its ``security_stamp``), plus
+    Flask-Security-Too's uniquifier."""
     roles_users = db.Table(
         "roles_users",
         db.Column("user_id", db.Integer(), db.ForeignKey("user.id")),
@@ -80,6 +81,7 @@ def _models(db, user_mixin, role_mixin, lower_index=True):
         active = db.Column(db.Boolean())
         confirmed_at = db.Column(db.DateTime())
         fs_uniquifier = db.Column(db.String(64), unique=True)
+        security_stamp = db.Column(db.String(64))
         roles = db.relationship(Role, secondary=roles_users, backref="users")
 
     if lower_index:
