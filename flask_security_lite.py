@@ -3360,15 +3360,22 @@ class ResetPasswordForm(Form, NewPasswordFormMixin, PasswordConfirmFormMixin):
     submit = SubmitField(get_form_field_label("reset_password"))
 
 
+def _password_again_refused(user, password):
+    """Check ``user``'s password, asked again, as a login is checked (a wrong one
+    counts toward the lockout and sends ``login_failed``, a locked account is
+    refused): None when it is right, else the message key saying why not."""
+    _, reason = _verify_login(user.email, password, user=user)
+    if reason is None:
+        return None
+    return "ACCOUNT_LOCKED" if reason == "locked" else "INVALID_PASSWORD"
+
+
 def _current_password_is_right(field):
-    """Check the logged-in user's password as a login is checked: a wrong one counts
-    toward the lockout and sends ``login_failed``, a locked account is refused."""
-    user = current_user._get_current_object()
-    _, reason = _verify_login(user.email, field.data, user=user)
-    if reason is not None:
-        key = "ACCOUNT_LOCKED" if reason == "locked" else "INVALID_PASSWORD"
-        field.errors.append(_text(key))
-    return reason is None
+    """Check the logged-in user's password in ``field``; the field says why not."""
+    refused = _password_again_refused(current_user._get_current_object(), field.data)
+    if refused is not None:
+        field.errors.append(_text(refused))
+    return refused is None
 
 
 class ChangePasswordForm(Form, PasswordFormMixin):
@@ -3525,9 +3532,14 @@ def _end_sessions(user):
 def _rebind_session(user):
     """Keep this session after the user's password or stamp changed (others stop
     working)."""
-    remember = current_app.config.get("REMEMBER_COOKIE_NAME", flask_login.COOKIE_NAME)
     if _auth_method() == "session":
-        flask_login.login_user(user, remember=remember in request.cookies)
+        flask_login.login_user(user, remember=_has_remember_cookie())
+
+
+def _has_remember_cookie():
+    """The request carries a remember cookie."""
+    name = current_app.config.get("REMEMBER_COOKIE_NAME", flask_login.COOKIE_NAME)
+    return name in request.cookies
 
 
 def _end_other_sessions(user):
@@ -3632,7 +3644,6 @@ def _this_session():
     at the latest, how long it may be idle, and whether a remember cookie will
     start another then."""
     started = session[_SESSION_STARTED_KEY]
-    cookie = current_app.config.get("REMEMBER_COOKIE_NAME", flask_login.COOKIE_NAME)
 
     def utc(seconds):
         return datetime.fromtimestamp(seconds, timezone.utc).isoformat()
@@ -3641,7 +3652,7 @@ def _this_session():
         "started_at": utc(started),
         "ends_at": utc(started + _lifetime("SESSION_ABSOLUTE_WITHIN")),
         "idle_within": config_value("SESSION_IDLE_WITHIN"),
-        "remembered": cookie in request.cookies,
+        "remembered": _has_remember_cookie(),
     }
 
 
@@ -5175,10 +5186,9 @@ def _passkeys_register_options():
         password = _posted().get("password")
         if not isinstance(password, str) or not password:
             raise _Refused(400, "PASSWORD_NOT_PROVIDED", field="password")
-        _, reason = _verify_login(user.email, password, user=user)
-        if reason is not None:
-            key = "ACCOUNT_LOCKED" if reason == "locked" else "INVALID_PASSWORD"
-            raise _Refused(400, key, field="password")
+        refused = _password_again_refused(user, password)
+        if refused is not None:
+            raise _Refused(400, refused, field="password")
     return _json_answer(200, {"options": _registration_options(user)})
 
 
